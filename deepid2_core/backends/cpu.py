@@ -1,0 +1,36 @@
+"""CPU backend: the C++ ops (cpp/) through the pybind11 module ``_cpu``.
+
+numpy in, numpy out. C-contiguous float32 inputs are used in place, never
+copied. See docs/ops.md for shapes and conventions.
+"""
+
+from collections import namedtuple
+
+try:
+    from deepid2_core import _cpu
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "deepid2_core._cpu is not built: install the package with "
+        "`pip install -e .[test]` (needs a C++17 compiler with OpenMP)") from e
+
+name = "cpu"
+xp = __import__("numpy")
+
+lsconv_forward = _cpu.lsconv_forward
+lsconv_backward = _cpu.lsconv_backward
+maxpool_forward = _cpu.maxpool_forward
+maxpool_backward = _cpu.maxpool_backward
+dense_forward = _cpu.dense_forward
+dense_backward = _cpu.dense_backward
+sgd_update = _cpu.sgd_update
+max_threads = _cpu.max_threads
+
+JointLoss = namedtuple(
+    "JointLoss", "total ident verif correct dlogits dfeatures dparams")
+
+
+def joint_loss(logits, labels, features, pair_a, pair_b, pair_y,
+               variant="l2", lam=0.05, params=None):
+    """ident + lam * verif and its gradients; see docs/ops.md."""
+    return JointLoss(*_cpu.joint_loss(logits, labels, features, pair_a, pair_b,
+                                      pair_y, variant, lam, params))

@@ -1,0 +1,43 @@
+"""Builds deepid2_core._cpu from cpp/ and bindings/.
+
+DEEPID2_NATIVE=0 builds for a generic x86-64/arm64 CPU instead of this
+machine's (-march=native), for wheels that travel to other machines.
+"""
+
+import glob
+import os
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+native = os.environ.get("DEEPID2_NATIVE", "1") != "0"
+args = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+if native:
+    args.append("-march=native")
+link = ["-fopenmp"]
+if sys.platform == "darwin":  # Apple clang: OpenMP from libomp
+    args = [a for a in args if a != "-fopenmp"] + ["-Xpreprocessor", "-fopenmp"]
+    link = ["-lomp"]
+
+ext = Pybind11Extension(
+    "deepid2_core._cpu",
+    sorted(glob.glob("cpp/src/*.cpp")) + ["bindings/module.cpp"],
+    include_dirs=["cpp/include", "cpp/src"],
+    extra_compile_args=args,
+    extra_link_args=link,
+    cxx_std=17,
+)
+
+setup(
+    name="deepid2",
+    version="0.1.0",
+    description="DeepID2 face representation: hand-written CPU/GPU ops, no DL framework",
+    packages=find_packages(include=["deepid2_core", "deepid2_core.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": build_ext},
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.22"],
+    extras_require={"test": ["pytest>=7"]},
+    zip_safe=False,
+)
