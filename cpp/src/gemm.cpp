@@ -1,5 +1,5 @@
-// Packed SGEMM after the BLIS loop order: pack a KC x NC block of B into
-// NR-wide panels, an MC x KC block of A into MR-tall panels, then run an
+// Packed SGEMM after BLIS: pack B into NR-wide panels and A into MR-tall
+// panels (both over the whole K), then sweep KC-deep slices of them with an
 // MR x NR register-tile micro-kernel written with GCC/Clang vector
 // extensions, so one source gives AVX-512, AVX2 or SSE code for -march.
 #include "gemm.h"
@@ -17,7 +17,7 @@ namespace {
 
 #if defined(__AVX512F__)
 constexpr int VW = 16;
-constexpr int MR = 8;
+constexpr int MR = 10;  // 20 of 32 zmm registers hold the C tile
 #elif defined(__AVX__)
 constexpr int VW = 8;
 constexpr int MR = 6;
@@ -27,8 +27,8 @@ constexpr int MR = 4;
 #endif
 constexpr int NR = 2 * VW;
 constexpr int KC = 256;
-constexpr int MC = MR * 16;
-constexpr int NC = 1024;
+constexpr int MC = MR * 12;
+constexpr int NC = 512;
 
 typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 
@@ -39,8 +39,9 @@ inline vf load(const float* p) {
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 
-// ap: kc x MR (panel), bp: kc x NR (panel). Writes an mr x nr corner of C.
-void micro_kernel(int kc, const float* __restrict ap, const float* __restrict bp,
+// ap: kc x MR (panel); bp: kc rows of NR floats, b_rs apart. Writes an
+// mr x nr corner of C.
+void micro_kernel(int kc, const float* __restrict ap, const float* __restrict bp, int64_t b_rs,
                   float* __restrict c, int64_t c_rs, int mr, int nr, bool accumulate) {
     vf acc0[MR], acc1[MR];
     for (int i = 0; i < MR; ++i) {
@@ -48,8 +49,8 @@ void micro_kernel(int kc, const float* __restrict ap, const float* __restrict bp
         acc1[i] = vf{};
     }
     for (int p = 0; p < kc; ++p) {
-        const vf b0 = load(bp + p * NR);
-        const vf b1 = load(bp + p * NR + VW);
+        const vf b0 = load(bp + p * b_rs);
+        const vf b1 = load(bp + p * b_rs + VW);
         const float* a = ap + p * MR;
         for (int i = 0; i < MR; ++i) {
             acc0[i] += a[i] * b0;
@@ -84,23 +85,34 @@ void micro_kernel(int kc, const float* __restrict ap, const float* __restrict bp
     }
 }
 
-void pack_a(int mc, int kc, const float* a, int64_t rs, int64_t cs, float* out) {
-    for (int i0 = 0; i0 < mc; i0 += MR) {
-        const int mr = std::min(MR, mc - i0);
-        for (int p = 0; p < kc; ++p) {
+float* scratch(std::vector<float>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+}
+
+}  // namespace
+
+int gemm_mr() { return MR; }
+int gemm_nr() { return NR; }
+
+void pack_a(int m, int k, const float* a, int64_t rs, int64_t cs, float* out) {
+    for (int i0 = 0; i0 < m; i0 += MR) {
+        const int mr = std::min(MR, m - i0);
+        for (int p = 0; p < k; ++p) {
             float* o = out + p * MR;
+            const float* ap = a + i0 * rs + p * cs;
             int i = 0;
-            for (; i < mr; ++i) o[i] = a[(i0 + i) * rs + p * cs];
+            for (; i < mr; ++i) o[i] = ap[i * rs];
             for (; i < MR; ++i) o[i] = 0.0f;
         }
-        out += kc * MR;
+        out += int64_t(k) * MR;
     }
 }
 
-void pack_b(int kc, int nc, const float* b, int64_t rs, int64_t cs, float* out) {
-    for (int j0 = 0; j0 < nc; j0 += NR) {
-        const int nr = std::min(NR, nc - j0);
-        for (int p = 0; p < kc; ++p) {
+void pack_b(int k, int n, const float* b, int64_t rs, int64_t cs, float* out) {
+    for (int j0 = 0; j0 < n; j0 += NR) {
+        const int nr = std::min(NR, n - j0);
+        for (int p = 0; p < k; ++p) {
             float* o = out + p * NR;
             const float* bp = b + p * rs + j0 * cs;
             int j = 0;
@@ -110,47 +122,84 @@ void pack_b(int kc, int nc, const float* b, int64_t rs, int64_t cs, float* out) 
                 for (; j < nr; ++j) o[j] = bp[j * cs];
             for (; j < NR; ++j) o[j] = 0.0f;
         }
-        out += kc * NR;
+        out += int64_t(k) * NR;
     }
 }
 
-float* scratch(std::vector<float>& v, size_t n) {
-    if (v.size() < n) v.resize(n);
-    return v.data();
+void sgemm_packed(int m, int n, int k, const float* ap, const float* bp, bool accumulate,
+                  float* c, int64_t c_rs) {
+    sgemm_panels(m, n, k, ap, bp, NR, int64_t(k) * NR, accumulate, c, c_rs);
 }
 
-}  // namespace
-
-void sgemm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs,
-           const float* b, int64_t b_rs, int64_t b_cs, bool accumulate,
-           float* c, int64_t c_rs) {
+void sgemm_panels(int m, int n, int k, const float* ap, const float* b, int64_t b_rs,
+                  int64_t b_panel, bool accumulate, float* c, int64_t c_rs) {
     if (m <= 0 || n <= 0) return;
     if (k <= 0) {
         if (!accumulate)
             for (int i = 0; i < m; ++i) std::fill(c + i * c_rs, c + i * c_rs + n, 0.0f);
         return;
     }
+    for (int pc = 0; pc < k; pc += KC) {
+        const int kc = std::min(KC, k - pc);
+        const bool acc = accumulate || pc > 0;
+        for (int jr = 0; jr < n; jr += NR) {
+            const float* bpanel = b + int64_t(jr / NR) * b_panel + pc * b_rs;
+            for (int ir = 0; ir < m; ir += MR)
+                micro_kernel(kc, ap + int64_t(ir / MR) * k * MR + pc * MR, bpanel, b_rs,
+                             c + ir * c_rs + jr, c_rs, std::min(MR, m - ir),
+                             std::min(NR, n - jr), acc);
+        }
+    }
+}
+
+void sgemm_nt_add(int m, int n, int l, const float* a, int64_t a_rs, const float* b,
+                  int64_t b_rs, float* c, int64_t c_rs) {
+    constexpr int T = 4;  // T x T dot products share their loads
+    for (int i0 = 0; i0 < m; i0 += T)
+        for (int j0 = 0; j0 < n; j0 += T) {
+            const int ti = std::min(T, m - i0), tj = std::min(T, n - j0);
+            vf acc[T][T];
+            for (int i = 0; i < T; ++i)
+                for (int j = 0; j < T; ++j) acc[i][j] = vf{};
+            if (ti == T && tj == T) {
+                for (int p = 0; p < l; p += VW) {
+                    vf av[T], bv[T];
+                    for (int i = 0; i < T; ++i) av[i] = load(a + (i0 + i) * a_rs + p);
+                    for (int j = 0; j < T; ++j) bv[j] = load(b + (j0 + j) * b_rs + p);
+                    for (int i = 0; i < T; ++i)
+                        for (int j = 0; j < T; ++j) acc[i][j] += av[i] * bv[j];
+                }
+            } else {
+                for (int p = 0; p < l; p += VW)
+                    for (int i = 0; i < ti; ++i)
+                        for (int j = 0; j < tj; ++j)
+                            acc[i][j] += load(a + (i0 + i) * a_rs + p) * load(b + (j0 + j) * b_rs + p);
+            }
+            for (int i = 0; i < ti; ++i)
+                for (int j = 0; j < tj; ++j) {
+                    float sum = 0.0f;
+                    for (int v = 0; v < VW; ++v) sum += acc[i][j][v];
+                    c[(i0 + i) * c_rs + j0 + j] += sum;
+                }
+        }
+}
+
+int gemm_vw() { return VW; }
+
+void sgemm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs,
+           const float* b, int64_t b_rs, int64_t b_cs, bool accumulate,
+           float* c, int64_t c_rs) {
+    if (m <= 0 || n <= 0) return;
     static thread_local std::vector<float> abuf, bbuf;
-    float* ap = scratch(abuf, size_t(MC) * KC);
-    float* bp = scratch(bbuf, size_t(KC) * ((NC + NR - 1) / NR * NR));
     for (int jc = 0; jc < n; jc += NC) {
         const int nc = std::min(NC, n - jc);
-        for (int pc = 0; pc < k; pc += KC) {
-            const int kc = std::min(KC, k - pc);
-            const bool acc = accumulate || pc > 0;
-            pack_b(kc, nc, b + pc * b_rs + jc * b_cs, b_rs, b_cs, bp);
-            for (int ic = 0; ic < m; ic += MC) {
-                const int mc = std::min(MC, m - ic);
-                pack_a(mc, kc, a + ic * a_rs + pc * a_cs, a_rs, a_cs, ap);
-                for (int jr = 0; jr < nc; jr += NR) {
-                    const int nr = std::min(NR, nc - jr);
-                    for (int ir = 0; ir < mc; ir += MR) {
-                        const int mr = std::min(MR, mc - ir);
-                        micro_kernel(kc, ap + ir * kc, bp + jr * kc,
-                                     c + (ic + ir) * c_rs + jc + jr, c_rs, mr, nr, acc);
-                    }
-                }
-            }
+        float* bp = scratch(bbuf, packed_b_size(k, nc));
+        pack_b(k, nc, b + jc * b_cs, b_rs, b_cs, bp);
+        for (int ic = 0; ic < m; ic += MC) {
+            const int mc = std::min(MC, m - ic);
+            float* ap = scratch(abuf, packed_a_size(mc, k));
+            pack_a(mc, k, a + ic * a_rs, a_rs, a_cs, ap);
+            sgemm_packed(mc, nc, k, ap, bp, accumulate, c + ic * c_rs + jc, c_rs);
         }
     }
 }

@@ -17,6 +17,37 @@ void sgemm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs,
            const float* b, int64_t b_rs, int64_t b_cs, bool accumulate,
            float* c, int64_t c_rs);
 
+// Pre-packed operands, for callers that produce an operand once and use it
+// many times (weights) or can write it straight into panel order (im2col).
+// Packed A (m x k): panels of MR rows, element (i, p) at
+//   [(i / MR) * k * MR + p * MR + i % MR]; rows past m are zero.
+// Packed B (k x n): panels of NR columns, element (p, j) at
+//   [(j / NR) * k * NR + p * NR + j % NR]; columns past n are zero.
+int gemm_mr();
+int gemm_nr();
+inline int64_t packed_a_size(int m, int k) {
+    return int64_t((m + gemm_mr() - 1) / gemm_mr()) * gemm_mr() * k;
+}
+inline int64_t packed_b_size(int k, int n) {
+    return int64_t((n + gemm_nr() - 1) / gemm_nr()) * gemm_nr() * k;
+}
+void pack_a(int m, int k, const float* a, int64_t a_rs, int64_t a_cs, float* out);
+void pack_b(int k, int n, const float* b, int64_t b_rs, int64_t b_cs, float* out);
+void sgemm_packed(int m, int n, int k, const float* ap, const float* bp, bool accumulate,
+                  float* c, int64_t c_rs);
+// Packed A times a B whose NR-column panels lie b_panel floats apart with
+// rows b_rs apart: packed B is (NR, k * NR); a plain row-major matrix whose
+// row length is a multiple of NR (zero padded) is (ld, NR), used unpacked.
+void sgemm_panels(int m, int n, int k, const float* ap, const float* b, int64_t b_rs,
+                  int64_t b_panel, bool accumulate, float* c, int64_t c_rs);
+
+// C [m x n] += A [m x l] * B [n x l]^T, rows of A and B contiguous, l a
+// multiple of gemm_vw() (callers zero-pad): dot products, for weight
+// gradients whose two operands both run along the reduction.
+int gemm_vw();
+void sgemm_nt_add(int m, int n, int l, const float* a, int64_t a_rs, const float* b,
+                  int64_t b_rs, float* c, int64_t c_rs);
+
 // C = A * B split into column/row tiles over the OpenMP threads. Each element
 // of C is computed by exactly one thread in sgemm's order: deterministic.
 void sgemm_parallel(int m, int n, int k, const float* a, int64_t a_rs,

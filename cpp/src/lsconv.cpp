@@ -2,15 +2,17 @@
 //
 // Work unit: an image block (nb images, nb fixed by the shapes) x one region.
 // Its output columns j = (image, position in region) are processed in chunks
-// of about JC columns: im2col into colsT (q x jc, q = C*kh*kw), then
+// of JC columns. colsT (q x jc, q = C*kh*kw taps, rows padded to ld) holds
+// the inputs under each column; weights are packed once per call.
 //   forward:   Yt  [K x jc] = W_r [K x q] * colsT
-//   backward:  dWp [K x q] += dYt [K x jc] * colsT^T    (per image block)
-//              dcolsT[q x jc] = W_r^T * dYt  -> col2im into dx
+//   backward:  dWp [K x q] += dYt [K x jc] * colsT^T   (dot products, per block)
+//              dcolsT [q x jc] = W_r^T [q x K] * dYt  -> col2im into dx
+// Consecutive columns usually sit side by side in x and y (one output row of
+// a region), so copies between NCHW and the column matrices go by runs.
 // In the backward a thread owns whole image blocks, so dx needs no atomics;
 // dW/db partial sums per block are added in block order at the end, which
 // makes the result independent of the thread count.
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,7 +24,22 @@
 namespace deepid2 {
 namespace {
 
-constexpr int JC = 256;  // output columns per GEMM chunk
+constexpr int JC = 256;  // output columns per GEMM chunk (a multiple of NR)
+constexpr int kSmallRegion = 16;  // regions of at most this many neurons: per-region tasks
+constexpr int kGroups = 16;       // image groups (dW partial sums) for wider regions
+
+// Scratch that lives as long as the thread: OpenMP's pool threads keep theirs
+// between calls, so large buffers are not faulted in afresh every call.
+float* thread_scratch(int slot, size_t n) {
+    static thread_local std::vector<float> bufs[5];
+    if (bufs[slot].size() < n) bufs[slot].resize(n);
+    return bufs[slot].data();
+}
+float* thread_scratch_caller(size_t n) {
+    static thread_local std::vector<float> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf.data();
+}
 
 struct Region {
     int oy0, oy1, ox0, ox1;
@@ -35,79 +52,93 @@ Region region_of(const LsconvShape& s, int r) {
             std::min(s.ow(), (rx + 1) * s.rw)};
 }
 
-// Images per block: enough that a small region still fills a chunk, but at
-// least 8 blocks when N allows, so threads have work. Depends on shapes only.
-int images_per_block(const LsconvShape& s) {
-    const int p = s.rh * s.rw;
-    const int want = std::max(1, JC / p);
-    return std::max(1, std::min(want, (s.n + 7) / 8));
-}
-
-// Offsets into x (the top-left input of each output column) for columns
-// [j0, j0 + jc) of region `reg` over images [n0, n0 + nb).
-void column_offsets(const LsconvShape& s, const Region& reg, int n0, int j0, int jc,
-                    int64_t* off) {
-    const int pw = reg.ox1 - reg.ox0, P = reg.positions();
-    const int64_t plane = int64_t(s.h) * s.w, image = plane * s.c;
-    for (int j = 0; j < jc; ++j) {
-        const int jj = j0 + j, n = n0 + jj / P, p = jj % P;
-        const int oy = reg.oy0 + p / pw, ox = reg.ox0 + p % pw;
-        off[j] = n * image + int64_t(oy) * s.w + ox;
-    }
-}
-
-void im2col(const LsconvShape& s, const float* x, const int64_t* off, int jc,
-            float* colsT, int ld) {
-    const int64_t plane = int64_t(s.h) * s.w;
-    for (int c = 0; c < s.c; ++c)
-        for (int i = 0; i < s.kh; ++i)
-            for (int k = 0; k < s.kw; ++k) {
-                const float* xs = x + c * plane + i * s.w + k;
-                float* row = colsT + int64_t((c * s.kh + i) * s.kw + k) * ld;
-                for (int j = 0; j < jc; ++j) row[j] = xs[off[j]];
-            }
-}
-
-void col2im_add(const LsconvShape& s, const float* dcolsT, int ld, const int64_t* off,
-                int jc, float* dx) {
-    const int64_t plane = int64_t(s.h) * s.w;
-    for (int c = 0; c < s.c; ++c)
-        for (int i = 0; i < s.kh; ++i)
-            for (int k = 0; k < s.kw; ++k) {
-                float* xs = dx + c * plane + i * s.w + k;
-                const float* row = dcolsT + int64_t((c * s.kh + i) * s.kw + k) * ld;
-                for (int j = 0; j < jc; ++j) xs[off[j]] += row[j];
-            }
-}
-
-// y index of output column: off into y for (n, k=0, oy, ox).
-void output_offsets(const LsconvShape& s, const Region& reg, int n0, int j0, int jc,
-                    int64_t* off) {
-    const int pw = reg.ox1 - reg.ox0, P = reg.positions();
-    const int64_t plane = int64_t(s.oh()) * s.ow(), image = plane * s.k;
-    for (int j = 0; j < jc; ++j) {
-        const int jj = j0 + j, n = n0 + jj / P, p = jj % P;
-        const int oy = reg.oy0 + p / pw, ox = reg.ox0 + p % pw;
-        off[j] = n * image + int64_t(oy) * s.ow() + ox;
-    }
-}
-
-struct Scratch {
-    std::vector<float> cols, tmp;
-    std::vector<int64_t> xoff, yoff;
-    explicit Scratch(const LsconvShape& s) {
-        const int q = s.c * s.kh * s.kw;
-        cols.resize(size_t(q) * JC);
-        tmp.resize(size_t(std::max(q, s.k)) * JC);
-        xoff.resize(JC);
-        yoff.resize(JC);
-    }
+// Columns [j, j + len) of a chunk: inputs start at x + xoff (+ tap offset),
+// outputs at y + yoff (+ k * OH*OW), both advancing by one per column.
+struct Run {
+    int j, len;
+    int64_t xoff, yoff;
 };
 
-void check_pointers(const void* a, const char* na, const void* b, const char* nb_) {
-    if (!a) throw std::invalid_argument(std::string("lsconv: ") + na + " is null");
-    if (!b) throw std::invalid_argument(std::string("lsconv: ") + nb_ + " is null");
+void chunk_runs(const LsconvShape& s, const Region& reg, int n0, int j0, int jc,
+                std::vector<Run>& runs) {
+    runs.clear();
+    const int pw = reg.ox1 - reg.ox0, P = reg.positions();
+    const int64_t ximage = int64_t(s.c) * s.h * s.w, yimage = int64_t(s.k) * s.oh() * s.ow();
+    for (int j = 0; j < jc;) {
+        const int jj = j0 + j, n = n0 + jj / P, p = jj % P;
+        const int oy = reg.oy0 + p / pw, ox = reg.ox0 + p % pw;
+        const int len = std::min(jc - j, pw - p % pw);
+        runs.push_back({j, len, n * ximage + int64_t(oy) * s.w + ox,
+                        n * yimage + int64_t(oy) * s.ow() + ox});
+        j += len;
+    }
 }
+
+// Offsets of the q kernel taps relative to an output's top-left input.
+std::vector<int64_t> tap_offsets(const LsconvShape& s) {
+    std::vector<int64_t> t;
+    for (int c = 0; c < s.c; ++c)
+        for (int i = 0; i < s.kh; ++i)
+            for (int k = 0; k < s.kw; ++k) t.push_back(c * int64_t(s.h) * s.w + i * s.w + k);
+    return t;
+}
+
+void im2col(const float* x, const std::vector<int64_t>& taps, const std::vector<Run>& runs,
+            int jc, int ld, float* colsT) {
+    for (size_t p = 0; p < taps.size(); ++p) {
+        float* row = colsT + p * ld;
+        for (const Run& r : runs) {
+            const float* xs = x + r.xoff + taps[p];
+            for (int t = 0; t < r.len; ++t) row[r.j + t] = xs[t];
+        }
+        std::fill(row + jc, row + ld, 0.0f);
+    }
+}
+
+void col2im_add(const float* dcolsT, int ld, const std::vector<int64_t>& taps,
+                const std::vector<Run>& runs, float* dx) {
+    for (size_t p = 0; p < taps.size(); ++p) {
+        const float* row = dcolsT + p * ld;
+        for (const Run& r : runs) {
+            float* xs = dx + r.xoff + taps[p];
+            for (int t = 0; t < r.len; ++t) xs[t] += row[r.j + t];
+        }
+    }
+}
+
+// Sum of n floats in 16 interleaved lanes: vectorises without -ffast-math
+// and keeps a fixed order.
+float lane_sum(const float* v, int n) {
+    float lanes[16] = {};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 16; ++l) lanes[l] += v[j + l];
+    for (; j < n; ++j) lanes[0] += v[j];
+    float sum = 0.0f;
+    for (int l = 0; l < 16; ++l) sum += lanes[l];
+    return sum;
+}
+
+int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+// Every region's weights packed once per call as the GEMM's left operand:
+// W_r (K x q) for the forward, or W_r^T (q x K) for the data gradient.
+std::vector<float> pack_weights(const LsconvShape& s, const float* w, bool transpose) {
+    const int q = s.c * s.kh * s.kw, R = s.ry() * s.rx();
+    const int64_t each = transpose ? packed_a_size(q, s.k) : packed_a_size(s.k, q);
+    std::vector<float> out(size_t(R) * each);
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; ++r) {
+        const float* wr = w + int64_t(r) * s.k * q;
+        if (transpose)
+            pack_a(q, s.k, wr, 1, q, out.data() + r * each);
+        else
+            pack_a(s.k, q, wr, q, 1, out.data() + r * each);
+    }
+    return out;
+}
+
+void require(const void* p, const char* name) { detail::require_pointer("lsconv", p, name); }
 
 }  // namespace
 
@@ -127,35 +158,45 @@ void LsconvShape::check() const {
 void lsconv_forward(const LsconvShape& s, const float* x, const float* w, const float* b,
                     bool relu, float* y) {
     s.check();
-    check_pointers(x, "x", w, "w");
-    check_pointers(b, "b", y, "y");
+    require(x, "x");
+    require(w, "w");
+    require(b, "b");
+    require(y, "y");
     const int q = s.c * s.kh * s.kw, R = s.ry() * s.rx();
-    const int nb = images_per_block(s), blocks = (s.n + nb - 1) / nb;
+    // No reduction here: blocks as big as a chunk; regions give parallelism.
+    const int nb = std::max(1, std::min(s.n, JC / (s.rh * s.rw)));
+    const int blocks = (s.n + nb - 1) / nb;
     const int64_t oplane = int64_t(s.oh()) * s.ow();
+    const std::vector<int64_t> taps = tap_offsets(s);
+    const std::vector<float> wpack = pack_weights(s, w, false);
+    const int64_t wstride = packed_a_size(s.k, q);
 #pragma omp parallel
     {
-        Scratch sc(s);
+        float* colsT = thread_scratch(0, size_t(q) * JC);
+        float* yt = thread_scratch(1, size_t(s.k) * JC);
+        std::vector<Run> runs;
 #pragma omp for schedule(dynamic) collapse(2)
         for (int blk = 0; blk < blocks; ++blk)
             for (int r = 0; r < R; ++r) {
                 const Region reg = region_of(s, r);
                 const int n0 = blk * nb, nimg = std::min(nb, s.n - n0);
                 const int J = nimg * reg.positions();
-                const float* wr = w + int64_t(r) * s.k * q;
                 const float* br = b + int64_t(r) * s.k;
                 for (int j0 = 0; j0 < J; j0 += JC) {
-                    const int jc = std::min(JC, J - j0);
-                    column_offsets(s, reg, n0, j0, jc, sc.xoff.data());
-                    output_offsets(s, reg, n0, j0, jc, sc.yoff.data());
-                    im2col(s, x, sc.xoff.data(), jc, sc.cols.data(), jc);
-                    sgemm(s.k, jc, q, wr, q, 1, sc.cols.data(), jc, 1, false, sc.tmp.data(), jc);
+                    const int jc = std::min(JC, J - j0), ld = round_up(jc, gemm_nr());
+                    chunk_runs(s, reg, n0, j0, jc, runs);
+                    im2col(x, taps, runs, jc, ld, colsT);
+                    sgemm_panels(s.k, jc, q, wpack.data() + r * wstride, colsT, ld, gemm_nr(),
+                                 false, yt, ld);
                     for (int k = 0; k < s.k; ++k) {
-                        const float* t = sc.tmp.data() + int64_t(k) * jc;
-                        float* yk = y + k * oplane;
+                        const float* t = yt + int64_t(k) * ld;
                         const float bk = br[k];
-                        for (int j = 0; j < jc; ++j) {
-                            const float v = t[j] + bk;
-                            yk[sc.yoff[j]] = relu ? std::max(v, 0.0f) : v;
+                        for (const Run& run : runs) {
+                            float* yk = y + run.yoff + k * oplane;
+                            for (int u = 0; u < run.len; ++u) {
+                                const float v = t[run.j + u] + bk;
+                                yk[u] = relu ? std::max(v, 0.0f) : v;
+                            }
                         }
                     }
                 }
@@ -163,67 +204,139 @@ void lsconv_forward(const LsconvShape& s, const float* x, const float* w, const 
     }
 }
 
+namespace {
+
+// One chunk of the backward: columns [j0, j0 + jc) of region r over images
+// [n0, ...). Adds into dw_r, db_r; writes dcolsT (q x ld) when wt_r is set.
+struct BackwardChunk {
+    const LsconvShape& s;
+    const float *x, *y, *dy;
+    bool relu;
+    const std::vector<int64_t>& taps;
+
+    void run(int r, int n0, int j0, int jc, float* dw_r, float* db_r, const float* wt_r,
+             float* colsT, float* dyt, float* dcolsT, int64_t dcols_ld,
+             std::vector<Run>& runs) const {
+        const int q = int(taps.size()), ld = round_up(jc, gemm_nr());
+        const int64_t oplane = int64_t(s.oh()) * s.ow();
+        chunk_runs(s, region_of(s, r), n0, j0, jc, runs);
+        // dYt: dy under the ReLU mask, zero-padded to ld columns.
+        for (int k = 0; k < s.k; ++k) {
+            float* d = dyt + int64_t(k) * ld;
+            for (const Run& run : runs) {
+                const float* dyk = dy + run.yoff + k * oplane;
+                if (relu) {
+                    const float* yk = y + run.yoff + k * oplane;
+                    for (int u = 0; u < run.len; ++u) d[run.j + u] = yk[u] > 0.0f ? dyk[u] : 0.0f;
+                } else {
+                    std::copy(dyk, dyk + run.len, d + run.j);
+                }
+            }
+            std::fill(d + jc, d + ld, 0.0f);
+            db_r[k] += lane_sum(d, ld);
+        }
+        im2col(x, taps, runs, jc, ld, colsT);
+        // dW_r [K x q] += dYt [K x jc] * colsT^T
+        float* dya = thread_scratch(2, packed_a_size(s.k, JC));
+        float* colsb = thread_scratch(3, packed_b_size(JC, q));
+        pack_a(s.k, jc, dyt, ld, 1, dya);
+        pack_b(jc, q, colsT, 1, ld, colsb);
+        sgemm_packed(s.k, q, jc, dya, colsb, true, dw_r, q);
+        // dcolsT [q x jc] = W_r^T [q x K] * dYt [K x jc]
+        if (wt_r)
+            sgemm_panels(q, jc, s.k, wt_r, dyt, ld, gemm_nr(), false, dcolsT, dcols_ld);
+    }
+};
+
+}  // namespace
+
 void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const float* y,
                      const float* dy, bool relu, float* dx, float* dw, float* db) {
     s.check();
-    check_pointers(x, "x", w, "w");
-    check_pointers(dy, "dy", dw, "dw");
-    check_pointers(db, "db", relu ? y : x, "y");
+    require(x, "x");
+    require(w, "w");
+    require(dy, "dy");
+    require(dw, "dw");
+    require(db, "db");
+    if (relu) require(y, "y");
     const int q = s.c * s.kh * s.kw, R = s.ry() * s.rx();
-    const int nb = images_per_block(s), blocks = (s.n + nb - 1) / nb;
-    const int64_t oplane = int64_t(s.oh()) * s.ow();
     const int64_t image = int64_t(s.c) * s.h * s.w;
-    const int64_t wsize = int64_t(R) * s.k * q, bsize = int64_t(R) * s.k;
-    std::vector<float> part(size_t(blocks) * (wsize + bsize), 0.0f);
+    const std::vector<int64_t> taps = tap_offsets(s);
+    const std::vector<float> wtpack = dx ? pack_weights(s, w, true) : std::vector<float>();
+    const int64_t wtstride = packed_a_size(q, s.k);
+    const BackwardChunk chunk{s, x, y, dy, relu, taps};
 
+    if (s.rh * s.rw <= kSmallRegion) {
+        // Small regions: one task per region over all N images owns dw_r and
+        // db_r outright. dcolsT of every region is kept, then scattered into
+        // dx image by image, so no two threads write the same dx element.
+        std::vector<int64_t> col0(R + 1, 0);  // column offset of region r
+        for (int r = 0; r < R; ++r)
+            col0[r + 1] = col0[r] + round_up(s.n * region_of(s, r).positions(), gemm_nr());
+        float* dcols = dx ? thread_scratch_caller(size_t(q) * col0[R]) : nullptr;
 #pragma omp parallel
-    {
-        Scratch sc(s);
-        std::vector<float> dyt(size_t(s.k) * JC);
+        {
+            float* colsT = thread_scratch(0, size_t(q) * JC);
+            float* dyt = thread_scratch(1, size_t(s.k) * JC);
+            std::vector<Run> runs;
 #pragma omp for schedule(dynamic)
-        for (int blk = 0; blk < blocks; ++blk) {
-            const int n0 = blk * nb, nimg = std::min(nb, s.n - n0);
-            float* pw = part.data() + blk * (wsize + bsize);
-            float* pb = pw + wsize;
-            if (dx) std::fill(dx + n0 * image, dx + (n0 + nimg) * image, 0.0f);
             for (int r = 0; r < R; ++r) {
-                const Region reg = region_of(s, r);
-                const int J = nimg * reg.positions();
-                const float* wr = w + int64_t(r) * s.k * q;
-                for (int j0 = 0; j0 < J; j0 += JC) {
-                    const int jc = std::min(JC, J - j0);
-                    column_offsets(s, reg, n0, j0, jc, sc.xoff.data());
-                    output_offsets(s, reg, n0, j0, jc, sc.yoff.data());
-                    for (int k = 0; k < s.k; ++k) {
-                        const float* dyk = dy + k * oplane;
-                        const float* yk = y ? y + k * oplane : nullptr;
-                        float* d = dyt.data() + int64_t(k) * jc;
-                        float sum = 0.0f;
-                        for (int j = 0; j < jc; ++j) {
-                            float g = dyk[sc.yoff[j]];
-                            if (relu && !(yk[sc.yoff[j]] > 0.0f)) g = 0.0f;
-                            d[j] = g;
-                            sum += g;
-                        }
-                        pb[r * s.k + k] += sum;
-                    }
-                    im2col(s, x, sc.xoff.data(), jc, sc.cols.data(), jc);
-                    // dW_r [K x q] += dYt [K x jc] * colsT^T (colsT read transposed)
-                    sgemm(s.k, q, jc, dyt.data(), jc, 1, sc.cols.data(), 1, jc, true,
-                          pw + int64_t(r) * s.k * q, q);
-                    if (dx) {
-                        // dcolsT [q x jc] = W_r^T [q x K] * dYt [K x jc]
-                        sgemm(q, jc, s.k, wr, 1, q, dyt.data(), jc, 1, false, sc.tmp.data(), jc);
-                        col2im_add(s, sc.tmp.data(), jc, sc.xoff.data(), jc, dx);
+                const int J = s.n * region_of(s, r).positions();
+                for (int j0 = 0; j0 < J; j0 += JC)
+                    chunk.run(r, 0, j0, std::min(JC, J - j0), dw + int64_t(r) * s.k * q,
+                              db + int64_t(r) * s.k, dx ? wtpack.data() + r * wtstride : nullptr,
+                              colsT, dyt, dx ? dcols + q * col0[r] + j0 : nullptr,
+                              col0[r + 1] - col0[r], runs);
+            }
+            if (dx) {
+#pragma omp for schedule(static)
+                for (int n = 0; n < s.n; ++n) {
+                    std::fill(dx + n * image, dx + (n + 1) * image, 0.0f);
+                    for (int r = 0; r < R; ++r) {
+                        const int P = region_of(s, r).positions();
+                        chunk_runs(s, region_of(s, r), n, 0, P, runs);
+                        col2im_add(dcols + q * col0[r] + int64_t(n) * P,
+                                   int(col0[r + 1] - col0[r]), taps, runs, dx);
                     }
                 }
             }
         }
-        // Reduce the block partials in block order.
+        return;
+    }
+
+    // Wide regions: G groups of consecutive images; a group's dW/db partial
+    // sums are added in group order, so the thread count does not matter.
+    const int G = std::min(s.n, kGroups);
+    const int64_t wsize = int64_t(R) * s.k * q, bsize = int64_t(R) * s.k;
+    float* part = thread_scratch_caller(size_t(G) * (wsize + bsize));
+#pragma omp parallel
+    {
+        float* colsT = thread_scratch(0, size_t(q) * JC);
+        float* dyt = thread_scratch(1, size_t(s.k) * JC);
+        float* dcolsT = thread_scratch(4, size_t(q) * JC);
+        std::vector<Run> runs;
+#pragma omp for schedule(dynamic)
+        for (int g = 0; g < G; ++g) {
+            const int n0 = int(int64_t(s.n) * g / G), n1 = int(int64_t(s.n) * (g + 1) / G);
+            float* pw = part + g * (wsize + bsize);
+            float* pb = pw + wsize;
+            std::fill(pw, pw + wsize + bsize, 0.0f);
+            if (dx) std::fill(dx + n0 * image, dx + n1 * image, 0.0f);
+            for (int r = 0; r < R; ++r) {
+                const int J = (n1 - n0) * region_of(s, r).positions();
+                for (int j0 = 0; j0 < J; j0 += JC) {
+                    const int jc = std::min(JC, J - j0);
+                    chunk.run(r, n0, j0, jc, pw + int64_t(r) * s.k * q, pb + int64_t(r) * s.k,
+                              dx ? wtpack.data() + r * wtstride : nullptr, colsT, dyt, dcolsT,
+                              round_up(jc, gemm_nr()), runs);
+                    if (dx) col2im_add(dcolsT, round_up(jc, gemm_nr()), taps, runs, dx);
+                }
+            }
+        }
 #pragma omp for schedule(static)
         for (int64_t e = 0; e < wsize + bsize; ++e) {
             float sum = 0.0f;
-            for (int blk = 0; blk < blocks; ++blk) sum += part[blk * (wsize + bsize) + e];
+            for (int g = 0; g < G; ++g) sum += part[g * (wsize + bsize) + e];
             if (e < wsize)
                 dw[e] += sum;
             else
