@@ -48,10 +48,15 @@ py::array_t<T> writable(const py::handle& obj, const char* name) {
     return a;
 }
 
-void expect_ndim(const py::array& a, const char* name, int ndim, const char* meaning) {
+// Also rejects empty arrays: every op needs at least one element per axis.
+void expect_ndim(const py::array& a, const std::string& name, int ndim, const char* meaning) {
     if (a.ndim() != ndim)
-        throw py::value_error(std::string(name) + " must have " + std::to_string(ndim) +
-                              " dimensions (" + meaning + "), got shape " + shape_str(shape_of(a)));
+        throw py::value_error(name + " must have " + std::to_string(ndim) + " dimensions (" +
+                              meaning + "), got shape " + shape_str(shape_of(a)));
+    for (int i = 0; i < ndim; ++i)
+        if (a.shape(i) < 1)
+            throw py::value_error(name + ": every dimension of " + meaning +
+                                  " must be positive, got shape " + shape_str(shape_of(a)));
 }
 
 void expect_shape(const py::array& a, const char* name, const Shape& want, const char* meaning) {
@@ -78,11 +83,15 @@ LsconvShape lsconv_shape(const py::array& x, const py::array& w, std::pair<int, 
     expect_ndim(w, "w", 6, "RY x RX x K x C x kh x kw");
     LsconvShape s{int(x.shape(0)), int(x.shape(1)), int(x.shape(2)), int(x.shape(3)),
                   int(w.shape(2)), int(w.shape(4)), int(w.shape(5)), region.first, region.second};
-    if (w.shape(3) != s.c)
-        throw py::value_error("w: has " + std::to_string(w.shape(3)) + " input channels (axis 3), x has " +
-                              std::to_string(s.c));
     if (s.rh < 1 || s.rw < 1) throw py::value_error("region must be two positive integers");
-    s.check();
+    if (s.kh > s.h || s.kw > s.w)
+        throw py::value_error("w: kernel " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
+                              " (axes 4, 5) is larger than x's " + std::to_string(s.h) + "x" +
+                              std::to_string(s.w) + " map");
+    if (s.rh > s.oh() || s.rw > s.ow())
+        throw py::value_error("region " + std::to_string(s.rh) + "x" + std::to_string(s.rw) +
+                              " is larger than the " + std::to_string(s.oh()) + "x" +
+                              std::to_string(s.ow()) + " output map");
     expect_shape(w, "w", {s.ry(), s.rx(), s.k, s.c, s.kh, s.kw},
                  "RY x RX x K x C x kh x kw for this x and region");
     return s;
@@ -159,8 +168,12 @@ py::array_t<float> py_maxpool_backward(py::handle dy_, py::handle am_, std::pair
     if (h < 1 || w < 1) throw py::value_error("in_hw must be two positive integers");
     const int oh = int(dy.shape(2)), ow = int(dy.shape(3));
     // The window size: given, or the only one that maps in_hw onto dy's map.
-    const int s = s_.is_none() ? (oh > 0 ? h / oh : 0) : s_.cast<int>();
-    if (s < 1 || oh < 1 || ow < 1 || h / s != oh || w / s != ow)
+    const int s = s_.is_none() ? h / oh : s_.cast<int>();
+    if (s < 1)
+        throw py::value_error("dy: its " + std::to_string(oh) + "x" + std::to_string(ow) +
+                              " map is larger than in_hw = (" + std::to_string(h) + ", " +
+                              std::to_string(w) + ")");
+    if (h / s != oh || w / s != ow)
         throw py::value_error("dy: shape " + shape_str(shape_of(dy)) + " is not a " +
                               std::to_string(s) + "x" + std::to_string(s) +
                               " pooling of an input of size in_hw = (" + std::to_string(h) +
@@ -197,6 +210,8 @@ DenseInputs dense_inputs(const py::handle& xs_) {
         if (a.ndim() < 2)
             throw py::value_error(name + " must be N x ... (at least 2 dimensions), got shape " +
                                   shape_str(shape_of(a)));
+        if (a.size() == 0)
+            throw py::value_error(name + " must not be empty, got shape " + shape_str(shape_of(a)));
         if (i == 0) in.n = int(a.shape(0));
         if (a.shape(0) != in.n)
             throw py::value_error(name + " has " + std::to_string(a.shape(0)) +
@@ -285,7 +300,8 @@ py::tuple py_joint_loss(py::handle logits_, py::handle labels_, py::handle f_, p
     expect_ndim(f, "features", 2, "N x D");
     const int d = int(f.shape(1));
     expect_shape(f, "features", {n, d}, "N x D");
-    expect_ndim(pa, "pair_a", 1, "P");
+    if (pa.ndim() != 1)  // P = 0 pairs is allowed
+        throw py::value_error("pair_a must have 1 dimension (P), got shape " + shape_str(shape_of(pa)));
     const int np_ = int(pa.shape(0));
     expect_shape(pb, "pair_b", {np_}, "P, same as pair_a");
     expect_shape(pyy, "pair_y", {np_}, "P, same as pair_a");

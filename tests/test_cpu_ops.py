@@ -287,14 +287,16 @@ def test_results_do_not_depend_on_thread_count(be, tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    import deepid2_core
+    # wherever the parent found the package (source tree or site-packages)
+    root = Path(deepid2_core.__file__).resolve().parents[1]
     runs = {}
     for t in (1, 2, 3):
         env = dict(os.environ, OMP_NUM_THREADS=str(t),
                    PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
         path = tmp_path / f"t{t}.npz"
         proc = subprocess.run([sys.executable, "-c", THREAD_SCRIPT, str(path)], env=env,
-                              cwd=root, capture_output=True, text=True, timeout=120)
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[t] = dict(np.load(path))
         assert int(runs[t]["threads"]) in (1, t)   # 1: built without OpenMP
