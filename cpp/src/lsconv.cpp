@@ -83,16 +83,28 @@ std::vector<int64_t> tap_offsets(const LsconvShape& s) {
     return t;
 }
 
+// out = dy where y > 0, else 0; loads both unconditionally so it vectorises.
+void mask_relu(const float* __restrict y, const float* __restrict dy, int n,
+               float* __restrict out) {
+    for (int u = 0; u < n; ++u) {
+        const float g = dy[u];
+        out[u] = y[u] > 0.0f ? g : 0.0f;
+    }
+}
+
 void im2col(const float* x, const std::vector<int64_t>& taps, const std::vector<Run>& runs,
             int jc, int ld, float* colsT) {
     for (size_t p = 0; p < taps.size(); ++p) {
         float* row = colsT + p * ld;
         for (const Run& r : runs) {
-            const float* xs = x + r.xoff + taps[p];
-            for (int t = 0; t < r.len; ++t) row[r.j + t] = xs[t];
+            std::copy_n(x + r.xoff + taps[p], r.len, row + r.j);
         }
         std::fill(row + jc, row + ld, 0.0f);
     }
+}
+
+void add_to(const float* __restrict src, int n, float* __restrict dst) {
+    for (int t = 0; t < n; ++t) dst[t] += src[t];
 }
 
 void col2im_add(const float* dcolsT, int ld, const std::vector<int64_t>& taps,
@@ -100,8 +112,7 @@ void col2im_add(const float* dcolsT, int ld, const std::vector<int64_t>& taps,
     for (size_t p = 0; p < taps.size(); ++p) {
         const float* row = dcolsT + p * ld;
         for (const Run& r : runs) {
-            float* xs = dx + r.xoff + taps[p];
-            for (int t = 0; t < r.len; ++t) xs[t] += row[r.j + t];
+            add_to(row + r.j, r.len, dx + r.xoff + taps[p]);
         }
     }
 }
@@ -226,8 +237,7 @@ struct BackwardChunk {
             for (const Run& run : runs) {
                 const float* dyk = dy + run.yoff + k * oplane;
                 if (relu) {
-                    const float* yk = y + run.yoff + k * oplane;
-                    for (int u = 0; u < run.len; ++u) d[run.j + u] = yk[u] > 0.0f ? dyk[u] : 0.0f;
+                    mask_relu(y + run.yoff + k * oplane, dyk, run.len, d + run.j);
                 } else {
                     std::copy(dyk, dyk + run.len, d + run.j);
                 }
