@@ -59,11 +59,17 @@ void dense_backward(int n, int n_inputs, const int* dims, const float* const* xs
         for (int64_t e = 0; e < int64_t(n) * m; ++e) masked[e] = y[e] > 0.0f ? dy[e] : 0.0f;
         g = masked.data();
     }
+    // Column sums by blocks of columns, rows in order: contiguous reads.
+    constexpr int B = 64;
 #pragma omp parallel for schedule(static)
-    for (int j = 0; j < m; ++j) {
-        float sum = 0.0f;
-        for (int r = 0; r < n; ++r) sum += g[int64_t(r) * m + j];
-        db[j] += sum;
+    for (int j0 = 0; j0 < m; j0 += B) {
+        const int w = std::min(B, m - j0);
+        float sum[B] = {};
+        for (int r = 0; r < n; ++r) {
+            const float* gr = g + int64_t(r) * m + j0;
+            for (int j = 0; j < w; ++j) sum[j] += gr[j];
+        }
+        for (int j = 0; j < w; ++j) db[j0 + j] += sum[j];
     }
     int64_t row0 = 0;
     for (int i = 0; i < n_inputs; ++i) {

@@ -5,6 +5,7 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -95,15 +96,27 @@ float* scratch(std::vector<float>& v, size_t n) {
 int gemm_mr() { return MR; }
 int gemm_nr() { return NR; }
 
+// The packers walk the source along whichever of its strides is 1: walking
+// across rows of a large power-of-two stride would map every read to the
+// same cache set.
 void pack_a(int m, int k, const float* a, int64_t rs, int64_t cs, float* out) {
     for (int i0 = 0; i0 < m; i0 += MR) {
         const int mr = std::min(MR, m - i0);
-        for (int p = 0; p < k; ++p) {
-            float* o = out + p * MR;
-            const float* ap = a + i0 * rs + p * cs;
-            int i = 0;
-            for (; i < mr; ++i) o[i] = ap[i * rs];
-            for (; i < MR; ++i) o[i] = 0.0f;
+        if (cs == 1 && rs != 1) {
+            for (int i = 0; i < mr; ++i) {
+                const float* ai = a + (i0 + i) * rs;
+                for (int p = 0; p < k; ++p) out[p * MR + i] = ai[p];
+            }
+            for (int i = mr; i < MR; ++i)
+                for (int p = 0; p < k; ++p) out[p * MR + i] = 0.0f;
+        } else {
+            for (int p = 0; p < k; ++p) {
+                float* o = out + p * MR;
+                const float* ap = a + i0 * rs + p * cs;
+                int i = 0;
+                for (; i < mr; ++i) o[i] = ap[i * rs];
+                for (; i < MR; ++i) o[i] = 0.0f;
+            }
         }
         out += int64_t(k) * MR;
     }
@@ -112,15 +125,24 @@ void pack_a(int m, int k, const float* a, int64_t rs, int64_t cs, float* out) {
 void pack_b(int k, int n, const float* b, int64_t rs, int64_t cs, float* out) {
     for (int j0 = 0; j0 < n; j0 += NR) {
         const int nr = std::min(NR, n - j0);
-        for (int p = 0; p < k; ++p) {
-            float* o = out + p * NR;
-            const float* bp = b + p * rs + j0 * cs;
-            int j = 0;
-            if (cs == 1)
-                for (; j < nr; ++j) o[j] = bp[j];
-            else
-                for (; j < nr; ++j) o[j] = bp[j * cs];
-            for (; j < NR; ++j) o[j] = 0.0f;
+        if (rs == 1 && cs != 1) {
+            for (int j = 0; j < nr; ++j) {
+                const float* bj = b + (j0 + j) * cs;
+                for (int p = 0; p < k; ++p) out[p * NR + j] = bj[p];
+            }
+            for (int j = nr; j < NR; ++j)
+                for (int p = 0; p < k; ++p) out[p * NR + j] = 0.0f;
+        } else {
+            for (int p = 0; p < k; ++p) {
+                float* o = out + p * NR;
+                const float* bp = b + p * rs + j0 * cs;
+                int j = 0;
+                if (cs == 1)
+                    for (; j < nr; ++j) o[j] = bp[j];
+                else
+                    for (; j < nr; ++j) o[j] = bp[j * cs];
+                for (; j < NR; ++j) o[j] = 0.0f;
+            }
         }
         out += int64_t(k) * NR;
     }
@@ -191,15 +213,19 @@ void sgemm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs,
            float* c, int64_t c_rs) {
     if (m <= 0 || n <= 0) return;
     static thread_local std::vector<float> abuf, bbuf;
+    float* bp = scratch(bbuf, packed_b_size(KC, NC));
+    float* ap = scratch(abuf, packed_a_size(MC, KC));
+    // KC x NC blocks of B and MC x KC blocks of A stay in cache while used.
     for (int jc = 0; jc < n; jc += NC) {
         const int nc = std::min(NC, n - jc);
-        float* bp = scratch(bbuf, packed_b_size(k, nc));
-        pack_b(k, nc, b + jc * b_cs, b_rs, b_cs, bp);
-        for (int ic = 0; ic < m; ic += MC) {
-            const int mc = std::min(MC, m - ic);
-            float* ap = scratch(abuf, packed_a_size(mc, k));
-            pack_a(mc, k, a + ic * a_rs, a_rs, a_cs, ap);
-            sgemm_packed(mc, nc, k, ap, bp, accumulate, c + ic * c_rs + jc, c_rs);
+        for (int pc = 0; pc < std::max(k, 1); pc += KC) {
+            const int kc = std::min(KC, k - pc);
+            pack_b(kc, nc, b + pc * b_rs + jc * b_cs, b_rs, b_cs, bp);
+            for (int ic = 0; ic < m; ic += MC) {
+                const int mc = std::min(MC, m - ic);
+                pack_a(mc, kc, a + ic * a_rs + pc * a_cs, a_rs, a_cs, ap);
+                sgemm_packed(mc, nc, kc, ap, bp, accumulate || pc > 0, c + ic * c_rs + jc, c_rs);
+            }
         }
     }
 }
@@ -207,11 +233,22 @@ void sgemm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs,
 void sgemm_parallel(int m, int n, int k, const float* a, int64_t a_rs,
                     int64_t a_cs, const float* b, int64_t b_rs, int64_t b_cs,
                     bool accumulate, float* c, int64_t c_rs) {
-    // Tiles of MC rows x 4*NR columns at least; more tiles than threads so
-    // dynamic scheduling balances. Tile bounds do not change any element's
+    if (m <= 0 || n <= 0) return;
+    // About 4 tiles per thread, cut along both axes in proportion to them, in
+    // whole MR x NR register tiles. Tile bounds never change an element's
     // arithmetic, so the result is the same for any thread count.
-    const int tm = MC, tn = std::max(4 * NR, (n + 7) / 8 / NR * NR);
-    const int gm = (m + tm - 1) / tm, gn = (n + tn - 1) / tn;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    const int64_t work = int64_t(m) * n * std::max(k, 1);
+    const int want = work < (int64_t(1) << 18) ? 1 : 4 * threads;
+    const int mt = (m + MR - 1) / MR, nt = (n + NR - 1) / NR;  // register tiles
+    int gm = std::max(1, std::min(mt, int(std::lround(std::sqrt(double(want) * mt / nt)))));
+    int gn = std::max(1, std::min(nt, (want + gm - 1) / gm));
+    const int tm = (mt + gm - 1) / gm * MR, tn = (nt + gn - 1) / gn * NR;
+    gm = (m + tm - 1) / tm;
+    gn = (n + tn - 1) / tn;
 #pragma omp parallel for schedule(dynamic) if (gm * gn > 1)
     for (int t = 0; t < gm * gn; ++t) {
         const int i0 = (t / gn) * tm, j0 = (t % gn) * tn;
