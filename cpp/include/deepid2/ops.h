@@ -53,7 +53,8 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w,
 // its H x W plane; ties go to the first maximum in row-major window order.
 void maxpool_forward(int n, int c, int h, int w, int s, const float* x,
                      float* y, int32_t* argmax);
-// dx = (whole N x C x H x W, zeros where nothing was selected).
+// dx = (whole N x C x H x W, zeros where nothing was selected). An argmax
+// outside its window throws; dx may then have been partly written.
 void maxpool_backward(int n, int c, int h, int w, int s, const float* dy,
                       const int32_t* argmax, float* dx);
 
