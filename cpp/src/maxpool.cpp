@@ -1,6 +1,8 @@
 // Max-pooling, s x s windows with stride s, floor on odd sizes. Planes
 // (n, c) are independent, so both directions parallelise over them.
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "check.h"
 #include "deepid2/ops.h"
@@ -13,63 +15,168 @@ std::invalid_argument bad_argmax() {
     return std::invalid_argument("maxpool: argmax holds an index outside its window");
 }
 
-// 2x2 windows, the DeepID2 case: branch-free selects over the four inputs,
-// which the compiler vectorises; ties keep the first in row-major order.
+// 2x2 windows, the DeepID2 case. Sixteen outputs at a time: the inputs are
+// deinterleaved into even/odd columns with vector shuffles (the compiler
+// will not vectorise the stride-2 loads itself), then branch-free selects.
+// Window code k: 0, 1 top row, 2, 3 bottom row; ties keep the first.
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+#if defined(__clang__)
+#define DEINTERLEAVE(lo, hi, odd)                                                          \
+    __builtin_shufflevector(lo, hi, 0 + odd, 2 + odd, 4 + odd, 6 + odd, 8 + odd, 10 + odd,   \
+                            12 + odd, 14 + odd, 16 + odd, 18 + odd, 20 + odd, 22 + odd,      \
+                            24 + odd, 26 + odd, 28 + odd, 30 + odd)
+#define INTERLEAVE(a, b, half)                                                             \
+    __builtin_shufflevector(a, b, 8 * half + 0, 8 * half + 16, 8 * half + 1, 8 * half + 17,  \
+                            8 * half + 2, 8 * half + 18, 8 * half + 3, 8 * half + 19,        \
+                            8 * half + 4, 8 * half + 20, 8 * half + 5, 8 * half + 21,        \
+                            8 * half + 6, 8 * half + 22, 8 * half + 7, 8 * half + 23)
+#else
+#define DEINTERLEAVE(lo, hi, odd)                                                        \
+    __builtin_shuffle(lo, hi, v16i{0 + odd, 2 + odd, 4 + odd, 6 + odd, 8 + odd, 10 + odd,  \
+                                   12 + odd, 14 + odd, 16 + odd, 18 + odd, 20 + odd,       \
+                                   22 + odd, 24 + odd, 26 + odd, 28 + odd, 30 + odd})
+#define INTERLEAVE(a, b, half)                                                            \
+    __builtin_shuffle(a, b, v16i{8 * half + 0, 8 * half + 16, 8 * half + 1, 8 * half + 17,  \
+                                 8 * half + 2, 8 * half + 18, 8 * half + 3, 8 * half + 19,  \
+                                 8 * half + 4, 8 * half + 20, 8 * half + 5, 8 * half + 21,  \
+                                 8 * half + 6, 8 * half + 22, 8 * half + 7, 8 * half + 23})
+#endif
+
+template <typename V>
+inline V load(const void* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+template <typename V>
+inline void store(void* p, const V& v) {
+    std::memcpy(p, &v, sizeof v);
+}
+
+// Outputs are taken in flattened order over a batch of whole planes,
+// o = (plane * OH + oy) * OW + ox, 16 at a time, so the narrow maps of
+// DeepID2 (OW = 10, 4) vectorise as well as wide ones. The top and bottom
+// rows of the windows are first gathered into contiguous buffers (2 * OW
+// floats per output row).
+struct Batch2 {
+    int h, w, oh, ow, count;  // count = OH * OW outputs per plane
+    // In-plane input index of the top-left of output o's window, 16 lanes.
+    // Divisions go through float: exact, as o stays far below 2^23.
+    v16i base(int o0) const {
+        const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+        const v16i o = lane + o0;
+        const v16i pi = div(o, count), rem = o - pi * count, oy = div(rem, ow);
+        return 2 * oy * w + 2 * (rem - oy * ow);
+    }
+    static v16i div(v16i a, int b) {
+        return __builtin_convertvector(
+            (__builtin_convertvector(a, v16f) + 0.5f) * (1.0f / float(b)), v16i);
+    }
+    int base1(int o) const {
+        const int rem = o % count, oy = rem / ow;
+        return 2 * oy * w + 2 * (rem - oy * ow);
+    }
+};
+
+constexpr int kBatchOutputs = 512;  // outputs per task, in whole planes
+constexpr int kPool2MaxOutputs = 1 << 20;  // keeps Batch2's float divisions exact
+
+float* plane_scratch(int slot, size_t n) {
+    static thread_local std::vector<float> bufs[4];
+    if (bufs[slot].size() < n) bufs[slot].resize(n);
+    return bufs[slot].data();
+}
+
 void pool2_forward(int64_t planes, int h, int w, const float* x, float* y, int32_t* argmax) {
-    const int oh = h / 2, ow = w / 2;
+    const Batch2 B{h, w, h / 2, w / 2, (h / 2) * (w / 2)};
+    const int per = std::max(1, kBatchOutputs / B.count);
+    const int64_t batches = (planes + per - 1) / per;
 #pragma omp parallel for schedule(static)
-    for (int64_t pl = 0; pl < planes; ++pl)
-        for (int oy = 0; oy < oh; ++oy) {
-            const float* __restrict r0 = x + (pl * h + 2 * oy) * w;
-            const float* __restrict r1 = r0 + w;
-            float* __restrict yr = y + (pl * oh + oy) * ow;
-            int32_t* __restrict ar = argmax + (pl * oh + oy) * ow;
-            const int base = 2 * oy * w;
-            for (int ox = 0; ox < ow; ++ox) {
-                const float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
-                float best = a;
-                int idx = base + 2 * ox;
-                idx = b > best ? base + 2 * ox + 1 : idx;
-                best = b > best ? b : best;
-                idx = c > best ? base + w + 2 * ox : idx;
-                best = c > best ? c : best;
-                idx = d > best ? base + w + 2 * ox + 1 : idx;
-                best = d > best ? d : best;
-                yr[ox] = best;
-                ar[ox] = idx;
-            }
+    for (int64_t bi = 0; bi < batches; ++bi) {
+        const int64_t p0 = bi * per;
+        const int np = int(std::min<int64_t>(per, planes - p0));
+        const int total = np * B.count, padded = (total + 15) / 16 * 16;
+        float* top = plane_scratch(0, size_t(padded) * 2);
+        float* bot = plane_scratch(1, size_t(padded) * 2);
+        float* ybuf = plane_scratch(2, padded);
+        int32_t* abuf = reinterpret_cast<int32_t*>(plane_scratch(3, padded));
+        for (int r = 0; r < np * B.oh; ++r) {  // output row r of the batch
+            const float* xr = x + (p0 + r / B.oh) * h * w + 2 * (r % B.oh) * w;
+            std::copy_n(xr, 2 * B.ow, top + 2 * r * B.ow);
+            std::copy_n(xr + w, 2 * B.ow, bot + 2 * r * B.ow);
         }
+        std::fill(top + 2 * total, top + 2 * padded, 0.0f);
+        std::fill(bot + 2 * total, bot + 2 * padded, 0.0f);
+        for (int o = 0; o < padded; o += 16) {
+            const v16f t0 = load<v16f>(top + 2 * o), t1 = load<v16f>(top + 2 * o + 16);
+            const v16f b0 = load<v16f>(bot + 2 * o), b1 = load<v16f>(bot + 2 * o + 16);
+            const v16f a = DEINTERLEAVE(t0, t1, 0), b = DEINTERLEAVE(t0, t1, 1);
+            const v16f c = DEINTERLEAVE(b0, b1, 0), d = DEINTERLEAVE(b0, b1, 1);
+            const v16i zero{};
+            v16f best = a;
+            v16i off = zero;
+            off = b > best ? zero + 1 : off;
+            best = b > best ? b : best;
+            off = c > best ? zero + w : off;
+            best = c > best ? c : best;
+            off = d > best ? zero + w + 1 : off;
+            best = d > best ? d : best;
+            store(ybuf + o, best);
+            store(abuf + o, B.base(o) + off);
+        }
+        std::copy_n(ybuf, total, y + p0 * B.count);
+        std::copy_n(abuf, total, argmax + p0 * B.count);
+    }
 }
 
 // Writes every element of dx once (no zero pass, no scatter). Returns false
 // if some argmax lies outside its window; dx is then unspecified.
 bool pool2_backward(int64_t planes, int h, int w, const float* dy, const int32_t* argmax,
                     float* dx) {
-    const int oh = h / 2, ow = w / 2;
+    const Batch2 B{h, w, h / 2, w / 2, (h / 2) * (w / 2)};
+    const int per = std::max(1, kBatchOutputs / B.count);
+    const int64_t batches = (planes + per - 1) / per;
     bool ok = true;
 #pragma omp parallel for schedule(static) reduction(&& : ok)
-    for (int64_t pl = 0; pl < planes; ++pl) {
-        float* dxp = dx + pl * h * w;
-        for (int oy = 0; oy < oh; ++oy) {
-            const float* __restrict g = dy + (pl * oh + oy) * ow;
-            const int32_t* __restrict ar = argmax + (pl * oh + oy) * ow;
-            float* __restrict d0 = dxp + 2 * oy * w;
-            float* __restrict d1 = d0 + w;
-            const int base = 2 * oy * w;
-            int hits = 0;
-            for (int ox = 0; ox < ow; ++ox) {
-                const int a = ar[ox] - base - 2 * ox;  // 0, 1, w, w + 1 inside the window
-                const float v = g[ox];
-                d0[2 * ox] = a == 0 ? v : 0.0f;
-                d0[2 * ox + 1] = a == 1 ? v : 0.0f;
-                d1[2 * ox] = a == w ? v : 0.0f;
-                d1[2 * ox + 1] = a == w + 1 ? v : 0.0f;
-                hits += (a == 0) | (a == 1) | (a == w) | (a == w + 1);
-            }
-            ok = ok && hits == ow;
-            if (w & 1) d0[w - 1] = d1[w - 1] = 0.0f;
+    for (int64_t bi = 0; bi < batches; ++bi) {
+        const int64_t p0 = bi * per;
+        const int np = int(std::min<int64_t>(per, planes - p0));
+        const int total = np * B.count, padded = (total + 15) / 16 * 16;
+        float* top = plane_scratch(0, size_t(padded) * 2);
+        float* bot = plane_scratch(1, size_t(padded) * 2);
+        float* gbuf = plane_scratch(2, padded);
+        int32_t* abuf = reinterpret_cast<int32_t*>(plane_scratch(3, padded));
+        std::copy_n(dy + p0 * B.count, total, gbuf);
+        std::copy_n(argmax + p0 * B.count, total, abuf);
+        std::fill(gbuf + total, gbuf + padded, 0.0f);
+        for (int o = total; o < padded; ++o) abuf[o] = B.base1(o);  // padding hits
+        v16i hits{};
+        for (int o = 0; o < padded; o += 16) {
+            const v16i a = load<v16i>(abuf + o) - B.base(o);
+            const v16f v = load<v16f>(gbuf + o), z{};
+            const v16f e0 = a == 0 ? v : z, e1 = a == 1 ? v : z;
+            const v16f e2 = a == w ? v : z, e3 = a == w + 1 ? v : z;
+            store(top + 2 * o, INTERLEAVE(e0, e1, 0));
+            store(top + 2 * o + 16, INTERLEAVE(e0, e1, 1));
+            store(bot + 2 * o, INTERLEAVE(e2, e3, 0));
+            store(bot + 2 * o + 16, INTERLEAVE(e2, e3, 1));
+            hits += (a == 0) | (a == 1) | (a == w) | (a == w + 1);  // -1 per hit
         }
-        if (h & 1) std::fill(dxp + (h - 1) * w, dxp + h * w, 0.0f);
+        int count = 0;
+        for (int l = 0; l < 16; ++l) count -= hits[l];
+        ok = ok && count == padded;
+        for (int p = 0; p < np; ++p) {
+            float* dxp = dx + (p0 + p) * h * w;
+            for (int oy = 0; oy < B.oh; ++oy) {
+                const int r = p * B.oh + oy;
+                float* d0 = dxp + 2 * oy * w;
+                std::copy_n(top + 2 * r * B.ow, 2 * B.ow, d0);
+                std::copy_n(bot + 2 * r * B.ow, 2 * B.ow, d0 + w);
+                if (w & 1) d0[w - 1] = d0[2 * w - 1] = 0.0f;
+            }
+            if (h & 1) std::fill(dxp + (h - 1) * w, dxp + h * w, 0.0f);
+        }
     }
     return ok;
 }
@@ -92,7 +199,7 @@ void maxpool_forward(int n, int c, int h, int w, int s, const float* x, float* y
     detail::require_pointer("maxpool", argmax, "argmax");
     const int oh = h / s, ow = w / s;
     const int64_t planes = int64_t(n) * c;
-    if (s == 2) {
+    if (s == 2 && oh * ow <= kPool2MaxOutputs) {
         pool2_forward(planes, h, w, x, y, argmax);
         return;
     }
@@ -127,7 +234,7 @@ void maxpool_backward(int n, int c, int h, int w, int s, const float* dy,
     detail::require_pointer("maxpool", dx, "dx");
     const int oh = h / s, ow = w / s;
     const int64_t planes = int64_t(n) * c;
-    if (s == 2) {
+    if (s == 2 && oh * ow <= kPool2MaxOutputs) {
         if (!pool2_backward(planes, h, w, dy, argmax, dx)) throw bad_argmax();
         return;
     }
