@@ -82,8 +82,13 @@ struct Batch2 {
 constexpr int kBatchOutputs = 512;  // outputs per task, in whole planes
 constexpr int kPool2MaxOutputs = 1 << 20;  // keeps Batch2's float divisions exact
 
+// Rows are short (8 to 44 floats here): an inlined loop beats a memmove call.
+inline void copy_short(const float* __restrict src, int n, float* __restrict dst) {
+    for (int i = 0; i < n; ++i) dst[i] = src[i];
+}
+
 float* plane_scratch(int slot, size_t n) {
-    static thread_local std::vector<float> bufs[4];
+    static thread_local std::vector<float> bufs[2];
     if (bufs[slot].size() < n) bufs[slot].resize(n);
     return bufs[slot].data();
 }
@@ -99,12 +104,12 @@ void pool2_forward(int64_t planes, int h, int w, const float* x, float* y, int32
         const int total = np * B.count, padded = (total + 15) / 16 * 16;
         float* top = plane_scratch(0, size_t(padded) * 2);
         float* bot = plane_scratch(1, size_t(padded) * 2);
-        float* ybuf = plane_scratch(2, padded);
-        int32_t* abuf = reinterpret_cast<int32_t*>(plane_scratch(3, padded));
+        float ybuf[16];
+        int32_t abuf[16];
         for (int r = 0; r < np * B.oh; ++r) {  // output row r of the batch
             const float* xr = x + (p0 + r / B.oh) * h * w + 2 * (r % B.oh) * w;
-            std::copy_n(xr, 2 * B.ow, top + 2 * r * B.ow);
-            std::copy_n(xr + w, 2 * B.ow, bot + 2 * r * B.ow);
+            copy_short(xr, 2 * B.ow, top + 2 * r * B.ow);
+            copy_short(xr + w, 2 * B.ow, bot + 2 * r * B.ow);
         }
         std::fill(top + 2 * total, top + 2 * padded, 0.0f);
         std::fill(bot + 2 * total, bot + 2 * padded, 0.0f);
@@ -122,11 +127,17 @@ void pool2_forward(int64_t planes, int h, int w, const float* x, float* y, int32
             best = c > best ? c : best;
             off = d > best ? zero + w + 1 : off;
             best = d > best ? d : best;
-            store(ybuf + o, best);
-            store(abuf + o, B.base(o) + off);
+            const v16i idx = B.base(o) + off;
+            if (o + 16 <= total) {  // straight to the outputs; only the tail goes through buffers
+                store(y + p0 * B.count + o, best);
+                store(argmax + p0 * B.count + o, idx);
+            } else {
+                store(ybuf, best);
+                store(abuf, idx);
+                std::copy_n(ybuf, total - o, y + p0 * B.count + o);
+                std::copy_n(abuf, total - o, argmax + p0 * B.count + o);
+            }
         }
-        std::copy_n(ybuf, total, y + p0 * B.count);
-        std::copy_n(abuf, total, argmax + p0 * B.count);
     }
 }
 
@@ -145,16 +156,19 @@ bool pool2_backward(int64_t planes, int h, int w, const float* dy, const int32_t
         const int total = np * B.count, padded = (total + 15) / 16 * 16;
         float* top = plane_scratch(0, size_t(padded) * 2);
         float* bot = plane_scratch(1, size_t(padded) * 2);
-        float* gbuf = plane_scratch(2, padded);
-        int32_t* abuf = reinterpret_cast<int32_t*>(plane_scratch(3, padded));
-        std::copy_n(dy + p0 * B.count, total, gbuf);
-        std::copy_n(argmax + p0 * B.count, total, abuf);
-        std::fill(gbuf + total, gbuf + padded, 0.0f);
-        for (int o = total; o < padded; ++o) abuf[o] = B.base1(o);  // padding hits
+        const float* g = dy + p0 * B.count;
+        const int32_t* am = argmax + p0 * B.count;
+        float gtail[16];
+        int32_t atail[16];
+        for (int o = total / 16 * 16, l = 0; l < 16; ++o, ++l) {  // the last, partial vector
+            gtail[l] = o < total ? g[o] : 0.0f;
+            atail[l] = o < total ? am[o] : B.base1(o);  // padding lanes hit their window
+        }
         v16i hits{};
         for (int o = 0; o < padded; o += 16) {
-            const v16i a = load<v16i>(abuf + o) - B.base(o);
-            const v16f v = load<v16f>(gbuf + o), z{};
+            const bool full = o + 16 <= total;
+            const v16i a = load<v16i>(full ? am + o : atail) - B.base(o);
+            const v16f v = load<v16f>(full ? g + o : gtail), z{};
             const v16f e0 = a == 0 ? v : z, e1 = a == 1 ? v : z;
             const v16f e2 = a == w ? v : z, e3 = a == w + 1 ? v : z;
             store(top + 2 * o, INTERLEAVE(e0, e1, 0));
@@ -171,8 +185,8 @@ bool pool2_backward(int64_t planes, int h, int w, const float* dy, const int32_t
             for (int oy = 0; oy < B.oh; ++oy) {
                 const int r = p * B.oh + oy;
                 float* d0 = dxp + 2 * oy * w;
-                std::copy_n(top + 2 * r * B.ow, 2 * B.ow, d0);
-                std::copy_n(bot + 2 * r * B.ow, 2 * B.ow, d0 + w);
+                copy_short(top + 2 * r * B.ow, 2 * B.ow, d0);
+                copy_short(bot + 2 * r * B.ow, 2 * B.ow, d0 + w);
                 if (w & 1) d0[w - 1] = d0[2 * w - 1] = 0.0f;
             }
             if (h & 1) std::fill(dxp + (h - 1) * w, dxp + h * w, 0.0f);
