@@ -1,7 +1,7 @@
-// Packed SGEMM after BLIS: pack B into NR-wide panels and A into MR-tall
-// panels (both over the whole K), then sweep KC-deep slices of them with an
-// MR x NR register-tile micro-kernel written with GCC/Clang vector
-// extensions, so one source gives AVX-512, AVX2 or SSE code for -march.
+// Packed SGEMM after BLIS: B is packed into NR-wide panels and A into
+// MR-tall panels, KC x NC and MC x KC blocks at a time so they stay in cache,
+// then an MR x NR register-tile micro-kernel written with GCC/Clang vector
+// extensions sweeps them: one source gives AVX-512, AVX2 or SSE for -march.
 #include "gemm.h"
 
 #include <algorithm>
@@ -174,39 +174,6 @@ void sgemm_panels(int m, int n, int k, const float* ap, const float* b, int64_t 
     }
 }
 
-void sgemm_nt_add(int m, int n, int l, const float* a, int64_t a_rs, const float* b,
-                  int64_t b_rs, float* c, int64_t c_rs) {
-    constexpr int T = 4;  // T x T dot products share their loads
-    for (int i0 = 0; i0 < m; i0 += T)
-        for (int j0 = 0; j0 < n; j0 += T) {
-            const int ti = std::min(T, m - i0), tj = std::min(T, n - j0);
-            vf acc[T][T];
-            for (int i = 0; i < T; ++i)
-                for (int j = 0; j < T; ++j) acc[i][j] = vf{};
-            if (ti == T && tj == T) {
-                for (int p = 0; p < l; p += VW) {
-                    vf av[T], bv[T];
-                    for (int i = 0; i < T; ++i) av[i] = load(a + (i0 + i) * a_rs + p);
-                    for (int j = 0; j < T; ++j) bv[j] = load(b + (j0 + j) * b_rs + p);
-                    for (int i = 0; i < T; ++i)
-                        for (int j = 0; j < T; ++j) acc[i][j] += av[i] * bv[j];
-                }
-            } else {
-                for (int p = 0; p < l; p += VW)
-                    for (int i = 0; i < ti; ++i)
-                        for (int j = 0; j < tj; ++j)
-                            acc[i][j] += load(a + (i0 + i) * a_rs + p) * load(b + (j0 + j) * b_rs + p);
-            }
-            for (int i = 0; i < ti; ++i)
-                for (int j = 0; j < tj; ++j) {
-                    float sum = 0.0f;
-                    for (int v = 0; v < VW; ++v) sum += acc[i][j][v];
-                    c[(i0 + i) * c_rs + j0 + j] += sum;
-                }
-        }
-}
-
-int gemm_vw() { return VW; }
 
 void sgemm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs,
            const float* b, int64_t b_rs, int64_t b_cs, bool accumulate,

@@ -41,13 +41,6 @@ void sgemm_packed(int m, int n, int k, const float* ap, const float* bp, bool ac
 void sgemm_panels(int m, int n, int k, const float* ap, const float* b, int64_t b_rs,
                   int64_t b_panel, bool accumulate, float* c, int64_t c_rs);
 
-// C [m x n] += A [m x l] * B [n x l]^T, rows of A and B contiguous, l a
-// multiple of gemm_vw() (callers zero-pad): dot products, for weight
-// gradients whose two operands both run along the reduction.
-int gemm_vw();
-void sgemm_nt_add(int m, int n, int l, const float* a, int64_t a_rs, const float* b,
-                  int64_t b_rs, float* c, int64_t c_rs);
-
 // C = A * B split into column/row tiles over the OpenMP threads. Each element
 // of C is computed by exactly one thread in sgemm's order: deterministic.
 void sgemm_parallel(int m, int n, int k, const float* a, int64_t a_rs,

@@ -1,17 +1,21 @@
 // Locally-shared convolution as im2col + GEMM, one region at a time.
 //
-// Work unit: an image block (nb images, nb fixed by the shapes) x one region.
-// Its output columns j = (image, position in region) are processed in chunks
-// of JC columns. colsT (q x jc, q = C*kh*kw taps, rows padded to ld) holds
-// the inputs under each column; weights are packed once per call.
+// Output columns j = (image, position in region) are processed in chunks of
+// JC. colsT (q x jc, q = C*kh*kw taps, rows padded to ld) holds the inputs
+// under each column; the weights are packed once per call.
 //   forward:   Yt  [K x jc] = W_r [K x q] * colsT
-//   backward:  dWp [K x q] += dYt [K x jc] * colsT^T   (dot products, per block)
+//   backward:  dW_r [K x q] += dYt [K x jc] * colsT^T
 //              dcolsT [q x jc] = W_r^T [q x K] * dYt  -> col2im into dx
 // Consecutive columns usually sit side by side in x and y (one output row of
 // a region), so copies between NCHW and the column matrices go by runs.
-// In the backward a thread owns whole image blocks, so dx needs no atomics;
-// dW/db partial sums per block are added in block order at the end, which
-// makes the result independent of the thread count.
+//
+// Parallel split, chosen by shapes only so results never depend on the
+// thread count:
+// - forward: tasks of (image block, region), no reductions;
+// - backward, small regions (locally connected): one task per region over
+//   the whole batch owns dW_r/db_r; dx is scattered afterwards per image;
+// - backward, wide regions (ordinary convolution): kGroups groups of images,
+//   each with its own dW/db partial sums, added in group order.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
