@@ -1,0 +1,177 @@
+"""The DeepID2 ConvNet: shapes, parameters, and an explicit forward/backward.
+
+Layers (Sun et al. 2014, fig. 2), every shape derived from the input size:
+  conv1 4x4, 20 maps, ReLU      -> max-pool 2x2
+  conv2 3x3, 40 maps, ReLU      -> max-pool 2x2
+  conv3 3x3, 60 maps, ReLU, locally shared on a 2x2 grid of regions
+                                -> max-pool 2x2 (pool3)
+  conv4 2x2, 80 maps, ReLU, locally connected
+  deepid: 160-d, ReLU, fully connected to pool3 and conv4 at once
+  ident: n_classes logits (softmax in the loss)
+
+Parameters are plain named float32 arrays (see `param_shapes`). Initial
+values come from `np.random.default_rng(seed)`, drawn in sorted-name order:
+weights are normal with std sqrt(2 / fan_in) (He, for ReLU layers) and
+sqrt(1 / fan_in) for the ident layer, fan_in = C * kh * kw (convolutions) or
+the input width (dense); biases are 0.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+LAYERS = (  # name, kernel, maps
+    ("conv1", 4, 20), ("conv2", 3, 40), ("conv3", 3, 60), ("conv4", 2, 80))
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    n_classes: int
+    height: int = 55
+    width: int = 47
+    channels: int = 3
+    feature_dim: int = 160
+    conv3_grid: tuple = (2, 2)   # conv3 regions: a grid of this many rows x columns
+    conv3_region: tuple = None   # or: regions of this many neurons (overrides the grid)
+
+    def to_dict(self):
+        d = asdict(self)
+        d["conv3_grid"] = list(self.conv3_grid)
+        d["conv3_region"] = list(self.conv3_region) if self.conv3_region else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["conv3_grid"] = tuple(d["conv3_grid"])
+        d["conv3_region"] = tuple(d["conv3_region"]) if d.get("conv3_region") else None
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    name: str
+    c: int
+    h: int
+    w: int
+    k: int
+    kernel: int
+    region: tuple
+
+    @property
+    def out_hw(self):
+        return self.h - self.kernel + 1, self.w - self.kernel + 1
+
+    @property
+    def grid(self):
+        (oh, ow), (rh, rw) = self.out_hw, self.region
+        return -(-oh // rh), -(-ow // rw)
+
+
+def conv_shapes(cfg):
+    """The four convolutions' input shapes and regions for this config."""
+    shapes, c, h, w = [], cfg.channels, cfg.height, cfg.width
+    for i, (name, kernel, maps) in enumerate(LAYERS):
+        oh, ow = h - kernel + 1, w - kernel + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {cfg.height}x{cfg.width} is too small: {name} has no output")
+        if name == "conv3":
+            region = cfg.conv3_region or (-(-oh // cfg.conv3_grid[0]), -(-ow // cfg.conv3_grid[1]))
+        elif name == "conv4":
+            region = (1, 1)
+        else:
+            region = (oh, ow)
+        shapes.append(ConvShape(name, c, h, w, maps, kernel, tuple(region)))
+        c = maps
+        if i < 3:  # conv1..conv3 are followed by a 2x2 max-pool
+            h, w = oh // 2, ow // 2
+            if h < 1 or w < 1:
+                raise ValueError(f"input {cfg.height}x{cfg.width} is too small for pool{i + 1}")
+        else:
+            h, w = oh, ow
+    return shapes
+
+
+def param_shapes(cfg):
+    s = conv_shapes(cfg)
+    out = {}
+    for cs in s:
+        ry, rx = cs.grid
+        out[cs.name + ".w"] = (ry, rx, cs.k, cs.c, cs.kernel, cs.kernel)
+        out[cs.name + ".b"] = (ry, rx, cs.k)
+    pool3 = s[3].c * s[3].h * s[3].w
+    conv4 = s[3].k * s[3].out_hw[0] * s[3].out_hw[1]
+    out["deepid.w"] = (pool3 + conv4, cfg.feature_dim)
+    out["deepid.b"] = (cfg.feature_dim,)
+    out["ident.w"] = (cfg.feature_dim, cfg.n_classes)
+    out["ident.b"] = (cfg.n_classes,)
+    return out
+
+
+def init_params(cfg, seed):
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in sorted(param_shapes(cfg).items()):
+        if name.endswith(".b"):
+            params[name] = np.zeros(shape, np.float32)
+            continue
+        fan_in = int(np.prod(shape[3:])) if len(shape) == 6 else shape[0]
+        gain = 1.0 if name == "ident.w" else 2.0
+        params[name] = (rng.standard_normal(shape) * np.sqrt(gain / fan_in)).astype(np.float32)
+    return params
+
+
+class DeepID2:
+    """Forward and backward of the network on a backend, layer by layer."""
+
+    def __init__(self, cfg, backend):
+        self.cfg, self.be = cfg, backend
+        self.convs = conv_shapes(cfg)
+
+    def features(self, params, x):
+        """The 160-d DeepID2 vectors of a float32 N x C x H x W batch."""
+        return self.forward(params, x, need_logits=False)["deepid"]
+
+    def forward(self, params, x, need_logits=True):
+        be, acts = self.be, {"x": x}
+        h = x
+        for i, cs in enumerate(self.convs):
+            h = be.lsconv_forward(h, params[cs.name + ".w"], params[cs.name + ".b"], cs.region)
+            acts[cs.name] = h
+            if i < 3:
+                h, acts[f"pool{i + 1}.argmax"] = be.maxpool_forward(h, 2)
+                acts[f"pool{i + 1}"] = h
+        f = be.dense_forward([acts["pool3"], acts["conv4"]], params["deepid.w"],
+                             params["deepid.b"])
+        acts["deepid"] = f
+        if need_logits:
+            acts["logits"] = be.dense_forward(f, params["ident.w"], params["ident.b"], relu=False)
+        return acts
+
+    def backward(self, params, acts, dlogits, dfeatures, grads):
+        """Adds d loss / d params into grads (same names as params).
+
+        dlogits: d loss / d logits; dfeatures: the part of d loss / d deepid
+        that does not flow through the ident layer (the verification term).
+        """
+        be = self.be
+        f = acts["deepid"]
+        dfeat, _, _ = be.dense_backward(f, params["ident.w"], None, dlogits, relu=False,
+                                        dw=grads["ident.w"], db=grads["ident.b"])
+        dfeat = dfeat[0]
+        dfeat += dfeatures
+        (dpool3, dconv4), _, _ = be.dense_backward(
+            [acts["pool3"], acts["conv4"]], params["deepid.w"], f, dfeat,
+            dw=grads["deepid.w"], db=grads["deepid.b"])
+        dh = dconv4
+        for i in (3, 2, 1, 0):
+            cs = self.convs[i]
+            x_in = acts["x"] if i == 0 else acts[f"pool{i}"]
+            dx, _, _ = be.lsconv_backward(x_in, params[cs.name + ".w"], acts[cs.name], dh,
+                                          cs.region, need_dx=i > 0, dw=grads[cs.name + ".w"],
+                                          db=grads[cs.name + ".b"])
+            if i == 3:
+                dx += dpool3  # pool3 feeds both conv4 and the deepid layer
+            if i > 0:
+                dh = be.maxpool_backward(dx, acts[f"pool{i}.argmax"], self.convs[i - 1].out_hw, 2)
+        return grads

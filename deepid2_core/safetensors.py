@@ -1,0 +1,102 @@
+"""The safetensors file format, read and written with numpy alone.
+
+Layout: 8 bytes little-endian header length n, n bytes of JSON header
+({name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__":
+{str: str}}), then the raw little-endian tensor bytes. Writes are atomic: a
+temporary file in the same folder, fsync, then rename, so an interrupted
+write never leaves a broken file under the final name.
+"""
+
+import json
+import os
+import struct
+import tempfile
+
+import numpy as np
+
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64,
+           "U8": np.uint8, "I8": np.int8, "F16": np.float16}
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsError(ValueError):
+    """A file that is not a valid safetensors file (truncated, corrupt, hostile)."""
+
+
+def save(path, tensors, metadata=None):
+    """Write {name: array} (and optional {str: str} metadata) to path, atomically."""
+    header, offset, arrays = {}, 0, []
+    for name in sorted(tensors):
+        a = np.asarray(tensors[name], order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
+        if a.dtype not in _NAMES:
+            raise TypeError(f"{name}: dtype {a.dtype} cannot be stored in safetensors here")
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        header[name] = {"dtype": _NAMES[a.dtype.newbyteorder("=")], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("metadata must map str to str")
+        header["__metadata__"] = dict(metadata)
+    blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for a in arrays:
+                f.write(a.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path):
+    """Return ({name: array}, {str: str} metadata); validates everything first."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SafetensorsError(f"{path}: truncated (no header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise SafetensorsError(f"{path}: header length {n} does not fit the file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{path}: corrupt header ({e})") from None
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{path}: header is not a JSON object")
+        metadata = header.pop("__metadata__", {}) or {}
+        data_size = size - 8 - n
+        out, spans = {}, []
+        for name, info in header.items():
+            try:
+                dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+                shape = tuple(int(d) for d in info["shape"])
+                begin, end = (int(v) for v in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise SafetensorsError(f"{path}: bad header entry for {name!r}") from None
+            count = int(np.prod(shape, dtype=np.int64))
+            if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_size \
+                    or end - begin != count * dtype.itemsize:
+                raise SafetensorsError(f"{path}: {name!r} offsets/shape do not match the data")
+            spans.append((begin, end, name, dtype, shape))
+        spans.sort()
+        for (b0, e0, n0, _, _), (b1, _, n1, _, _) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise SafetensorsError(f"{path}: tensors {n0!r} and {n1!r} overlap")
+        body = f.read(data_size)
+        for begin, end, name, dtype, shape in spans:
+            out[name] = np.frombuffer(body, dtype, count=(end - begin) // dtype.itemsize,
+                                      offset=begin).astype(dtype.newbyteorder("="))\
+                .reshape(shape)
+    return out, metadata

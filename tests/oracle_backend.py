@@ -1,0 +1,48 @@
+"""The float64 oracle behind the backend interface, so the network itself
+(deepid2_core.net) can run on it: whole-network gradient checks in float64,
+and cpu-vs-oracle checks of the whole network."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+import oracle as O
+
+name = "oracle"
+
+
+def lsconv_forward(x, w, b, region, relu=True):
+    return O.lsconv_forward(x, w, b, region, relu)
+
+
+def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=None):
+    dx, gw, gb = O.lsconv_backward(x, w, y, dy, region, relu)
+    return (dx if need_dx else None), _acc(dw, gw), _acc(db, gb)
+
+
+def maxpool_forward(x, s=2):
+    return O.maxpool_forward(x, s)
+
+
+def maxpool_backward(dy, argmax, in_hw, s=None):
+    return O.maxpool_backward(dy, argmax, in_hw)
+
+
+def dense_forward(xs, w, b, relu=True):
+    return O.dense_forward(xs, w, b, relu)
+
+
+def dense_backward(xs, w, y, dy, relu=True, need_dx=True, dw=None, db=None):
+    dxs, gw, gb = O.dense_backward(xs, w, y, dy, relu)
+    return (dxs if need_dx else None), _acc(dw, gw), _acc(db, gb)
+
+
+def joint_loss(*args, **kw):
+    return SimpleNamespace(**O.joint_loss(*args, **kw))
+
+
+def _acc(dst, g):
+    if dst is None:
+        return g
+    dst += g
+    return dst
