@@ -32,7 +32,7 @@ py::array_t<T> checked(const py::handle& obj, const char* name) {
         throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
                              std::string(py::str(py::type::of(obj).attr("__name__"))));
     auto a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().is(py::dtype::of<T>()))
+    if (!a.dtype().equal(py::dtype::of<T>()))  // equal, not is: "<f4" is float32 too
         throw py::type_error(std::string(name) + " must have dtype " +
                              std::string(py::str(py::dtype::of<T>())) + ", got " +
                              std::string(py::str(a.dtype())));
