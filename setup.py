@@ -37,7 +37,8 @@ setup(
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.9",
-    install_requires=["numpy>=1.22"],
+    install_requires=["numpy>=1.22", "numba>=0.59", "opencv-python>=4.8"],
+    entry_points={"console_scripts": ["deepid2=deepid2_core.cli:main"]},
     extras_require={"test": ["pytest>=7"]},
     zip_safe=False,
 )

@@ -80,7 +80,8 @@ def load(path):
         out, spans = {}, []
         for name, info in header.items():
             try:
-                dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+                native = np.dtype(_DTYPES[info["dtype"]])
+                dtype = native.newbyteorder("<")
                 shape = tuple(int(d) for d in info["shape"])
                 begin, end = (int(v) for v in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
@@ -89,14 +90,13 @@ def load(path):
             if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_size \
                     or end - begin != count * dtype.itemsize:
                 raise SafetensorsError(f"{path}: {name!r} offsets/shape do not match the data")
-            spans.append((begin, end, name, dtype, shape))
+            spans.append((begin, end, name, dtype, shape, native))
         spans.sort()
-        for (b0, e0, n0, _, _), (b1, _, n1, _, _) in zip(spans, spans[1:]):
+        for (b0, e0, n0, *_), (b1, _, n1, *_) in zip(spans, spans[1:]):
             if b1 < e0:
                 raise SafetensorsError(f"{path}: tensors {n0!r} and {n1!r} overlap")
         body = f.read(data_size)
-        for begin, end, name, dtype, shape in spans:
+        for begin, end, name, dtype, shape, native in spans:
             out[name] = np.frombuffer(body, dtype, count=(end - begin) // dtype.itemsize,
-                                      offset=begin).astype(dtype.newbyteorder("="))\
-                .reshape(shape)
+                                      offset=begin).astype(native).reshape(shape)
     return out, metadata

@@ -1,0 +1,109 @@
+"""The `deepid2` command line: synth, train, demo."""
+
+import argparse
+import os
+import sys
+import time
+
+from .backends import BackendUnavailable, get_backend
+
+
+def _threads_note(be):
+    threads = be.max_threads() if hasattr(be, "max_threads") else None
+    return f"backend {be.name}" + (f", {threads} threads" if threads else "")
+
+
+def cmd_synth(args):
+    from .synth import make_dataset
+    stats = make_dataset(args.out, args.identities, args.images_per_identity, args.seed)
+    print(f"wrote {stats} to {args.out}")
+
+
+def _train_config(args):
+    from .train import TrainConfig
+    return TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, lam=args.lam,
+                       verif=args.verif, margin=args.margin, learn_margin=args.learn_margin,
+                       same_share=args.same_share, warmup_steps=args.warmup_steps,
+                       val_fraction=args.val_fraction, seed=args.seed)
+
+
+def cmd_train(args):
+    from .data import PatchSpec, build_cache
+    from .train import Trainer
+    be = get_backend(args.backend)
+    cache_dir = args.cache or os.path.join(args.out, "cache")
+    cache = build_cache(args.data, cache_dir, PatchSpec())
+    print(f"{len(cache.labels)} images of {len(cache.identities)} identities "
+          f"({len(cache.skipped)} skipped); {_threads_note(be)}")
+    trainer = Trainer(cache, args.out, _train_config(args), be)
+    try:
+        state = trainer.run(resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last checkpoint in {args.out} is whole; "
+              f"continue with --resume", file=sys.stderr)
+        return 130
+    print(f"best epoch {state['best_epoch']} (validation accuracy {state['best_val']:.4f}); "
+          f"model {os.path.join(args.out, 'best.safetensors')}, "
+          f"log {os.path.join(args.out, 'log.jsonl')}, plot {os.path.join(args.out, 'curves.png')}")
+    return 0
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    return run_demo(args.out, seed=args.seed, seconds=args.seconds, backend=args.backend)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="deepid2", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="draw procedural faces into LFW-style identity folders")
+    s.add_argument("out")
+    s.add_argument("--identities", type=int, default=100)
+    s.add_argument("--images-per-identity", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="train a DeepID2 network (Algorithm 1)")
+    t.add_argument("--data", required=True, help="folder of identity folders (root/<id>/*.jpg)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, log, plot")
+    t.add_argument("--cache", help="patch cache folder (default OUT/cache)")
+    t.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--lambda", dest="lam", type=float, default=0.05)
+    t.add_argument("--verif", default="l2", choices=["l2", "l2_pos", "l1", "cosine"])
+    t.add_argument("--margin", type=float, default=1.0)
+    t.add_argument("--learn-margin", action="store_true")
+    t.add_argument("--same-share", type=float, default=0.5)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="synthetic identities: train, then verify unseen ones")
+    d.add_argument("--out", default=os.path.join(os.getcwd(), "deepid2-demo"))
+    d.add_argument("--seconds", type=float, default=120.0, help="training time budget")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        rc = args.func(args) or 0
+    except (ValueError, OSError, BackendUnavailable) as e:
+        print(f"deepid2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if args.command != "synth":
+        print(f"done in {time.perf_counter() - t0:.1f}s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

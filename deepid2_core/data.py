@@ -1,0 +1,318 @@
+"""Face datasets on disk, the uint8 patch cache, train/val splits and batches.
+
+A dataset is LFW's layout: ``root/<identity>/*.jpg|*.jpeg|*.png``. Training
+reads each image many times, so `build_cache` decodes every image once, cuts
+the fixed patch once and keeps the patches as one uint8 .npy file that is
+memory-mapped (it may exceed RAM). `assemble_batch` turns rows of that file
+into the engine's float32 NCHW batches without a Python loop per image.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import cv2
+import numba
+import numpy as np
+
+FORMAT_VERSION = 1
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+_FILES = ("index.json", "patches.npy", "labels.npy")
+
+
+def scan_identities(root):
+    """[(identity, [image paths, sorted])], identities sorted by name; folders
+    without images are left out. ValueError when there is nothing to read."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise ValueError(f"dataset folder {root!r} does not exist or is not a folder")
+    out = []
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if name.startswith(".") or not os.path.isdir(d):
+            continue
+        files = sorted(f for f in os.listdir(d)
+                       if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(d, f)))
+        if files:
+            out.append((name, [os.path.join(d, f) for f in files]))
+    if not out:
+        raise ValueError(f"dataset folder {root!r} has no identity folders with images "
+                         f"(expected {root}/<identity>/*.jpg|*.jpeg|*.png)")
+    return out
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """The fixed patch: `crop` = (y0, x0, y1, x1) as fractions of the image,
+    resized to height x width; channels 3 = RGB, 1 = grey.
+
+    The default crop is the face of LFW's deep-funneled 250x250 images: YuNet
+    landmarks on 600 of them put the eyes at y=112, x=104/148 and the mouth at
+    y=155 (medians), and rows 71..189 x cols 75..175 hold brows to chin and
+    cheek to cheek. Its aspect (1.175) matches 55x47 so faces are not
+    stretched. The synthetic faces (synth.py) are drawn at the same place."""
+    height: int = 55
+    width: int = 47
+    channels: int = 3
+    crop: tuple = (0.285, 0.30, 0.755, 0.70)
+
+    def __post_init__(self):
+        object.__setattr__(self, "crop", tuple(float(c) for c in self.crop))
+        y0, x0, y1, x1 = self.crop
+        if self.height < 1 or self.width < 1 or self.channels not in (1, 3):
+            raise ValueError(f"PatchSpec needs height, width >= 1 and channels 1 or 3, got {self}")
+        if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
+            raise ValueError("PatchSpec.crop must be 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1, "
+                             f"got {self.crop}")
+
+    def to_dict(self):
+        return {**asdict(self), "crop": list(self.crop)}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(d["crop"]))
+
+
+def cut_patch(img, spec):
+    """BGR uint8 image (as cv2.imread gives) -> height x width x channels uint8 (RGB or grey)."""
+    h, w = img.shape[:2]
+    y0, x0, y1, x1 = (int(round(f * n)) for f, n in zip(spec.crop, (h, w, h, w)))
+    if y1 - y0 < 1 or x1 - x0 < 1:
+        raise ValueError(f"image of {w}x{h} is too small for the crop {spec.crop}")
+    p = cv2.resize(img[y0:y1, x0:x1], (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    if spec.channels == 1:
+        return cv2.cvtColor(p, cv2.COLOR_BGR2GRAY)[..., None]
+    return cv2.cvtColor(p, cv2.COLOR_BGR2RGB)
+
+
+def _decode(path, spec):
+    """(patch, None) or (None, reason): a bad file is a reason, never an exception."""
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file"
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            return None, "not a decodable image"
+        return cut_patch(img, spec), None
+    except Exception as e:  # noqa: BLE001 - any failure skips this one file
+        return None, f"{type(e).__name__}: {e}"
+
+
+def fingerprint(root, identities):
+    """sha256 over sorted (relative path, size, mtime): changes when any file does."""
+    h = hashlib.sha256()
+    for _, paths in identities:
+        for p in paths:
+            st = os.stat(p)
+            h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+class PatchCache:
+    """A built cache: `patches` (memmap uint8 N x H x W x C), `labels` (int32 N),
+    `identities` (names, label k = identities[k]), `paths` (relative to the
+    source root), `skipped` ([(path, reason)]), `spec`; `reused` says whether
+    build_cache found it ready."""
+
+    def __init__(self, cache_dir, index, patches, labels, reused=False):
+        self.cache_dir, self.index, self.reused = os.fspath(cache_dir), index, reused
+        self.patches, self.labels = patches, labels
+        self.spec = PatchSpec.from_dict(index["spec"])
+        self.identities = list(index["identities"])
+        self.paths = list(index["paths"])
+        self.skipped = [tuple(s) for s in index["skipped"]]
+
+    def __len__(self):
+        return len(self.labels)
+
+    @classmethod
+    def load(cls, cache_dir):
+        cache_dir = os.fspath(cache_dir)
+
+        def bad(why):
+            return ValueError(f"damaged patch cache in {cache_dir!r}: {why}; "
+                              "delete it and build again")
+        try:
+            with open(os.path.join(cache_dir, "index.json")) as f:
+                index = json.load(f)
+        except (OSError, ValueError) as e:
+            raise bad(f"cannot read index.json ({e})") from None
+        if index.get("format_version") != FORMAT_VERSION:
+            raise bad(f"format_version {index.get('format_version')!r}, expected {FORMAT_VERSION}")
+        try:
+            spec = PatchSpec.from_dict(index["spec"])
+            n, k = int(index["count"]), len(index["identities"])
+            patches = np.load(os.path.join(cache_dir, "patches.npy"), mmap_mode="r")
+            labels = np.load(os.path.join(cache_dir, "labels.npy"))
+        except Exception as e:  # noqa: BLE001 - truncated .npy, missing key, ...
+            raise bad(f"{type(e).__name__}: {e}") from None
+        want = (n, spec.height, spec.width, spec.channels)
+        if patches.dtype != np.uint8 or patches.shape != want:
+            raise bad(f"patches.npy is {patches.dtype} {patches.shape}, expected uint8 {want}")
+        if labels.dtype != np.int32 or labels.shape != (n,) or len(index["paths"]) != n:
+            raise bad(f"labels.npy is {labels.dtype} {labels.shape}, expected int32 ({n},)")
+        if n and (labels.min() < 0 or labels.max() >= k):
+            raise bad(f"labels outside 0..{k - 1}")
+        return cls(cache_dir, index, patches, labels)
+
+
+def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
+    """Decode every image of `root` once into a PatchCache in `cache_dir`.
+
+    Reuses an existing cache whose spec and source fingerprint match (nothing
+    is decoded). Unreadable images are skipped and listed, identities left
+    without images are dropped. The cache appears atomically (temp dir, rename)."""
+    root, cache_dir = os.path.abspath(root), os.path.abspath(cache_dir)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    ids = scan_identities(root)
+    fp = fingerprint(root, ids)
+    if os.path.isfile(os.path.join(cache_dir, "index.json")):
+        try:
+            cache = PatchCache.load(cache_dir)
+            if cache.index.get("fingerprint") == fp and cache.spec == spec:
+                cache.reused = True
+                say(f"patch cache: reusing {cache_dir} ({len(cache)} patches, source unchanged)")
+                return cache
+            say(f"patch cache: {cache_dir} is stale (source or spec changed); rebuilding")
+        except ValueError as e:
+            say(f"patch cache: {e}; rebuilding")
+    if os.path.isdir(cache_dir) and set(os.listdir(cache_dir)) - set(_FILES):
+        raise ValueError(f"cache_dir {cache_dir!r} holds files that are not a patch cache; "
+                         "choose an empty or new folder")
+
+    files = [(k, p) for k, (_, paths) in enumerate(ids) for p in paths]
+    parent = os.path.dirname(cache_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(cache_dir) + ".tmp-", dir=parent)
+    try:
+        t0, tenths = time.perf_counter(), 0
+        shape = (spec.height, spec.width, spec.channels)
+        big = np.lib.format.open_memmap(os.path.join(tmp, "all.npy"), "w+", np.uint8,
+                                        (len(files),) + shape)
+        rows, skipped, n = [], [], 0
+        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex:  # cv2 releases the GIL
+            for s in range(0, len(files), 1024):    # chunks bound the work in flight
+                chunk = files[s:s + 1024]
+                decoded = ex.map(lambda f: _decode(f[1], spec), chunk)
+                for (k, path), (patch, why) in zip(chunk, decoded):
+                    if patch is None:
+                        skipped.append((os.path.relpath(path, root), why))
+                    else:                       # successes are packed densely in file order
+                        big[n] = patch
+                        rows.append((k, os.path.relpath(path, root)))
+                        n += 1
+                done = s + len(chunk)
+                if done * 10 // len(files) > tenths:        # a line per 10% at most
+                    tenths = done * 10 // len(files)
+                    say(f"patch cache: {done}/{len(files)} images ({time.perf_counter() - t0:.1f}s)")
+        if n == 0:
+            raise ValueError(f"no image under {root!r} could be decoded ({len(skipped)} skipped)")
+        # drop identities without any decoded image and renumber labels 0..K-1 in name order
+        old = np.array([k for k, _ in rows], np.int64)
+        kept = np.unique(old)
+        labels = np.searchsorted(kept, old).astype(np.int32)
+        big.flush()
+        if n == len(files):
+            del big
+            os.replace(os.path.join(tmp, "all.npy"), os.path.join(tmp, "patches.npy"))
+        else:                                   # shrink to n rows in chunks (never all in RAM)
+            patches = np.lib.format.open_memmap(os.path.join(tmp, "patches.npy"), "w+", np.uint8,
+                                                (n,) + shape)
+            for s in range(0, n, 8192):
+                patches[s:min(s + 8192, n)] = big[s:min(s + 8192, n)]
+            patches.flush()
+            del patches, big
+            os.remove(os.path.join(tmp, "all.npy"))
+        np.save(os.path.join(tmp, "labels.npy"), labels)
+        dropped = [ids[k][0] for k in sorted(set(range(len(ids))) - set(kept.tolist()))]
+        index = dict(format_version=FORMAT_VERSION, spec=spec.to_dict(), root=root, count=n,
+                     identities=[ids[k][0] for k in kept], paths=[p for _, p in rows],
+                     skipped=[list(s) for s in skipped], dropped_identities=dropped,
+                     fingerprint=fp)
+        with open(os.path.join(tmp, "index.json"), "w") as f:
+            json.dump(index, f)
+        _replace_dir(tmp, cache_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"patch cache: {n} patches of {len(kept)} identities in {time.perf_counter() - t0:.1f}s; "
+        f"{len(skipped)} images skipped, {len(dropped)} identities dropped -> {cache_dir}")
+    return PatchCache.load(cache_dir)
+
+
+def _replace_dir(new, dst):
+    """Move `new` to `dst`; an old dst is renamed away first and then deleted."""
+    old = None
+    if os.path.exists(dst):
+        old = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".old-", dir=os.path.dirname(dst))
+        os.rmdir(old)
+        os.rename(dst, old)
+    os.rename(new, dst)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def split_train_val(labels, val_fraction=0.1, seed=0):
+    """Per identity hold out round(val_fraction * n) images (at least 1 when
+    n >= 2, and never all: every identity keeps a training image). Returns
+    sorted int64 (train_idx, val_idx); deterministic in seed."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    # a random key per image; sorting by (label, key) shuffles within each identity
+    key = np.random.default_rng(seed).random(len(labels))
+    order = np.lexsort((key, labels))
+    _, start, count = np.unique(labels[order], return_index=True, return_counts=True)
+    n_val = np.floor(val_fraction * count + 0.5).astype(np.int64)
+    if val_fraction > 0:
+        n_val = np.where(count >= 2, np.clip(n_val, 1, count - 1), 0)
+    rank = np.arange(len(labels)) - np.repeat(start, count)  # position within its identity
+    is_val = rank < np.repeat(n_val, count)
+    return np.sort(order[~is_val]).astype(np.int64), np.sort(order[is_val]).astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _assemble(patches, indices, flip, mean, scale, out):
+    b_n, h_n, w_n, c_n = out.shape[0], patches.shape[1], patches.shape[2], patches.shape[3]
+    for b in range(b_n):
+        src = patches[indices[b]]
+        for c in range(c_n):                # walk the output (NCHW) contiguously
+            for y in range(h_n):
+                if flip[b]:
+                    for x in range(w_n):
+                        out[b, c, y, x] = (np.float32(src[y, w_n - 1 - x, c]) - mean) * scale
+                else:
+                    for x in range(w_n):
+                        out[b, c, y, x] = (np.float32(src[y, x, c]) - mean) * scale
+
+
+def assemble_batch(patches, indices, flip=None, out=None, mean=127.5, scale=1 / 128.0):
+    """patches[indices] (uint8 N x H x W x C) -> float32 B x C x H x W, each
+    image mirrored left-right where flip[b], values (v - mean) * scale in
+    float32 (bit-identical to the same numpy expression)."""
+    if not (isinstance(patches, np.ndarray) and patches.dtype == np.uint8 and patches.ndim == 4):
+        raise ValueError("patches must be a uint8 array N x H x W x C")
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {indices.shape}")
+    n, h, w, c = patches.shape
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        raise ValueError(f"indices must be in 0..{n - 1}")
+    b = len(indices)
+    flip = np.zeros(b, np.bool_) if flip is None else np.ascontiguousarray(flip, dtype=np.bool_)
+    if flip.shape != (b,):
+        raise ValueError(f"flip must be a bool array of length {b}, got shape {flip.shape}")
+    if out is None:
+        out = np.empty((b, c, h, w), np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (b, c, h, w)
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {(b, c, h, w)}")
+    _assemble(patches, indices, flip, np.float32(mean), np.float32(scale), out)
+    return out

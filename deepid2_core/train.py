@@ -1,0 +1,281 @@
+"""Algorithm 1 of DeepID2: joint identification-verification training.
+
+Every mini-batch is made of image pairs: images [a_0 .. a_{P-1}, b_0 ..
+b_{P-1}] with pairs (a_i, b_i), a share `same_share` of them of one identity.
+The loss is ident (softmax cross-entropy on every image) + lambda * verif
+(on the pairs). The first `warmup_steps` steps train ident alone.
+
+Reproducibility: the batch of step s of epoch e is drawn from
+np.random.default_rng([seed, e, s]), and every op is deterministic, so a run
+is a pure function of its seed, data and config. A checkpoint is written
+after every epoch; resuming from it continues exactly (bit for bit on the CPU).
+
+Margin: fixed by default. With learn_margin, m follows its gradient, which
+always points down (a smaller margin only lowers the loss of different
+pairs), so left alone m collapses to 0 and the verification signal with it.
+Safeguard: m is clamped to at least margin_min.
+
+Learning rate: cosine decay from lr to 0 over the whole run. Weight decay
+applies to weights (.w), not biases.
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import safetensors
+from .data import assemble_batch, split_train_val
+from .net import DeepID2, NetConfig, init_params
+from .plot import plot_history
+from .progress import Progress
+
+CHECKPOINT, BEST, LOG, PLOT = "checkpoint.safetensors", "best.safetensors", "log.jsonl", "curves.png"
+FORMAT = "deepid2-checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lam: float = 0.05
+    verif: str = "l2"
+    margin: float = 1.0          # l2/l2_pos/l1: m; cosine: initial w (b starts at 0)
+    learn_margin: bool = False
+    margin_min: float = 0.1
+    same_share: float = 0.5
+    warmup_steps: int = 0
+    val_fraction: float = 0.1
+    flip: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.batch < 2:
+            raise ValueError(f"batch must be at least 2 (one pair), got {self.batch}")
+        if self.verif not in ("l2", "l2_pos", "l1", "cosine"):
+            raise ValueError(f"verif must be l2, l2_pos, l1 or cosine, got {self.verif!r}")
+        if not 0.0 <= self.same_share <= 1.0:
+            raise ValueError(f"same_share must be in [0, 1], got {self.same_share}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+
+
+class PairSampler:
+    """Draws pair batches from the training images, by identity."""
+
+    def __init__(self, labels, train_idx):
+        self.idx = np.asarray(train_idx, np.int64)
+        lab = labels[self.idx]
+        order = np.argsort(lab, kind="stable")
+        self.by_label = self.idx[order]
+        self.lab_sorted = lab[order]
+        ids, starts, counts = np.unique(self.lab_sorted, return_index=True, return_counts=True)
+        self.start = dict(zip(ids.tolist(), starts.tolist()))
+        self.count = dict(zip(ids.tolist(), counts.tolist()))
+        self.labels = labels
+        if len(ids) < 2:
+            raise ValueError("training needs at least 2 identities with images")
+
+    def batch(self, rng, size, same_share):
+        p = size // 2
+        a = rng.choice(self.idx, p)
+        want_same = rng.random(p) < same_share
+        b = rng.choice(self.idx, p)
+        for i in range(p):
+            la = int(self.labels[a[i]])
+            n = self.count[la]
+            if want_same[i] and n >= 2:  # another image of the same identity
+                k = int(rng.integers(n - 1))
+                cand = self.by_label[self.start[la] + k]
+                b[i] = cand if cand != a[i] else self.by_label[self.start[la] + n - 1]
+            else:
+                while self.labels[b[i]] == la:
+                    b[i] = rng.choice(self.idx)
+        extra = rng.choice(self.idx, size - 2 * p)
+        images = np.concatenate([a, b, extra])
+        pair_y = np.where(self.labels[a] == self.labels[b], 1, -1).astype(np.int32)
+        return images, np.arange(p, dtype=np.int32), np.arange(p, 2 * p, dtype=np.int32), pair_y
+
+
+def lr_at(cfg, step, total_steps):
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+
+
+def initial_verif_params(cfg):
+    return np.array([cfg.margin, 0.0] if cfg.verif == "cosine" else [cfg.margin], np.float32)
+
+
+class Trainer:
+    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=print,
+                 progress=True):
+        self.cache, self.run_dir, self.cfg, self.be = cache, str(run_dir), train_cfg, backend
+        h, w, c = cache.patches.shape[1:]
+        self.net_cfg = net_cfg or NetConfig(n_classes=len(cache.identities), height=h, width=w,
+                                            channels=c)
+        if (self.net_cfg.height, self.net_cfg.width, self.net_cfg.channels) != (h, w, c):
+            raise ValueError(f"the cache holds {h}x{w}x{c} patches, the network expects "
+                             f"{self.net_cfg.height}x{self.net_cfg.width}x{self.net_cfg.channels}")
+        self.net = DeepID2(self.net_cfg, backend)
+        self.log, self.progress = log, progress
+        labels = np.asarray(cache.labels)
+        self.train_idx, self.val_idx = split_train_val(labels, train_cfg.val_fraction,
+                                                       train_cfg.seed)
+        self.sampler = PairSampler(labels, self.train_idx)
+        self.steps_per_epoch = max(1, len(self.train_idx) // train_cfg.batch)
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        os.makedirs(self.run_dir, exist_ok=True)
+
+    # -- state -------------------------------------------------------------
+    def fresh_state(self):
+        params = init_params(self.net_cfg, self.cfg.seed)
+        return dict(params=params, velocity={k: np.zeros_like(v) for k, v in params.items()},
+                    verif=initial_verif_params(self.cfg), epoch=0, best_epoch=-1, best_val=-1.0,
+                    history=[])
+
+    def _meta(self, state):
+        return {"format": FORMAT, "net": json.dumps(self.net_cfg.to_dict(), sort_keys=True),
+                "train": json.dumps(asdict(self.cfg), sort_keys=True),
+                "identities": json.dumps(list(self.cache.identities)),
+                "epoch": str(state["epoch"]), "best_epoch": str(state["best_epoch"]),
+                "best_val": repr(state["best_val"])}
+
+    def save_checkpoint(self, state):
+        tensors = {"param/" + k: v for k, v in state["params"].items()}
+        tensors.update({"velocity/" + k: v for k, v in state["velocity"].items()})
+        tensors["verif/params"] = state["verif"]
+        safetensors.save(os.path.join(self.run_dir, CHECKPOINT), tensors, self._meta(state))
+
+    def load_checkpoint(self):
+        path = os.path.join(self.run_dir, CHECKPOINT)
+        tensors, meta = safetensors.load(path)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a deepid2 training checkpoint")
+        if json.loads(meta["net"]) != self.net_cfg.to_dict():
+            raise ValueError(f"{path} was written for another network: {meta['net']}")
+        saved = json.loads(meta["train"])
+        ours = asdict(self.cfg)
+        changed = sorted(k for k in ours if saved.get(k) != ours[k])
+        if changed:
+            raise ValueError(f"cannot resume {path} with a different config: {', '.join(changed)} "
+                             f"(was {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
+        params = {k[6:]: v for k, v in tensors.items() if k.startswith("param/")}
+        velocity = {k[9:]: v for k, v in tensors.items() if k.startswith("velocity/")}
+        history = []
+        log_path = os.path.join(self.run_dir, LOG)
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                history = [json.loads(line) for line in f if line.strip()]
+        epoch = int(meta["epoch"])
+        return dict(params=params, velocity=velocity, verif=tensors["verif/params"], epoch=epoch,
+                    best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
+                    history=[h for h in history if h["epoch"] <= epoch])
+
+    # -- training ----------------------------------------------------------
+    def step(self, state, epoch, step, xbuf):
+        cfg, be, p = self.cfg, self.be, state["params"]
+        rng = np.random.default_rng([cfg.seed, epoch, step])
+        images, pa, pb, py = self.sampler.batch(rng, cfg.batch, cfg.same_share)
+        flips = rng.random(len(images)) < 0.5 if cfg.flip else np.zeros(len(images), bool)
+        x = assemble_batch(self.cache.patches, images, flips, out=xbuf)
+        labels = np.asarray(self.cache.labels)[images].astype(np.int32)
+        acts = self.net.forward(p, x)
+        g = step + epoch * self.steps_per_epoch
+        lam = 0.0 if g < cfg.warmup_steps else cfg.lam
+        loss = be.joint_loss(acts["logits"], labels, acts["deepid"], pa, pb, py,
+                             variant=cfg.verif, lam=lam, params=state["verif"])
+        grads = {k: np.zeros_like(v) for k, v in p.items()}
+        self.net.backward(p, acts, loss.dlogits, loss.dfeatures, grads)
+        lr = lr_at(cfg, g, self.total_steps)
+        for k in sorted(p):
+            wd = cfg.weight_decay if k.endswith(".w") else 0.0
+            be.sgd_update(p[k], grads[k], state["velocity"][k], lr, cfg.momentum, wd)
+        if cfg.verif == "cosine":
+            state["verif"] -= np.float32(lr) * loss.dparams
+        elif cfg.learn_margin:
+            m = state["verif"][0] - np.float32(lr) * loss.dparams[0]
+            state["verif"][0] = max(np.float32(cfg.margin_min), m)
+        return loss, len(images)
+
+    def validate(self, params, batch=256):
+        if len(self.val_idx) == 0:
+            return None
+        correct = 0
+        for i in range(0, len(self.val_idx), batch):
+            idx = self.val_idx[i:i + batch]
+            x = assemble_batch(self.cache.patches, idx, np.zeros(len(idx), bool))
+            logits = self.net.forward(params, x)["logits"]
+            correct += int((logits.argmax(1) == np.asarray(self.cache.labels)[idx]).sum())
+        return correct / len(self.val_idx)
+
+    def run(self, resume=False, on_epoch_end=None):
+        ckpt = os.path.join(self.run_dir, CHECKPOINT)
+        if resume and os.path.exists(ckpt):
+            state = self.load_checkpoint()
+            self.log(f"resuming {ckpt} after epoch {state['epoch']}")
+        else:
+            if resume:
+                self.log(f"no checkpoint in {self.run_dir}: starting afresh")
+            state = self.fresh_state()
+        self._write_log(state["history"])
+        cfg = self.cfg
+        shape = (cfg.batch, self.net_cfg.channels, self.net_cfg.height, self.net_cfg.width)
+        xbuf = np.empty(shape, np.float32)
+        for epoch in range(state["epoch"], cfg.epochs):
+            t0 = time.perf_counter()
+            sums = np.zeros(4)  # total, ident, verif, correct
+            seen = 0
+            bar = Progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
+                           enabled=self.progress)
+            for s in range(self.steps_per_epoch):
+                loss, n = self.step(state, epoch, s, xbuf)
+                sums += (loss.total, loss.ident, loss.verif, loss.correct / n)
+                seen += n
+                if not np.isfinite(loss.total):
+                    raise FloatingPointError(f"loss became {loss.total} at epoch {epoch + 1} "
+                                             f"step {s}: lower the learning rate")
+                bar.update(1, f"loss {sums[0] / (s + 1):.4f} acc {sums[3] / (s + 1):.3f}")
+            bar.close()
+            secs = time.perf_counter() - t0
+            val = self.validate(state["params"])
+            k = self.steps_per_epoch
+            row = dict(epoch=epoch + 1, steps=k, loss=sums[0] / k, ident=sums[1] / k,
+                       verif=sums[2] / k, train_acc=sums[3] / k, val_acc=val,
+                       verif_params=[float(v) for v in state["verif"]],
+                       lr=lr_at(cfg, (epoch + 1) * k, self.total_steps), seconds=secs,
+                       images_per_s=seen / secs)
+            state["epoch"] = epoch + 1
+            state["history"].append(row)
+            score = val if val is not None else row["train_acc"]
+            if score > state["best_val"]:
+                state["best_epoch"], state["best_val"] = epoch + 1, score
+                self.save_model(state, os.path.join(self.run_dir, BEST))
+            self.save_checkpoint(state)
+            self._write_log(state["history"])
+            self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} train acc "
+                     f"{row['train_acc']:.3f} val acc {val if val is None else round(val, 4)} "
+                     f"({row['images_per_s']:.0f} img/s)")
+            if on_epoch_end:
+                on_epoch_end(state)
+        plot_history(state["history"], os.path.join(self.run_dir, PLOT))
+        return state
+
+    def save_model(self, state, path):
+        meta = self._meta(state)
+        meta["format"] = "deepid2-model/1"
+        tensors = dict(state["params"])
+        tensors["verif/params"] = state["verif"]
+        safetensors.save(path, tensors, meta)
+
+    def _write_log(self, history):
+        path = os.path.join(self.run_dir, LOG)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            for row in history:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
