@@ -50,7 +50,8 @@ def cmd_train(args):
 
 def cmd_demo(args):
     from .demo import run_demo
-    return run_demo(args.out, seed=args.seed, seconds=args.seconds, backend=args.backend)
+    result = run_demo(args.out, seed=args.seed, seconds=args.seconds, backend=args.backend)
+    return 0 if result["accuracy"] >= 0.9 else 1
 
 
 def build_parser():

@@ -70,16 +70,18 @@ def run_demo(out, seed=0, seconds=120.0, backend="cpu"):
     state = probe.fresh_state()
     h, w, c = seen.patches.shape[1:]
     xbuf = np.empty((128, c, h, w), np.float32)
-    t0 = time.perf_counter()
-    for s in range(3):
+    for s in range(2):  # warm-up: numba cache load, first-touch of buffers
         probe.step(state, 0, s, xbuf)
-    step_s = (time.perf_counter() - t0) / 3
+    t0 = time.perf_counter()
+    for s in range(2, 6):
+        probe.step(state, 0, s, xbuf)
+    step_s = (time.perf_counter() - t0) / 4
     budget = seconds - (time.perf_counter() - t_start) - 10.0  # leave time to evaluate
     epochs = max(1, int(budget / (step_s * probe.steps_per_epoch * 1.1)))
     print(f"training on {TRAIN_IDS} synthetic identities: {epochs} epochs of "
           f"{probe.steps_per_epoch} steps ({step_s * 1000:.0f} ms/step)")
 
-    cfg = TrainConfig(epochs=epochs, seed=seed, lr=0.02, lam=0.05, warmup_steps=0)
+    cfg = TrainConfig(epochs=epochs, seed=seed, lr=0.05, lam=0.05)
     trainer = Trainer(seen, run_dir, cfg, be, progress=True)
     state = trainer.run()
     params = state["params"]
@@ -98,4 +100,5 @@ def run_demo(out, seed=0, seconds=120.0, backend="cpu"):
     print(f"verification of {UNSEEN_IDS} unseen identities, {2 * PAIRS} pairs: "
           f"accuracy {acc:.4f}")
     print(f"run: {run_dir} (plot {os.path.join(run_dir, 'curves.png')})")
-    return 0 if acc >= 0.9 else 1
+    return dict(accuracy=acc, threshold=threshold, train_pair_accuracy=train_acc, epochs=epochs,
+                seconds=time.perf_counter() - t_start, run_dir=run_dir)

@@ -122,6 +122,8 @@ class Trainer:
             raise ValueError(f"the cache holds {h}x{w}x{c} patches, the network expects "
                              f"{self.net_cfg.height}x{self.net_cfg.width}x{self.net_cfg.channels}")
         self.net = DeepID2(self.net_cfg, backend)
+        if hasattr(backend, "keep_freed_memory"):
+            backend.keep_freed_memory()  # reuse activation buffers between steps
         self.log, self.progress = log, progress
         labels = np.asarray(cache.labels)
         self.train_idx, self.val_idx = split_train_val(labels, train_cfg.val_fraction,

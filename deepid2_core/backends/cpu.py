@@ -24,6 +24,7 @@ dense_forward = _cpu.dense_forward
 dense_backward = _cpu.dense_backward
 sgd_update = _cpu.sgd_update
 max_threads = _cpu.max_threads
+keep_freed_memory = _cpu.keep_freed_memory
 
 JointLoss = namedtuple(
     "JointLoss", "total ident verif correct dlogits dfeatures dparams")
