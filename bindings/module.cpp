@@ -330,6 +330,20 @@ py::tuple py_joint_loss(py::handle logits_, py::handle labels_, py::handle f_, p
     return py::make_tuple(r.total, r.ident, r.verif, r.correct, dlogits, dfeat, dparams);
 }
 
+py::tuple py_regression_loss(py::handle pred_, py::handle target_) {
+    auto pred = checked<float>(pred_, "pred"), target = checked<float>(target_, "target");
+    expect_ndim(pred, "pred", 2, "N x D");
+    expect_shape(target, "target", shape_of(pred), "same as pred");
+    py::array_t<float> dpred(shape_of(pred));
+    double loss;
+    {
+        py::gil_scoped_release nogil;
+        loss = regression_loss(int(pred.shape(0)), int(pred.shape(1)), pred.data(), target.data(),
+                               dpred.mutable_data());
+    }
+    return py::make_tuple(loss, dpred);
+}
+
 void py_sgd_update(py::handle p_, py::handle g_, py::handle v_, float lr, float momentum,
                    float wd) {
     auto p = writable<float>(p_, "param"), v = writable<float>(v_, "velocity");
@@ -360,6 +374,7 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("joint_loss", &py_joint_loss, py::arg("logits"), py::arg("labels"), py::arg("features"),
           py::arg("pair_a"), py::arg("pair_b"), py::arg("pair_y"), py::arg("variant") = "l2",
           py::arg("lam") = 0.05f, py::arg("params") = py::none());
+    m.def("regression_loss", &py_regression_loss, py::arg("pred"), py::arg("target"));
     m.def("sgd_update", &py_sgd_update, py::arg("param"), py::arg("grad"), py::arg("velocity"),
           py::arg("lr"), py::arg("momentum") = 0.9f, py::arg("weight_decay") = 0.0f);
     m.def("max_threads", &max_threads, "OpenMP threads the ops use");

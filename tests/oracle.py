@@ -271,3 +271,12 @@ def assert_close(x, ref, rtol, atol, name):
         f"atol={atol:g}); worst at {tuple(int(i) for i in worst)}: got "
         f"{xd[worst]!r}, expected {rd[worst]!r}, |err|={err[worst]:.3g}; "
         f"max |err| overall {err.max():.3g}")
+
+
+# ----------------------------------------------------------------------------
+def regression_loss(pred, target):
+    """(loss, dpred): mean over rows of 1/2 ||pred - target||^2."""
+    p, t = f64(pred), f64(target)
+    n = p.shape[0]
+    loss = sum(0.5 * np.sum((p[i] - t[i]) ** 2) for i in range(n)) / n
+    return loss, (p - t) / n

@@ -23,6 +23,7 @@ maxpool_backward = _cpu.maxpool_backward
 dense_forward = _cpu.dense_forward
 dense_backward = _cpu.dense_backward
 sgd_update = _cpu.sgd_update
+regression_loss = _cpu.regression_loss
 max_threads = _cpu.max_threads
 keep_freed_memory = _cpu.keep_freed_memory
 

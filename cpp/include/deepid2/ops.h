@@ -106,6 +106,12 @@ JointLossResult joint_loss(int n, int n_classes, const float* logits,
                            float* dlogits, float* dfeatures, float* dparams);
 
 // ---------------------------------------------------------------------------
+// Regression loss (landmarks): squared error averaged over the batch,
+//   loss = 1/N sum_i 1/2 ||pred_i - target_i||^2,   pred, target: N x D.
+// dpred = (pred - target) / N, written "=". Returns the loss.
+double regression_loss(int n, int d, const float* pred, const float* target, float* dpred);
+
+// ---------------------------------------------------------------------------
 // Momentum SGD with weight decay, in place, elementwise:
 //   v = momentum * v - lr * (g + weight_decay * p);  p += v
 void sgd_update(int64_t count, float* param, const float* grad, float* velocity,
