@@ -54,6 +54,9 @@ inline void store(void* p, const V& v) {
     std::memcpy(p, &v, sizeof v);
 }
 
+constexpr int kBatchOutputs = 512;  // outputs per task, in whole planes
+constexpr int kPool2MaxOutputs = 1 << 20;  // keeps Batch2's float divisions exact
+
 // Outputs are taken in flattened order over a batch of whole planes,
 // o = (plane * OH + oy) * OW + ox, 16 at a time, so the narrow maps of
 // DeepID2 (OW = 10, 4) vectorise as well as wide ones. The top and bottom
@@ -61,6 +64,20 @@ inline void store(void* p, const V& v) {
 // floats per output row).
 struct Batch2 {
     int h, w, oh, ow, count;  // count = OH * OW outputs per plane
+    int per;                  // planes per batch
+    int64_t planes;
+
+    Batch2(int64_t planes_, int h_, int w_)
+        : h(h_), w(w_), oh(h_ / 2), ow(w_ / 2), count(oh * ow),
+          per(std::max(1, kBatchOutputs / count)), planes(planes_) {}
+    int64_t batches() const { return (planes + per - 1) / per; }
+    // Batch bi: its first plane, its number of planes, outputs, padded outputs.
+    void span(int64_t bi, int64_t& p0, int& np, int& total, int& padded) const {
+        p0 = bi * per;
+        np = int(std::min<int64_t>(per, planes - p0));
+        total = np * count;
+        padded = (total + 15) / 16 * 16;
+    }
     // In-plane input index of the top-left of output o's window, 16 lanes.
     // Divisions go through float: exact, as o stays far below 2^23.
     v16i base(int o0) const {
@@ -79,8 +96,6 @@ struct Batch2 {
     }
 };
 
-constexpr int kBatchOutputs = 512;  // outputs per task, in whole planes
-constexpr int kPool2MaxOutputs = 1 << 20;  // keeps Batch2's float divisions exact
 
 // Rows are short (8 to 44 floats here): an inlined loop beats a memmove call.
 inline void copy_short(const float* __restrict src, int n, float* __restrict dst) {
@@ -94,14 +109,12 @@ float* plane_scratch(int slot, size_t n) {
 }
 
 void pool2_forward(int64_t planes, int h, int w, const float* x, float* y, int32_t* argmax) {
-    const Batch2 B{h, w, h / 2, w / 2, (h / 2) * (w / 2)};
-    const int per = std::max(1, kBatchOutputs / B.count);
-    const int64_t batches = (planes + per - 1) / per;
+    const Batch2 B(planes, h, w);
 #pragma omp parallel for schedule(static)
-    for (int64_t bi = 0; bi < batches; ++bi) {
-        const int64_t p0 = bi * per;
-        const int np = int(std::min<int64_t>(per, planes - p0));
-        const int total = np * B.count, padded = (total + 15) / 16 * 16;
+    for (int64_t bi = 0; bi < B.batches(); ++bi) {
+        int64_t p0;
+        int np, total, padded;
+        B.span(bi, p0, np, total, padded);
         float* top = plane_scratch(0, size_t(padded) * 2);
         float* bot = plane_scratch(1, size_t(padded) * 2);
         float ybuf[16];
@@ -145,15 +158,13 @@ void pool2_forward(int64_t planes, int h, int w, const float* x, float* y, int32
 // if some argmax lies outside its window; dx is then unspecified.
 bool pool2_backward(int64_t planes, int h, int w, const float* dy, const int32_t* argmax,
                     float* dx) {
-    const Batch2 B{h, w, h / 2, w / 2, (h / 2) * (w / 2)};
-    const int per = std::max(1, kBatchOutputs / B.count);
-    const int64_t batches = (planes + per - 1) / per;
+    const Batch2 B(planes, h, w);
     bool ok = true;
 #pragma omp parallel for schedule(static) reduction(&& : ok)
-    for (int64_t bi = 0; bi < batches; ++bi) {
-        const int64_t p0 = bi * per;
-        const int np = int(std::min<int64_t>(per, planes - p0));
-        const int total = np * B.count, padded = (total + 15) / 16 * 16;
+    for (int64_t bi = 0; bi < B.batches(); ++bi) {
+        int64_t p0;
+        int np, total, padded;
+        B.span(bi, p0, np, total, padded);
         float* top = plane_scratch(0, size_t(padded) * 2);
         float* bot = plane_scratch(1, size_t(padded) * 2);
         const float* g = dy + p0 * B.count;
