@@ -19,31 +19,20 @@ Usage (from the repository root):
   python bench/bench_ops.py --no-network         # skip the whole-network row
 """
 import argparse
-import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-REF_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "reference"))
-
-# Same values as the reference's MALLOC_ENV: keep freed large buffers in the
-# glibc heap instead of returning them to the kernel after every call (else
-# every big activation costs thousands of page faults and timings swing).
-# glibc reads these at start-up only, so we re-exec once with them set.  Both
-# sides (numpy arrays of ours, tensors of torch) get the same treatment.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+import bench_common as bc
+from bench_common import MALLOC_ENV, NOISY, REF_DIR, REPO
 
 OPS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "dense", "loss"]
 # conv3/conv4 (our locally shared / locally connected layers) must beat torch
 # outright; every other op must stay within TARGET_SLACK x torch's time.
 STRICT_OPS = ("conv3", "conv4")
 TARGET_SLACK = 1.5
-NOISY = 0.10   # warn when other processes used more than this share of the CPUs
 
 IN_C, IN_H, IN_W = 3, 55, 47
 LAM, MARGIN = 0.05, 1.0
@@ -79,17 +68,16 @@ def parse_args():
     return ap.parse_args()
 
 
+# This file is a script, not a module to import: it parses its command line
+# and sets up the process here, before numpy, torch or our module load.
+# Shared helpers live in bench_common.py.
 ARGS = parse_args()
 
-if not ARGS.no_malloc_tune and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-    os.environ.update(MALLOC_ENV)
-    os.execv(sys.executable, [sys.executable] + sys.argv)
-
+if not ARGS.no_malloc_tune:
+    bc.ensure_malloc_env()      # re-execs this script once with MALLOC_ENV set
 # Thread counts must be in the environment before numpy, torch or our module
 # (OpenMP) are loaded.
-os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
-for _k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_k, str(ARGS.threads))
+bc.set_thread_env(ARGS.threads)
 
 import numpy as np  # noqa: E402
 
@@ -126,79 +114,9 @@ else:
 # --------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------
-def measure(fn, reset=None, reps=None, warmup=None, min_time=None):
-    """Median of timed calls of fn(); reset() runs before each call, untimed."""
-    reps = ARGS.reps if reps is None else reps
-    warmup = ARGS.warmup if warmup is None else warmup
-    min_time = ARGS.min_time if min_time is None else min_time
-    for _ in range(warmup):
-        if reset:
-            reset()
-        fn()
-    gc.collect()
-    gc_was = gc.isenabled()
-    gc.disable()
-    ts = []
-    try:
-        t_start = time.perf_counter()
-        while len(ts) < reps or (time.perf_counter() - t_start) < min_time:
-            if reset:
-                reset()
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    finally:
-        if gc_was:
-            gc.enable()
-    ts.sort()
-    q = lambda f: ts[min(len(ts) - 1, int(f * len(ts)))]
-    return {"median_ms": statistics.median(ts) * 1e3, "min_ms": ts[0] * 1e3,
-            "p25_ms": q(0.25) * 1e3, "p75_ms": q(0.75) * 1e3, "n": len(ts)}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_snapshot():
-    """(wall s, busy CPU s of the whole machine, CPU s of this process)."""
-    busy = None
-    try:
-        with open("/proc/stat") as fh:
-            v = [int(t) for t in fh.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal ...
-        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    t = os.times()
-    return time.perf_counter(), busy, t.user + t.system
-
-
-def foreign_load(a, b):
-    """Fraction of the machine's CPUs used by OTHER processes between two
-    snapshots (0 = quiet machine); None where /proc/stat is unreadable."""
-    if a[1] is None or b[1] is None or b[0] <= a[0]:
-        return None
-    ncpu = os.cpu_count() or 1
-    other = (b[1] - a[1]) - (b[2] - a[2])
-    # both counters tick in 1/CLK_TCK steps (per CPU for /proc/stat): forgive
-    # that rounding, else a run of a few ms looks busy or quiet by chance
-    other -= (2 * ncpu + 2) / os.sysconf("SC_CLK_TCK")
-    return max(0.0, other / ((b[0] - a[0]) * ncpu))
-
-
-def loadavg():
-    try:
-        return tuple(round(v, 2) for v in os.getloadavg())
-    except OSError:
-        return None
+def measure(fn, reset=None):
+    """bench_common.measure with this run's --reps, --warmup and --min-time."""
+    return bc.measure(fn, reset, reps=ARGS.reps, warmup=ARGS.warmup, min_time=ARGS.min_time)
 
 
 # --------------------------------------------------------------------------
@@ -584,7 +502,7 @@ def time_op(name, d):
     r = {"descr": DESCR[name] % ((ARGS.classes, LAM) if name == "loss" else ())}
     print(f"\n[{name}] {r['descr']}")
     t_op = time.perf_counter()
-    snap = _cpu_snapshot()
+    snap = bc.cpu_snapshot()
     ours_eval = None
     if BE is not None:
         try:
@@ -649,7 +567,7 @@ def time_op(name, d):
             r["target"] = f"ours <= {TARGET_SLACK}x torch"
             r["target_met"] = ratio >= 1.0 / TARGET_SLACK
     r["wall_s"] = time.perf_counter() - t_op
-    r["foreign_cpu_frac"] = foreign_load(snap, _cpu_snapshot())
+    r["foreign_cpu_frac"] = bc.foreign_load(snap, bc.cpu_snapshot())
     return r
 
 
@@ -659,13 +577,13 @@ def main():
     info = {
         "batch": n, "threads": ARGS.threads, "classes": ARGS.classes,
         "reps": ARGS.reps, "min_time_s": ARGS.min_time, "warmup": ARGS.warmup,
-        "cpu": cpu_name(), "python": platform.python_version(), "numpy": np.__version__,
+        "cpu": bc.cpu_name(), "python": platform.python_version(), "numpy": np.__version__,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
         "torch": torch.__version__ if torch is not None else None,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "torch_error": TORCH_ERR, "ours_error": BE_ERR,
-        "ours_threads": None, "loadavg_start": loadavg(),
+        "ours_threads": None, "loadavg_start": bc.loadavg(),
     }
     if BE is not None:
         mt = getattr(BE, "max_threads", None)
@@ -690,35 +608,25 @@ def main():
         print("nothing to time")
         return 1
 
-    snap_all = _cpu_snapshot()
+    snap_all = bc.cpu_snapshot()
     d = make_data(n, ARGS.classes, ARGS.seed)
     results = {}
     t_all = time.perf_counter()
     for name in ops:
-        best = None
-        for attempt in range(1 + max(0, ARGS.retries)):
+        def attempt_fn(attempt, name=name):
             r = time_op(name, d)
             r["attempt"] = attempt + 1
-            fl = r["foreign_cpu_frac"]
-            if best is None or (fl or 0.0) < (best["foreign_cpu_frac"] or 0.0):
-                best = r
-            if fl is None or fl <= NOISY:
-                break
-            msg = (f"  WARNING: other processes used {100 * fl:.0f}% of the CPUs while this op "
-                   f"was timed: its figures are unreliable")
-            if attempt < ARGS.retries and time.perf_counter() - t_all < ARGS.retry_budget:
-                print(msg + "; timing it again")
-            else:
-                print(msg)
-                break
-        if best is not r:
-            print(f"  (keeping attempt {best['attempt']}: the quietest, other processes at "
-                  f"{100 * best['foreign_cpu_frac']:.0f}%)")
-        results[name] = best
+            return r
+        results[name] = bc.quietest_of(
+            attempt_fn, retries=ARGS.retries, retry_budget=ARGS.retry_budget, t_all=t_all,
+            warning=lambda fl: (f"  WARNING: other processes used {100 * fl:.0f}% of the CPUs while this op "
+                                f"was timed: its figures are unreliable"),
+            keeping=lambda best: (f"  (keeping attempt {best['attempt']}: the quietest, other processes at "
+                                  f"{100 * best['foreign_cpu_frac']:.0f}%)"))
 
-    info["loadavg_end"] = loadavg()
+    info["loadavg_end"] = bc.loadavg()
     info["wall_s"] = time.perf_counter() - t_all
-    info["foreign_cpu_frac"] = foreign_load(snap_all, _cpu_snapshot())
+    info["foreign_cpu_frac"] = bc.foreign_load(snap_all, bc.cpu_snapshot())
 
     # ---------------------------------------------------------------- table
     fmt = lambda v: f"{v:.3f}" if v is not None else "-"

@@ -39,9 +39,8 @@ import tempfile
 import time
 import types
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-REF_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "reference"))
+import bench_common as bc
+from bench_common import MALLOC_ENV, NOISY, REF_DIR, REPO
 
 IN_C, IN_H, IN_W = 3, 55, 47
 LAM, MOMENTUM, LR, MARGIN = 0.05, 0.9, 0.01, 1.0
@@ -82,33 +81,16 @@ def parse_args():
     return args
 
 
+# This file is a script, not a module to import: it parses its command line
+# and sets up the process here, before numpy, torch or our module load, the
+# same way as bench_ops.py.  Shared helpers live in bench_common.py.
 ARGS = parse_args()
 
-
-def _import_bench_ops():
-    """Import the per-op benchmark for its helpers (timing, CPU-noise
-    detection, machine info).  It parses its command line at import time, so
-    give it one of its own: our thread count, neither side's imports, and no
-    re-exec of its own (we do the malloc re-exec below with its values)."""
-    sys.path.insert(0, HERE)
-    saved = sys.argv
-    sys.argv = [os.path.join(HERE, "bench_ops.py"), "--threads", str(ARGS.threads),
-                "--no-torch", "--no-ours", "--no-malloc-tune"]
-    try:
-        import bench_ops
-    finally:
-        sys.argv = saved
-    return bench_ops
-
-
-# Importing bench_ops puts OMP_NUM_THREADS (and OPENBLAS/MKL, unless set)
-# into the environment before numpy, torch or our module (OpenMP) load.
-bo = _import_bench_ops()
-
-# glibc reads the malloc variables at start-up only: re-exec once with them.
-if not ARGS.no_malloc_tune and any(os.environ.get(k) != v for k, v in bo.MALLOC_ENV.items()):
-    os.environ.update(bo.MALLOC_ENV)
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+if not ARGS.no_malloc_tune:
+    bc.ensure_malloc_env()      # re-execs this script once with MALLOC_ENV set
+# Thread counts must be in the environment before numpy, torch or our module
+# (OpenMP) are loaded.
+bc.set_thread_env(ARGS.threads)
 
 import numpy as np  # noqa: E402
 
@@ -274,33 +256,24 @@ def settle(step, max_steps=40, max_s=60.0, tol=0.15):
 # --------------------------------------------------------------------------
 def time_variant(name, step, t_all, batch):
     """Median step time of step(), timed again (quietest attempt kept) when
-    other processes used more than bench_ops.NOISY of the CPUs meanwhile."""
-    best = None
-    for attempt in range(1 + max(0, ARGS.retries)):
-        snap = bo._cpu_snapshot()
+    other processes used more than bench_common.NOISY of the CPUs meanwhile."""
+    def attempt_fn(attempt):
+        snap = bc.cpu_snapshot()
         t0 = time.perf_counter()
-        m = bo.measure(step, reps=ARGS.reps, warmup=ARGS.warmup, min_time=ARGS.min_time)
+        m = bc.measure(step, reps=ARGS.reps, warmup=ARGS.warmup, min_time=ARGS.min_time)
         m.update(attempt=attempt + 1, wall_s=time.perf_counter() - t0,
-                 foreign_cpu_frac=bo.foreign_load(snap, bo._cpu_snapshot()),
+                 foreign_cpu_frac=bc.foreign_load(snap, bc.cpu_snapshot()),
                  img_s=batch / (m["median_ms"] / 1e3))
         fl = m["foreign_cpu_frac"]
         print(f"  {name:28s} {m['median_ms']:8.2f} ms/step  {m['img_s']:8.1f} img/s  "
               f"(min {m['min_ms']:.2f}, p25-p75 {m['p25_ms']:.2f}-{m['p75_ms']:.2f} ms, n={m['n']}, "
               f"{m['wall_s']:.1f}s; other processes "
               f"{'?' if fl is None else f'{100 * fl:.0f}%'})")
-        if best is None or (fl or 0.0) < (best["foreign_cpu_frac"] or 0.0):
-            best = m
-        if fl is None or fl <= bo.NOISY:
-            break
-        msg = f"  WARNING: other processes used {100 * fl:.0f}% of the CPUs: unreliable"
-        if attempt < ARGS.retries and time.perf_counter() - t_all < ARGS.retry_budget:
-            print(msg + "; timing it again")
-        else:
-            print(msg)
-            break
-    if best["attempt"] != m["attempt"]:
-        print(f"  (keeping attempt {best['attempt']}, the quietest)")
-    return best
+        return m
+    return bc.quietest_of(
+        attempt_fn, retries=ARGS.retries, retry_budget=ARGS.retry_budget, t_all=t_all,
+        warning=lambda fl: f"  WARNING: other processes used {100 * fl:.0f}% of the CPUs: unreliable",
+        keeping=lambda best: f"  (keeping attempt {best['attempt']}, the quietest)")
 
 
 def main():
@@ -310,13 +283,13 @@ def main():
         "momentum": MOMENTUM, "lr": LR, "weight_decay": 0.0, "conv3": "locally shared, 2x2 grid",
         "conv4": "locally connected", "images_per_identity": IMAGES_PER_ID,
         "reps": ARGS.reps, "min_time_s": ARGS.min_time, "warmup": ARGS.warmup,
-        "cpu": bo.cpu_name(), "python": platform.python_version(), "numpy": np.__version__,
+        "cpu": bc.cpu_name(), "python": platform.python_version(), "numpy": np.__version__,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "malloc_env": {k: os.environ.get(k) for k in bo.MALLOC_ENV},
+        "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
         "torch": torch.__version__ if torch is not None else None,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "torch_error": TORCH_ERR, "ours_error": BE_ERR, "ours_threads": None,
-        "loadavg_start": bo.loadavg(),
+        "loadavg_start": bc.loadavg(),
     }
     if BE is not None:
         mt = getattr(BE, "max_threads", None)
@@ -342,7 +315,7 @@ def main():
         return 1
 
     t_all = time.perf_counter()
-    snap_all = bo._cpu_snapshot()
+    snap_all = bc.cpu_snapshot()
     results, check = {}, None
     with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir:
         if BE is not None:
@@ -400,9 +373,9 @@ def main():
                     print(f"  {label:28s} FAILED {results[label]['error']}")
                 del model, step, last, fn
 
-    info["loadavg_end"] = bo.loadavg()
+    info["loadavg_end"] = bc.loadavg()
     info["wall_s"] = time.perf_counter() - t_all
-    info["foreign_cpu_frac"] = bo.foreign_load(snap_all, bo._cpu_snapshot())
+    info["foreign_cpu_frac"] = bc.foreign_load(snap_all, bc.cpu_snapshot())
 
     # ----------------------------------------------------------- ratios
     ours = results.get("ours", {}).get("img_s")
@@ -428,7 +401,7 @@ def main():
     head = ["variant", "ms/step", "images/s", "ours/this"]
     rows = []
     for k, v in results.items():
-        noisy = (v.get("foreign_cpu_frac") or 0.0) > bo.NOISY
+        noisy = (v.get("foreign_cpu_frac") or 0.0) > NOISY
         name = k + (" *" if noisy else "")
         if "img_s" not in v:
             rows.append([name, "FAILED", "-", "-"])
@@ -449,7 +422,7 @@ def main():
     if check is not None and "ok" in check and not check["ok"]:
         print("WARNING: the one-step cross-check against torch did not agree (see above)")
     if any(row[0].endswith(" *") for row in rows):
-        print(f"* other processes used > {100 * bo.NOISY:.0f}% of the CPUs while this was timed: "
+        print(f"* other processes used > {100 * NOISY:.0f}% of the CPUs while this was timed: "
               f"rerun on a quiet machine before trusting it")
 
     if ARGS.json:
