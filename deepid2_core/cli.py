@@ -31,6 +31,9 @@ def cmd_train(args):
     from .data import PatchSpec, build_cache
     from .train import Trainer
     be = get_backend(args.backend)
+    if not args.resume and os.path.exists(os.path.join(args.out, "checkpoint.safetensors")):
+        raise ValueError(f"{args.out} already holds a training run: pass --resume to continue "
+                         f"it, or choose another --out")
     cache_dir = args.cache or os.path.join(args.out, "cache")
     cache = build_cache(args.data, cache_dir, PatchSpec())
     print(f"{len(cache.labels)} images of {len(cache.identities)} identities "

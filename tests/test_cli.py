@@ -20,6 +20,9 @@ def test_synth_then_train_then_resume(tmp_path, capsys):
     before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
     assert main(args + ["--resume"]) == 0  # nothing left to do: the same checkpoint
     assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
+    assert main(args) == 2  # a finished run is not overwritten by accident
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
 
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
