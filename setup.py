@@ -33,7 +33,12 @@ setup(
     name="deepid2",
     version="0.1.0",
     description="DeepID2 face representation: hand-written CPU/GPU ops, no DL framework",
-    packages=find_packages(include=["deepid2_core", "deepid2_core.*"]),
+    # kernels/ (CUDA sources, compiled at run time by the gpu backend) and the
+    # shipped models travel inside the package.
+    packages=find_packages(include=["deepid2_core", "deepid2_core.*"]) + ["deepid2_core.kernels"],
+    package_dir={"deepid2_core.kernels": "kernels"},
+    package_data={"deepid2_core.kernels": ["*.cu", "*.cuh"],
+                  "deepid2_core": ["models/*.safetensors"]},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.9",

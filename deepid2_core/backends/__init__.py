@@ -1,7 +1,11 @@
 """Backends by name. Each exposes the same ops with the same meaning
-(docs/ops.md): ``cpu`` takes numpy arrays, ``gpu`` takes CuPy arrays."""
+(docs/ops.md): ``cpu`` takes numpy arrays, ``gpu`` takes CuPy arrays.
+
+Importing this package (and the cpu backend) never imports CuPy; only
+``get_backend("gpu")`` does."""
 
 import importlib
+import sys
 
 NAMES = ("cpu", "gpu")
 
@@ -11,9 +15,30 @@ class BackendUnavailable(RuntimeError):
 
 
 def get_backend(name="cpu"):
+    """The backend module `name`. For "gpu": BackendUnavailable, with one line
+    saying why, where CuPy or a usable NVIDIA GPU is missing."""
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
     if name == "gpu":
-        raise BackendUnavailable(
-            "the gpu backend is not built yet (issue 3); use backend='cpu'")
+        return _gpu()
     return importlib.import_module(f"deepid2_core.backends.{name}")
+
+
+def _gpu():
+    reason = None
+    try:
+        mod = importlib.import_module("deepid2_core.backends.gpu")
+    except BackendUnavailable as e:  # no CuPy (raised by gpu.py itself)
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - whatever a broken install raises
+        sys.modules.pop("deepid2_core.backends.gpu", None)
+        reason = (f"the gpu backend could not be loaded ({type(e).__name__}: "
+                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                  "use backend='cpu'")
+    if reason is None:
+        try:
+            mod.probe()  # a device, a driver, NVRTC and the kernel sources
+            return mod
+        except BackendUnavailable as e:
+            reason = str(e)
+    raise BackendUnavailable(reason)  # raised here: no chained CuPy traceback

@@ -1,0 +1,311 @@
+"""A stand-in for the parts of CuPy that deepid2_core/backends/gpu.py and the
+gpu tests use, on the CPU: arrays are numpy arrays (of the subclass
+``ndarray`` below, so the backend's "is it a device array?" checks work),
+and ``RawModule`` compiles the kernel source with g++ against emu.h (the
+fiber emulator beside this file) into a shared library and launches its
+kernels through ctypes.
+
+The launcher checks every argument against the kernel's parameter list
+(count, pointer / integer / floating, and size), which real CuPy does not:
+an int64 passed for an int parameter is an error here, not a silent bug.
+
+Only for tests: slow (one fiber per GPU thread), single-device.
+"""
+
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:LAUNCH_BOUNDS\((\w+)\)\s*)?(\w+)\s*\(')
+_DEFINE = re.compile(r'^\s*#\s*define\s+(\w+)\s+\(?([\w\s*+]+?)\)?\s*$', re.M)
+
+
+# ----------------------------------------------------------------------------
+# arrays
+class ndarray(np.ndarray):
+    """A numpy array that plays a device array."""
+
+    @property
+    def device(self):
+        return cuda.Device(0)
+
+    def get(self):
+        return np.array(self, copy=True).view(np.ndarray)
+
+
+def _dev(a):
+    a = np.asarray(a)
+    return a.view(ndarray)
+
+
+def asarray(a, dtype=None, order=None):
+    if isinstance(a, ndarray) and (dtype is None or a.dtype == dtype):
+        return a
+    return _dev(np.array(np.asarray(a), dtype=dtype, order=order or "K", copy=True))
+
+
+array = asarray
+
+
+def asnumpy(a):
+    return np.array(a, copy=True).view(np.ndarray)
+
+
+def empty(shape, dtype=np.float32):
+    # garbage, as on a GPU: not zeros (that would hide unwritten outputs)
+    a = np.empty(shape, dtype=dtype)
+    a.view(np.uint8)[...] = 0x7f
+    return _dev(a)
+
+
+def zeros(shape, dtype=np.float32):
+    return _dev(np.zeros(shape, dtype=dtype))
+
+
+def full(shape, fill_value, dtype=np.float32):
+    return _dev(np.full(shape, fill_value, dtype=dtype))
+
+
+def ascontiguousarray(a, dtype=None):
+    return _dev(np.ascontiguousarray(np.asarray(a), dtype=dtype))
+
+
+def concatenate(arrays, axis=0):
+    return _dev(np.concatenate([np.asarray(a) for a in arrays], axis=axis))
+
+
+def matmul(a, b, out=None):
+    r = np.matmul(np.asarray(a), np.asarray(b))
+    if out is None:
+        return _dev(r)
+    np.asarray(out)[...] = r
+    return out
+
+
+def count_nonzero(a):
+    return _dev(np.asarray(np.count_nonzero(np.asarray(a))))
+
+
+def isnan(a):
+    return _dev(np.isnan(np.asarray(a)))
+
+
+def isfinite(a):
+    return _dev(np.isfinite(np.asarray(a)))
+
+
+def array_equal(a, b):
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+class _Random:
+    @staticmethod
+    def standard_normal(shape, dtype=np.float64):
+        return _dev(np.random.default_rng().standard_normal(shape).astype(dtype))
+
+
+random = _Random()
+
+
+# ----------------------------------------------------------------------------
+# cupy.cuda
+class _Device:
+    def __init__(self, i=0):
+        self.id = i
+
+    def synchronize(self):
+        pass
+
+
+class _Stream:
+    def synchronize(self):
+        pass
+
+
+class _Runtime:
+    @staticmethod
+    def getDeviceCount():
+        return 1
+
+
+cuda = types.SimpleNamespace(Device=_Device, runtime=_Runtime(),
+                             get_current_stream=lambda: _Stream())
+
+
+# ----------------------------------------------------------------------------
+# kernels
+_BUILD_LOCK = threading.Lock()
+
+
+def _cache_dir():
+    d = Path(os.environ.get("DEEPID2_EMU_CACHE",
+                            Path(tempfile.gettempdir()) / f"deepid2_gpu_emu_{os.getuid()}"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+_REGISTRY = r"""
+namespace emu {
+template <class T> constexpr char kind_of() {
+    return std::is_pointer<T>::value ? 'p' : std::is_floating_point<T>::value ? 'f' : 'i';
+}
+template <class... A> const char* signature(void (*)(A...)) {
+    static const std::string s = [] {
+        std::string r;
+        ((r += kind_of<std::remove_cv_t<A>>(), r += char('0' + sizeof(A))), ...);
+        return r;
+    }();
+    return s.c_str();
+}
+}  // namespace emu
+extern "C" {
+%(tramps)s
+struct EmuEntry { const char* name; void (*fn)(void**); const char* (*sig)(); };
+static const EmuEntry emu_table[] = { %(entries)s };
+int emu_launch(const char* name, const unsigned* grid, const unsigned* block,
+               unsigned long shmem, void** args) {
+    for (const auto& e : emu_table)
+        if (!strcmp(e.name, name)) return emu::launch(e.fn, grid, block, shmem, args) ? 0 : 2;
+    emu::error = std::string("no kernel named ") + name;
+    return 1;
+}
+const char* emu_signature(const char* name) {
+    for (const auto& e : emu_table)
+        if (!strcmp(e.name, name)) return e.sig();
+    return "";
+}
+const char* emu_error() { return emu::error.c_str(); }
+}
+"""
+
+
+def _bounds(code):
+    """{kernel: max threads per block from its LAUNCH_BOUNDS (None: no bound)}."""
+    defs = dict(_DEFINE.findall(code))
+
+    def value(tok):
+        for _ in range(8):   # resolve macros like BD_THREADS = (BD_TH * BD_TW)
+            if tok.isdigit():
+                return int(tok)
+            tok = re.sub(r"\w+", lambda m: defs.get(m.group(0), m.group(0)), tok)
+            if re.fullmatch(r"[\d\s*+()]+", tok):
+                return int(eval(tok))   # digits and * + only
+        raise ValueError(f"cannot resolve LAUNCH_BOUNDS({tok})")
+    return {name: (value(b) if b else None) for b, name in _KERNEL.findall(code)}
+
+
+def _build(code, options):
+    bounds = _bounds(code)
+    names = list(bounds)
+    tramps = "\n".join(
+        f"static void emu_t_{n}(void** a) {{ emu::invoke(&{n}, a); }}\n"
+        f"static const char* emu_s_{n}() {{ return emu::signature(&{n}); }}" for n in names)
+    entries = ", ".join(f'{{"{n}", emu_t_{n}, emu_s_{n}}}' for n in names)
+    full_src = code + _REGISTRY % {"tramps": tramps, "entries": entries}
+    cxx = os.environ.get("CXX", "g++")
+    flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-ffp-contract=off",
+             "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-narrowing",
+             "-include", str(HERE / "emu.h")]
+    flags += os.environ.get("DEEPID2_EMU_CXXFLAGS", "").split()
+    key = hashlib.sha256("\0".join([full_src, (HERE / "emu.h").read_text(), cxx, *flags])
+                         .encode()).hexdigest()[:20]
+    so = _cache_dir() / f"k_{key}.so"
+    with _BUILD_LOCK:
+        if not so.exists():
+            src = _cache_dir() / f"k_{key}.cpp"
+            src.write_text(full_src)
+            tmp = so.with_suffix(f".{os.getpid()}.tmp")
+            proc = subprocess.run([cxx, *flags, "-x", "c++", str(src), "-o", str(tmp)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise CompileException(proc.stderr[-6000:])
+            os.replace(tmp, so)
+    lib = ctypes.CDLL(str(so))
+    lib.emu_launch.restype = ctypes.c_int
+    lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint),
+                               ctypes.POINTER(ctypes.c_uint), ctypes.c_ulong,
+                               ctypes.POINTER(ctypes.c_void_p)]
+    lib.emu_error.restype = ctypes.c_char_p
+    lib.emu_signature.restype = ctypes.c_char_p
+    lib.emu_signature.argtypes = [ctypes.c_char_p]
+    return lib, bounds
+
+
+class CompileException(Exception):
+    pass
+
+
+class _Function:
+    def __init__(self, lib, name, bound=None):
+        self.lib, self.name, self.bound = lib, name, bound
+        self.sig = lib.emu_signature(name.encode()).decode()
+
+    def _arg(self, i, a):
+        want = self.sig[2 * i:2 * i + 2]
+        if isinstance(a, np.ndarray):
+            if want[0] != "p":
+                raise TypeError(f"{self.name}: argument {i} is an array, the kernel takes {want}")
+            return ctypes.c_void_p(a.ctypes.data), a
+        if not isinstance(a, np.generic):
+            raise TypeError(f"{self.name}: argument {i} is a {type(a).__name__}; pass numpy "
+                            "scalars of the kernel parameter's exact type")
+        kind = "f" if a.dtype.kind == "f" else "i"
+        got = f"{kind}{a.dtype.itemsize}"
+        if got != want:
+            raise TypeError(f"{self.name}: argument {i} is {a.dtype} ({got}), the kernel "
+                            f"parameter is {want}")
+        ct = {"f4": ctypes.c_float, "f8": ctypes.c_double, "i4": ctypes.c_int32,
+              "i8": ctypes.c_int64, "i1": ctypes.c_int8}[got]
+        return ct(a.item()), None
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        if len(args) * 2 != len(self.sig):
+            raise TypeError(f"{self.name}: {len(args)} arguments, the kernel takes "
+                            f"{len(self.sig) // 2}")
+        grid = (tuple(grid) + (1, 1, 1))[:3]
+        block = (tuple(block) + (1, 1, 1))[:3]
+        if np.prod(block) > 1024 or min(grid) < 1 or min(block) < 1:
+            raise ValueError(f"{self.name}: bad launch configuration {grid} x {block}")
+        if self.bound is not None and np.prod(block) > self.bound:
+            raise ValueError(f"{self.name}: {int(np.prod(block))} threads per block, more than "
+                             f"its __launch_bounds__({self.bound}): the launch would fail")
+        if grid[1] > 65535 or grid[2] > 65535 or grid[0] > 2 ** 31 - 1:
+            raise ValueError(f"{self.name}: grid {grid} beyond CUDA's limits")
+        if shared_mem > 48 * 1024:
+            raise ValueError(f"{self.name}: {shared_mem} bytes of dynamic shared memory "
+                             "(more than 48 KB needs an opt-in)")
+        held, ptrs = [], []
+        for i, a in enumerate(args):
+            c, keep = self._arg(i, a)
+            held += [c, keep]
+            ptrs.append(ctypes.cast(ctypes.pointer(c), ctypes.c_void_p))
+        argv = (ctypes.c_void_p * max(1, len(ptrs)))(*[p.value for p in ptrs])
+        g = (ctypes.c_uint * 3)(*grid)
+        b = (ctypes.c_uint * 3)(*block)
+        rc = self.lib.emu_launch(self.name.encode(), g, b, int(shared_mem), argv)
+        if rc != 0:
+            raise RuntimeError(f"{self.name}: {self.lib.emu_error().decode()}")
+
+
+class RawModule:
+    def __init__(self, code, options=(), **kw):
+        self.lib, self.bounds = _build(code, tuple(options))
+
+    def get_function(self, name):
+        if name not in self.bounds:
+            raise KeyError(f"no kernel {name} in the module")
+        return _Function(self.lib, name, self.bounds[name])
+
+
+def install_note():
+    return f"fake cupy (CPU emulator, {sys.platform})"
