@@ -51,6 +51,25 @@ def cmd_train(args):
     return 0
 
 
+def cmd_train_landmarks(args):
+    from .landmarks import train_landmarks_main
+    cmd = (f"deepid2 train-landmarks --data {args.data} --out {args.out} --epochs {args.epochs} "
+           f"--seed {args.seed} --batch {args.batch} --lr {args.lr} --detector {args.detector}")
+    try:
+        summary = train_landmarks_main(args.data, args.out, epochs=args.epochs, seed=args.seed,
+                                       batch=args.batch, lr=args.lr, detector=args.detector,
+                                       resume=args.resume, cache_dir=args.cache,
+                                       backend=args.backend, command=cmd)
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with --resume", file=sys.stderr)
+        return 130
+    line = f"model {os.path.join(args.out, 'landmarks.safetensors')}"
+    if "test" in summary:
+        line += f"; test NME {100 * summary['test']['nme']:.2f}%"
+    print(line)
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
     result = run_demo(args.out, seed=args.seed, seconds=args.seconds, backend=args.backend)
@@ -86,6 +105,20 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    lm = sub.add_parser("train-landmarks", help="train the 5-point landmark ConvNet on MTFL")
+    lm.add_argument("--data", required=True,
+                    help="folder with new_training.txt / new_testing.txt (MTFL)")
+    lm.add_argument("--out", required=True)
+    lm.add_argument("--epochs", type=int, default=120)
+    lm.add_argument("--seed", type=int, default=0)
+    lm.add_argument("--batch", type=int, default=64)
+    lm.add_argument("--lr", type=float, default=0.02)
+    lm.add_argument("--detector", default="auto", choices=["auto", "haar", "central"])
+    lm.add_argument("--cache")
+    lm.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+    lm.add_argument("--resume", action="store_true")
+    lm.set_defaults(func=cmd_train_landmarks)
 
     d = sub.add_parser("demo", help="synthetic identities: train, then verify unseen ones")
     d.add_argument("--out", default=os.path.join(os.getcwd(), "deepid2-demo"))
