@@ -1,4 +1,4 @@
-"""The `deepid2` command line: synth, train, demo."""
+"""The `deepid2` command line: synth, train, train-landmarks, demo."""
 
 import argparse
 import os
