@@ -85,15 +85,12 @@ import cv2
 import numpy as np
 
 from . import safetensors
-from .net import ConvShape
+from .net import LAYERS, stack_backward, stack_forward, stack_shapes
 from .plot import _panel
 from .progress import Progress
 
 POINTS = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 FLIP_ORDER = (1, 0, 2, 4, 3)  # a mirrored face: left <-> right eye and mouth corner
-LAYERS = (  # name, kernel, maps, weight sharing
-    ("conv1", 4, 20, "shared"), ("conv2", 3, 40, "shared"), ("conv3", 3, 60, "grid"),
-    ("conv4", 2, 80, "local"))
 MODEL_FORMAT = "deepid2-landmarks-model/1"
 CHECKPOINT_FORMAT = "deepid2-landmarks-checkpoint/1"
 CACHE_FORMAT = "deepid2-landmarks-cache/3"
@@ -137,25 +134,8 @@ class LandmarkNetConfig:
 
 
 def conv_shapes(cfg):
-    """The four convolutions' input shapes and regions (net.ConvShape)."""
-    shapes, c, h, w = [], 1, cfg.size, cfg.size
-    for i, (name, kernel, maps, sharing) in enumerate(LAYERS):
-        oh, ow = h - kernel + 1, w - kernel + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"input {cfg.size}x{cfg.size} is too small: {name} has no output")
-        if sharing == "grid":
-            region = (-(-oh // cfg.conv3_grid[0]), -(-ow // cfg.conv3_grid[1]))
-        elif sharing == "local":
-            region = (1, 1)
-        else:
-            region = (oh, ow)
-        shapes.append(ConvShape(name, c, h, w, maps, kernel, region))
-        c = maps
-        if i < 3:
-            h, w = oh // 2, ow // 2
-            if h < 1 or w < 1:
-                raise ValueError(f"input {cfg.size}x{cfg.size} is too small for pool{i + 1}")
-    return shapes
+    """The four convolutions' input shapes and regions (DeepID2's stack, gray input)."""
+    return stack_shapes(LAYERS, 1, cfg.size, cfg.size, cfg.conv3_grid)
 
 
 def param_shapes(cfg):
@@ -214,13 +194,8 @@ class LandmarkNet:
         self.convs = conv_shapes(cfg)
 
     def forward(self, params, x):
-        be, acts, h = self.be, {"x": x}, x
-        for i, cs in enumerate(self.convs):
-            h = be.lsconv_forward(h, params[cs.name + ".w"], params[cs.name + ".b"], cs.region)
-            acts[cs.name] = h
-            if i < 3:
-                h, acts[f"pool{i + 1}.argmax"] = be.maxpool_forward(h, 2)
-                acts[f"pool{i + 1}"] = h
+        be, acts = self.be, {}
+        h = stack_forward(be, self.convs, params, x, acts)
         acts["fc"] = be.dense_forward(h, params["fc.w"], params["fc.b"])
         acts["out"] = be.dense_forward(acts["fc"], params["out.w"], params["out.b"], relu=False)
         return acts
@@ -232,16 +207,7 @@ class LandmarkNet:
                                       dw=grads["out.w"], db=grads["out.b"])
         dh, _, _ = be.dense_backward(acts["conv4"], params["fc.w"], acts["fc"], dfc[0],
                                      dw=grads["fc.w"], db=grads["fc.b"])
-        dh = dh[0]
-        for i in (3, 2, 1, 0):
-            cs = self.convs[i]
-            x_in = acts["x"] if i == 0 else acts[f"pool{i}"]
-            dx, _, _ = be.lsconv_backward(x_in, params[cs.name + ".w"], acts[cs.name], dh,
-                                          cs.region, need_dx=i > 0, dw=grads[cs.name + ".w"],
-                                          db=grads[cs.name + ".b"])
-            if i > 0:
-                dh = be.maxpool_backward(dx, acts[f"pool{i}.argmax"], self.convs[i - 1].out_hw, 2)
-        return grads
+        return stack_backward(be, self.convs, params, acts, dh[0], grads)
 
 
 # -- geometry: boxes, crops, flips -----------------------------------------------------------

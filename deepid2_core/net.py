@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-LAYERS = (  # name, kernel, maps
-    ("conv1", 4, 20), ("conv2", 3, 40), ("conv3", 3, 60), ("conv4", 2, 80))
+LAYERS = (  # name, kernel, maps, weight sharing
+    ("conv1", 4, 20, "shared"), ("conv2", 3, 40, "shared"), ("conv3", 3, 60, "grid"),
+    ("conv4", 2, 80, "local"))
 
 
 @dataclass(frozen=True)
@@ -68,16 +69,18 @@ class ConvShape:
         return -(-oh // rh), -(-ow // rw)
 
 
-def conv_shapes(cfg):
-    """The four convolutions' input shapes and regions for this config."""
-    shapes, c, h, w = [], cfg.channels, cfg.height, cfg.width
-    for i, (name, kernel, maps) in enumerate(LAYERS):
+def stack_shapes(layers, channels, height, width, grid=(2, 2), grid_region=None):
+    """Shapes of a stack of convolutions, each of the first three followed by a
+    2x2 max-pool. Sharing: "shared" (ordinary), "grid" (a grid of regions, or
+    regions of grid_region neurons) or "local" (locally connected)."""
+    shapes, c, h, w = [], channels, height, width
+    for i, (name, kernel, maps, sharing) in enumerate(layers):
         oh, ow = h - kernel + 1, w - kernel + 1
         if oh < 1 or ow < 1:
-            raise ValueError(f"input {cfg.height}x{cfg.width} is too small: {name} has no output")
-        if name == "conv3":
-            region = cfg.conv3_region or (-(-oh // cfg.conv3_grid[0]), -(-ow // cfg.conv3_grid[1]))
-        elif name == "conv4":
+            raise ValueError(f"input {height}x{width} is too small: {name} has no output")
+        if sharing == "grid":
+            region = grid_region or (-(-oh // grid[0]), -(-ow // grid[1]))
+        elif sharing == "local":
             region = (1, 1)
         else:
             region = (oh, ow)
@@ -86,10 +89,45 @@ def conv_shapes(cfg):
         if i < 3:  # conv1..conv3 are followed by a 2x2 max-pool
             h, w = oh // 2, ow // 2
             if h < 1 or w < 1:
-                raise ValueError(f"input {cfg.height}x{cfg.width} is too small for pool{i + 1}")
+                raise ValueError(f"input {height}x{width} is too small for pool{i + 1}")
         else:
             h, w = oh, ow
     return shapes
+
+
+def conv_shapes(cfg):
+    """The four convolutions' input shapes and regions for this config."""
+    return stack_shapes(LAYERS, cfg.channels, cfg.height, cfg.width, cfg.conv3_grid,
+                        cfg.conv3_region)
+
+
+def stack_forward(be, convs, params, x, acts):
+    """conv1..conv4 with the pools, activations into acts; returns conv4's output."""
+    h = acts["x"] = x
+    for i, cs in enumerate(convs):
+        h = be.lsconv_forward(h, params[cs.name + ".w"], params[cs.name + ".b"], cs.region)
+        acts[cs.name] = h
+        if i < 3:
+            h, acts[f"pool{i + 1}.argmax"] = be.maxpool_forward(h, 2)
+            acts[f"pool{i + 1}"] = h
+    return h
+
+
+def stack_backward(be, convs, params, acts, dconv4, grads, dpool3=None):
+    """From d conv4 down to conv1, adding into grads; dpool3 is any gradient
+    that reaches pool3 by another path (DeepID2's deepid layer)."""
+    dh = dconv4
+    for i in (3, 2, 1, 0):
+        cs = convs[i]
+        x_in = acts["x"] if i == 0 else acts[f"pool{i}"]
+        dx, _, _ = be.lsconv_backward(x_in, params[cs.name + ".w"], acts[cs.name], dh, cs.region,
+                                      need_dx=i > 0, dw=grads[cs.name + ".w"],
+                                      db=grads[cs.name + ".b"])
+        if i == 3 and dpool3 is not None:
+            dx += dpool3
+        if i > 0:
+            dh = be.maxpool_backward(dx, acts[f"pool{i}.argmax"], convs[i - 1].out_hw, 2)
+    return grads
 
 
 def param_shapes(cfg):
@@ -133,14 +171,8 @@ class DeepID2:
         return self.forward(params, x, need_logits=False)["deepid"]
 
     def forward(self, params, x, need_logits=True):
-        be, acts = self.be, {"x": x}
-        h = x
-        for i, cs in enumerate(self.convs):
-            h = be.lsconv_forward(h, params[cs.name + ".w"], params[cs.name + ".b"], cs.region)
-            acts[cs.name] = h
-            if i < 3:
-                h, acts[f"pool{i + 1}.argmax"] = be.maxpool_forward(h, 2)
-                acts[f"pool{i + 1}"] = h
+        be, acts = self.be, {}
+        stack_forward(be, self.convs, params, x, acts)
         f = be.dense_forward([acts["pool3"], acts["conv4"]], params["deepid.w"],
                              params["deepid.b"])
         acts["deepid"] = f
@@ -163,15 +195,5 @@ class DeepID2:
         (dpool3, dconv4), _, _ = be.dense_backward(
             [acts["pool3"], acts["conv4"]], params["deepid.w"], f, dfeat,
             dw=grads["deepid.w"], db=grads["deepid.b"])
-        dh = dconv4
-        for i in (3, 2, 1, 0):
-            cs = self.convs[i]
-            x_in = acts["x"] if i == 0 else acts[f"pool{i}"]
-            dx, _, _ = be.lsconv_backward(x_in, params[cs.name + ".w"], acts[cs.name], dh,
-                                          cs.region, need_dx=i > 0, dw=grads[cs.name + ".w"],
-                                          db=grads[cs.name + ".b"])
-            if i == 3:
-                dx += dpool3  # pool3 feeds both conv4 and the deepid layer
-            if i > 0:
-                dh = be.maxpool_backward(dx, acts[f"pool{i}.argmax"], self.convs[i - 1].out_hw, 2)
-        return grads
+        # pool3 feeds both conv4 and the deepid layer
+        return stack_backward(be, self.convs, params, acts, dconv4, grads, dpool3)
