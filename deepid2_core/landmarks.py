@@ -85,6 +85,7 @@ import cv2
 import numpy as np
 
 from . import safetensors
+from .loop import cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, write_log
 from .net import LAYERS, stack_backward, stack_forward, stack_shapes
 from .plot import _panel
 from .progress import Progress
@@ -708,7 +709,7 @@ class LandmarkTrainConfig:
 
 
 def lr_at(cfg, step, total):
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    return cosine_lr(cfg.lr, step, total)
 
 
 class LandmarkTrainer:
@@ -770,37 +771,23 @@ class LandmarkTrainer:
                 "best_val": repr(state["best_val"])}
 
     def save_checkpoint(self, state):
-        tensors = {"param/" + k: v for k, v in state["params"].items()}
-        tensors.update({"velocity/" + k: v for k, v in state["velocity"].items()})
-        tensors.update({"target/mean": state["target_mean"], "target/std": state["target_std"]})
-        safetensors.save(os.path.join(self.run_dir, CHECKPOINT), tensors, self._meta(state))
+        save_checkpoint(os.path.join(self.run_dir, CHECKPOINT), state["params"],
+                        state["velocity"], {"target/mean": state["target_mean"],
+                                            "target/std": state["target_std"]},
+                        self._meta(state))
 
     def load_checkpoint(self):
         path = os.path.join(self.run_dir, CHECKPOINT)
-        tensors, meta = safetensors.load(path)
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a deepid2 landmark training checkpoint")
-        if json.loads(meta["net"]) != self.net_cfg.to_dict():
-            raise ValueError(f"{path} was written for another network: {meta['net']}")
-        saved, ours = json.loads(meta["train"]), asdict(self.cfg)
-        changed = sorted(k for k in ours if saved.get(k) != ours[k])
-        if changed:
-            raise ValueError(f"cannot resume {path} with a different config: {', '.join(changed)} "
-                             f"(was {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
+        params, velocity, tensors, meta = load_checkpoint(
+            path, CHECKPOINT_FORMAT, self.net_cfg.to_dict(), asdict(self.cfg),
+            "landmark training")
         if meta.get("cache_key") != self.cache.meta["key"]:
             raise ValueError(f"cannot resume {path}: it was trained on other data or boxes")
-        history = []
-        log_path = os.path.join(self.run_dir, LOG)
-        if os.path.exists(log_path):
-            with open(log_path) as f:
-                history = [json.loads(line) for line in f if line.strip()]
         epoch = int(meta["epoch"])
-        return dict(params={k[6:]: v for k, v in tensors.items() if k.startswith("param/")},
-                    velocity={k[9:]: v for k, v in tensors.items() if k.startswith("velocity/")},
-                    target_mean=tensors["target/mean"], target_std=tensors["target/std"],
-                    epoch=epoch, best_epoch=int(meta["best_epoch"]),
-                    best_val=float(meta["best_val"]),
-                    history=[h for h in history if h["epoch"] <= epoch])
+        return dict(params=params, velocity=velocity, target_mean=tensors["target/mean"],
+                    target_std=tensors["target/std"], epoch=epoch,
+                    best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
+                    history=read_log(os.path.join(self.run_dir, LOG), epoch))
 
     def step(self, state, epoch, step, xbuf):
         cfg, be, p = self.cfg, self.be, state["params"]
@@ -813,9 +800,7 @@ class LandmarkTrainer:
         grads = {k: np.zeros_like(v) for k, v in p.items()}
         self.net.backward(p, acts, dout, grads)
         lr = lr_at(cfg, step + epoch * self.steps_per_epoch, self.total_steps)
-        for k in sorted(p):
-            wd = cfg.weight_decay if k.endswith(".w") else 0.0
-            be.sgd_update(p[k], grads[k], state["velocity"][k], lr, cfg.momentum, wd)
+        sgd_step(be, p, grads, state["velocity"], lr, cfg.momentum, cfg.weight_decay)
         return float(loss)
 
     def validate(self, params, idx=None):
@@ -882,11 +867,7 @@ class LandmarkTrainer:
         save_model(path, self.model_params(state), self.net_cfg, meta)
 
     def _write_log(self, history):
-        path = os.path.join(self.run_dir, LOG)
-        with open(path + ".tmp", "w") as f:
-            for row in history:
-                f.write(json.dumps(row) + "\n")
-        os.replace(path + ".tmp", path)
+        write_log(os.path.join(self.run_dir, LOG), history)
 
 
 def plot_history(history, path):

@@ -20,7 +20,6 @@ applies to weights (.w), not biases.
 """
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import numpy as np
 
 from . import safetensors
 from .data import assemble_batch, split_train_val
+from .loop import cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, write_log
 from .net import DeepID2, NetConfig, init_params
 from .plot import plot_history
 from .progress import Progress
@@ -104,7 +104,7 @@ class PairSampler:
 
 
 def lr_at(cfg, step, total_steps):
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+    return cosine_lr(cfg.lr, step, total_steps)
 
 
 def initial_verif_params(cfg):
@@ -148,35 +148,17 @@ class Trainer:
                 "best_val": repr(state["best_val"])}
 
     def save_checkpoint(self, state):
-        tensors = {"param/" + k: v for k, v in state["params"].items()}
-        tensors.update({"velocity/" + k: v for k, v in state["velocity"].items()})
-        tensors["verif/params"] = state["verif"]
-        safetensors.save(os.path.join(self.run_dir, CHECKPOINT), tensors, self._meta(state))
+        save_checkpoint(os.path.join(self.run_dir, CHECKPOINT), state["params"],
+                        state["velocity"], {"verif/params": state["verif"]}, self._meta(state))
 
     def load_checkpoint(self):
-        path = os.path.join(self.run_dir, CHECKPOINT)
-        tensors, meta = safetensors.load(path)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a deepid2 training checkpoint")
-        if json.loads(meta["net"]) != self.net_cfg.to_dict():
-            raise ValueError(f"{path} was written for another network: {meta['net']}")
-        saved = json.loads(meta["train"])
-        ours = asdict(self.cfg)
-        changed = sorted(k for k in ours if saved.get(k) != ours[k])
-        if changed:
-            raise ValueError(f"cannot resume {path} with a different config: {', '.join(changed)} "
-                             f"(was {', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
-        params = {k[6:]: v for k, v in tensors.items() if k.startswith("param/")}
-        velocity = {k[9:]: v for k, v in tensors.items() if k.startswith("velocity/")}
-        history = []
-        log_path = os.path.join(self.run_dir, LOG)
-        if os.path.exists(log_path):
-            with open(log_path) as f:
-                history = [json.loads(line) for line in f if line.strip()]
+        params, velocity, tensors, meta = load_checkpoint(
+            os.path.join(self.run_dir, CHECKPOINT), FORMAT, self.net_cfg.to_dict(),
+            asdict(self.cfg), "training")
         epoch = int(meta["epoch"])
         return dict(params=params, velocity=velocity, verif=tensors["verif/params"], epoch=epoch,
                     best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
-                    history=[h for h in history if h["epoch"] <= epoch])
+                    history=read_log(os.path.join(self.run_dir, LOG), epoch))
 
     # -- training ----------------------------------------------------------
     def step(self, state, epoch, step, xbuf):
@@ -194,9 +176,7 @@ class Trainer:
         grads = {k: np.zeros_like(v) for k, v in p.items()}
         self.net.backward(p, acts, loss.dlogits, loss.dfeatures, grads)
         lr = lr_at(cfg, g, self.total_steps)
-        for k in sorted(p):
-            wd = cfg.weight_decay if k.endswith(".w") else 0.0
-            be.sgd_update(p[k], grads[k], state["velocity"][k], lr, cfg.momentum, wd)
+        sgd_step(be, p, grads, state["velocity"], lr, cfg.momentum, cfg.weight_decay)
         if cfg.verif == "cosine":
             state["verif"] -= np.float32(lr) * loss.dparams
         elif cfg.learn_margin:
@@ -275,9 +255,4 @@ class Trainer:
         safetensors.save(path, tensors, meta)
 
     def _write_log(self, history):
-        path = os.path.join(self.run_dir, LOG)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            for row in history:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
+        write_log(os.path.join(self.run_dir, LOG), history)
