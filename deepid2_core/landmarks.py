@@ -85,7 +85,8 @@ import cv2
 import numpy as np
 
 from . import safetensors
-from .loop import cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, write_log
+from .loop import (cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, start,
+                   write_log)
 from .net import LAYERS, stack_backward, stack_forward, stack_shapes
 from .plot import _panel
 from .progress import Progress
@@ -812,14 +813,8 @@ class LandmarkTrainer:
         return summarise(nme(pred, self.cache.points[idx]))
 
     def run(self, resume=False, on_epoch_end=None):
-        ckpt = os.path.join(self.run_dir, CHECKPOINT)
-        if resume and os.path.exists(ckpt):
-            state = self.load_checkpoint()
-            self.log(f"resuming {ckpt} after epoch {state['epoch']}")
-        else:
-            if resume:
-                self.log(f"no checkpoint in {self.run_dir}: starting afresh")
-            state = self.fresh_state()
+        state = start(self.run_dir, CHECKPOINT, resume, self.load_checkpoint, self.fresh_state,
+                      self.log)
         self._write_log(state["history"])
         cfg = self.cfg
         xbuf = np.empty((cfg.batch, 1, self.net_cfg.size, self.net_cfg.size), np.float32)

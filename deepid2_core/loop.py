@@ -48,6 +48,19 @@ def load_checkpoint(path, fmt, net, train, what):
     return params, velocity, tensors, meta
 
 
+def start(run_dir, checkpoint, resume, load, fresh, log):
+    """The state a run starts from: its checkpoint when resuming and there is
+    one (load()), else fresh()."""
+    ckpt = os.path.join(run_dir, checkpoint)
+    if resume and os.path.exists(ckpt):
+        state = load()
+        log(f"resuming {ckpt} after epoch {state['epoch']}")
+        return state
+    if resume:
+        log(f"no checkpoint in {run_dir}: starting afresh")
+    return fresh()
+
+
 def read_log(path, upto_epoch):
     """The JSONL log's rows up to and including an epoch (a resumed run
     rewrites what came after its checkpoint)."""

@@ -28,7 +28,8 @@ import numpy as np
 
 from . import safetensors
 from .data import assemble_batch, split_train_val
-from .loop import cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, write_log
+from .loop import (cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, start,
+                   write_log)
 from .net import DeepID2, NetConfig, init_params
 from .plot import plot_history
 from .progress import Progress
@@ -196,14 +197,8 @@ class Trainer:
         return correct / len(self.val_idx)
 
     def run(self, resume=False, on_epoch_end=None):
-        ckpt = os.path.join(self.run_dir, CHECKPOINT)
-        if resume and os.path.exists(ckpt):
-            state = self.load_checkpoint()
-            self.log(f"resuming {ckpt} after epoch {state['epoch']}")
-        else:
-            if resume:
-                self.log(f"no checkpoint in {self.run_dir}: starting afresh")
-            state = self.fresh_state()
+        state = start(self.run_dir, CHECKPOINT, resume, self.load_checkpoint, self.fresh_state,
+                      self.log)
         self._write_log(state["history"])
         cfg = self.cfg
         shape = (cfg.batch, self.net_cfg.channels, self.net_cfg.height, self.net_cfg.width)
