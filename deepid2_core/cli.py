@@ -1,4 +1,4 @@
-"""The `deepid2` command line: synth, train, train-landmarks, demo."""
+"""The `deepid2` command line: synth, train, train-landmarks, align, demo."""
 
 import argparse
 import os
@@ -70,6 +70,20 @@ def cmd_train_landmarks(args):
     return 0
 
 
+def cmd_align(args):
+    from .face.pipeline import align_main
+    try:
+        align_main(args.in_dir, args.out_dir, detector=args.detector, model=args.model,
+                   size=args.size, all_faces=args.all_faces, workers=args.workers,
+                   central_fallback=args.central_fallback,
+                   landmark_model=args.landmark_model)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the aligned files written so far are whole; run again to "
+              "finish (landmarks.csv is written at the end)", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_demo(args):
     from .demo import run_demo
     result = run_demo(args.out, seed=args.seed, seconds=args.seconds, backend=args.backend)
@@ -119,6 +133,27 @@ def build_parser():
     lm.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
     lm.add_argument("--resume", action="store_true")
     lm.set_defaults(func=cmd_train_landmarks)
+
+    al = sub.add_parser("align", help="detect, find landmarks and align every face of a "
+                                      "folder; write OUT_DIR/landmarks.csv")
+    al.add_argument("in_dir", metavar="IN_DIR",
+                    help="folder of identity folders (root/<id>/*.jpg) or a flat folder of images")
+    al.add_argument("out_dir", metavar="OUT_DIR",
+                    help="aligned faces under the same relative paths, and landmarks.csv")
+    al.add_argument("--detector", default="haar", choices=["haar", "yunet"],
+                    help="haar: Haar boxes + the landmark ConvNet (default); yunet: YuNet's "
+                         "boxes and its own landmarks (needs --model)")
+    al.add_argument("--model", help="the YuNet ONNX model, with --detector yunet")
+    al.add_argument("--size", default="250", help="aligned size, N or WxH (default 250)")
+    al.add_argument("--all-faces", action="store_true",
+                    help="every face, written as NAME_1.jpg, NAME_2.jpg, ... largest first "
+                         "(default: the largest face only, as NAME.jpg)")
+    al.add_argument("--central-fallback", action="store_true",
+                    help="haar: align images without a detection on the fixed central box "
+                         "(still listed as no_face)")
+    al.add_argument("--landmark-model", help="landmark model file (default: the shipped one)")
+    al.add_argument("--workers", type=int, help="threads (default: the usable CPUs, at most 8)")
+    al.set_defaults(func=cmd_align)
 
     d = sub.add_parser("demo", help="synthetic identities: train, then verify unseen ones")
     d.add_argument("--out", default=os.path.join(os.getcwd(), "deepid2-demo"))

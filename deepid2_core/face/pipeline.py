@@ -1,0 +1,420 @@
+"""`deepid2 align IN_DIR OUT_DIR`: detect, find landmarks, align and write every face
+of a folder of images.
+
+IN_DIR is a folder of identity folders (LFW's ``root/<person>/<file>.jpg``) or a flat
+folder of images; it is walked recursively (hidden files and folders, and OUT_DIR when
+it lies inside IN_DIR, are left out) and every file with an image extension
+(`IMAGE_EXTENSIONS`, any case) is one input. Files with other extensions are counted as
+``skipped`` and not read. Inputs are taken in the order of their relative paths' parts.
+
+For each image, independently (a bad image is that image's result and never stops the
+batch):
+
+1. read: `detect.read_image` (8-bit BGR whatever the file held: grey, RGBA and 16-bit
+   images are converted; truncated JPEGs, text and garbage are ``unreadable``, with the
+   reason);
+2. detect, landmarks:
+
+   * ``detector="haar"`` (default): the box rule the shipped landmark model was trained
+     on (`deepid2_core.landmarks.face_box`): OpenCV's frontal-face Haar cascade with
+     ``detectMultiScale``'s defaults (scale 1.1, 3 neighbours, 24 px), and where it finds
+     nothing, a second try on the image padded by 25% of its smaller side (faces cut by
+     the edge). The largest box (or, with ``all_faces``, every box, largest first) goes
+     to the landmark ConvNet (`landmarks.predict_landmarks`). Detection and landmarks
+     see the grey of the colour image as read (``cv2.COLOR_BGR2GRAY``); libjpeg's own
+     grey decode, which `landmarks.evaluate` uses, can differ by a grey level and so
+     move a Haar box by a pixel. Where both tries find
+     nothing the image is ``no_face``; with ``central_fallback`` it is still ``no_face``
+     but aligned on the rule's fixed central box (a square of 0.56 min(H, W) centred at
+     (0.5 W, 0.47 H), the model was trained on it too), for data sets such as LFW whose
+     faces are all centred and every image is wanted.
+   * ``detector="yunet"`` with ``model`` (the ONNX file): ``cv2.FaceDetectorYN`` boxes and
+     **YuNet's own 5 landmarks**. The landmark ConvNet is not run on YuNet's boxes: it
+     was trained on Haar boxes (and the central box), whose extent and centre differ from
+     YuNet's, and YuNet's points come with its box from the same network.
+
+3. align: the least-squares similarity of the two eyes and the mouth-corner midpoint
+   onto the canonical positions (`align.align_face`; default 250 x 250, LFW's
+   deep-funneled geometry);
+4. write the aligned face to OUT_DIR under the same relative path and file name (JPEG
+   quality 95 for .jpg / .jpeg, lossless PNG for .png, the same format for .bmp, .tif,
+   .webp and .ppm, PNG with ``.png`` appended for the other extensions); with
+   ``all_faces`` face k (1 = largest) is written as ``name_k.ext``.
+
+OUT_DIR/landmarks.csv has one row per face (or one per image without a face): columns
+`CSV_COLUMNS`: the input's relative path, the face number (1 = largest; empty without a
+face), status ``ok`` / ``no_face`` / ``unreadable`` (``error`` only for an unexpected
+failure of one image's processing), the reason for the last three, the aligned file
+(relative to OUT_DIR; empty when none was written), where the box came from (``haar``,
+``haar_padded``, ``central``, ``yunet``), the box (x, y, w, h, image pixels), the
+detector's score (Haar: the number of merged windows; YuNet: its confidence), the 5
+points (left eye, right eye, nose, left and right mouth corner, as seen in the image)
+in the image as read and in the aligned image. Numbers have 2 decimals. Pixel centres
+are at integer coordinates (OpenCV's convention).
+
+Determinism: every image is processed alone (the landmark ops give the same bits for
+any thread count), results are gathered in input order, so the same input and options
+give byte-identical CSVs and images whatever ``workers`` is.
+
+Parallelism: a thread pool (``workers``, default the usable CPUs, at most 8). The work
+is nearly all in code that drops the GIL: the numba Haar scan (``nogil=True``), OpenCV
+(decode, resize, warp, encode) and the C++ landmark ops; 2 threads on 2 cores run
+1.9x faster than one. YuNet's detector is one cv2 network behind a lock.
+
+Safe writing: each aligned image is written to a hidden temporary file in its folder
+and renamed over the target, so an interrupted run leaves only whole images (and
+temporary files of a killed run are removed by the next run); the CSV is written at
+the end, the same way. A re-run overwrites; aligned files that an earlier run listed in
+OUT_DIR/landmarks.csv and this run did not write again (a face no longer found, a
+different ``all_faces``) are removed after the new CSV is in place, so OUT_DIR matches
+its CSV. One run at a time per OUT_DIR.
+"""
+import csv
+import io
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .align import align_face
+from .detect import YuNetDetector, detect_image, read_image
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .dib .tif .tiff .webp .pgm .ppm .pbm .pnm .pxm .sr "
+    ".ras .jp2 .gif .avif .exr .hdr .pic".split())
+CSV_NAME = "landmarks.csv"
+POINT_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+CSV_COLUMNS = (["path", "face", "status", "reason", "output", "source",
+                "box_x", "box_y", "box_w", "box_h", "score"]
+               + [f"{p}_{c}" for p in POINT_NAMES for c in "xy"]
+               + [f"aligned_{p}_{c}" for p in POINT_NAMES for c in "xy"])
+# written in the input's own format; the others are written as PNG with ".png" appended
+_ENCODABLE = frozenset(".jpg .jpeg .jpe .png .bmp .tif .tiff .webp .ppm".split())
+TMP_SUFFIX = ".align-tmp"
+JPEG_QUALITY = 95
+MAX_SIDE = 1024               # images larger than this are shrunk for detection only
+
+
+def parse_size(value):
+    """250 / "250" -> (250, 250); (w, h) / "200x250" / "200,250" -> (200, 250)."""
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"size must be N or WxH, got {value!r}") from None
+    elif isinstance(value, (int, np.integer)):
+        nums = [int(value)]
+    else:
+        nums = [int(v) for v in value]
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 8:
+        raise ValueError(f"size must be N or WxH with sides of at least 8 px, got {value!r}")
+    return tuple(nums)
+
+
+@dataclass
+class _Face:
+    box: np.ndarray
+    score: float
+    source: str
+    points: Optional[np.ndarray] = None
+    aligned_points: Optional[np.ndarray] = None
+    output: str = ""
+
+
+@dataclass
+class _Result:
+    rel: str
+    status: str
+    reason: str = ""
+    faces: list = field(default_factory=list)
+    read: bool = False
+
+
+def list_images(in_dir, out_dir=None):
+    """(sorted relative paths of the image files under in_dir, number of other files)."""
+    in_dir = os.path.abspath(os.fspath(in_dir))
+    skip = os.path.realpath(out_dir) if out_dir is not None else None
+    found, others = [], 0
+    for root, dirs, files in os.walk(in_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and os.path.realpath(os.path.join(root, d)) != skip]
+        rel_root = os.path.relpath(root, in_dir)
+        parts = () if rel_root == "." else tuple(rel_root.split(os.sep))
+        for f in files:
+            if f.startswith("."):
+                continue
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(parts + (f,))
+            else:
+                others += 1
+    found.sort()
+    return ["/".join(p) for p in found], others
+
+
+def output_name(rel, face, all_faces):
+    """The aligned file's path relative to OUT_DIR for face `face` (1-based) of `rel`."""
+    stem, ext = os.path.splitext(rel)
+    if all_faces:
+        stem = f"{stem}_{face}"
+    if ext.lower() not in _ENCODABLE:
+        return f"{stem}{ext}.png"
+    return stem + ext
+
+
+def _encode(img, path):
+    ext = os.path.splitext(path)[1].lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in (".jpg", ".jpeg", ".jpe") else []
+    ok, buf = cv2.imencode(ext, img, params)
+    if not ok:
+        raise OSError(f"could not encode {path} as {ext}")
+    return buf.tobytes()
+
+
+def _write_atomic(path, data):
+    """Write bytes to path through a hidden temporary file in the same folder + rename."""
+    d, name = os.path.split(path)
+    tmp = os.path.join(d, f".{name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class _Aligner:
+    """Per-run settings and the models; process() is thread-safe."""
+
+    def __init__(self, out_dir, detector, model, size, all_faces, central_fallback,
+                 landmark_model):
+        from .. import landmarks as lmk
+        self.lmk = lmk
+        self.out_dir, self.size, self.all_faces = out_dir, size, all_faces
+        self.central_fallback = central_fallback
+        self.kind = detector
+        if detector == "haar":
+            self.det = lmk.haar_detector()     # the training rule's detector (3 neighbours)
+            self.model = (landmark_model if isinstance(landmark_model, lmk.LandmarkModel)
+                          else lmk.load_landmark_model(landmark_model))
+        else:
+            self.det = YuNetDetector(model)
+            self.model = None
+        self._made = set()
+
+    def _detect(self, img):
+        """(status, reason, [ _Face ]) for a readable image."""
+        r = detect_image(img, self.det, all_faces=self.all_faces, max_side=MAX_SIDE)
+        source = self.kind
+        if self.kind == "haar" and r.status == "no_face" and not r.reason.startswith("detector"):
+            h, w = img.shape[:2]
+            p = int(round(self.lmk.HAAR_PAD * min(h, w)))
+            padded = cv2.copyMakeBorder(img, p, p, p, p, cv2.BORDER_REPLICATE)
+            r2 = detect_image(padded, self.det, all_faces=self.all_faces, max_side=MAX_SIDE)
+            if r2.ok:
+                r2.boxes = r2.boxes - np.float32([p, p, 0, 0])
+                r, source = r2, "haar_padded"
+        if not r.ok:
+            if self.kind == "haar" and self.central_fallback \
+                    and min(img.shape[:2]) >= self.det.min_face:
+                faces = [_Face(self.lmk.central_box(img.shape), 0.0, "central")]
+                return "no_face", r.reason + "; aligned on the central box", faces
+            return r.status, r.reason, []
+        faces = [_Face(np.asarray(b, np.float64), float(s), source)
+                 for b, s in zip(r.boxes, r.scores)]
+        if r.landmarks is not None:
+            for f, lm in zip(faces, r.landmarks):
+                f.points = np.asarray(lm, np.float64)
+        return "ok", "", faces
+
+    def process(self, rel, in_path):
+        img, why = read_image(in_path)
+        if img is None:
+            return _Result(rel, "unreadable", why)
+        try:
+            status, reason, faces = self._detect(img)
+            if faces and faces[0].points is None:
+                pts = self.lmk.predict_landmarks(self.model, img,
+                                                 np.stack([f.box for f in faces]))
+                for f, p in zip(faces, pts):
+                    f.points = p.astype(np.float64)
+            out = []
+            for k, f in enumerate(faces, 1):
+                aligned, f.aligned_points = align_face(img, f.points, self.size)
+                f.output = output_name(rel, k, self.all_faces)
+                out.append(aligned)
+        except Exception as e:  # noqa: BLE001 - one image's failure is that image's result
+            return _Result(rel, "error", f"{type(e).__name__}: {e}", read=True)
+        for f, aligned in zip(faces, out):
+            path = os.path.join(self.out_dir, *f.output.split("/"))
+            d = os.path.dirname(path)
+            if d not in self._made:
+                os.makedirs(d, exist_ok=True)
+                self._made.add(d)
+            _write_atomic(path, _encode(aligned, path))
+        return _Result(rel, status, reason, faces, read=True)
+
+
+def _fmt(v):
+    return f"{float(v):.2f}"
+
+
+def _rows(res):
+    if not res.faces:
+        return [[res.rel, "", res.status, res.reason] + [""] * (len(CSV_COLUMNS) - 4)]
+    rows = []
+    for k, f in enumerate(res.faces, 1):
+        rows.append([res.rel, str(k), res.status, res.reason, f.output, f.source]
+                    + [_fmt(v) for v in f.box] + [_fmt(f.score)]
+                    + [_fmt(v) for v in f.points.reshape(-1)]
+                    + [_fmt(v) for v in f.aligned_points.reshape(-1)])
+    return rows
+
+
+def _csv_bytes(results):
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for res in results:
+        w.writerows(_rows(res))
+    return buf.getvalue().encode("utf-8")
+
+
+def _previous_outputs(out_dir):
+    """The aligned files an earlier run's CSV lists (relative, inside OUT_DIR)."""
+    path = os.path.join(out_dir, CSV_NAME)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+    outs = set()
+    for r in rows:
+        o = (r.get("output") or "").strip()
+        if o and not os.path.isabs(o) and ".." not in o.split("/"):
+            outs.add(o)
+    return outs
+
+
+def _sweep_temporaries(out_dir):
+    """Remove the temporary files a killed run left behind."""
+    n = 0
+    for root, _, files in os.walk(out_dir):
+        for f in files:
+            if f.startswith(".") and f.endswith(TMP_SUFFIX):
+                try:
+                    os.remove(os.path.join(root, f))
+                    n += 1
+                except OSError:
+                    pass
+    return n
+
+
+def default_workers():
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def align_main(in_dir, out_dir, detector="haar", model=None, size=250, all_faces=False,
+               workers=None, progress=True, central_fallback=False, landmark_model=None,
+               log=print):
+    """Align every image under in_dir into out_dir (module docstring) and write
+    out_dir/landmarks.csv. detector "haar" (landmarks from the landmark ConvNet,
+    `landmark_model`: a path or LandmarkModel, default the shipped one) or "yunet"
+    (needs `model`, the YuNet ONNX file; YuNet's own landmarks). size: N or (W, H).
+    Returns the summary dict (also printed through `log` unless log is None)."""
+    from ..progress import Progress
+    t0 = time.perf_counter()
+    in_dir, out_dir = os.path.abspath(os.fspath(in_dir)), os.path.abspath(os.fspath(out_dir))
+    if detector not in ("haar", "yunet"):
+        raise ValueError(f"detector must be haar or yunet, got {detector!r}")
+    if detector == "yunet" and not model:
+        raise ValueError("--detector yunet needs --model PATH (the YuNet ONNX file)")
+    if detector == "haar" and model:
+        raise ValueError("--model is the YuNet model: pass --detector yunet with it")
+    if central_fallback and detector != "haar":
+        raise ValueError("central_fallback is the Haar box rule's fallback: use it with haar")
+    if not os.path.isdir(in_dir):
+        raise ValueError(f"{in_dir} is not a folder")
+    if os.path.realpath(in_dir) == os.path.realpath(out_dir):
+        raise ValueError("OUT_DIR must differ from IN_DIR (the inputs would be overwritten)")
+    size = parse_size(size)
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+
+    rels, skipped = list_images(in_dir, out_dir)
+    aligner = _Aligner(out_dir, detector, model, size, all_faces, central_fallback,
+                       landmark_model)
+    os.makedirs(out_dir, exist_ok=True)
+    previous = _previous_outputs(out_dir)
+    _sweep_temporaries(out_dir)
+
+    def task(rel):
+        return aligner.process(rel, os.path.join(in_dir, *rel.split("/")))
+
+    bar = Progress(len(rels), "aligning", enabled=progress)
+    results, counts = [], dict(ok=0, no_face=0, unreadable=0, error=0, faces=0)
+    pool = ThreadPoolExecutor(workers) if workers > 1 and len(rels) > 1 else None
+    try:
+        it = pool.map(task, rels) if pool else map(task, rels)
+        for res in it:
+            results.append(res)
+            counts[res.status] += 1
+            counts["faces"] += res.status == "ok" and len(res.faces)
+            bar.update(1, f"{counts['faces']} faces, {counts['no_face']} without, "
+                          f"{counts['unreadable']} unreadable")
+    finally:
+        if pool is not None:     # on an interrupt: drop queued images, let running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+
+    _write_atomic(os.path.join(out_dir, CSV_NAME), _csv_bytes(results))
+    written = {f.output for r in results for f in r.faces if f.output}
+    removed = 0
+    for o in sorted(previous - written):
+        p = os.path.join(out_dir, *o.split("/"))
+        if os.path.isfile(p):
+            os.remove(p)
+            removed += 1
+
+    summary = dict(
+        images=len(rels), read=sum(r.read for r in results), faces=counts["faces"],
+        with_face=counts["ok"], no_face=counts["no_face"], unreadable=counts["unreadable"],
+        errors=counts["error"], aligned=len(written),
+        central=sum(1 for r in results for f in r.faces if f.source == "central"),
+        skipped_non_images=skipped, stale_removed=removed,
+        seconds=round(time.perf_counter() - t0, 2), workers=workers, detector=detector,
+        landmarks="landmark ConvNet" if detector == "haar" else "YuNet",
+        size=list(size), all_faces=bool(all_faces), in_dir=in_dir, out_dir=out_dir,
+        csv=os.path.join(out_dir, CSV_NAME))
+    if log is not None:
+        log(format_summary(summary))
+    return summary
+
+
+def format_summary(s):
+    line = (f"aligned {s['images']} images ({s['read']} read): {s['faces']} faces in "
+            f"{s['with_face']} images, {s['no_face']} with no face, {s['unreadable']} "
+            f"unreadable")
+    if s["errors"]:
+        line += f", {s['errors']} failed"
+    if s["central"]:
+        line += f" ({s['central']} of those without a face aligned on the central box)"
+    line += f"; {s['seconds']:.1f}s with {s['workers']} workers"
+    if s["skipped_non_images"]:
+        line += f"; {s['skipped_non_images']} non-image files skipped"
+    return line + f"\nwrote {s['aligned']} aligned faces and {s['csv']}"
