@@ -68,6 +68,22 @@ def set_thread_env(threads):
 # --------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------
+def import_reference(threads, disabled=False):
+    """(torch, the reference module torch_deepid2, error text): torch and
+    ../shared/reference imported, torch set to `threads`; (None, None, why)
+    when disabled or missing. Call after set_thread_env."""
+    if disabled:
+        return None, None, "disabled by --no-torch"
+    try:
+        import torch
+        sys.path.insert(0, REF_DIR)
+        import torch_deepid2 as ref
+        torch.set_num_threads(threads)
+        return torch, ref, None
+    except Exception as e:  # not installed, reference absent, ...
+        return None, None, f"{type(e).__name__}: {e}"
+
+
 def measure(fn, reset=None, *, reps, warmup, min_time):
     """Median of timed calls of fn(); reset() runs before each call, untimed.
     warmup untimed calls first, then at least reps timed calls and at least

@@ -26,7 +26,7 @@ import sys
 import time
 
 import bench_common as bc
-from bench_common import MALLOC_ENV, NOISY, REF_DIR, REPO
+from bench_common import MALLOC_ENV, NOISY, REPO
 
 OPS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "dense", "loss"]
 # conv3/conv4 (our locally shared / locally connected layers) must beat torch
@@ -94,21 +94,9 @@ if not ARGS.no_ours:
     except Exception as e:  # not built yet, import error, ...
         BE_ERR = f"{type(e).__name__}: {e}"
 
-torch = F = nn = ref = None
-TORCH_ERR = None
-if not ARGS.no_torch:
-    try:
-        import torch
-        import torch.nn as nn
-        import torch.nn.functional as F
-        sys.path.insert(0, REF_DIR)
-        import torch_deepid2 as ref
-        torch.set_num_threads(ARGS.threads)
-    except Exception as e:
-        torch = None
-        TORCH_ERR = f"{type(e).__name__}: {e}"
-else:
-    TORCH_ERR = "disabled by --no-torch"
+torch, ref, TORCH_ERR = bc.import_reference(ARGS.threads, ARGS.no_torch)
+nn = torch.nn if torch else None
+F = torch.nn.functional if torch else None
 
 
 # --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import time
 import types
 
 import bench_common as bc
-from bench_common import MALLOC_ENV, NOISY, REF_DIR, REPO
+from bench_common import MALLOC_ENV, NOISY, REPO
 
 IN_C, IN_H, IN_W = 3, 55, 47
 LAM, MOMENTUM, LR, MARGIN = 0.05, 0.9, 0.01, 1.0
@@ -106,17 +106,7 @@ if not ARGS.no_ours:
     except Exception as e:  # not built yet, import error, ...
         BE_ERR = f"{type(e).__name__}: {e}"
 
-torch = ref = None
-TORCH_ERR = "disabled by --no-torch" if ARGS.no_torch else None
-if not ARGS.no_torch:
-    try:
-        import torch
-        sys.path.insert(0, REF_DIR)
-        import torch_deepid2 as ref
-        torch.set_num_threads(ARGS.threads)
-    except Exception as e:
-        torch = None
-        TORCH_ERR = f"{type(e).__name__}: {e}"
+torch, ref, TORCH_ERR = bc.import_reference(ARGS.threads, ARGS.no_torch)
 
 
 # --------------------------------------------------------------------------

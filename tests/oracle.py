@@ -280,3 +280,25 @@ def regression_loss(pred, target):
     n = p.shape[0]
     loss = sum(0.5 * np.sum((p[i] - t[i]) ** 2) for i in range(n)) / n
     return loss, (p - t) / n
+
+
+# ----------------------------------------------------------------------------
+def check_param_gradients(loss, params, grads, samples=4, seed=7, eps=1e-6, atol=1e-7,
+                          rtol=1e-4):
+    """Central differences of loss() (a float of the float64 params, changed
+    in place and restored) against grads, at `samples` random entries of every
+    parameter."""
+    rng = np.random.default_rng(seed)
+    for name in sorted(params):
+        p = params[name]
+        for flat in rng.choice(p.size, size=min(samples, p.size), replace=False):
+            idx = np.unravel_index(flat, p.shape)
+            old = p[idx]
+            p[idx] = old + eps
+            up = loss()
+            p[idx] = old - eps
+            dn = loss()
+            p[idx] = old
+            fd = (up - dn) / (2 * eps)
+            assert abs(fd - grads[name][idx]) <= atol + rtol * abs(fd), \
+                (name, idx, fd, grads[name][idx])
