@@ -23,7 +23,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-REF_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "reference"))
+# $DEEPID2_REFERENCE_DIR: where ../shared is not beside the checkout (a GPU
+# machine gets a copy carried with the repository)
+REF_DIR = os.environ.get("DEEPID2_REFERENCE_DIR") or os.path.normpath(
+    os.path.join(REPO, "..", "shared", "reference"))
 
 # Same values as the reference's MALLOC_ENV: keep freed large buffers in the
 # glibc heap instead of returning them to the kernel after every call (else

@@ -16,7 +16,14 @@
 #                 (CuPy's memory pool off, so each array is its own allocation)
 #   6. racecheck  compute-sanitizer --tool racecheck, the same run
 #   7. bench      bench/bench_gpu.py: every op at batch 128 and 1024 vs PyTorch
-#   8. synccheck  compute-sanitizer --tool synccheck (if time is left)
+#   8. train      bench/bench_train_gpu.py: a whole training step at batch
+#                 128, 512 and 2048 vs the reference model in PyTorch
+#   9. synccheck  compute-sanitizer --tool synccheck (if time is left)
+# The nvcc compile check (kernels/check_compile.sh) runs in CI on every
+# machine; GPU_CHECK_NVCC=1 runs it here too.
+#
+# PyTorch baselines come from ../shared/reference, or $DEEPID2_REFERENCE_DIR,
+# or .gpu_ref/ in the repository (an ignored copy carried to a GPU machine).
 # then a table of the steps and, last, the benchmark's table.
 #
 # Logs: $OUT (the device tool's output folder) or /tmp/deepid2_gpu_check:
@@ -30,11 +37,14 @@ mkdir -p "$LOGDIR"
 LOG=$LOGDIR/gpu_check.log
 : >"$LOG"
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-450}
+BUDGET=${GPU_CHECK_BUDGET:-420}
 export PYTHONUNBUFFERED=1 DEEPID2_REQUIRE_GPU=1 DEEPID2_GPU_TEST_MODES=cuda
 export DEEPID2_KERNELS_DIR=$ROOT/kernels
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/deepid2_cupy_cache}
+if [ -z "${DEEPID2_REFERENCE_DIR:-}" ] && [ ! -d ../shared/reference ] && [ -d .gpu_ref ]; then
+    export DEEPID2_REFERENCE_DIR=$ROOT/.gpu_ref
+fi
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)
 SECONDS=0
 STATUS=()
@@ -102,15 +112,19 @@ sanitize() {  # sanitize TOOL: the smoke tests under compute-sanitizer
 export PY SAN
 export -f env_info sanitize
 
-step env 30 400 env_info
-step build 150 300 "$PY" setup.py build_ext --inplace -j 8
-step compile 60 280 bash kernels/check_compile.sh
-step tests 200 200 "$PY" -m pytest tests/test_gpu_ops.py tests/test_gpu_loss.py \
-    tests/test_gpu_errors.py tests/test_gpu_smoke.py -q -p no:cacheprovider -rs
-step memcheck 90 150 sanitize memcheck --leak-check no
-step racecheck 90 110 sanitize racecheck --racecheck-report hazard
-step bench 150 10 "$PY" bench/bench_gpu.py --json "$LOGDIR/bench_gpu.json"
-step synccheck 60 0 sanitize synccheck
+step env 30 330 env_info
+step build 120 300 "$PY" setup.py build_ext --inplace -j 16
+if [ "${GPU_CHECK_NVCC:-0}" = 1 ]; then
+    step compile 60 280 bash kernels/check_compile.sh
+fi
+step tests 150 200 "$PY" -m pytest tests/test_gpu_ops.py tests/test_gpu_loss.py \
+    tests/test_gpu_errors.py tests/test_gpu_smoke.py tests/test_gpu_train.py \
+    -q -p no:cacheprovider -rfEs --tb=short --maxfail=25
+step memcheck 60 170 sanitize memcheck --leak-check no
+step racecheck 60 150 sanitize racecheck --racecheck-report hazard
+step bench 90 70 "$PY" bench/bench_gpu.py --json "$LOGDIR/bench_gpu.json"
+step train 80 0 "$PY" bench/bench_train_gpu.py --fast --json "$LOGDIR/bench_train_gpu.json"
+step synccheck 45 0 sanitize synccheck
 
 {
     echo
@@ -120,6 +134,10 @@ step synccheck 60 0 sanitize synccheck
     if grep -q "^bench_gpu summary" "$LOG"; then
         echo
         sed -n '/^bench_gpu summary/,/^checks:/p' "$LOG"
+    fi
+    if grep -q "^bench_train_gpu summary" "$LOG"; then
+        echo
+        awk '/^bench_train_gpu summary/{on=1} on && /^=== /{exit} on' "$LOG"
     fi
 } | tee -a "$LOG.summary"
 cat "$LOG.summary" >>"$LOG"

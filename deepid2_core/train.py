@@ -17,6 +17,12 @@ Safeguard: m is clamped to at least margin_min.
 
 Learning rate: cosine decay from lr to 0 over the whole run. Weight decay
 applies to weights (.w), not biases.
+
+Backends: on the cpu backend everything is numpy. On the gpu backend the
+patch cache is copied to the device once, and parameters, velocities and
+batches stay there for the whole run: the host only draws the batch indices
+(the same rng as on the cpu) and reads back the loss. Checkpoints and models
+are written from host copies, so files do not depend on the backend.
 """
 
 import json
@@ -123,6 +129,14 @@ class Trainer:
             raise ValueError(f"the cache holds {h}x{w}x{c} patches, the network expects "
                              f"{self.net_cfg.height}x{self.net_cfg.width}x{self.net_cfg.channels}")
         self.net = DeepID2(self.net_cfg, backend)
+        self.xp = getattr(backend, "xp", np)
+        self.on_device = self.xp is not np
+        if self.on_device:  # the whole cache, once; later batches are cut on the device
+            self.dev_patches = self.xp.asarray(np.ascontiguousarray(cache.patches))
+            self.dev_labels = self.xp.asarray(np.asarray(cache.labels, np.int32))
+            # argmax indices come from our own forward pass: no need to wait
+            # for the device to check them on every backward
+            backend.set_index_checks(False)
         if hasattr(backend, "keep_freed_memory"):
             backend.keep_freed_memory()  # reuse activation buffers between steps
         self.log, self.progress = log, progress
@@ -167,22 +181,28 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, epoch, step])
         images, pa, pb, py = self.sampler.batch(rng, cfg.batch, cfg.same_share)
         flips = rng.random(len(images)) < 0.5 if cfg.flip else np.zeros(len(images), bool)
-        x = assemble_batch(self.cache.patches, images, flips, out=xbuf)
-        labels = np.asarray(self.cache.labels)[images].astype(np.int32)
+        if self.on_device:
+            xp = self.xp
+            x = be.assemble_batch(self.dev_patches, images, flips, out=xbuf)
+            labels = self.dev_labels[xp.asarray(images)]
+            pa, pb, py = xp.asarray(pa), xp.asarray(pb), xp.asarray(py)
+        else:
+            x = assemble_batch(self.cache.patches, images, flips, out=xbuf)
+            labels = np.asarray(self.cache.labels)[images].astype(np.int32)
         acts = self.net.forward(p, x)
         g = step + epoch * self.steps_per_epoch
         lam = 0.0 if g < cfg.warmup_steps else cfg.lam
         loss = be.joint_loss(acts["logits"], labels, acts["deepid"], pa, pb, py,
                              variant=cfg.verif, lam=lam, params=state["verif"])
-        grads = {k: np.zeros_like(v) for k, v in p.items()}
+        grads = {k: self.xp.zeros_like(v) for k, v in p.items()}
         self.net.backward(p, acts, loss.dlogits, loss.dfeatures, grads)
         lr = lr_at(cfg, g, self.total_steps)
         sgd_step(be, p, grads, state["velocity"], lr, cfg.momentum, cfg.weight_decay)
         if cfg.verif == "cosine":
             state["verif"] -= np.float32(lr) * loss.dparams
         elif cfg.learn_margin:
-            m = state["verif"][0] - np.float32(lr) * loss.dparams[0]
-            state["verif"][0] = max(np.float32(cfg.margin_min), m)
+            m = state["verif"][:1] - np.float32(lr) * loss.dparams[:1]
+            state["verif"][:1] = self.xp.maximum(m, np.float32(cfg.margin_min))
         return loss, len(images)
 
     def validate(self, params, batch=256):
@@ -191,10 +211,40 @@ class Trainer:
         correct = 0
         for i in range(0, len(self.val_idx), batch):
             idx = self.val_idx[i:i + batch]
-            x = assemble_batch(self.cache.patches, idx, np.zeros(len(idx), bool))
+            if self.on_device:
+                x = self.be.assemble_batch(self.dev_patches, idx, np.zeros(len(idx), bool))
+                truth = self.dev_labels[self.xp.asarray(idx)]
+            else:
+                x = assemble_batch(self.cache.patches, idx, np.zeros(len(idx), bool))
+                truth = np.asarray(self.cache.labels)[idx]
             logits = self.net.forward(params, x)["logits"]
-            correct += int((logits.argmax(1) == np.asarray(self.cache.labels)[idx]).sum())
+            correct += int((logits.argmax(1) == truth).sum())
         return correct / len(self.val_idx)
+
+    # -- host <-> device -------------------------------------------------------
+    _ARRAYS = ("params", "velocity")
+
+    def to_device(self, state):
+        """state with its arrays on the backend's device (a no-op on the cpu)."""
+        if not self.on_device:
+            return state
+        xp = self.xp
+        state = dict(state)
+        for k in self._ARRAYS:
+            state[k] = {n: xp.asarray(v) for n, v in state[k].items()}
+        state["verif"] = xp.asarray(state["verif"])
+        return state
+
+    def to_host(self, state):
+        """state with numpy arrays (what checkpoints and callers see)."""
+        if not self.on_device:
+            return state
+        get = self.xp.asnumpy
+        state = dict(state)
+        for k in self._ARRAYS:
+            state[k] = {n: get(v) for n, v in state[k].items()}
+        state["verif"] = get(state["verif"])
+        return state
 
     def run(self, resume=False, on_epoch_end=None):
         state = start(self.run_dir, CHECKPOINT, resume, self.load_checkpoint, self.fresh_state,
@@ -202,7 +252,8 @@ class Trainer:
         self._write_log(state["history"])
         cfg = self.cfg
         shape = (cfg.batch, self.net_cfg.channels, self.net_cfg.height, self.net_cfg.width)
-        xbuf = np.empty(shape, np.float32)
+        xbuf = self.xp.empty(shape, np.float32)
+        state = self.to_device(state)
         for epoch in range(state["epoch"], cfg.epochs):
             t0 = time.perf_counter()
             sums = np.zeros(4)  # total, ident, verif, correct
@@ -229,18 +280,20 @@ class Trainer:
             state["epoch"] = epoch + 1
             state["history"].append(row)
             score = val if val is not None else row["train_acc"]
+            host = self.to_host(state)
             if score > state["best_val"]:
                 state["best_epoch"], state["best_val"] = epoch + 1, score
-                self.save_model(state, os.path.join(self.run_dir, BEST))
-            self.save_checkpoint(state)
+                host["best_epoch"], host["best_val"] = epoch + 1, score
+                self.save_model(host, os.path.join(self.run_dir, BEST))
+            self.save_checkpoint(host)
             self._write_log(state["history"])
             self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} train acc "
                      f"{row['train_acc']:.3f} val acc {val if val is None else round(val, 4)} "
                      f"({row['images_per_s']:.0f} img/s)")
             if on_epoch_end:
-                on_epoch_end(state)
+                on_epoch_end(host)
         plot_history(state["history"], os.path.join(self.run_dir, PLOT))
-        return state
+        return self.to_host(state)
 
     def save_model(self, state, path):
         meta = self._meta(state)

@@ -72,6 +72,14 @@ def zeros(shape, dtype=np.float32):
     return _dev(np.zeros(shape, dtype=dtype))
 
 
+def zeros_like(a, dtype=None):
+    return _dev(np.zeros_like(np.asarray(a), dtype=dtype))
+
+
+def maximum(a, b):
+    return _dev(np.maximum(np.asarray(a), np.asarray(b)))
+
+
 def full(shape, fill_value, dtype=np.float32):
     return _dev(np.full(shape, fill_value, dtype=dtype))
 
