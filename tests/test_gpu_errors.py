@@ -67,7 +67,11 @@ def test_error(gpu, case):
     op, changes, exc, pattern = GPU_CASES[case]
     kw = to_device(gpu, valid()[op])
     for nm, make_bad in changes.items():
+        if make_bad is np.asfortranarray and gpu.mode == "cuda":
+            make_bad = gpu.cp.asfortranarray   # numpy's would copy to the host
         kw[nm] = on_device(gpu, make_bad(kw[nm]))
+        if gpu.mode == "cuda" and make_bad is gpu.cp.asfortranarray:
+            assert not kw[nm].flags.c_contiguous
     with pytest.raises(exc, match=pattern):
         getattr(gpu.be, op)(**kw)
 
