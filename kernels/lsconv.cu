@@ -112,107 +112,131 @@ lsconv_fwd(const float* __restrict__ x, const float* __restrict__ w,
 }
 
 // ---------------------------------------------------------------------------
-// Backward, weights and biases. Block: 32 maps x 64 taps (tap Q is the bias)
-// of one region, over one chunk of its columns. grid.x = region * q_tiles +
-// tap tile, grid.y = map tile, grid.z = chunk s (of S).
+// Backward, weights and biases. Block: BM maps x BN taps (tap Q is the bias)
+// of one region, over one chunk of its columns; each thread 4 maps x TN taps
+// (float4 reads of shared memory: 4 maps and TN/4 groups of 4 taps).
+// Shared memory is double-buffered: the next 16 columns are loaded into
+// registers while the current ones are multiplied.
+// grid.x = region * q_tiles + tap tile, grid.y = map tile, grid.z = chunk s.
 // Deterministic (fast == 0): writes part[s][r][k][0..Q] (every element, zeros
 // for an empty chunk). Fast (fast != 0): atomicAdd into dw / db.
-#define WG_BM 32
-#define WG_BN 64
 #define WG_BK 16
-#define WG_THREADS 128
 
-extern "C" __global__ void LAUNCH_BOUNDS(WG_THREADS)
-lsconv_bwd_w(const float* __restrict__ x, const float* __restrict__ y,
-             const float* __restrict__ dy, const int* __restrict__ qoff,
-             float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
-             int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW, int relu,
-             int q_tiles, int S, int fast) {
+template <int BM, int BN, int TN>
+DEV void lsconv_bwd_w_tile(const float* __restrict__ x, const float* __restrict__ y,
+                           const float* __restrict__ dy, const int* __restrict__ qoff,
+                           float* __restrict__ part, float* __restrict__ dw,
+                           float* __restrict__ db, int N, int C, int H, int W, int K, int KH,
+                           int KW, int RH, int RW, int relu, int q_tiles, int S, int fast) {
+    constexpr int THREADS = (BM / 4) * (BN / TN);
+    constexpr int GL = (BM * WG_BK + THREADS - 1) / THREADS;  // G loads per thread
+    constexpr int XL = (BN * WG_BK + THREADS - 1) / THREADS;  // X loads per thread
+    constexpr int GP = BM + 4, XP = BN + 4;                   // padded rows (16-byte aligned)
     const int OH = H - KH + 1, OW = W - KW + 1, RX = (OW + RW - 1) / RW;
     const int RY = (OH + RH - 1) / RH, R = RY * RX;
     const int Q = C * KH * KW;
     const int r = blockIdx.x / q_tiles, qt = blockIdx.x % q_tiles;
     const int oy0 = (r / RX) * RH, ox0 = (r % RX) * RW;
     const int pw = imin(RW, OW - ox0), P = imin(RH, OH - oy0) * pw;
-    const int cols = N * P, k0 = blockIdx.y * WG_BM, q0 = qt * WG_BN, s = blockIdx.z;
+    const int cols = N * P, k0 = blockIdx.y * BM, q0 = qt * BN, s = blockIdx.z;
     const int chunk = (cols + S - 1) / S;
     const int cbeg = imin(cols, s * chunk), cend = imin(cols, cbeg + chunk);
     const i64 OHW = (i64)OH * OW;
 
-    __shared__ __align__(16) float Gs[WG_BK][WG_BM + 1];  // +1: fewer bank conflicts on stores
-    __shared__ __align__(16) float Xs[WG_BK][WG_BN];
-    __shared__ i64 s_xb[WG_BK], s_yb[WG_BK];
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-
-    // This thread loads X for one fixed tap (the bias "tap" Q reads ones).
-    const int lq = tid % WG_BN, lc = tid / WG_BN;
-    const int myq = q0 + lq;
-    const int myoff = myq < Q ? LDG(qoff + myq) : 0;
-
-    float acc[4][4];
+    __shared__ __align__(16) float Gs[2][WG_BK][GP];
+    __shared__ __align__(16) float Xs[2][WG_BK][XP];
+    const int tid = threadIdx.x;
+    const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+    // Loads: THREADS is a multiple of 16, so element e = tid + l * THREADS
+    // always has column e % 16 = tid % 16: one column per thread.
+    const int lc = tid % WG_BK;
+    int xo[XL];  // this thread's tap offsets (-1: past Q, -2: the bias tap)
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    for (int l = 0; l < XL; ++l) {
+        const int e = tid + l * THREADS, q = q0 + e / WG_BK;
+        xo[l] = e >= BN * WG_BK || q > Q ? -1 : (q == Q ? -2 : LDG(qoff + q));
+    }
+    float gr[GL], xr[XL];
 
-    for (int c0 = cbeg; c0 < cend; c0 += WG_BK) {
-        if (tid < WG_BK) {
-            const int col = c0 + tid;
-            i64 xb = -1, yb = -1;
-            if (col < cend) {
-                const int n = col / P, p = col % P, oy = oy0 + p / pw, ox = ox0 + p % pw;
-                xb = (i64)n * C * H * W + (i64)oy * W + ox;
-                yb = (i64)n * K * OHW + (i64)oy * OW + ox;
-            }
-            s_xb[tid] = xb;
-            s_yb[tid] = yb;
+    auto load = [&](int c0) {
+        const int col = c0 + lc;
+        i64 xb = -1, yb = -1;
+        if (col < cend) {
+            const int n = col / P, p = col % P, oy = oy0 + p / pw, ox = ox0 + p % pw;
+            xb = (i64)n * C * H * W + (i64)oy * W + ox;
+            yb = (i64)n * K * OHW + (i64)oy * OW + ox;
         }
-        __syncthreads();
 #pragma unroll
-        for (int l = 0; l < (WG_BM * WG_BK) / WG_THREADS; ++l) {  // 4: column fastest
-            const int e = tid + l * WG_THREADS, cc = e % WG_BK, kk = e / WG_BK;
-            const int k = k0 + kk;
-            const i64 yb = s_yb[cc];
+        for (int l = 0; l < GL; ++l) {
+            const int e = tid + l * THREADS, k = k0 + e / WG_BK;
             float g = 0.0f;
-            if (yb >= 0 && k < K) {
+            if (yb >= 0 && e < BM * WG_BK && k < K) {
                 const i64 o = yb + k * OHW;
                 g = LDG(dy + o);
                 if (relu && !(LDG(y + o) > 0.0f)) g = 0.0f;
             }
-            Gs[cc][kk] = g;
+            gr[l] = g;
         }
 #pragma unroll
-        for (int l = 0; l < (WG_BN * WG_BK) / WG_THREADS; ++l) {  // 8
-            const int cc = lc + l * (WG_THREADS / WG_BN);
-            const i64 xb = s_xb[cc];
-            float v = 0.0f;
-            if (xb >= 0) v = myq < Q ? LDG(x + xb + myoff) : (myq == Q ? 1.0f : 0.0f);
-            Xs[cc][lq] = v;
+        for (int l = 0; l < XL; ++l)
+            xr[l] = xb < 0 || xo[l] == -1 ? 0.0f : (xo[l] == -2 ? 1.0f : LDG(x + xb + xo[l]));
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int l = 0; l < GL; ++l) {
+            const int e = tid + l * THREADS;
+            if (e < BM * WG_BK) Gs[buf][lc][e / WG_BK] = gr[l];
         }
-        __syncthreads();
+#pragma unroll
+        for (int l = 0; l < XL; ++l) {
+            const int e = tid + l * THREADS;
+            if (e < BN * WG_BK) Xs[buf][lc][e / WG_BK] = xr[l];
+        }
+    };
+
+    float acc[4][TN];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+
+    int buf = 0;
+    if (cbeg < cend) {
+        load(cbeg);
+        store(0);
+    }
+    __syncthreads();
+    for (int c0 = cbeg; c0 < cend; c0 += WG_BK) {
+        const bool more = c0 + WG_BK < cend;
+        if (more) load(c0 + WG_BK);  // in flight while this chunk is multiplied
 #pragma unroll
         for (int cc = 0; cc < WG_BK; ++cc) {
-            float a[4], v[4];
+            const float4 a = *reinterpret_cast<const float4*>(&Gs[buf][cc][ty * 4]);
+            const float av[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = Gs[cc][ty * 4 + i];
+            for (int jg = 0; jg < TN / 4; ++jg) {
+                const float4 v =
+                    *reinterpret_cast<const float4*>(&Xs[buf][cc][jg * (BN / TN) * 4 + tx * 4]);
+                const float vv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v[j] = Xs[cc][tx + 16 * j];
+                for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * v[j];
+                    for (int j = 0; j < 4; ++j) acc[i][jg * 4 + j] += av[i] * vv[j];
+            }
         }
+        if (more) store(buf ^ 1);
         __syncthreads();
+        buf ^= 1;
     }
 
     const int Q1 = Q + 1;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int k = k0 + ty * 4 + i;
-        if (k >= K) continue;
+        if (k >= K || ty * 4 + i >= BM) continue;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int q = q0 + tx + 16 * j;
+        for (int j = 0; j < TN; ++j) {
+            const int q = q0 + (j / 4) * (BN / TN) * 4 + tx * 4 + j % 4;
             if (q > Q) continue;
             if (!fast) {
                 part[(((i64)s * R + r) * K + k) * Q1 + q] = acc[i][j];
@@ -224,6 +248,64 @@ lsconv_bwd_w(const float* __restrict__ x, const float* __restrict__ y,
             }
         }
     }
+}
+
+// One extern "C" kernel per tile shape, lsconv_bwd_w_<BM>_<BN> (written out:
+// the emulator finds kernels by their extern "C" line). The host picks the
+// shape that wastes the fewest maps and taps.
+extern "C" __global__ void LAUNCH_BOUNDS(80)
+lsconv_bwd_w_20_64(const float* __restrict__ x, const float* __restrict__ y,
+                   const float* __restrict__ dy, const int* __restrict__ qoff,
+                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
+                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                   int relu, int q_tiles, int S, int fast) {
+    lsconv_bwd_w_tile<20, 64, 4>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
+                                   RW, relu, q_tiles, S, fast);
+}
+extern "C" __global__ void LAUNCH_BOUNDS(160)
+lsconv_bwd_w_40_64(const float* __restrict__ x, const float* __restrict__ y,
+                   const float* __restrict__ dy, const int* __restrict__ qoff,
+                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
+                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                   int relu, int q_tiles, int S, int fast) {
+    lsconv_bwd_w_tile<40, 64, 4>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
+                                   RW, relu, q_tiles, S, fast);
+}
+extern "C" __global__ void LAUNCH_BOUNDS(240)
+lsconv_bwd_w_60_64(const float* __restrict__ x, const float* __restrict__ y,
+                   const float* __restrict__ dy, const int* __restrict__ qoff,
+                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
+                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                   int relu, int q_tiles, int S, int fast) {
+    lsconv_bwd_w_tile<60, 64, 4>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
+                                   RW, relu, q_tiles, S, fast);
+}
+extern "C" __global__ void LAUNCH_BOUNDS(80)
+lsconv_bwd_w_20_128(const float* __restrict__ x, const float* __restrict__ y,
+                   const float* __restrict__ dy, const int* __restrict__ qoff,
+                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
+                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                   int relu, int q_tiles, int S, int fast) {
+    lsconv_bwd_w_tile<20, 128, 8>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
+                                   RW, relu, q_tiles, S, fast);
+}
+extern "C" __global__ void LAUNCH_BOUNDS(160)
+lsconv_bwd_w_40_128(const float* __restrict__ x, const float* __restrict__ y,
+                   const float* __restrict__ dy, const int* __restrict__ qoff,
+                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
+                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                   int relu, int q_tiles, int S, int fast) {
+    lsconv_bwd_w_tile<40, 128, 8>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
+                                   RW, relu, q_tiles, S, fast);
+}
+extern "C" __global__ void LAUNCH_BOUNDS(240)
+lsconv_bwd_w_60_128(const float* __restrict__ x, const float* __restrict__ y,
+                   const float* __restrict__ dy, const int* __restrict__ qoff,
+                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
+                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                   int relu, int q_tiles, int S, int fast) {
+    lsconv_bwd_w_tile<60, 128, 8>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
+                                   RW, relu, q_tiles, S, fast);
 }
 
 // dw += sum_s part[s] and db += (the bias column), chunks added in order s =
@@ -266,53 +348,55 @@ lsconv_wt_transpose(const float* __restrict__ w, float* __restrict__ wt, int R, 
     }
 }
 
-// Block: one image n, 8 channels, an 8 x 16 tile of dx; 128 threads, one input
-// position and 8 channels each. The masked output gradient of the taps that
-// reach the tile, for KC maps at a time, is staged in shared memory
-// (KC x (8 + KH - 1) x (16 + KW - 1) floats, dynamic).
-// grid.x = n * tiles + tile (tiles = ceil(H/8) * ceil(W/16)), grid.y = C/8 tiles.
-#define BD_TH 8
-#define BD_TW 16
+// Block: NB images, 8 channels, a TH x TW tile of dx (tile and NB chosen by
+// the host so that few threads idle: a whole small map per image, several
+// images per block); one thread per (image, input position), 8 channels
+// each. The masked output gradient of the taps that reach the tile, for KC
+// maps at a time, is staged in shared memory (NB x KC x (TH + KH - 1) x
+// (TW + KW - 1) floats, dynamic).
+// grid.x = image group * tiles + tile (tiles = ceil(H/TH) * ceil(W/TW)),
+// grid.y = C/8 tiles; blockDim.x >= NB * TH * TW (at most 256).
 #define BD_CT 8
-#define BD_THREADS (BD_TH * BD_TW)
 
-extern "C" __global__ void LAUNCH_BOUNDS(BD_THREADS)
+extern "C" __global__ void LAUNCH_BOUNDS(256)
 lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
                 const float* __restrict__ wt, float* __restrict__ dx, int N, int C, int H,
-                int W, int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC) {
+                int W, int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC, int TH,
+                int TW, int NB) {
     DYN_SMEM(float, gs);
     const int OH = H - KH + 1, OW = W - KW + 1, RX = (OW + RW - 1) / RW;
-    const int tiles_x = (W + BD_TW - 1) / BD_TW, tiles = ((H + BD_TH - 1) / BD_TH) * tiles_x;
-    const int n = blockIdx.x / tiles, tile = blockIdx.x % tiles;
-    const int iy0 = (tile / tiles_x) * BD_TH, ix0 = (tile % tiles_x) * BD_TW;
+    const int tiles_x = (W + TW - 1) / TW, tiles = ((H + TH - 1) / TH) * tiles_x;
+    const int n0 = (blockIdx.x / tiles) * NB, tile = blockIdx.x % tiles;
+    const int iy0 = (tile / tiles_x) * TH, ix0 = (tile % tiles_x) * TW;
     const int c0 = blockIdx.y * BD_CT;
-    const int tid = threadIdx.x, ty = tid / BD_TW, tx = tid % BD_TW;
-    const int iy = iy0 + ty, ix = ix0 + tx;
-    const int GH = BD_TH + KH - 1, GW = BD_TW + KW - 1, GHW = GH * GW;
-    const int gy0 = iy0 - (KH - 1), gx0 = ix0 - (KW - 1);  // output coords of gs[.][0][0]
+    const int tid = threadIdx.x, TT = TH * TW;
+    const int img = tid / TT, ty = (tid % TT) / TW, tx = tid % TW;
+    const int n = n0 + img, iy = iy0 + ty, ix = ix0 + tx;
+    const bool active = img < NB && n < N && iy < H && ix < W;
+    const int GH = TH + KH - 1, GW = TW + KW - 1, GHW = GH * GW;
+    const int gy0 = iy0 - (KH - 1), gx0 = ix0 - (KW - 1);  // output coords of gs[.][.][0][0]
     const i64 OHW = (i64)OH * OW;
-    const float* dyn = dy + (i64)n * K * OHW;
-    const float* yn = y + (i64)n * K * OHW;
 
     float acc[BD_CT];
 #pragma unroll
     for (int c = 0; c < BD_CT; ++c) acc[c] = 0.0f;
 
     for (int kb = 0; kb < K; kb += KC) {
-        const int kc = imin(KC, K - kb);
-        for (int e = tid; e < kc * GHW; e += BD_THREADS) {
-            const int kk = e / GHW, rem = e % GHW;
+        const int kc = imin(KC, K - kb), per_img = kc * GHW;
+        for (int e = tid; e < NB * per_img; e += blockDim.x) {
+            const int im = e / per_img, rem0 = e % per_img;
+            const int kk = rem0 / GHW, rem = rem0 % GHW;
             const int oy = gy0 + rem / GW, ox = gx0 + rem % GW;
             float g = 0.0f;
-            if (oy >= 0 && oy < OH && ox >= 0 && ox < OW) {
-                const i64 o = (i64)(kb + kk) * OHW + (i64)oy * OW + ox;
-                g = LDG(dyn + o);
-                if (relu && !(LDG(yn + o) > 0.0f)) g = 0.0f;
+            if (n0 + im < N && oy >= 0 && oy < OH && ox >= 0 && ox < OW) {
+                const i64 o = ((i64)(n0 + im) * K + kb + kk) * OHW + (i64)oy * OW + ox;
+                g = LDG(dy + o);
+                if (relu && !(LDG(y + o) > 0.0f)) g = 0.0f;
             }
             gs[e] = g;
         }
         __syncthreads();
-        if (iy < H && ix < W) {
+        if (active) {
             for (int i = 0; i < KH; ++i) {
                 const int oy = iy - i;
                 if (oy < 0 || oy >= OH) continue;
@@ -321,7 +405,8 @@ lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
                     if (ox < 0 || ox >= OW) continue;
                     const int r = (oy / RH) * RX + ox / RW;
                     const float* wp = wt + ((((i64)r * K + kb) * KH + i) * KW + j) * CP + c0;
-                    const float* gp = gs + (ty + KH - 1 - i) * GW + (tx + KW - 1 - j);
+                    const float* gp =
+                        gs + img * per_img + (ty + KH - 1 - i) * GW + (tx + KW - 1 - j);
                     const i64 wstep = (i64)KH * KW * CP;
                     for (int kk = 0; kk < kc; ++kk) {
                         const float g = gp[kk * GHW];
@@ -342,7 +427,7 @@ lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
         }
         __syncthreads();
     }
-    if (iy < H && ix < W) {
+    if (active) {
         const i64 HW = (i64)H * W;
         float* dxp = dx + ((i64)n * C + c0) * HW + (i64)iy * W + ix;
 #pragma unroll

@@ -34,6 +34,8 @@ GPU_LSCONV_CASES = {  # N, C, H, W, K, kh, kw, region
     "q_tiles_c9_3x3": (3, 9, 8, 9, 5, 3, 3, CONV),             # Q = 81: 2 tap tiles (+ bias)
     "many_columns": (16, 2, 20, 18, 6, 3, 3, CONV),            # 4608 columns: column chunks
     "local_many_regions": (3, 4, 9, 9, 5, 2, 2, (1, 1)),       # 64 regions of 1 neuron
+    "q_tiles_c31_k45": (2, 31, 7, 8, 45, 3, 3, (2, 3)),     # Q + 1 = 280: 3 tiles of 128 taps
+    "k_tiles_130": (2, 2, 5, 6, 130, 2, 2, (2, 2)),           # 3 tiles of 60 maps (or 7 of 20)
     "huge_kernel_fallback": (1, 1, 100, 100, 2, 100, 99, CONV),  # too big for shared memory
 }
 

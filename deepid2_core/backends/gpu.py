@@ -38,6 +38,7 @@ Modes (module-wide):
   point $DEEPID2_KERNELS_DIR at a kernels/ folder.
 """
 
+import functools
 import os
 from collections import namedtuple
 
@@ -307,6 +308,44 @@ _MIN_CHUNK = 256
 _SMEM_LIMIT = 40 * 1024
 
 
+def _dx_tile(s):
+    return _dx_tile_for(s.h, s.w, s.kh, s.kw, s.k)
+
+
+@functools.lru_cache(maxsize=256)
+def _dx_tile_for(h, w, kh, kw, k):
+    """(TH, TW, NB, KC) of lsconv_bwd_data: a TH x TW tile of dx for NB images
+    per block, KC maps staged at a time; KC = 0 when even one map does not fit
+    in shared memory (then the simple kernel runs). Small maps take a whole
+    map per image and several images per block; larger ones the tile of at
+    most 256 positions that leaves the fewest threads idle."""
+    if h * w <= 128:
+        th, tw, nb = h, w, max(1, 256 // (h * w))
+    else:
+        def idle(t):
+            a, b = t
+            return -(-h // a) * -(-w // b) * (-(-a * b // 32) * 32) - h * w, -a * b
+        th, tw = min(((a, b) for a in range(1, h + 1) for b in range(1, w + 1)
+                      if 64 <= a * b <= 256), key=idle, default=(min(h, 8), min(w, 32)))
+        nb = 1
+    stage = (th + kh - 1) * (tw + kw - 1) * 4
+    kc = min(k, 16)
+    while kc > 1 and nb * kc * stage > _SMEM_LIMIT:
+        kc //= 2
+    while nb > 1 and nb * kc * stage > _SMEM_LIMIT:
+        nb //= 2
+    return th, tw, nb, (kc if nb * kc * stage <= _SMEM_LIMIT else 0)
+
+
+def _wgrad_tile(k, q1):
+    """(maps, taps) of the weight-gradient tile (kernels lsconv_bwd_w_<BM>_<BN>)
+    that wastes the least of the K x (Q + 1) gradient; ties go to the larger tile."""
+    def waste(t):
+        bm, bn = t
+        return (-(-k // bm) * bm) * (-(-q1 // bn) * bn) - k * q1, -bm * bn
+    return min(((bm, bn) for bm in (20, 40, 60) for bn in (64, 128)), key=waste)
+
+
 def _wgrad_splits(s, q_tiles, k_tiles):
     tiles = s.r * q_tiles * k_tiles
     return max(1, min(-(-_TARGET_BLOCKS // tiles), (s.n * s.pmax) // _MIN_CHUNK, 65535))
@@ -330,35 +369,38 @@ def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=No
     if need_dx:
         dx = _new(tuple(x.shape))
         cp_ = -(-s.c // 8) * 8
-        gh, gw = 8 + s.kh - 1, 16 + s.kw - 1
-        kc = min(s.k, 16)
-        while kc > 1 and kc * gh * gw * 4 > _SMEM_LIMIT:
-            kc //= 2
-        if kc * gh * gw * 4 <= _SMEM_LIMIT:
+        th, tw, nb, kc = _dx_tile(s)
+        if kc:
             wt = cupy.empty((s.r, s.k, s.kh, s.kw, cp_), dtype=_f32)
             _launch("lsconv", "lsconv_wt_transpose", (_blocks(wt.size),), 256,
                     (w, wt, _i32(s.r), _i32(s.k), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(cp_)))
-            tiles = -(-s.h // 8) * -(-s.w // 16)
-            _launch("lsconv", "lsconv_bwd_data", (s.n * tiles, cp_ // 8), 128,
-                    (y, dy, wt, dx, *s.dims(), relu_, _i32(cp_), _i32(kc)),
-                    shared_mem=kc * gh * gw * 4)
+            tiles = -(-s.h // th) * -(-s.w // tw)
+            threads = -(-nb * th * tw // 32) * 32
+            smem = nb * kc * (th + s.kh - 1) * (tw + s.kw - 1) * 4
+            _launch("lsconv", "lsconv_bwd_data", (-(-s.n // nb) * tiles, cp_ // 8), threads,
+                    (y, dy, wt, dx, *s.dims(), relu_, _i32(cp_), _i32(kc), _i32(th), _i32(tw),
+                     _i32(nb)), shared_mem=smem)
         else:
             _launch("lsconv", "lsconv_bwd_data_simple", (_blocks(dx.size),), 256,
                     (y, dy, w, dx, *s.dims(), relu_))
 
-    q_tiles, k_tiles = -(-(s.q + 1) // 64), -(-s.k // 32)
+    bm, bn = _wgrad_tile(s.k, s.q + 1)
+    kname = f"lsconv_bwd_w_{bm}_{bn}"
+    threads = (bm // 4) * (bn // (4 if bn == 64 else 8))
+    q_tiles, k_tiles = -(-(s.q + 1) // bn), -(-s.k // bm)
     splits = _wgrad_splits(s, q_tiles, k_tiles)
     qoff = _qoff(s.c, s.h, s.w, s.kh, s.kw)
+    grid = (s.r * q_tiles, k_tiles, splits)
     if _state["deterministic"]:
         part = _new((splits, s.r, s.k, s.q + 1))
-        _launch("lsconv", "lsconv_bwd_w", (s.r * q_tiles, k_tiles, splits), 128,
+        _launch("lsconv", kname, grid, threads,
                 (x, y, dy, qoff, part, dw, db, *s.dims(), relu_, _i32(q_tiles), _i32(splits),
                  _i32(0)))
         _check_written("lsconv_backward", workspace=part)
         _launch("lsconv", "lsconv_bwd_w_reduce", (_blocks(part.size // splits),), 256,
                 (part, dw, db, _i32(s.r), _i32(s.k), _i32(s.q), _i32(splits)))
     else:
-        _launch("lsconv", "lsconv_bwd_w", (s.r * q_tiles, k_tiles, splits), 128,
+        _launch("lsconv", kname, grid, threads,
                 (x, y, dy, qoff, dw, dw, db, *s.dims(), relu_, _i32(q_tiles), _i32(splits),
                  _i32(1)))
     _check_written("lsconv_backward", dx=dx, dw=dw, db=db)
