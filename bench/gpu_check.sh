@@ -112,17 +112,17 @@ sanitize() {  # sanitize TOOL: the smoke tests under compute-sanitizer
 export PY SAN
 export -f env_info sanitize
 
-step env 30 330 env_info
-step build 120 300 "$PY" setup.py build_ext --inplace -j 16
+step env 30 0 env_info
+step build 120 0 "$PY" setup.py build_ext --inplace -j 16
 if [ "${GPU_CHECK_NVCC:-0}" = 1 ]; then
     step compile 60 280 bash kernels/check_compile.sh
 fi
-step tests 150 200 "$PY" -m pytest tests/test_gpu_ops.py tests/test_gpu_loss.py \
+step tests 150 120 "$PY" -m pytest tests/test_gpu_ops.py tests/test_gpu_loss.py \
     tests/test_gpu_errors.py tests/test_gpu_smoke.py tests/test_gpu_train.py \
     -q -p no:cacheprovider -rfEs --tb=short --maxfail=25
-step memcheck 60 170 sanitize memcheck --leak-check no
-step racecheck 60 150 sanitize racecheck --racecheck-report hazard
-step bench 90 70 "$PY" bench/bench_gpu.py --json "$LOGDIR/bench_gpu.json"
+step memcheck 60 110 sanitize memcheck --leak-check no
+step racecheck 60 90 sanitize racecheck --racecheck-report hazard
+step bench 90 40 "$PY" bench/bench_gpu.py --json "$LOGDIR/bench_gpu.json"
 step train 80 0 "$PY" bench/bench_train_gpu.py --fast --json "$LOGDIR/bench_train_gpu.json"
 step synccheck 45 0 sanitize synccheck
 
