@@ -1,0 +1,261 @@
+"""Raw verifier features of aligned faces: for each face, the 160-d DeepID2
+vectors of every patch of a layout and of its flipped counterpart, in the
+order [patch0, patch0 flipped, patch1, patch1 flipped, ...] (the verifier
+file's order, /tmp/spec/verifier_format.md); patch 2i and 2i+1 both go
+through network i. Faces are uint8 H x W x 3 BGR arrays (as align_face and
+cv2.imread give) or image paths.
+
+Layouts: a `PatchLayout` of deepid2_core.face.patches (patches cut by its
+`cut_all`, landmark-centred regions on the face's landmarks, by default the
+canonical `MEAN_SHAPE` of an aligned face), or `WholeFace` (the single fixed
+patch `deepid2 train` learns on, data.PatchSpec; its flipped counterpart is
+its mirror image). Patches are normalised as in training (data.assemble_batch:
+(u - 127.5) / 128, NCHW float32).
+
+Cache: with cache_dir, each face's feature vector is kept in
+cache_dir/<model key>/<xx>/<image key>.npy, the model key a sha1 of the
+layout and every network's config and parameters, the image key a sha1 of
+the file's bytes (or the array's shape, dtype and bytes) and of its
+landmarks when given. A changed image or model misses the cache by itself.
+"""
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import safetensors
+from ..data import PatchSpec, assemble_batch
+from ..data import cut_patch as cut_fixed_patch
+from ..face.align import MEAN_SHAPE, to_pixels
+from ..face.detect import read_image
+from ..face.patches import PatchLayout, cut_all
+from ..net import DeepID2, NetConfig, param_shapes
+from ..progress import Progress
+
+FEATURE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WholeFace:
+    """The one fixed patch of `deepid2 train` (data.PatchSpec), as a layout."""
+    spec: PatchSpec = PatchSpec()
+    name: str = "whole"
+
+    def __len__(self):
+        return 1
+
+    def to_dict(self):
+        return dict(name=self.name, spec=self.spec.to_dict())
+
+
+class PatchNetwork(NamedTuple):
+    params: dict          # net.py parameter names -> float32 arrays (ident.* not needed)
+    cfg: NetConfig
+
+
+def patch_names(layout):
+    if isinstance(layout, WholeFace):
+        return [layout.name]
+    names = []
+    for k in range(len(layout)):
+        r, s, colour = layout.patch(k)
+        names.append(f"{layout.regions[r].name}@{layout.scales[s]:.4g}/{colour}")
+    return names
+
+
+def patch_shape(layout, k):
+    """(height, width, channels) of patch k."""
+    if isinstance(layout, WholeFace):
+        return layout.spec.height, layout.spec.width, layout.spec.channels
+    return layout.patch_shape(k)
+
+
+def cut_face_patches(face, layout, landmarks=None):
+    """uint8 patches of one BGR face in the feature order [p0, p0 flipped, ...]."""
+    if not (isinstance(face, np.ndarray) and face.dtype == np.uint8 and face.ndim == 3
+            and face.shape[2] == 3):
+        raise ValueError(f"a face must be a uint8 H x W x 3 BGR image, got "
+                         f"{getattr(face, 'dtype', type(face).__name__)} "
+                         f"{getattr(face, 'shape', '')}")
+    if isinstance(layout, WholeFace):
+        p = cut_fixed_patch(face, layout.spec)
+        return [p, np.ascontiguousarray(p[:, ::-1])]
+    if landmarks is None:
+        landmarks = to_pixels(MEAN_SHAPE, (face.shape[1], face.shape[0]))
+    plain, flipped = cut_all(face, landmarks, layout), cut_all(face, landmarks, layout, True)
+    return [p for pair in zip(plain, flipped) for p in pair]
+
+
+def check_networks(layout, networks):
+    if not isinstance(layout, (PatchLayout, WholeFace)):
+        raise ValueError(f"layout must be a PatchLayout or WholeFace, got {type(layout).__name__}")
+    if len(networks) != len(layout):
+        raise ValueError(f"layout {layout.name!r} has {len(layout)} patches but "
+                         f"{len(networks)} networks were given (one per patch)")
+    for k, (params, cfg) in enumerate(networks):
+        if (cfg.height, cfg.width, cfg.channels) != patch_shape(layout, k):
+            raise ValueError(f"patch {k} is {patch_shape(layout, k)} (h, w, c) but its network "
+                             f"takes {(cfg.height, cfg.width, cfg.channels)}")
+        for name, shape in param_shapes(cfg).items():
+            if name.startswith("ident."):
+                continue
+            got = params.get(name)
+            if got is None or tuple(got.shape) != tuple(shape):
+                raise ValueError(f"network of patch {k}: parameter {name} should be {shape}, "
+                                 f"got {None if got is None else tuple(got.shape)}")
+
+
+def model_key(layout, networks):
+    """sha1 of the layout and of every network's config and parameters."""
+    h = hashlib.sha1(f"deepid2-features/{FEATURE_VERSION}\n".encode())
+    h.update(json.dumps(layout.to_dict(), sort_keys=True).encode())
+    for params, cfg in networks:
+        h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+        for name in sorted(n for n in params if not n.startswith("ident.")):
+            a = np.ascontiguousarray(params[name], np.float32)
+            h.update(f"{name}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def load_patch_network(path):
+    """A trained network from a `deepid2 train` model file (best.safetensors)."""
+    tensors, meta = safetensors.load(path)
+    if "net" not in meta:
+        raise ValueError(f"{path} has no 'net' config in its metadata: not a deepid2 model file")
+    cfg = NetConfig.from_dict(json.loads(meta["net"]))
+    params = {k: v for k, v in tensors.items() if "/" not in k and not k.startswith("ident.")}
+    return PatchNetwork(params, cfg)
+
+
+class FeatureExtractor:
+    """extract(faces, landmarks=None) -> float32 N x (P * 2 * feature_dim)."""
+
+    def __init__(self, layout, networks, backend, batch=32, cache_dir=None, progress=True):
+        networks = [PatchNetwork(*n) for n in networks]
+        check_networks(layout, networks)
+        if int(batch) < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        dims = {cfg.feature_dim for _, cfg in networks}
+        if len(dims) != 1:
+            raise ValueError(f"all patch networks must give features of one size, got {dims}")
+        self.layout, self.be, self.batch, self.progress = layout, backend, int(batch), progress
+        self.feature_dim = dims.pop()
+        self.dim = 2 * len(networks) * self.feature_dim
+        self.key = model_key(layout, networks)
+        self.cache_dir = None if cache_dir is None else os.path.join(os.fspath(cache_dir),
+                                                                     self.key[:20])
+        self._to_device = _device_converter(backend)
+        self.nets = [(DeepID2(cfg, backend),
+                      {k: self._to_device(np.ascontiguousarray(v, np.float32))
+                       for k, v in params.items() if not k.startswith("ident.")})
+                     for params, cfg in networks]
+
+    def extract(self, faces, landmarks=None):
+        faces = list(faces)
+        if landmarks is not None and len(landmarks) != len(faces):
+            raise ValueError(f"{len(faces)} faces but {len(landmarks)} landmark sets")
+        out = np.empty((len(faces), self.dim), np.float32)
+        bar = Progress(len(faces), "features", enabled=self.progress)
+        try:
+            for start in range(0, len(faces), self.batch):
+                chunk = range(start, min(start + self.batch, len(faces)))
+                todo = []
+                for i in chunk:
+                    lm = None if landmarks is None else np.asarray(landmarks[i], np.float64)
+                    key, image = _image_key(faces[i], lm)
+                    hit = self._cached(key)
+                    if hit is not None:
+                        out[i] = hit
+                    else:
+                        todo.append((i, key, image, lm))
+                if todo:
+                    self._compute(todo, out)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        return out
+
+    def _compute(self, todo, out):
+        cut = []
+        for _, _, image, lm in todo:
+            if isinstance(image, str):
+                path = image
+                image, why = read_image(path)
+                if image is None:
+                    raise ValueError(f"cannot read face image {path}: {why}")
+            cut.append(cut_face_patches(image, self.layout, lm))
+        b, fd = len(todo), self.feature_dim
+        for k, (net, params) in enumerate(self.nets):
+            # the batch's plain patches, then their flipped counterparts
+            stack = np.stack([c[2 * k] for c in cut] + [c[2 * k + 1] for c in cut])
+            x = self._to_device(assemble_batch(stack, np.arange(2 * b)))
+            f = _to_host(net.features(params, x))
+            for j, (i, *_rest) in enumerate(todo):
+                out[i, 2 * k * fd:(2 * k + 1) * fd] = f[j]
+                out[i, (2 * k + 1) * fd:(2 * k + 2) * fd] = f[b + j]
+        for i, key, *_rest in todo:
+            self._store(key, out[i])
+
+    def _path(self, key):
+        return os.path.join(self.cache_dir, key[:2], key + ".npy")
+
+    def _cached(self, key):
+        if self.cache_dir is None:
+            return None
+        try:
+            v = np.load(self._path(key))
+        except (OSError, ValueError, EOFError):
+            return None          # absent or damaged: computed again and rewritten
+        return v if v.shape == (self.dim,) and v.dtype == np.float32 else None
+
+    def _store(self, key, vector):
+        if self.cache_dir is None:
+            return
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.ascontiguousarray(vector, np.float32))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _image_key(face, landmarks):
+    """(sha1 hex of the content (+ landmarks), the face: array, or path to read)."""
+    h = hashlib.sha1()
+    if isinstance(face, (str, os.PathLike)):
+        path = os.fspath(face)
+        try:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        except OSError as e:
+            raise ValueError(f"cannot read face image {path}: {e.strerror or e}") from None
+    elif isinstance(face, np.ndarray):
+        h.update(f"array{face.shape}{face.dtype}".encode())
+        h.update(np.ascontiguousarray(face).tobytes())
+        path = face
+    else:
+        raise ValueError(f"a face must be an image array or a path, got {type(face).__name__}")
+    if landmarks is not None:
+        h.update(np.ascontiguousarray(landmarks, np.float64).tobytes())
+    return h.hexdigest(), path
+
+
+def _device_converter(backend):
+    if getattr(backend, "name", "cpu") == "gpu":
+        import cupy
+        return cupy.asarray
+    return lambda a: a
+
+
+def _to_host(a):
+    return a if isinstance(a, np.ndarray) else a.get()
