@@ -166,7 +166,13 @@ def main():
                         tdy = torch.as_tensor(dy, device="cuda")
                         ins = tparams + ([tx] if need_dx else [])
                         tb = torch_t(lambda: torch.autograd.grad(ty, ins, tdy, retain_graph=True))
-                    add(op, n, of, ob, tf, tb, "" if need_dx else "(no dx)")
+                    if need_dx:   # where the backward's time goes: weights alone
+                        obw = ours_t(lambda: be.lsconv_backward(gx, gw, y, dy, region,
+                                                                need_dx=False, dw=dwb, db=dbb))
+                        note = f"(ours dw+db alone {obw:.4f}, dx {ob - obw:.4f})"
+                    else:
+                        note = "(no dx)"
+                    add(op, n, of, ob, tf, tb, note)
                 elif op in POOLS:
                     c, h, w = POOLS[op]
                     x = r32(n, c, h, w)

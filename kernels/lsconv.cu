@@ -350,36 +350,40 @@ lsconv_wt_transpose(const float* __restrict__ w, float* __restrict__ wt, int R, 
 
 // Block: NB images, 8 channels, a TH x TW tile of dx (tile and NB chosen by
 // the host so that few threads idle: a whole small map per image, several
-// images per block); one thread per (image, input position), 8 channels
-// each. The masked output gradient of the taps that reach the tile, for KC
-// maps at a time, is staged in shared memory (NB x KC x (TH + KH - 1) x
-// (TW + KW - 1) floats, dynamic).
+// images per block); one thread per (image, PX adjacent input positions),
+// 8 channels each. PX = 2 only where one region covers the map: then both
+// positions use the same weights, and each weight load feeds 16 FMAs. The
+// masked output gradient of the taps that reach the tile, for KC maps at a
+// time, is staged in shared memory (NB x KC x (TH + KH - 1) x (TW + KW - 1)
+// floats, dynamic).
 // grid.x = image group * tiles + tile (tiles = ceil(H/TH) * ceil(W/TW)),
-// grid.y = C/8 tiles; blockDim.x >= NB * TH * TW (at most 256).
+// grid.y = C/8 tiles; blockDim.x >= NB * TH * TW / PX (at most 256).
 #define BD_CT 8
 
-extern "C" __global__ void LAUNCH_BOUNDS(256)
-lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
-                const float* __restrict__ wt, float* __restrict__ dx, int N, int C, int H,
-                int W, int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC, int TH,
-                int TW, int NB) {
+template <int PX>
+DEV void lsconv_bwd_data_tile(const float* __restrict__ y, const float* __restrict__ dy,
+                              const float* __restrict__ wt, float* __restrict__ dx, int N,
+                              int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                              int relu, int CP, int KC, int TH, int TW, int NB) {
     DYN_SMEM(float, gs);
     const int OH = H - KH + 1, OW = W - KW + 1, RX = (OW + RW - 1) / RW;
     const int tiles_x = (W + TW - 1) / TW, tiles = ((H + TH - 1) / TH) * tiles_x;
     const int n0 = (blockIdx.x / tiles) * NB, tile = blockIdx.x % tiles;
     const int iy0 = (tile / tiles_x) * TH, ix0 = (tile % tiles_x) * TW;
     const int c0 = blockIdx.y * BD_CT;
-    const int tid = threadIdx.x, TT = TH * TW;
-    const int img = tid / TT, ty = (tid % TT) / TW, tx = tid % TW;
+    const int tid = threadIdx.x, TWP = TW / PX, TT = TH * TWP;
+    const int img = tid / TT, ty = (tid % TT) / TWP, tx = (tid % TWP) * PX;
     const int n = n0 + img, iy = iy0 + ty, ix = ix0 + tx;
     const bool active = img < NB && n < N && iy < H && ix < W;
-    const int GH = TH + KH - 1, GW = TW + KW - 1, GHW = GH * GW;
+    const int GH = TH + KH - 1, GW = TW + KW - 1 + PX - 1, GHW = GH * GW;
     const int gy0 = iy0 - (KH - 1), gx0 = ix0 - (KW - 1);  // output coords of gs[.][.][0][0]
     const i64 OHW = (i64)OH * OW;
 
-    float acc[BD_CT];
+    float acc[PX][BD_CT];
 #pragma unroll
-    for (int c = 0; c < BD_CT; ++c) acc[c] = 0.0f;
+    for (int p = 0; p < PX; ++p)
+#pragma unroll
+        for (int c = 0; c < BD_CT; ++c) acc[p][c] = 0.0f;
 
     for (int kb = 0; kb < K; kb += KC) {
         const int kc = imin(KC, K - kb), per_img = kc * GHW;
@@ -402,24 +406,30 @@ lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
                 if (oy < 0 || oy >= OH) continue;
                 for (int j = 0; j < KW; ++j) {
                     const int ox = ix - j;
-                    if (ox < 0 || ox >= OW) continue;
-                    const int r = (oy / RH) * RX + ox / RW;
+                    // PX = 2: ox may be -1 or OW for one of the two positions;
+                    // their staged g is 0 there (outside the output map).
+                    if (PX == 1 && (ox < 0 || ox >= OW)) continue;
+                    if (PX == 2 && (ox + 1 < 0 || ox >= OW)) continue;
+                    const int r = PX == 1 ? (oy / RH) * RX + ox / RW : 0;
                     const float* wp = wt + ((((i64)r * K + kb) * KH + i) * KW + j) * CP + c0;
                     const float* gp =
                         gs + img * per_img + (ty + KH - 1 - i) * GW + (tx + KW - 1 - j);
                     const i64 wstep = (i64)KH * KW * CP;
                     for (int kk = 0; kk < kc; ++kk) {
-                        const float g = gp[kk * GHW];
                         const float4 w0 = LDG(reinterpret_cast<const float4*>(wp));
                         const float4 w1 = LDG(reinterpret_cast<const float4*>(wp + 4));
-                        acc[0] += g * w0.x;
-                        acc[1] += g * w0.y;
-                        acc[2] += g * w0.z;
-                        acc[3] += g * w0.w;
-                        acc[4] += g * w1.x;
-                        acc[5] += g * w1.y;
-                        acc[6] += g * w1.z;
-                        acc[7] += g * w1.w;
+#pragma unroll
+                        for (int p = 0; p < PX; ++p) {
+                            const float g = gp[kk * GHW + p];
+                            acc[p][0] += g * w0.x;
+                            acc[p][1] += g * w0.y;
+                            acc[p][2] += g * w0.z;
+                            acc[p][3] += g * w0.w;
+                            acc[p][4] += g * w1.x;
+                            acc[p][5] += g * w1.y;
+                            acc[p][6] += g * w1.z;
+                            acc[p][7] += g * w1.w;
+                        }
                         wp += wstep;
                     }
                 }
@@ -431,9 +441,32 @@ lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
         const i64 HW = (i64)H * W;
         float* dxp = dx + ((i64)n * C + c0) * HW + (i64)iy * W + ix;
 #pragma unroll
-        for (int c = 0; c < BD_CT; ++c)
-            if (c0 + c < C) dxp[c * HW] = acc[c];
+        for (int p = 0; p < PX; ++p) {
+            if (ix + p >= W) continue;
+#pragma unroll
+            for (int c = 0; c < BD_CT; ++c)
+                if (c0 + c < C) dxp[c * HW + p] = acc[p][c];
+        }
     }
+}
+
+extern "C" __global__ void LAUNCH_BOUNDS(256)
+lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
+                const float* __restrict__ wt, float* __restrict__ dx, int N, int C, int H,
+                int W, int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC, int TH,
+                int TW, int NB) {
+    lsconv_bwd_data_tile<1>(y, dy, wt, dx, N, C, H, W, K, KH, KW, RH, RW, relu, CP, KC, TH, TW,
+                            NB);
+}
+
+// The same for a layer with one region (an ordinary convolution); TW even.
+extern "C" __global__ void LAUNCH_BOUNDS(256)
+lsconv_bwd_data_px2(const float* __restrict__ y, const float* __restrict__ dy,
+                    const float* __restrict__ wt, float* __restrict__ dx, int N, int C, int H,
+                    int W, int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC,
+                    int TH, int TW, int NB) {
+    lsconv_bwd_data_tile<2>(y, dy, wt, dx, N, C, H, W, K, KH, KW, RH, RW, relu, CP, KC, TH, TW,
+                            NB);
 }
 
 // The same gather without shared memory, one dx element per thread: for

@@ -309,26 +309,29 @@ _SMEM_LIMIT = 40 * 1024
 
 
 def _dx_tile(s):
-    return _dx_tile_for(s.h, s.w, s.kh, s.kw, s.k)
+    return _dx_tile_for(s.h, s.w, s.kh, s.kw, s.k, 2 if s.r == 1 else 1)
 
 
 @functools.lru_cache(maxsize=256)
-def _dx_tile_for(h, w, kh, kw, k):
-    """(TH, TW, NB, KC) of lsconv_bwd_data: a TH x TW tile of dx for NB images
-    per block, KC maps staged at a time; KC = 0 when even one map does not fit
-    in shared memory (then the simple kernel runs). Small maps take a whole
-    map per image and several images per block; larger ones the tile of at
-    most 256 positions that leaves the fewest threads idle."""
-    if h * w <= 128:
-        th, tw, nb = h, w, max(1, 256 // (h * w))
+def _dx_tile_for(h, w, kh, kw, k, px):
+    """(TH, TW, NB, KC) of lsconv_bwd_data (px = 1) / _px2 (px = 2, one region):
+    a TH x TW tile of dx for NB images per block, one thread per px positions,
+    KC maps staged at a time; KC = 0 when even one map does not fit in shared
+    memory (then the simple kernel runs). Small maps take a whole map per
+    image and several images per block; larger ones the tile of 64..256
+    threads that leaves the fewest idle."""
+    wp = -(-w // px) * px
+    if h * wp // px <= 128:
+        th, tw = h, wp
+        nb = max(1, 256 // (th * tw // px))
     else:
         def idle(t):
             a, b = t
-            return -(-h // a) * -(-w // b) * (-(-a * b // 32) * 32) - h * w, -a * b
-        th, tw = min(((a, b) for a in range(1, h + 1) for b in range(1, w + 1)
-                      if 64 <= a * b <= 256), key=idle, default=(min(h, 8), min(w, 32)))
+            return -(-h // a) * -(-w // b) * (-(-a * b // px // 32) * 32) * px - h * w, -a * b
+        th, tw = min(((a, b) for a in range(1, h + 1) for b in range(px, wp + 1, px)
+                      if 64 <= a * b // px <= 256), key=idle, default=(min(h, 8), min(wp, 32)))
         nb = 1
-    stage = (th + kh - 1) * (tw + kw - 1) * 4
+    stage = (th + kh - 1) * (tw + kw - 1 + px - 1) * 4
     kc = min(k, 16)
     while kc > 1 and nb * kc * stage > _SMEM_LIMIT:
         kc //= 2
@@ -374,10 +377,12 @@ def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=No
             wt = cupy.empty((s.r, s.k, s.kh, s.kw, cp_), dtype=_f32)
             _launch("lsconv", "lsconv_wt_transpose", (_blocks(wt.size),), 256,
                     (w, wt, _i32(s.r), _i32(s.k), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(cp_)))
+            px = 2 if s.r == 1 else 1
             tiles = -(-s.h // th) * -(-s.w // tw)
-            threads = -(-nb * th * tw // 32) * 32
-            smem = nb * kc * (th + s.kh - 1) * (tw + s.kw - 1) * 4
-            _launch("lsconv", "lsconv_bwd_data", (-(-s.n // nb) * tiles, cp_ // 8), threads,
+            threads = -(-nb * th * tw // px // 32) * 32
+            smem = nb * kc * (th + s.kh - 1) * (tw + s.kw - 1 + px - 1) * 4
+            _launch("lsconv", "lsconv_bwd_data_px2" if px == 2 else "lsconv_bwd_data",
+                    (-(-s.n // nb) * tiles, cp_ // 8), threads,
                     (y, dy, wt, dx, *s.dims(), relu_, _i32(cp_), _i32(kc), _i32(th), _i32(tw),
                      _i32(nb)), shared_mem=smem)
         else:
