@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Bounded-time fuzzing of the model reader under ASan + UBSan.
+#   cpp/fuzz/run_fuzz.sh [SECONDS=60] [BUILD_DIR=build/fuzz]
+# With clang++ and libFuzzer: libFuzzer over cpp/fuzz/corpus plus valid
+# models written at run time; otherwise the deterministic mutation driver
+# (g++). Exits non-zero on any crash, leak or sanitizer report.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECONDS_TO_RUN=${1:-60}
+BUILD=${2:-build/fuzz}
+CXX_FOR_FUZZ=${CXX:-}
+if [ -z "$CXX_FOR_FUZZ" ] && command -v clang++ >/dev/null 2>&1; then CXX_FOR_FUZZ=clang++; fi
+cmake -S cpp -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDEEPID2_FUZZ=ON -DDEEPID2_TESTS=OFF \
+      -DDEEPID2_EXAMPLES=OFF ${CXX_FOR_FUZZ:+-DCMAKE_CXX_COMPILER=$CXX_FOR_FUZZ} >/dev/null
+cmake --build "$BUILD" -j 2 --target deepid2_fuzz_model_reader >/dev/null
+export OMP_NUM_THREADS=1
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+if grep -q "DEEPID2_HAVE_LIBFUZZER:INTERNAL=1" "$BUILD/CMakeCache.txt"; then
+    cmake --build "$BUILD" -j 2 --target deepid2_fuzz_seeds >/dev/null
+    seeds=$(mktemp -d)
+    "$BUILD/fuzz/deepid2_fuzz_seeds" --write-seeds "$seeds"
+    work=$(mktemp -d)  # new inputs go here, the committed corpus stays as it is
+    "$BUILD/fuzz/deepid2_fuzz_model_reader" -max_total_time="$SECONDS_TO_RUN" -max_len=300000 \
+        -print_final_stats=1 "$work" cpp/fuzz/corpus "$seeds"
+else
+    echo "libFuzzer not available: running the mutation driver (g++, ASan + UBSan)"
+    "$BUILD/fuzz/deepid2_fuzz_model_reader" --seconds "$SECONDS_TO_RUN" --corpus cpp/fuzz/corpus
+fi

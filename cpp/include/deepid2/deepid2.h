@@ -1,0 +1,70 @@
+/* deepid2 C API: load a trained verifier ("deepid2-verifier/1" file, see
+ * docs/verifier_model.md), compute DeepID2 features, verify two faces.
+ *
+ * Every function returns DEEPID2_OK (0) or an error code; on error,
+ * deepid2_last_error() gives a message naming the problem (per thread, valid
+ * until this thread's next deepid2_* call). No C++ exception crosses this
+ * API. Buffer lengths are counts of floats and are checked.
+ *
+ *   deepid2_model* m = NULL;
+ *   if (deepid2_model_load("verifier.safetensors", &m) != DEEPID2_OK)
+ *       fprintf(stderr, "%s\n", deepid2_last_error());
+ *   ...
+ *   deepid2_model_free(m);
+ */
+#ifndef DEEPID2_DEEPID2_H
+#define DEEPID2_DEEPID2_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct deepid2_model deepid2_model; /* opaque */
+
+enum deepid2_status {
+    DEEPID2_OK = 0,
+    DEEPID2_ERROR_ARGUMENT = 1, /* null pointer, bad count or buffer length */
+    DEEPID2_ERROR_IO = 2,       /* the file cannot be opened or read */
+    DEEPID2_ERROR_FORMAT = 3,   /* not a valid verifier file */
+    DEEPID2_ERROR_MEMORY = 4,   /* out of memory */
+    DEEPID2_ERROR_INTERNAL = 5  /* anything else (a bug: please report) */
+};
+
+typedef struct deepid2_model_info {
+    int patches;       /* P: patch networks; a face has 2P patches */
+    int channels;      /* C */
+    int height;        /* H */
+    int width;         /* W */
+    int network_dim;   /* one network's output (160) */
+    int feature_dim;   /* D = 2P x network_dim: floats per face from features */
+    int projected_dim; /* d, after PCA */
+    double threshold;  /* "same" iff score >= threshold */
+} deepid2_model_info;
+
+/* *out receives a new model (NULL on error). */
+int deepid2_model_load(const char* path, deepid2_model** out);
+int deepid2_model_load_memory(const void* bytes, size_t size, deepid2_model** out);
+void deepid2_model_free(deepid2_model* model); /* NULL is fine */
+
+int deepid2_model_get_info(const deepid2_model* model, deepid2_model_info* info);
+
+/* patches: n_faces x 2P x C x H x W floats (patches_len of them, exactly);
+ * out: n_faces x D floats (out_len of them, exactly). */
+int deepid2_features(const deepid2_model* model, const float* patches, size_t patches_len,
+                     int n_faces, float* out, size_t out_len);
+
+/* Joint Bayesian score of two raw feature vectors of D floats each, and the
+ * decision at the model's threshold (same: 1 or 0). score or same may be NULL. */
+int deepid2_verify(const deepid2_model* model, const float* feature_a, size_t a_len,
+                   const float* feature_b, size_t b_len, double* score, int* same);
+
+const char* deepid2_last_error(void);     /* "" when the last call succeeded */
+const char* deepid2_status_name(int status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DEEPID2_DEEPID2_H */

@@ -1,0 +1,128 @@
+// The C API over deepid2::Model: every entry point catches everything and
+// turns it into a status code plus a thread-local message.
+#include "deepid2/deepid2.h"
+
+#include <new>
+#include <string>
+
+#include "deepid2/model.h"
+
+struct deepid2_model {
+    deepid2::Model model;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+int fail(int status, const std::string& what) {
+    try {
+        last_error = what;
+    } catch (...) {  // no memory even for the message
+    }
+    return status;
+}
+
+template <class F>
+int guarded(const char* fn, F&& body) {
+    last_error.clear();
+    try {
+        body();
+        return DEEPID2_OK;
+    } catch (const std::invalid_argument& e) {
+        return fail(DEEPID2_ERROR_ARGUMENT, std::string(fn) + ": " + e.what());
+    } catch (const deepid2::ModelIOError& e) {
+        return fail(DEEPID2_ERROR_IO, std::string(fn) + ": " + e.what());
+    } catch (const deepid2::ModelFormatError& e) {
+        return fail(DEEPID2_ERROR_FORMAT, std::string(fn) + ": " + e.what());
+    } catch (const std::bad_alloc&) {
+        return fail(DEEPID2_ERROR_MEMORY, std::string(fn) + ": out of memory");
+    } catch (const std::exception& e) {
+        return fail(DEEPID2_ERROR_INTERNAL, std::string(fn) + ": " + e.what());
+    } catch (...) {
+        return fail(DEEPID2_ERROR_INTERNAL, std::string(fn) + ": unknown error");
+    }
+}
+
+void need(bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(what);
+}
+
+}  // namespace
+
+extern "C" {
+
+int deepid2_model_load(const char* path, deepid2_model** out) {
+    if (out) *out = nullptr;
+    return guarded("deepid2_model_load", [&] {
+        need(path && out, "path or out is NULL");
+        *out = new deepid2_model{deepid2::Model::load(path)};
+    });
+}
+
+int deepid2_model_load_memory(const void* bytes, size_t size, deepid2_model** out) {
+    if (out) *out = nullptr;
+    return guarded("deepid2_model_load_memory", [&] {
+        need(out && (bytes || size == 0), "bytes or out is NULL");
+        *out = new deepid2_model{deepid2::Model::load_memory(bytes, size)};
+    });
+}
+
+void deepid2_model_free(deepid2_model* model) { delete model; }
+
+int deepid2_model_get_info(const deepid2_model* model, deepid2_model_info* info) {
+    return guarded("deepid2_model_get_info", [&] {
+        need(model && info, "model or info is NULL");
+        const deepid2::Model& m = model->model;
+        *info = {m.patches(), m.channels(), m.height(), m.width(), m.network_dim(),
+                 m.feature_dim(), m.projected_dim(), m.threshold()};
+    });
+}
+
+int deepid2_features(const deepid2_model* model, const float* patches, size_t patches_len,
+                     int n_faces, float* out, size_t out_len) {
+    return guarded("deepid2_features", [&] {
+        need(model && patches && out, "model, patches or out is NULL");
+        need(n_faces >= 1, "n_faces must be >= 1, got " + std::to_string(n_faces));
+        const deepid2::Model& m = model->model;
+        const size_t per_face = size_t(2) * m.patches() * m.channels() * m.height() * m.width();
+        const size_t want_in = per_face * size_t(n_faces);
+        const size_t want_out = size_t(m.feature_dim()) * size_t(n_faces);
+        need(patches_len == want_in, "patches_len is " + std::to_string(patches_len) +
+                                         ", expected " + std::to_string(want_in) + " for " +
+                                         std::to_string(n_faces) + " faces");
+        need(out_len == want_out, "out_len is " + std::to_string(out_len) + ", expected " +
+                                      std::to_string(want_out));
+        m.features(patches, n_faces, out);
+    });
+}
+
+int deepid2_verify(const deepid2_model* model, const float* feature_a, size_t a_len,
+                   const float* feature_b, size_t b_len, double* score, int* same) {
+    return guarded("deepid2_verify", [&] {
+        need(model && feature_a && feature_b, "model or a feature is NULL");
+        const size_t D = size_t(model->model.feature_dim());
+        need(a_len == D && b_len == D, "feature lengths are " + std::to_string(a_len) + " and " +
+                                           std::to_string(b_len) + ", expected " +
+                                           std::to_string(D));
+        const deepid2::Verdict v = model->model.verify(feature_a, feature_b);
+        if (score) *score = v.score;
+        if (same) *same = v.same ? 1 : 0;
+    });
+}
+
+const char* deepid2_last_error(void) { return last_error.c_str(); }
+
+const char* deepid2_status_name(int status) {
+    switch (status) {
+        case DEEPID2_OK: return "ok";
+        case DEEPID2_ERROR_ARGUMENT: return "bad argument";
+        case DEEPID2_ERROR_IO: return "i/o error";
+        case DEEPID2_ERROR_FORMAT: return "bad model file";
+        case DEEPID2_ERROR_MEMORY: return "out of memory";
+        case DEEPID2_ERROR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+}  // extern "C"

@@ -1,0 +1,209 @@
+// From a file's bytes to a Model::Impl: the container (safetensors.cpp),
+// then the metadata, the network shapes derived from the "net" config
+// exactly as deepid2_core/net.py param_shapes does, and every tensor checked
+// against them. Nothing is trusted before it is checked.
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "json.h"
+#include "model_impl.h"
+#include "safetensors.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the verifier file is little-endian; this reader copies floats as they are"
+#endif
+
+namespace deepid2 {
+
+namespace {
+
+constexpr const char* kFormat = "deepid2-verifier/1";
+constexpr int kMaxSide = 4096;       // C, H, W caps: keeps every size product in range
+constexpr int kMaxNetDim = 1 << 16;
+constexpr int kMaxPatches = 1024;
+
+[[noreturn]] void bad(const std::string& what) { throw ModelFormatError("verifier model: " + what); }
+
+json::Value parse_meta_json(const safetensors::File& f, const std::string& key) {
+    auto it = f.metadata.find(key);
+    if (it == f.metadata.end()) bad("metadata \"" + key + "\" is missing");
+    try {
+        return json::parse(it->second);
+    } catch (const json::JsonError& e) {
+        bad("metadata \"" + key + "\" is not valid JSON (" + e.what() + ")");
+    }
+}
+
+int int_in(const json::Value& v, int lo, int hi, const std::string& what) {
+    if (v.type != json::Value::Type::Number || !v.is_integer || v.integer < lo || v.integer > hi)
+        bad(what + " must be an integer in " + std::to_string(lo) + ".." + std::to_string(hi));
+    return int(v.integer);
+}
+
+std::array<int, 2> int_pair(const json::Value& v, const std::string& what) {
+    if (v.type != json::Value::Type::Array || v.array.size() != 2)
+        bad(what + " must be a list of two integers");
+    return {int_in(v.array[0], 1, kMaxSide, what), int_in(v.array[1], 1, kMaxSide, what)};
+}
+
+// NetConfig.from_dict: conv3_grid and n_classes required, the rest default.
+void read_net_config(const json::Value& net, Model::Impl& m, std::array<int, 2>& grid,
+                     std::array<int, 2>& region, bool& has_region) {
+    if (net.type != json::Value::Type::Object) bad("metadata \"net\" is not a JSON object");
+    static const std::set<std::string> known = {"n_classes", "height", "width", "channels",
+                                                "feature_dim", "conv3_grid", "conv3_region"};
+    for (const auto& kv : net.object)
+        if (!known.count(kv.first)) bad("net config has an unknown key \"" + kv.first + "\"");
+    auto get = [&](const char* key) { return net.find(key); };
+    if (!get("n_classes")) bad("net config lacks n_classes");
+    int_in(*get("n_classes"), 1, 1 << 30, "net n_classes");  // informational only
+    m.H = get("height") ? int_in(*get("height"), 1, kMaxSide, "net height") : 55;
+    m.W = get("width") ? int_in(*get("width"), 1, kMaxSide, "net width") : 47;
+    m.C = get("channels") ? int_in(*get("channels"), 1, kMaxSide, "net channels") : 3;
+    m.net_dim = get("feature_dim") ? int_in(*get("feature_dim"), 1, kMaxNetDim, "net feature_dim") : 160;
+    if (!get("conv3_grid")) bad("net config lacks conv3_grid");
+    grid = int_pair(*get("conv3_grid"), "net conv3_grid");
+    const json::Value* r = get("conv3_region");
+    has_region = r && r->type != json::Value::Type::Null;
+    if (has_region) region = int_pair(*r, "net conv3_region");
+}
+
+// net.py stack_shapes over LAYERS, with its error messages.
+void derive_convs(Model::Impl& m, std::array<int, 2> grid, std::array<int, 2> region,
+                  bool has_region) {
+    struct Spec { const char* name; int kernel, maps; char sharing; };
+    static const Spec layers[4] = {
+        {"conv1", 4, 20, 's'}, {"conv2", 3, 40, 's'}, {"conv3", 3, 60, 'g'}, {"conv4", 2, 80, 'l'}};
+    const std::string input = std::to_string(m.H) + "x" + std::to_string(m.W);
+    int c = m.C, h = m.H, w = m.W;
+    for (int i = 0; i < 4; ++i) {
+        const Spec& L = layers[i];
+        const int oh = h - L.kernel + 1, ow = w - L.kernel + 1;
+        if (oh < 1 || ow < 1) bad("input " + input + " is too small: " + L.name + " has no output");
+        int rh = oh, rw = ow;
+        if (L.sharing == 'g') {
+            rh = has_region ? region[0] : (oh + grid[0] - 1) / grid[0];
+            rw = has_region ? region[1] : (ow + grid[1] - 1) / grid[1];
+            if (rh > oh || rw > ow)
+                bad("conv3_region " + std::to_string(rh) + "x" + std::to_string(rw) +
+                    " is larger than conv3's output map " + std::to_string(oh) + "x" +
+                    std::to_string(ow));
+        } else if (L.sharing == 'l') {
+            rh = rw = 1;
+        }
+        m.convs[i] = {L.name, LsconvShape{1, c, h, w, L.maps, L.kernel, L.kernel, rh, rw}, i < 3};
+        c = L.maps;
+        if (i < 3) {
+            h = oh / 2;
+            w = ow / 2;
+            if (h < 1 || w < 1) bad("input " + input + " is too small for pool" + std::to_string(i + 1));
+        }
+    }
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    std::string out = "(";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + (s.size() == 1 ? ",)" : ")");
+}
+
+// Copies tensor `name` out as float32 after checking dtype, shape, values.
+class TensorTaker {
+public:
+    explicit TensorTaker(const safetensors::File& f) : f_(f) {}
+
+    std::vector<float> take(const std::string& name, const std::vector<int64_t>& shape) {
+        auto it = f_.tensors.find(name);
+        if (it == f_.tensors.end()) bad("tensor \"" + name + "\" is missing");
+        const safetensors::Tensor& t = it->second;
+        if (t.dtype != "F32") bad("tensor \"" + name + "\" has dtype " + t.dtype + ", expected F32");
+        if (t.shape != shape)
+            bad("tensor \"" + name + "\" has shape " + shape_str(t.shape) + ", expected " +
+                shape_str(shape) + " (from the net config)");
+        std::vector<float> v(size_t(t.count()));
+        if (!v.empty()) std::memcpy(v.data(), f_.data + t.begin, v.size() * sizeof(float));
+        for (size_t i = 0; i < v.size(); ++i)
+            if (!std::isfinite(v[i]))
+                bad("tensor \"" + name + "\" holds a non-finite value at index " + std::to_string(i));
+        taken_.insert(name);
+        return v;
+    }
+    bool has(const std::string& name) const { return f_.tensors.count(name) > 0; }
+    void reject_unknown() const {
+        for (const auto& kv : f_.tensors)
+            if (!taken_.count(kv.first)) bad("unexpected tensor \"" + kv.first + "\"");
+    }
+
+private:
+    const safetensors::File& f_;
+    std::set<std::string> taken_;
+};
+
+}  // namespace
+
+std::unique_ptr<Model::Impl> load_model_impl(const uint8_t* bytes, uint64_t size) {
+    const safetensors::File f = safetensors::parse(bytes, size);
+    auto m = std::make_unique<Model::Impl>();
+    m->metadata = f.metadata;
+    auto format = f.metadata.find("format");
+    if (format == f.metadata.end()) bad("metadata \"format\" is missing (not a verifier file?)");
+    if (format->second != kFormat)
+        bad("metadata format is \"" + format->second + "\", this reader knows \"" + kFormat + "\"");
+    auto verifier = f.metadata.find("verifier");
+    if (verifier == f.metadata.end() || verifier->second != "joint_bayesian")
+        bad("metadata \"verifier\" must be \"joint_bayesian\"");
+    auto layout = f.metadata.find("layout");
+    if (layout == f.metadata.end()) bad("metadata \"layout\" is missing");
+    m->layout = layout->second;
+
+    const json::Value names = parse_meta_json(f, "patches");
+    if (names.type != json::Value::Type::Array || names.array.empty() ||
+        names.array.size() > size_t(kMaxPatches))
+        bad("metadata \"patches\" must be a list of 1.." + std::to_string(kMaxPatches) + " names");
+    for (const auto& n : names.array) {
+        if (n.type != json::Value::Type::String) bad("metadata \"patches\" holds a non-string");
+        m->patch_names.push_back(n.string);
+    }
+    m->P = int(m->patch_names.size());
+
+    std::array<int, 2> grid{}, region{};
+    bool has_region = false;
+    read_net_config(parse_meta_json(f, "net"), *m, grid, region, has_region);
+    derive_convs(*m, grid, region, has_region);
+    m->D = 2 * m->P * m->net_dim;
+
+    TensorTaker taker(f);
+    for (int i = 0; i < m->P; ++i) {
+        const std::string pre = "patch" + std::to_string(i) + "/";
+        PatchNet net;
+        for (int l = 0; l < 4; ++l) {
+            const LsconvShape& s = m->convs[l].shape;
+            const int64_t ry = s.ry(), rx = s.rx(), name_l = l + 1;
+            const std::string conv = pre + "conv" + std::to_string(name_l);
+            net.conv_w[l] = taker.take(conv + ".w", {ry, rx, s.k, s.c, s.kh, s.kw});
+            net.conv_b[l] = taker.take(conv + ".b", {ry, rx, s.k});
+        }
+        net.deepid_w = taker.take(pre + "deepid.w", {m->pool3_size() + m->conv4_size(), m->net_dim});
+        net.deepid_b = taker.take(pre + "deepid.b", {m->net_dim});
+        m->nets.push_back(std::move(net));
+    }
+    auto pc = f.tensors.find("pca/components");
+    if (pc == f.tensors.end()) bad("tensor \"pca/components\" is missing");
+    if (pc->second.shape.size() != 2 || pc->second.shape[1] < 1 || pc->second.shape[1] > m->D)
+        bad("tensor \"pca/components\" must have shape (" + std::to_string(m->D) +
+            ", d) with 1 <= d <= " + std::to_string(m->D));
+    m->d = int(pc->second.shape[1]);
+    const int64_t D = m->D, d = m->d;
+    m->pca_mean = taker.take("pca/mean", {D});
+    m->pca_components = taker.take("pca/components", {D, d});
+    m->jb_A = taker.take("jb/A", {d, d});
+    m->jb_G = taker.take("jb/G", {d, d});
+    m->threshold = taker.take("jb/threshold", {1})[0];
+    for (const char* opt : {"l2/threshold", "cosine/threshold"})
+        if (taker.has(opt)) taker.take(opt, {1});  // checked, not used here
+    taker.reject_unknown();
+    return m;
+}
+
+}  // namespace deepid2

@@ -1,0 +1,160 @@
+"""The C++ inference library (cpp/, deepid2::Model) against the Python side:
+Python writes a random verifier file, C++ tools built from cpp/ print
+features and scores, and they must agree to 1e-5 relative.
+
+The tools come from an up-to-date CMake build (build/cpp or .ci-build, if
+newer than every source in cpp/), else they are built into a temporary
+folder; without cmake or a compiler the tests skip, saying so.
+"""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from deepid2_core.backends import get_backend
+from deepid2_core.net import NetConfig, init_params
+from deepid2_core.verifier_file import jb_score, load_verifier, raw_features, save_verifier
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPP = os.path.join(REPO, "cpp")
+TOOLS = ("deepid2_dump", "deepid2_verify", "deepid2_write_fixture")
+
+
+def _newest_source():
+    return max(os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(CPP) for f in fs)
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory):
+    newest = _newest_source()
+    for build in (os.path.join(REPO, "build", "cpp"), os.path.join(REPO, ".ci-build")):
+        paths = [os.path.join(build, t) for t in TOOLS]
+        if all(os.path.exists(p) and os.path.getmtime(p) >= newest for p in paths):
+            return dict(zip(TOOLS, paths))
+    if not shutil.which("cmake"):
+        pytest.skip("cmake is not installed: cannot build the C++ tools")
+    build = str(tmp_path_factory.mktemp("cpp-build"))
+    for cmd in (["cmake", "-S", CPP, "-B", build, "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", build, "-j", "2", "--target", *TOOLS]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"C++ build failed (no compiler?): {' '.join(cmd)}\n{r.stderr[-2000:]}")
+    return {t: os.path.join(build, t) for t in TOOLS}
+
+
+def _random_verifier(path, cfg, n_patches, d, seed):
+    rng = np.random.default_rng(seed)
+    params = []
+    for i in range(n_patches):
+        p = init_params(cfg, seed + i)
+        for k in p:  # non-zero biases, so every parameter matters
+            if k.endswith(".b"):
+                p[k] = rng.uniform(0.0, 0.1, p[k].shape).astype(np.float32)
+        params.append(p)
+    D = 2 * n_patches * cfg.feature_dim
+    A = rng.standard_normal((d, d)) * 0.1
+    G = rng.standard_normal((d, d)) * 0.1
+    save_verifier(path, params, cfg, [f"patch{i}" for i in range(n_patches)], "test",
+                  rng.uniform(0, 0.2, D), rng.standard_normal((D, d)) / np.sqrt(D),
+                  (A + A.T) / 2, (G + G.T) / 2, 0.0, extra_meta={"note": "random test model"})
+    return params
+
+
+def _jb_magnitude(model, a, b):
+    mean, comp = np.float64(model["pca_mean"]), np.float64(model["pca_components"])
+    z1, z2 = (np.float64(a) - mean) @ comp, (np.float64(b) - mean) @ comp
+    A, G = np.float64(model["jb_A"]), np.float64(model["jb_G"])
+    return abs(z1 @ A @ z1) + abs(z2 @ A @ z2) + 2 * abs(z1 @ G @ z2)
+
+
+CASES = [  # (config, patch networks, PCA dim): the paper's net, and a small one with conv3_region
+    (NetConfig(n_classes=10), 2, 48),
+    (NetConfig(n_classes=5, height=33, width=31, channels=1, feature_dim=24,
+               conv3_region=(2, 3)), 3, 20),
+]
+
+
+@pytest.mark.parametrize("cfg,n_patches,d", CASES)
+def test_cpp_features_and_scores_match_python(tools, tmp_path, cfg, n_patches, d):
+    model_path = str(tmp_path / "model.safetensors")
+    params = _random_verifier(model_path, cfg, n_patches, d, seed=3)
+    n = 5
+    rng = np.random.default_rng(1)
+    patches = rng.uniform(-1, 1, (n, 2 * n_patches, cfg.channels, cfg.height, cfg.width)).astype(np.float32)
+    patches.tofile(tmp_path / "patches.f32")
+    r = subprocess.run([tools["deepid2_dump"], model_path, str(tmp_path / "patches.f32"), str(n),
+                        str(tmp_path / "features.f32")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "features.f32", np.float32).reshape(n, -1)
+
+    want = raw_features(get_backend("cpu"), params, cfg, patches)
+    assert got.shape == want.shape == (n, 2 * n_patches * cfg.feature_dim)
+    assert np.count_nonzero(want) > want.size // 4  # the ReLUs did not kill everything
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+    model = load_verifier(model_path)
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("pair ")]
+    assert len(lines) == n * (n - 1) // 2
+    for _, i, j, score, same in lines:
+        i, j = int(i), int(j)
+        ref = jb_score(model, want[i], want[j])
+        # 1e-5 relative to the size of the score's three terms (they may cancel)
+        assert abs(float(score) - ref) <= 1e-5 * _jb_magnitude(model, want[i], want[j]), (i, j, score, ref)
+        assert int(same) == int(float(score) >= model["threshold"])
+
+
+def test_cpp_example_verify_agrees_with_python(tools, tmp_path):
+    cfg, n_patches = CASES[1][0], CASES[1][1]
+    model_path = str(tmp_path / "model.safetensors")
+    params = _random_verifier(model_path, cfg, n_patches, 20, seed=8)
+    rng = np.random.default_rng(2)
+    u8 = rng.integers(0, 256, (2, 2 * n_patches, cfg.channels, cfg.height, cfg.width), dtype=np.uint8)
+    u8[0].tofile(tmp_path / "a.u8")
+    faces = ((u8.astype(np.float32) - 127.5) / 128).astype(np.float32)
+    faces[1].tofile(tmp_path / "b.f32")
+    r = subprocess.run([tools["deepid2_verify"], model_path, str(tmp_path / "a.u8"),
+                        str(tmp_path / "b.f32")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    model = load_verifier(model_path)
+    f = raw_features(get_backend("cpu"), params, cfg, faces)
+    ref = jb_score(model, f[0], f[1])
+    # the example prints 6 significant digits
+    assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(model, f[0], f[1])
+    assert words[2] == ("same" if ref >= model["threshold"] else "different")
+
+    # a bad file: a clear message, exit status 1, no crash
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    r = subprocess.run([tools["deepid2_verify"], str(tmp_path / "bad.safetensors"),
+                        str(tmp_path / "a.u8"), str(tmp_path / "b.f32")], capture_output=True, text=True)
+    assert r.returncode == 1 and "corrupt header" in r.stderr
+
+
+def test_python_reads_the_cpp_fixture(tools, tmp_path):
+    """The C++ test fixture writer and the Python reader agree on the format."""
+    path = str(tmp_path / "fixture.safetensors")
+    subprocess.run([tools["deepid2_write_fixture"], path, "--patches", "2"], check=True,
+                   capture_output=True)
+    model = load_verifier(path)
+    assert len(model["patch_params"]) == 2 and model["net"].height == 31
+    assert model["pca_components"].shape == (2 * 2 * 8, 6)
+
+
+def test_save_verifier_rejects_bad_shapes(tmp_path):
+    cfg = NetConfig(n_classes=3, height=31, width=31, channels=1, feature_dim=4)
+    p = init_params(cfg, 0)
+    D = 2 * 4
+    ok = dict(pca_mean=np.zeros(D), pca_components=np.ones((D, 3)), jb_A=np.eye(3), jb_G=np.eye(3))
+    save_verifier(str(tmp_path / "ok.safetensors"), [p], cfg, ["whole"], "whole", threshold=0.5, **ok)
+    with pytest.raises(ValueError, match="pca_mean"):
+        save_verifier(str(tmp_path / "x.safetensors"), [p], cfg, ["whole"], "whole", threshold=0.5,
+                      **{**ok, "pca_mean": np.zeros(D + 1)})
+    bad = dict(p)
+    bad["conv3.w"] = bad["conv3.w"][:, :, :30]
+    with pytest.raises(ValueError, match="conv3.w"):
+        save_verifier(str(tmp_path / "x.safetensors"), [bad], cfg, ["whole"], "whole", threshold=0.5, **ok)
+    with pytest.raises(ValueError, match="reserved"):
+        save_verifier(str(tmp_path / "x.safetensors"), [p], cfg, ["whole"], "whole", threshold=0.5,
+                      extra_meta={"format": "x"}, **ok)
