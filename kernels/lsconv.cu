@@ -469,6 +469,31 @@ lsconv_bwd_data_px2(const float* __restrict__ y, const float* __restrict__ dy,
                             NB);
 }
 
+// The masked output gradient G (dy where y > 0, else 0; dy itself without
+// ReLU), zero-padded by KH - 1 rows and KW - 1 columns on each side: for a
+// layer with one region, dx is then the forward convolution of this with the
+// flipped, transposed weights (lsconv_fwd). One thread per element of gp,
+// N x K x (OH + 2 KH - 2) x (OW + 2 KW - 2).
+extern "C" __global__ void LAUNCH_BOUNDS(256)
+lsconv_pad_grad(const float* __restrict__ y, const float* __restrict__ dy,
+                float* __restrict__ gp, int N, int K, int OH, int OW, int KH, int KW, int relu) {
+    const int PH = OH + 2 * (KH - 1), PW = OW + 2 * (KW - 1);
+    const i64 total = (i64)N * K * PH * PW;
+    for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        const int px = (int)(e % PW), py = (int)((e / PW) % PH);
+        const i64 nk = e / ((i64)PW * PH);
+        const int oy = py - (KH - 1), ox = px - (KW - 1);
+        float g = 0.0f;
+        if (oy >= 0 && oy < OH && ox >= 0 && ox < OW) {
+            const i64 o = nk * OH * OW + (i64)oy * OW + ox;
+            g = LDG(dy + o);
+            if (relu && !(LDG(y + o) > 0.0f)) g = 0.0f;
+        }
+        gp[e] = g;
+    }
+}
+
 // The same gather without shared memory, one dx element per thread: for
 // kernels too large for lsconv_bwd_data's staging buffer.
 extern "C" __global__ void LAUNCH_BOUNDS(256)

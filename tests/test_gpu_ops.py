@@ -36,6 +36,7 @@ GPU_LSCONV_CASES = {  # N, C, H, W, K, kh, kw, region
     "local_many_regions": (3, 4, 9, 9, 5, 2, 2, (1, 1)),       # 64 regions of 1 neuron
     "q_tiles_c31_k45": (2, 31, 7, 8, 45, 3, 3, (2, 3)),     # Q + 1 = 280: 3 tiles of 128 taps
     "k_tiles_130": (2, 2, 5, 6, 130, 2, 2, (2, 2)),           # 3 tiles of 60 maps (or 7 of 20)
+    "big_kernel_px2": (2, 2, 12, 12, 3, 10, 10, CONV),       # dx: the gather kernel, 2 positions
     "huge_kernel_fallback": (1, 1, 100, 100, 2, 100, 99, CONV),  # too big for shared memory
 }
 

@@ -308,6 +308,25 @@ _MIN_CHUNK = 256
 _SMEM_LIMIT = 40 * 1024
 
 
+def _dx_as_forward_conv(s, w, y, dy, dx, relu_):
+    """dx of a layer with one region (an ordinary convolution): the forward
+    kernel over the zero-padded masked gradient with the flipped, transposed
+    weights W'[c, k, i, j] = W[k, c, kh-1-i, kw-1-j], a GEMM-shaped problem
+    (C x (N H W) x (K kh kw)) that lsconv_fwd tiles well."""
+    ph, pw = s.oh + 2 * (s.kh - 1), s.ow + 2 * (s.kw - 1)
+    gp = _new((s.n, s.k, ph, pw))
+    _launch("lsconv", "lsconv_pad_grad", (_blocks(gp.size),), 256,
+            (y, dy, gp, _i32(s.n), _i32(s.k), _i32(s.oh), _i32(s.ow), _i32(s.kh), _i32(s.kw),
+             relu_))
+    wf = cupy.ascontiguousarray(w[0, 0].transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])[None, None]
+    bias = cupy.zeros((1, 1, s.c), dtype=_f32)
+    col_tiles = -(-s.n * s.h * s.w // 64)
+    _launch("lsconv", "lsconv_fwd", (col_tiles, -(-s.c // 32)), 128,
+            (gp, wf, bias, _qoff(s.k, ph, pw, s.kh, s.kw), dx, _i32(s.n), _i32(s.k), _i32(ph),
+             _i32(pw), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(s.h), _i32(s.w), _i32(0),
+             _i32(col_tiles)))
+
+
 def _dx_tile(s):
     return _dx_tile_for(s.h, s.w, s.kh, s.kw, s.k, 2 if s.r == 1 else 1)
 
@@ -373,7 +392,10 @@ def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=No
         dx = _new(tuple(x.shape))
         cp_ = -(-s.c // 8) * 8
         th, tw, nb, kc = _dx_tile(s)
-        if kc:
+        padded = (s.oh + 2 * (s.kh - 1)) * (s.ow + 2 * (s.kw - 1))
+        if s.r == 1 and padded <= 2 * s.h * s.w:   # (padding a big kernel would cost more)
+            _dx_as_forward_conv(s, w, y, dy, dx, relu_)
+        elif kc:
             wt = cupy.empty((s.r, s.k, s.kh, s.kw, cp_), dtype=_f32)
             _launch("lsconv", "lsconv_wt_transpose", (_blocks(wt.size),), 256,
                     (w, wt, _i32(s.r), _i32(s.k), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(cp_)))
