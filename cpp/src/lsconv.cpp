@@ -17,6 +17,7 @@
 // - backward, wide regions (ordinary convolution): kGroups groups of images,
 //   each with its own dW/db partial sums, added in group order.
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -31,11 +32,12 @@ namespace {
 constexpr int JC = 256;  // output columns per GEMM chunk (a multiple of NR)
 constexpr int kSmallRegion = 16;  // regions of at most this many neurons: per-region tasks
 constexpr int kGroups = 16;       // image groups (dW partial sums) for wider regions
+constexpr int kPackedWgradMaps = 32;  // weight gradient by packed GEMM from this many maps
 
 // Scratch that lives as long as the thread: OpenMP's pool threads keep theirs
 // between calls, so large buffers are not faulted in afresh every call.
 float* thread_scratch(int slot, size_t n) {
-    static thread_local std::vector<float> bufs[5];
+    static thread_local std::vector<float> bufs[6];
     if (bufs[slot].size() < n) bufs[slot].resize(n);
     return bufs[slot].data();
 }
@@ -141,6 +143,66 @@ float lane_sum(const float* v, int n) {
 
 int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
+// Weight gradient without packing: both dYt (K x ld) and colsT (q x ld) hold
+// the columns contiguously, so dW_r[k][t] = sum_j dYt[k][j] colsT[t][j] is a
+// dot product along rows of both. Lanes of 16 columns accumulate into vacc
+// (K x q vectors, kept across chunks); wgrad_flush adds each vector's lanes,
+// in a fixed order, into dW once per region/group. Tiles of 4 maps x 6 taps
+// (24 accumulators, 10 loads per 24 FMAs); rows past K or q repeat the last
+// row and their results are dropped.
+constexpr int WV = 16;
+typedef float wvec __attribute__((vector_size(WV * sizeof(float))));
+
+inline wvec wload(const float* p) {
+    wvec v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+inline void wstore(float* p, wvec v) { std::memcpy(p, &v, sizeof(v)); }
+
+void wgrad_accumulate(int K, int q, int ld, const float* dyt, const float* colsT, float* vacc) {
+    constexpr int TK = 4, TT = 6;
+    for (int k0 = 0; k0 < K; k0 += TK) {
+        const float* g[TK];
+        for (int a = 0; a < TK; ++a) g[a] = dyt + int64_t(std::min(k0 + a, K - 1)) * ld;
+        for (int t0 = 0; t0 < q; t0 += TT) {
+            const float* c[TT];
+            for (int b = 0; b < TT; ++b) c[b] = colsT + int64_t(std::min(t0 + b, q - 1)) * ld;
+            wvec acc[TK][TT];
+            for (int a = 0; a < TK; ++a)
+                for (int b = 0; b < TT; ++b) acc[a][b] = wvec{};
+            for (int j = 0; j < ld; j += WV) {
+                wvec gv[TK];
+                for (int a = 0; a < TK; ++a) gv[a] = wload(g[a] + j);
+                for (int b = 0; b < TT; ++b) {
+                    const wvec cv = wload(c[b] + j);
+                    for (int a = 0; a < TK; ++a) acc[a][b] += gv[a] * cv;
+                }
+            }
+            for (int a = 0; a < TK && k0 + a < K; ++a)
+                for (int b = 0; b < TT && t0 + b < q; ++b) {
+                    float* v = vacc + (int64_t(k0 + a) * q + t0 + b) * WV;
+                    wstore(v, wload(v) + acc[a][b]);
+                }
+        }
+    }
+}
+
+// Row length of the backward's column matrices: whole GEMM panels and whole
+// wgrad lanes (gemm_nr() is 8, 16 or 32 with the instruction set).
+int col_ld(int jc) { return round_up(jc, std::max(gemm_nr(), WV)); }
+
+// dw [K x q] += the lanes of vacc, summed in lane order; vacc is zeroed.
+void wgrad_flush(int K, int q, float* vacc, float* dw) {
+    for (int64_t e = 0; e < int64_t(K) * q; ++e) {
+        float* v = vacc + e * WV;
+        float sum = 0.0f;
+        for (int l = 0; l < WV; ++l) sum += v[l];
+        dw[e] += sum;
+        std::fill(v, v + WV, 0.0f);
+    }
+}
+
 // Every region's weights packed once per call as the GEMM's left operand:
 // W_r (K x q) for the forward, or W_r^T (q x K) for the data gradient.
 std::vector<float> pack_weights(const LsconvShape& s, const float* w, bool transpose) {
@@ -234,10 +296,11 @@ struct BackwardChunk {
     bool relu;
     const std::vector<int64_t>& taps;
 
-    void run(int r, int n0, int j0, int jc, float* dw_r, float* db_r, const float* wt_r,
+    void run(int r, int n0, int j0, int jc, float* dw_r, float* vacc, float* db_r,
+             const float* wt_r,
              float* colsT, float* dyt, float* dcolsT, int64_t dcols_ld,
              std::vector<Run>& runs) const {
-        const int q = int(taps.size()), ld = round_up(jc, gemm_nr());
+        const int q = int(taps.size()), ld = col_ld(jc);
         const int64_t oplane = int64_t(s.oh()) * s.ow();
         chunk_runs(s, region_of(s, r), n0, j0, jc, runs);
         // dYt: dy under the ReLU mask, zero-padded to ld columns.
@@ -256,11 +319,16 @@ struct BackwardChunk {
         }
         im2col(x, taps, runs, jc, ld, colsT);
         // dW_r [K x q] += dYt [K x jc] * colsT^T
-        float* dya = thread_scratch(2, packed_a_size(s.k, JC));
-        float* colsb = thread_scratch(3, packed_b_size(JC, q));
-        pack_a(s.k, jc, dyt, ld, 1, dya);
-        pack_b(jc, q, colsT, 1, ld, colsb);
-        sgemm_packed(s.k, q, jc, dya, colsb, true, dw_r, q);
+        if (s.k < kPackedWgradMaps) {
+            // few maps: packing colsT would cost more than the product itself
+            wgrad_accumulate(s.k, q, ld, dyt, colsT, vacc);
+        } else {
+            float* dya = thread_scratch(3, packed_a_size(s.k, JC));
+            float* colsb = thread_scratch(5, packed_b_size(JC, q));
+            pack_a(s.k, jc, dyt, ld, 1, dya);
+            pack_b(jc, q, colsT, 1, ld, colsb);
+            sgemm_packed(s.k, q, jc, dya, colsb, true, dw_r, q);
+        }
         // dcolsT [q x jc] = W_r^T [q x K] * dYt [K x jc]
         if (wt_r)
             sgemm_panels(q, jc, s.k, wt_r, dyt, ld, gemm_nr(), false, dcolsT, dcols_ld);
@@ -284,6 +352,7 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
     const std::vector<float> wtpack = dx ? pack_weights(s, w, true) : std::vector<float>();
     const int64_t wtstride = packed_a_size(q, s.k);
     const BackwardChunk chunk{s, x, y, dy, relu, taps};
+    const bool nt_wgrad = s.k < kPackedWgradMaps;  // see BackwardChunk::run
 
     if (s.rh * s.rw <= kSmallRegion) {
         // Small regions: one task per region over all N images owns dw_r and
@@ -291,21 +360,25 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
         // dx image by image, so no two threads write the same dx element.
         std::vector<int64_t> col0(R + 1, 0);  // column offset of region r
         for (int r = 0; r < R; ++r)
-            col0[r + 1] = col0[r] + round_up(s.n * region_of(s, r).positions(), gemm_nr());
+            col0[r + 1] = col0[r] + col_ld(s.n * region_of(s, r).positions());
         float* dcols = dx ? thread_scratch_caller(size_t(q) * col0[R]) : nullptr;
 #pragma omp parallel
         {
             float* colsT = thread_scratch(0, size_t(q) * JC);
             float* dyt = thread_scratch(1, size_t(s.k) * JC);
+            float* vacc = nt_wgrad ? thread_scratch(2, size_t(s.k) * q * WV) : nullptr;
+            if (nt_wgrad) std::fill(vacc, vacc + size_t(s.k) * q * WV, 0.0f);
             std::vector<Run> runs;
 #pragma omp for schedule(dynamic)
             for (int r = 0; r < R; ++r) {
                 const int J = s.n * region_of(s, r).positions();
                 for (int j0 = 0; j0 < J; j0 += JC)
-                    chunk.run(r, 0, j0, std::min(JC, J - j0), dw + int64_t(r) * s.k * q,
-                              db + int64_t(r) * s.k, dx ? wtpack.data() + r * wtstride : nullptr,
-                              colsT, dyt, dx ? dcols + q * col0[r] + j0 : nullptr,
-                              col0[r + 1] - col0[r], runs);
+                    chunk.run(r, 0, j0, std::min(JC, J - j0), dw + int64_t(r) * s.k * q, vacc,
+                              db + int64_t(r) * s.k,
+                              dx ? wtpack.data() + r * wtstride : nullptr, colsT, dyt,
+                              dx ? dcols + q * col0[r] + j0 : nullptr, col0[r + 1] - col0[r],
+                              runs);
+                if (nt_wgrad) wgrad_flush(s.k, q, vacc, dw + int64_t(r) * s.k * q);
             }
             if (dx) {
 #pragma omp for schedule(static)
@@ -333,6 +406,8 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
         float* colsT = thread_scratch(0, size_t(q) * JC);
         float* dyt = thread_scratch(1, size_t(s.k) * JC);
         float* dcolsT = thread_scratch(4, size_t(q) * JC);
+        float* vacc = nt_wgrad ? thread_scratch(2, size_t(s.k) * q * WV) : nullptr;
+        if (nt_wgrad) std::fill(vacc, vacc + size_t(s.k) * q * WV, 0.0f);
         std::vector<Run> runs;
 #pragma omp for schedule(dynamic)
         for (int g = 0; g < G; ++g) {
@@ -345,11 +420,13 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
                 const int J = (n1 - n0) * region_of(s, r).positions();
                 for (int j0 = 0; j0 < J; j0 += JC) {
                     const int jc = std::min(JC, J - j0);
-                    chunk.run(r, n0, j0, jc, pw + int64_t(r) * s.k * q, pb + int64_t(r) * s.k,
+                    chunk.run(r, n0, j0, jc, pw + int64_t(r) * s.k * q, vacc,
+                              pb + int64_t(r) * s.k,
                               dx ? wtpack.data() + r * wtstride : nullptr, colsT, dyt, dcolsT,
-                              round_up(jc, gemm_nr()), runs);
-                    if (dx) col2im_add(dcolsT, round_up(jc, gemm_nr()), taps, runs, dx);
+                              col_ld(jc), runs);
+                    if (dx) col2im_add(dcolsT, col_ld(jc), taps, runs, dx);
                 }
+                if (nt_wgrad) wgrad_flush(s.k, q, vacc, pw + int64_t(r) * s.k * q);
             }
         }
 #pragma omp for schedule(static)
