@@ -250,63 +250,23 @@ DEV void lsconv_bwd_w_tile(const float* __restrict__ x, const float* __restrict_
     }
 }
 
-// One extern "C" kernel per tile shape, lsconv_bwd_w_<BM>_<BN> (written out:
-// the emulator finds kernels by their extern "C" line). The host picks the
-// shape that wastes the fewest maps and taps.
-extern "C" __global__ void LAUNCH_BOUNDS(80)
-lsconv_bwd_w_20_64(const float* __restrict__ x, const float* __restrict__ y,
-                   const float* __restrict__ dy, const int* __restrict__ qoff,
-                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
-                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
-                   int relu, int q_tiles, int S, int fast) {
-    lsconv_bwd_w_tile<20, 64, 4>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
-                                   RW, relu, q_tiles, S, fast);
-}
-extern "C" __global__ void LAUNCH_BOUNDS(160)
-lsconv_bwd_w_40_64(const float* __restrict__ x, const float* __restrict__ y,
-                   const float* __restrict__ dy, const int* __restrict__ qoff,
-                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
-                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
-                   int relu, int q_tiles, int S, int fast) {
-    lsconv_bwd_w_tile<40, 64, 4>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
-                                   RW, relu, q_tiles, S, fast);
-}
-extern "C" __global__ void LAUNCH_BOUNDS(240)
-lsconv_bwd_w_60_64(const float* __restrict__ x, const float* __restrict__ y,
-                   const float* __restrict__ dy, const int* __restrict__ qoff,
-                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
-                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
-                   int relu, int q_tiles, int S, int fast) {
-    lsconv_bwd_w_tile<60, 64, 4>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
-                                   RW, relu, q_tiles, S, fast);
-}
-extern "C" __global__ void LAUNCH_BOUNDS(80)
-lsconv_bwd_w_20_128(const float* __restrict__ x, const float* __restrict__ y,
-                   const float* __restrict__ dy, const int* __restrict__ qoff,
-                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
-                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
-                   int relu, int q_tiles, int S, int fast) {
-    lsconv_bwd_w_tile<20, 128, 8>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
-                                   RW, relu, q_tiles, S, fast);
-}
-extern "C" __global__ void LAUNCH_BOUNDS(160)
-lsconv_bwd_w_40_128(const float* __restrict__ x, const float* __restrict__ y,
-                   const float* __restrict__ dy, const int* __restrict__ qoff,
-                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
-                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
-                   int relu, int q_tiles, int S, int fast) {
-    lsconv_bwd_w_tile<40, 128, 8>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
-                                   RW, relu, q_tiles, S, fast);
-}
-extern "C" __global__ void LAUNCH_BOUNDS(240)
-lsconv_bwd_w_60_128(const float* __restrict__ x, const float* __restrict__ y,
-                   const float* __restrict__ dy, const int* __restrict__ qoff,
-                   float* __restrict__ part, float* __restrict__ dw, float* __restrict__ db,
-                   int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
-                   int relu, int q_tiles, int S, int fast) {
-    lsconv_bwd_w_tile<60, 128, 8>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,
-                                   RW, relu, q_tiles, S, fast);
-}
+// One extern "C" kernel per tile shape, lsconv_bwd_w_<BM>_<BN>; the host
+// picks the shape that wastes the fewest maps and taps.
+#define LSCONV_BWD_W(BM, BN, TN)                                                               \
+    extern "C" __global__ void LAUNCH_BOUNDS((BM / 4) * (BN / TN)) lsconv_bwd_w_##BM##_##BN(  \
+        const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy, \
+        const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,       \
+        float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,     \
+        int RW, int relu, int q_tiles, int S, int fast) {                                      \
+        lsconv_bwd_w_tile<BM, BN, TN>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH, \
+                                      RW, relu, q_tiles, S, fast);                             \
+    }
+LSCONV_BWD_W(20, 64, 4)
+LSCONV_BWD_W(40, 64, 4)
+LSCONV_BWD_W(60, 64, 4)
+LSCONV_BWD_W(20, 128, 8)
+LSCONV_BWD_W(40, 128, 8)
+LSCONV_BWD_W(60, 128, 8)
 
 // dw += sum_s part[s] and db += (the bias column), chunks added in order s =
 // 0, 1, ... in double: the same result on every run. One thread per element

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:LAUNCH_BOUNDS\((\w+)\)\s*)?(\w+)\s*\(')
-_DEFINE = re.compile(r'^\s*#\s*define\s+(\w+)\s+\(?([\w\s*+]+?)\)?\s*$', re.M)
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+'
+                     r'(?:LAUNCH_BOUNDS\(((?:[^()]|\([^()]*\))+)\)\s*)?(\w+)\s*\(')
 
 
 # ----------------------------------------------------------------------------
@@ -198,18 +198,20 @@ const char* emu_error() { return emu::error.c_str(); }
 
 
 def _bounds(code):
-    """{kernel: max threads per block from its LAUNCH_BOUNDS (None: no bound)}."""
-    defs = dict(_DEFINE.findall(code))
+    """{kernel: max threads per block from its LAUNCH_BOUNDS (None: no bound)}.
+    Read from the preprocessed source (macros expanded, LAUNCH_BOUNDS and
+    __global__ left as written), so kernels that a macro defines are found."""
+    cxx = os.environ.get("CXX", "g++")
+    proc = subprocess.run([cxx, "-E", "-P", "-x", "c++", "-DDEEPID2_EMU", "-"], input=code,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CompileException(proc.stderr[-6000:])
 
-    def value(tok):
-        for _ in range(8):   # resolve macros like BD_THREADS = (BD_TH * BD_TW)
-            if tok.isdigit():
-                return int(tok)
-            tok = re.sub(r"\w+", lambda m: defs.get(m.group(0), m.group(0)), tok)
-            if re.fullmatch(r"[\d\s*+()]+", tok):
-                return int(eval(tok))   # digits and * + only
-        raise ValueError(f"cannot resolve LAUNCH_BOUNDS({tok})")
-    return {name: (value(b) if b else None) for b, name in _KERNEL.findall(code)}
+    def value(expr):
+        if not re.fullmatch(r"[\d\s*+/()]+", expr):
+            raise ValueError(f"cannot resolve LAUNCH_BOUNDS({expr})")
+        return int(eval(expr.replace("/", "//")))   # digits and * + / only
+    return {name: (value(b) if b else None) for b, name in _KERNEL.findall(proc.stdout)}
 
 
 def _build(code, options):
