@@ -122,16 +122,58 @@ void pack_a(int m, int k, const float* a, int64_t rs, int64_t cs, float* out) {
     }
 }
 
+namespace {
+
+// r[i] (row i of a VW x VW block) becomes column i, by log2(VW) stages of
+// two-source shuffles: stage d pairs rows i and i + d and swaps the d x d
+// sub-blocks between them.
+typedef int vi __attribute__((vector_size(VW * sizeof(int))));
+
+struct TransposeMasks {
+    vi lo[8], hi[8];
+    TransposeMasks() {
+        for (int s = 0, d = VW / 2; d >= 1; d /= 2, ++s)
+            for (int l = 0; l < VW; ++l) {
+                lo[s][l] = (l & d) ? VW + l - d : l;
+                hi[s][l] = (l & d) ? VW + l : l + d;
+            }
+    }
+};
+
+inline void transpose_block(vf* r) {
+    static const TransposeMasks m;
+    for (int s = 0, d = VW / 2; d >= 1; d /= 2, ++s)
+        for (int i = 0; i < VW; ++i)
+            if (!(i & d)) {
+                const vf a = r[i], b = r[i + d];
+                r[i] = __builtin_shuffle(a, b, m.lo[s]);
+                r[i + d] = __builtin_shuffle(a, b, m.hi[s]);
+            }
+}
+
+// One NR-column panel of B from columns that are contiguous in memory (rs ==
+// 1): a transpose, done in VW x VW register blocks where whole.
+void pack_b_transposing(int k, int nr, const float* b, int64_t cs, float* out) {
+    int p0 = 0;
+    for (; p0 + VW <= k; p0 += VW)
+        for (int jb = 0; jb < NR; jb += VW) {
+            vf r[VW];
+            for (int i = 0; i < VW; ++i)
+                r[i] = jb + i < nr ? load(b + (jb + i) * cs + p0) : vf{};
+            transpose_block(r);
+            for (int i = 0; i < VW; ++i) store(out + (p0 + i) * NR + jb, r[i]);
+        }
+    for (int p = p0; p < k; ++p)
+        for (int j = 0; j < NR; ++j) out[p * NR + j] = j < nr ? b[j * cs + p] : 0.0f;
+}
+
+}  // namespace
+
 void pack_b(int k, int n, const float* b, int64_t rs, int64_t cs, float* out) {
     for (int j0 = 0; j0 < n; j0 += NR) {
         const int nr = std::min(NR, n - j0);
         if (rs == 1 && cs != 1) {
-            for (int j = 0; j < nr; ++j) {
-                const float* bj = b + (j0 + j) * cs;
-                for (int p = 0; p < k; ++p) out[p * NR + j] = bj[p];
-            }
-            for (int j = nr; j < NR; ++j)
-                for (int p = 0; p < k; ++p) out[p * NR + j] = 0.0f;
+            pack_b_transposing(k, nr, b + j0 * cs, cs, out);
         } else {
             for (int p = 0; p < k; ++p) {
                 float* o = out + p * NR;
