@@ -10,8 +10,16 @@ SECONDS_TO_RUN=${1:-60}
 BUILD=${2:-build/fuzz}
 CXX_FOR_FUZZ=${CXX:-}
 if [ -z "$CXX_FOR_FUZZ" ] && command -v clang++ >/dev/null 2>&1; then CXX_FOR_FUZZ=clang++; fi
-cmake -S cpp -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDEEPID2_FUZZ=ON -DDEEPID2_TESTS=OFF \
-      -DDEEPID2_EXAMPLES=OFF ${CXX_FOR_FUZZ:+-DCMAKE_CXX_COMPILER=$CXX_FOR_FUZZ} >/dev/null
+configure() {
+    cmake -S cpp -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDEEPID2_FUZZ=ON \
+          -DDEEPID2_TESTS=OFF -DDEEPID2_EXAMPLES=OFF ${1:+-DCMAKE_CXX_COMPILER=$1} >/dev/null
+}
+if ! configure "$CXX_FOR_FUZZ"; then
+    # e.g. clang++ without an OpenMP runtime: the default compiler's mutation driver
+    echo "configuring with ${CXX_FOR_FUZZ:-the default compiler} failed; trying the default"
+    rm -rf "$BUILD"
+    configure ""
+fi
 cmake --build "$BUILD" -j 2 --target deepid2_fuzz_model_reader >/dev/null
 export OMP_NUM_THREADS=1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -125,31 +126,36 @@ void pack_a(int m, int k, const float* a, int64_t rs, int64_t cs, float* out) {
 namespace {
 
 // r[i] (row i of a VW x VW block) becomes column i, by log2(VW) stages of
-// two-source shuffles: stage d pairs rows i and i + d and swaps the d x d
-// sub-blocks between them.
-typedef int vi __attribute__((vector_size(VW * sizeof(int))));
-
-struct TransposeMasks {
-    vi lo[8], hi[8];
-    TransposeMasks() {
-        for (int s = 0, d = VW / 2; d >= 1; d /= 2, ++s)
-            for (int l = 0; l < VW; ++l) {
-                lo[s][l] = (l & d) ? VW + l - d : l;
-                hi[s][l] = (l & d) ? VW + l : l + d;
-            }
-    }
-};
-
-inline void transpose_block(vf* r) {
-    static const TransposeMasks m;
-    for (int s = 0, d = VW / 2; d >= 1; d /= 2, ++s)
-        for (int i = 0; i < VW; ++i)
-            if (!(i & d)) {
-                const vf a = r[i], b = r[i + d];
-                r[i] = __builtin_shuffle(a, b, m.lo[s]);
-                r[i + d] = __builtin_shuffle(a, b, m.hi[s]);
-            }
+// two-source shuffles: stage D pairs rows i and i + D and swaps the D x D
+// sub-blocks between them. __builtin_shufflevector: clang, and GCC >= 12.
+#if defined(__clang__) || __GNUC__ >= 12
+template <int D, bool HI, int... L>
+inline vf shuffle_stage(vf a, vf b, std::integer_sequence<int, L...>) {
+    return __builtin_shufflevector(a, b, ((L & D) ? (HI ? VW + L : VW + L - D)
+                                                  : (HI ? L + D : L))...);
 }
+
+template <int D>
+inline void transpose_stage(vf* r) {
+    constexpr auto lanes = std::make_integer_sequence<int, VW>{};
+    for (int i = 0; i < VW; ++i)
+        if (!(i & D)) {
+            const vf a = r[i], b = r[i + D];
+            r[i] = shuffle_stage<D, false>(a, b, lanes);
+            r[i + D] = shuffle_stage<D, true>(a, b, lanes);
+        }
+    if constexpr (D > 1) transpose_stage<D / 2>(r);
+}
+
+inline void transpose_block(vf* r) { transpose_stage<VW / 2>(r); }
+#else
+inline void transpose_block(vf* r) {
+    float t[VW][VW];
+    for (int i = 0; i < VW; ++i) store(t[i], r[i]);
+    for (int i = 0; i < VW; ++i)
+        for (int j = 0; j < VW; ++j) r[i][j] = t[j][i];
+}
+#endif
 
 // One NR-column panel of B from columns that are contiguous in memory (rs ==
 // 1): a transpose, done in VW x VW register blocks where whole.
