@@ -22,7 +22,16 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 extern long deepid2_fuzz_loaded;
 
-#if defined(__has_include)
+// The death callback exists only in a sanitized build (the libFuzzer build's
+// seed writer is not sanitized).
+#if defined(__SANITIZE_ADDRESS__)
+#define DEEPID2_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DEEPID2_ASAN 1
+#endif
+#endif
+#if defined(DEEPID2_ASAN) && defined(__has_include)
 #if __has_include(<sanitizer/common_interface_defs.h>)
 #include <sanitizer/common_interface_defs.h>
 #define HAVE_SANITIZER_CALLBACK 1
