@@ -44,6 +44,8 @@ setup(
     python_requires=">=3.9",
     install_requires=["numpy>=1.22", "numba>=0.59", "opencv-python>=4.8"],
     entry_points={"console_scripts": ["deepid2=deepid2_core.cli:main"]},
-    extras_require={"test": ["pytest>=7"]},
+    # dist: data-parallel training under mpiexec (deepid2_core/dist.py); the
+    # mpich wheel brings libmpi and mpiexec (Hydra) from the package index
+    extras_require={"test": ["pytest>=7"], "dist": ["mpi4py>=4.0", "mpich>=4.2"]},
     zip_safe=False,
 )

@@ -5,6 +5,20 @@ reads each image many times, so `build_cache` decodes every image once, cuts
 the fixed patch once and keeps the patches as one uint8 .npy file that is
 memory-mapped (it may exceed RAM). `assemble_batch` turns rows of that file
 into the engine's float32 NCHW batches without a Python loop per image.
+
+The patch is `PatchSpec` (a fixed crop; its flipped counterpart is its mirror
+image) or `LayoutPatch`, one patch of a multi-patch layout of
+deepid2_core.face.patches cut from faces aligned by `deepid2 align`, with
+landmark-centred regions on the landmarks of its landmarks.csv (or the
+canonical mean shape). A layout patch's flipped counterpart is not always its
+mirror image (one eye's patch flips into the other eye's), so its cache also
+holds `flipped.npy`: each image's flipped counterpart, already mirrored, which
+training uses instead of mirroring.
+
+Lighting (both specs): "none", "hist" (histogram equalisation) or "clahe"
+(contrast-limited adaptive histogram equalisation, clip 2, 4 x 4 tiles) of the
+patch's luminance (Y of YCrCb for RGB patches, the grey value for grey ones),
+after the patch is cut.
 """
 import hashlib
 import json
@@ -22,7 +36,9 @@ import numpy as np
 
 FORMAT_VERSION = 1
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-_FILES = ("index.json", "patches.npy", "labels.npy")
+_FILES = ("index.json", "patches.npy", "labels.npy", "flipped.npy")
+LIGHTING = ("none", "hist", "clahe")
+LANDMARKS_CSV = "landmarks.csv"   # what `deepid2 align` writes next to the aligned faces
 
 
 def scan_identities(root):
@@ -60,6 +76,7 @@ class PatchSpec:
     width: int = 47
     channels: int = 3
     crop: tuple = (0.285, 0.30, 0.755, 0.70)
+    lighting: str = "none"
 
     def __post_init__(self):
         object.__setattr__(self, "crop", tuple(float(c) for c in self.crop))
@@ -69,13 +86,91 @@ class PatchSpec:
         if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
             raise ValueError("PatchSpec.crop must be 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1, "
                              f"got {self.crop}")
+        _check_lighting(self.lighting)
 
     def to_dict(self):
-        return {**asdict(self), "crop": list(self.crop)}
+        d = {**asdict(self), "crop": list(self.crop)}
+        if self.lighting == "none":  # the dict (and every key made from it) as before lighting
+            del d["lighting"]
+        return d
 
     @classmethod
     def from_dict(cls, d):
-        return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(d["crop"]))
+        return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(d["crop"]),
+                   d.get("lighting", "none"))
+
+
+def _check_lighting(mode):
+    if mode not in LIGHTING:
+        raise ValueError(f"lighting must be one of {', '.join(LIGHTING)}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class LayoutPatch:
+    """Patch `index` of the layout named `layout` ("deepid2" or "deepid",
+    deepid2_core.face.patches) of faces aligned by `deepid2 align`.
+    landmarks: "csv" (the aligned landmarks of the dataset's landmarks.csv; faces
+    it does not list get the mean shape), "mean" (the canonical MEAN_SHAPE for
+    every face, as the verifier uses by default) or "auto" (csv where the file
+    exists; `build_cache` resolves it)."""
+    layout: str
+    index: int
+    landmarks: str = "auto"
+    lighting: str = "none"
+
+    def __post_init__(self):
+        from .face.patches import get_layout, resolve_patch
+        object.__setattr__(self, "index", resolve_patch(get_layout(self.layout), self.index))
+        if self.landmarks not in ("auto", "csv", "mean"):
+            raise ValueError(f"landmarks must be auto, csv or mean, got {self.landmarks!r}")
+        _check_lighting(self.lighting)
+
+    @property
+    def layout_obj(self):
+        from .face.patches import get_layout
+        return get_layout(self.layout)
+
+    @property
+    def shape(self):
+        return self.layout_obj.patch_shape(self.index)
+
+    height = property(lambda self: self.shape[0])
+    width = property(lambda self: self.shape[1])
+    channels = property(lambda self: self.shape[2])
+
+    @property
+    def name(self):
+        from .face.patches import patch_name
+        return patch_name(self.layout_obj, self.index)
+
+    def to_dict(self):
+        return dict(kind="layout", layout=self.layout, index=self.index, name=self.name,
+                    landmarks=self.landmarks, lighting=self.lighting, height=self.height,
+                    width=self.width, channels=self.channels)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["layout"], int(d["index"]), d.get("landmarks", "auto"),
+                   d.get("lighting", "none"))
+
+
+def spec_from_dict(d):
+    """PatchSpec or LayoutPatch from its to_dict()."""
+    return LayoutPatch.from_dict(d) if d.get("kind") == "layout" else PatchSpec.from_dict(d)
+
+
+def normalise_lighting(patch, mode):
+    """uint8 h x w x C patch (RGB or grey) with its luminance equalised ("hist" or
+    "clahe"); "none" returns it as it is."""
+    if mode == "none":
+        return patch
+    eq = (cv2.equalizeHist if mode == "hist"
+          else cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply)
+    if patch.shape[2] == 1:
+        return eq(np.ascontiguousarray(patch[:, :, 0]))[..., None]
+    ycc = cv2.cvtColor(patch, cv2.COLOR_RGB2YCrCb)
+    ycc[:, :, 0] = eq(np.ascontiguousarray(ycc[:, :, 0]))
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
 
 
 def cut_patch(img, spec):
@@ -86,18 +181,56 @@ def cut_patch(img, spec):
         raise ValueError(f"image of {w}x{h} is too small for the crop {spec.crop}")
     p = cv2.resize(img[y0:y1, x0:x1], (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     if spec.channels == 1:
-        return cv2.cvtColor(p, cv2.COLOR_BGR2GRAY)[..., None]
-    return cv2.cvtColor(p, cv2.COLOR_BGR2RGB)
+        p = cv2.cvtColor(p, cv2.COLOR_BGR2GRAY)[..., None]
+    else:
+        p = cv2.cvtColor(p, cv2.COLOR_BGR2RGB)
+    return normalise_lighting(p, getattr(spec, "lighting", "none"))
 
 
-def _decode(path, spec):
-    """(patch, None) or (None, reason): a bad file is a reason, never an exception."""
+def cut_layout_patch(img, spec, landmarks=None):
+    """(patch, flipped counterpart) of LayoutPatch `spec` from an aligned BGR face; the
+    counterpart is already mirrored (patches.cut_flipped). landmarks: 5 x 2 pixels of the
+    aligned face, default the canonical mean shape."""
+    from .face.align import MEAN_SHAPE, to_pixels
+    from .face.patches import cut_flipped
+    from .face.patches import cut_patch as cut_region
+    if landmarks is None:
+        landmarks = to_pixels(MEAN_SHAPE, (img.shape[1], img.shape[0]))
+    layout = spec.layout_obj
+    return (normalise_lighting(cut_region(img, landmarks, layout, spec.index), spec.lighting),
+            normalise_lighting(cut_flipped(img, landmarks, layout, spec.index), spec.lighting))
+
+
+def read_aligned_landmarks(root):
+    """{output path relative to root ('/'-separated): 5 x 2 aligned landmarks} from
+    root/landmarks.csv as `deepid2 align` writes it."""
+    import csv
+    from .face.pipeline import POINT_NAMES
+    cols = [f"aligned_{p}_{c}" for p in POINT_NAMES for c in "xy"]
+    out = {}
+    with open(os.path.join(root, LANDMARKS_CSV), newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            o = (row.get("output") or "").strip()
+            try:
+                v = np.array([float(row[c]) for c in cols], np.float64).reshape(5, 2)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if o and np.all(np.isfinite(v)):
+                out[o] = v
+    return out
+
+
+def _decode(path, spec, landmarks=None):
+    """(patch, None) or (None, reason): a bad file is a reason, never an exception.
+    For a LayoutPatch the patch is the pair (patch, flipped counterpart)."""
     try:
         if os.path.getsize(path) == 0:
             return None, "empty file"
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             return None, "not a decodable image"
+        if isinstance(spec, LayoutPatch):
+            return cut_layout_patch(img, spec, landmarks), None
         return cut_patch(img, spec), None
     except Exception as e:  # noqa: BLE001 - any failure skips this one file
         return None, f"{type(e).__name__}: {e}"
@@ -119,10 +252,11 @@ class PatchCache:
     source root), `skipped` ([(path, reason)]), `spec`; `reused` says whether
     build_cache found it ready."""
 
-    def __init__(self, cache_dir, index, patches, labels, reused=False):
+    def __init__(self, cache_dir, index, patches, labels, reused=False, flipped=None):
         self.cache_dir, self.index, self.reused = os.fspath(cache_dir), index, reused
         self.patches, self.labels = patches, labels
-        self.spec = PatchSpec.from_dict(index["spec"])
+        self.flipped = flipped  # LayoutPatch: each image's flipped counterpart (mirrored)
+        self.spec = spec_from_dict(index["spec"])
         self.identities = list(index["identities"])
         self.paths = list(index["paths"])
         self.skipped = [tuple(s) for s in index["skipped"]]
@@ -145,32 +279,53 @@ class PatchCache:
         if index.get("format_version") != FORMAT_VERSION:
             raise bad(f"format_version {index.get('format_version')!r}, expected {FORMAT_VERSION}")
         try:
-            spec = PatchSpec.from_dict(index["spec"])
+            spec = spec_from_dict(index["spec"])
             n, k = int(index["count"]), len(index["identities"])
             patches = np.load(os.path.join(cache_dir, "patches.npy"), mmap_mode="r")
             labels = np.load(os.path.join(cache_dir, "labels.npy"))
+            flipped = (np.load(os.path.join(cache_dir, "flipped.npy"), mmap_mode="r")
+                       if isinstance(spec, LayoutPatch) else None)
         except Exception as e:  # noqa: BLE001 - truncated .npy, missing key, ...
             raise bad(f"{type(e).__name__}: {e}") from None
         want = (n, spec.height, spec.width, spec.channels)
         if patches.dtype != np.uint8 or patches.shape != want:
             raise bad(f"patches.npy is {patches.dtype} {patches.shape}, expected uint8 {want}")
+        if flipped is not None and (flipped.dtype != np.uint8 or flipped.shape != want):
+            raise bad(f"flipped.npy is {flipped.dtype} {flipped.shape}, expected uint8 {want}")
         if labels.dtype != np.int32 or labels.shape != (n,) or len(index["paths"]) != n:
             raise bad(f"labels.npy is {labels.dtype} {labels.shape}, expected int32 ({n},)")
         if n and (labels.min() < 0 or labels.max() >= k):
             raise bad(f"labels outside 0..{k - 1}")
-        return cls(cache_dir, index, patches, labels)
+        return cls(cache_dir, index, patches, labels, flipped=flipped)
 
 
 def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
     """Decode every image of `root` once into a PatchCache in `cache_dir`.
 
+    spec: PatchSpec (the fixed crop) or LayoutPatch (one patch of a layout, from
+    aligned faces; the cache then also holds each image's flipped counterpart).
     Reuses an existing cache whose spec and source fingerprint match (nothing
-    is decoded). Unreadable images are skipped and listed, identities left
+    is decoded; the fingerprint covers landmarks.csv where a LayoutPatch reads it).
+    Unreadable images are skipped and listed, identities left
     without images are dropped. The cache appears atomically (temp dir, rename)."""
     root, cache_dir = os.path.abspath(root), os.path.abspath(cache_dir)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     ids = scan_identities(root)
     fp = fingerprint(root, ids)
+    lm_table = {}
+    if isinstance(spec, LayoutPatch):
+        csv_path = os.path.join(root, LANDMARKS_CSV)
+        if spec.landmarks == "auto":
+            spec = LayoutPatch(spec.layout, spec.index,
+                               "csv" if os.path.isfile(csv_path) else "mean", spec.lighting)
+        if spec.landmarks == "csv":
+            if not os.path.isfile(csv_path):
+                raise ValueError(f"{csv_path} not found: landmarks='csv' needs the "
+                                 f"landmarks.csv that `deepid2 align` writes")
+            lm_table = read_aligned_landmarks(root)
+            with open(csv_path, "rb") as f:
+                fp = hashlib.sha256((fp + hashlib.sha256(f.read()).hexdigest())
+                                    .encode()).hexdigest()
     if os.path.isfile(os.path.join(cache_dir, "index.json")):
         try:
             cache = PatchCache.load(cache_dir)
@@ -194,16 +349,30 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
         shape = (spec.height, spec.width, spec.channels)
         big = np.lib.format.open_memmap(os.path.join(tmp, "all.npy"), "w+", np.uint8,
                                         (len(files),) + shape)
-        rows, skipped, n = [], [], 0
+        pair = isinstance(spec, LayoutPatch)
+        bigf = (np.lib.format.open_memmap(os.path.join(tmp, "allf.npy"), "w+", np.uint8,
+                                          (len(files),) + shape) if pair else None)
+        rows, skipped, n, no_lm = [], [], 0, 0
+
+        def rel(path):
+            return os.path.relpath(path, root).replace(os.sep, "/")
+
+        def decode(f):
+            return _decode(f[1], spec, lm_table.get(rel(f[1])))
+
         with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex:  # cv2 releases the GIL
             for s in range(0, len(files), 1024):    # chunks bound the work in flight
                 chunk = files[s:s + 1024]
-                decoded = ex.map(lambda f: _decode(f[1], spec), chunk)
+                decoded = ex.map(decode, chunk)
                 for (k, path), (patch, why) in zip(chunk, decoded):
                     if patch is None:
                         skipped.append((os.path.relpath(path, root), why))
                     else:                       # successes are packed densely in file order
-                        big[n] = patch
+                        if pair:
+                            big[n], bigf[n] = patch
+                            no_lm += spec.landmarks == "csv" and rel(path) not in lm_table
+                        else:
+                            big[n] = patch
                         rows.append((k, os.path.relpath(path, root)))
                         n += 1
                 done = s + len(chunk)
@@ -216,24 +385,30 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
         old = np.array([k for k, _ in rows], np.int64)
         kept = np.unique(old)
         labels = np.searchsorted(kept, old).astype(np.int32)
-        big.flush()
-        if n == len(files):
-            del big
-            os.replace(os.path.join(tmp, "all.npy"), os.path.join(tmp, "patches.npy"))
-        else:                                   # shrink to n rows in chunks (never all in RAM)
-            patches = np.lib.format.open_memmap(os.path.join(tmp, "patches.npy"), "w+", np.uint8,
-                                                (n,) + shape)
-            for s in range(0, n, 8192):
-                patches[s:min(s + 8192, n)] = big[s:min(s + 8192, n)]
-            patches.flush()
-            del patches, big
-            os.remove(os.path.join(tmp, "all.npy"))
+        for src, dst, arr in (("all.npy", "patches.npy", big), ("allf.npy", "flipped.npy", bigf)):
+            if arr is None:
+                continue
+            arr.flush()
+            if n == len(files):
+                del arr
+                os.replace(os.path.join(tmp, src), os.path.join(tmp, dst))
+            else:                               # shrink to n rows in chunks (never all in RAM)
+                patches = np.lib.format.open_memmap(os.path.join(tmp, dst), "w+", np.uint8,
+                                                    (n,) + shape)
+                for s in range(0, n, 8192):
+                    patches[s:min(s + 8192, n)] = arr[s:min(s + 8192, n)]
+                patches.flush()
+                del patches, arr
+                os.remove(os.path.join(tmp, src))
+        del big, bigf
         np.save(os.path.join(tmp, "labels.npy"), labels)
         dropped = [ids[k][0] for k in sorted(set(range(len(ids))) - set(kept.tolist()))]
         index = dict(format_version=FORMAT_VERSION, spec=spec.to_dict(), root=root, count=n,
                      identities=[ids[k][0] for k in kept], paths=[p for _, p in rows],
                      skipped=[list(s) for s in skipped], dropped_identities=dropped,
                      fingerprint=fp)
+        if pair:
+            index["without_landmarks"] = int(no_lm)  # csv rows missing: mean shape used
         with open(os.path.join(tmp, "index.json"), "w") as f:
             json.dump(index, f)
         _replace_dir(tmp, cache_dir)

@@ -53,7 +53,11 @@ lines), so `build_cache` leaves them out (`known_bad_annotation`).
 Training: momentum SGD with weight decay on weights (not biases), cosine
 learning rate from `lr` to 0, loss `regression_loss` (1/2 squared error,
 mean over the batch) on the standardised coordinates (t - mean) / std (mean
-per coordinate, one pooled std, about 0.05 of the crop); the saved model
+per coordinate, one pooled std; `target_stats`: "augmented" takes them from
+4,096 augmented training samples, i.e. from what the network is asked to
+output, "crops" from the plain crops -- about 0.05 of the crop, too small once
+the jitter is wide: with shift 0.1 / rotation 20 the loss then starts near 17
+and the network never leaves the mean); the saved model
 has mean and std folded into its output layer, so it outputs t itself.
 Standardising is what lets plain momentum SGD train the network: on the raw
 coordinates the output layer's curvature caps the learning rate far below
@@ -65,6 +69,10 @@ swapped), box shift, scale and rotation. The batch of step s of epoch e is
 drawn from np.random.default_rng([seed, e, s]) and the ops are
 deterministic, so a run is a pure function of its data, config and seed; a
 checkpoint is written after every epoch and a resumed run continues exactly.
+
+Prediction (`LandmarkModel`, `flip_average=True` by default) averages the
+points of the crop and of its mirror image (mapped back, left/right swapped);
+the validation during training does not.
 
 Evaluation: per-point error |p - g| / inter-ocular distance (between the
 two ground-truth eye centres), the mean of those (NME), and the failure
@@ -517,9 +525,13 @@ def summarise(errors):
 
 # -- the model: load, predict ----------------------------------------------------------------
 class LandmarkModel:
-    def __init__(self, params, cfg, meta=None, backend="cpu"):
+    """flip_average: predict on the crop and on its mirror image (points mapped back,
+    left/right swapped) and average the two; training's validation does not."""
+
+    def __init__(self, params, cfg, meta=None, backend="cpu", flip_average=True):
         from .backends import get_backend
         self.params, self.cfg, self.meta = params, cfg, dict(meta or {})
+        self.flip_average = bool(flip_average)
         self.be = get_backend(backend) if isinstance(backend, str) else backend
         self.net = LandmarkNet(cfg, self.be)
         expected = param_shapes(cfg)
@@ -535,6 +547,9 @@ class LandmarkModel:
     def predict_crops(self, crops, crop_inv):
         """uint8 N x S x S crops and their crop -> image maps: N x 5 x 2 image pixels."""
         t = self.predict_normalised(standardise(crops)).astype(np.float64)
+        if self.flip_average:
+            tf = self.predict_normalised(standardise(np.ascontiguousarray(crops[:, :, ::-1])))
+            t = 0.5 * (t + flip_points(tf.astype(np.float64)))
         u = t * self.cfg.size - 0.5
         return np.einsum("nij,npj->npi", crop_inv[:, :, :2], u) + crop_inv[:, None, :, 2]
 
@@ -545,7 +560,7 @@ def save_model(path, params, net_cfg, meta):
     safetensors.save(path, params, meta)
 
 
-def load_landmark_model(path=None, backend="cpu"):
+def load_landmark_model(path=None, backend="cpu", flip_average=True):
     """A LandmarkModel from a model file (default: the shipped deepid2_core/models/
     landmarks.safetensors) or from a training checkpoint."""
     path = os.fspath(path) if path is not None else DEFAULT_MODEL
@@ -561,7 +576,7 @@ def load_landmark_model(path=None, backend="cpu"):
                          f"{meta.get('format')!r})")
     cfg = LandmarkNetConfig.from_dict(json.loads(meta["net"]))
     params = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
-    return LandmarkModel(params, cfg, meta, backend)
+    return LandmarkModel(params, cfg, meta, backend, flip_average)
 
 
 def _check_boxes(boxes, hw):
@@ -696,6 +711,8 @@ class LandmarkTrainConfig:
     fallback_share: float = 0.25  # samples that use the central box instead of Haar's
     central_scale: float = 0.4    # their scale jitter, log-uniform in [1 / (1 + s), 1 + s]
     val_fraction: float = 0.05
+    target_stats: str = "crops"   # standardise targets by the plain crops' mean/std (the
+    #                               shipped model), or "augmented": by augmented samples'
     detector: str = "haar"        # the resolved box rule
     seed: int = 0
 
@@ -705,6 +722,9 @@ class LandmarkTrainConfig:
                              f"{self.batch}")
         if not 0.0 <= self.fallback_share <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("fallback_share must be in [0, 1] and val_fraction in [0, 1)")
+        if self.target_stats not in ("augmented", "crops"):
+            raise ValueError(f"target_stats must be augmented or crops, got "
+                             f"{self.target_stats!r}")
         if self.detector not in ("haar", "central"):
             raise ValueError(f"detector must be haar or central, got {self.detector!r}")
 
@@ -742,6 +762,11 @@ class LandmarkTrainer:
                                                self.net_cfg.box_scale),
                                    self.cache.ctx_points[i]) for i in self.train_idx])
         t = (t + 0.5) / s
+        if self.cfg.target_stats == "augmented":  # what the network is asked to output
+            rng = np.random.default_rng([self.cfg.seed, 2**31 + 2])
+            idx = np.sort(rng.choice(self.train_idx, min(4096, len(self.train_idx)),
+                                     replace=False))
+            t = make_batch(self.cache, idx, rng, self.cfg, self.net_cfg)[1].reshape(-1, 5, 2)
         mean = 0.5 * (t.mean(0) + flip_points(t.mean(0))) if self.cfg.flip else t.mean(0)
         std = float(np.sqrt(np.mean((t - mean) ** 2)))
         params = init_params(self.net_cfg, self.cfg.seed)
@@ -808,7 +833,7 @@ class LandmarkTrainer:
         idx = self.val_idx if idx is None else idx
         if len(idx) == 0:
             return None
-        model = LandmarkModel(params, self.net_cfg, backend=self.be)
+        model = LandmarkModel(params, self.net_cfg, backend=self.be, flip_average=False)
         pred = model.predict_crops(self.cache.crop[idx], self.cache.crop_inv[idx])
         return summarise(nme(pred, self.cache.points[idx]))
 
@@ -876,7 +901,8 @@ def plot_history(history, path):
 
 def train_landmarks_main(data_dir, out_dir, epochs=120, seed=0, batch=64, lr=0.02,
                          detector="auto", resume=False, cache_dir=None, backend="cpu",
-                         progress=True, log=print, command=None, evaluate_test=True):
+                         progress=True, log=print, command=None, evaluate_test=True,
+                         **augment):
     """`deepid2 train-landmarks --data DIR --out DIR`: train F1 on DIR/new_training.txt
     (MTFL), evaluate on DIR/new_testing.txt, write OUT/landmarks.safetensors (the best
     validation epoch, with its config, command and test results in its metadata), OUT/eval.json,
@@ -887,7 +913,8 @@ def train_landmarks_main(data_dir, out_dir, epochs=120, seed=0, batch=64, lr=0.0
     if detector == "auto" and det == "central":
         log(f"OpenCV {cv2.__version__} has no Haar cascade here: training on the central box "
             f"only (detector=central)")
-    cfg = LandmarkTrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed, detector=det)
+    cfg = LandmarkTrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed, detector=det,
+                              **{k: v for k, v in augment.items() if v is not None})
     net_cfg = LandmarkNetConfig()
     t0 = time.perf_counter()
     cache = build_cache(data_dir, TRAIN_LIST, cache_dir or os.path.join(out_dir, "cache"),
@@ -901,7 +928,7 @@ def train_landmarks_main(data_dir, out_dir, epochs=120, seed=0, batch=64, lr=0.0
     extra = dict(command=command or "train_landmarks_main(" + ", ".join(
         f"{k}={v!r}" for k, v in dict(data_dir=os.fspath(data_dir), out_dir=os.fspath(out_dir),
                                       epochs=epochs, seed=seed, batch=batch, lr=lr,
-                                      detector=detector).items()) + ")",
+                                      detector=detector, **augment).items()) + ")",
                  train_list_sha256=_sha256(os.path.join(data_dir, TRAIN_LIST)),
                  train_images=len(trainer.train_idx), val_images=len(trainer.val_idx),
                  haar_found=int(cache.found.sum()), dropped_bad=cache.meta["dropped_bad"],
@@ -939,6 +966,9 @@ def main(argv=None):
     t.add_argument("--detector", default="auto", choices=["auto", "haar", "central"])
     t.add_argument("--cache")
     t.add_argument("--resume", action="store_true")
+    for k in ("shift", "scale", "rotate", "fallback_share", "central_scale"):
+        t.add_argument("--" + k.replace("_", "-"), type=float)
+    t.add_argument("--target-stats", choices=["crops", "augmented"])
     e = sub.add_parser("eval")
     e.add_argument("--data", required=True)
     e.add_argument("--model")
@@ -952,7 +982,11 @@ def main(argv=None):
                                                               (argv or sys.argv[1:]))
         s = train_landmarks_main(a.data, a.out, epochs=a.epochs, seed=a.seed, batch=a.batch,
                                  lr=a.lr, detector=a.detector, resume=a.resume,
-                                 cache_dir=a.cache, command=cmd)
+                                 cache_dir=a.cache, command=cmd,
+                                 **{k: getattr(a, k) for k in ("shift", "scale", "rotate",
+                                                               "fallback_share",
+                                                               "central_scale",
+                                                               "target_stats")})
         print(json.dumps({k: v for k, v in s.items() if k != "test"}, indent=1))
         return 0
     model = load_landmark_model(a.model)

@@ -131,8 +131,12 @@ class Trainer:
         self.net = DeepID2(self.net_cfg, backend)
         self.xp = getattr(backend, "xp", np)
         self.on_device = self.xp is not np
+        # a layout patch's flipped counterpart is cut, not mirrored (data.LayoutPatch)
+        self.flipped = getattr(cache, "flipped", None)
         if self.on_device:  # the whole cache, once; later batches are cut on the device
             self.dev_patches = self.xp.asarray(np.ascontiguousarray(cache.patches))
+            if self.flipped is not None:
+                self.dev_flipped = self.xp.asarray(np.ascontiguousarray(self.flipped))
             self.dev_labels = self.xp.asarray(np.asarray(cache.labels, np.int32))
             # argmax indices come from our own forward pass: no need to wait
             # for the device to check them on every backward
@@ -156,11 +160,16 @@ class Trainer:
                     history=[])
 
     def _meta(self, state):
-        return {"format": FORMAT, "net": json.dumps(self.net_cfg.to_dict(), sort_keys=True),
+        meta = {"format": FORMAT, "net": json.dumps(self.net_cfg.to_dict(), sort_keys=True),
                 "train": json.dumps(asdict(self.cfg), sort_keys=True),
                 "identities": json.dumps(list(self.cache.identities)),
                 "epoch": str(state["epoch"]), "best_epoch": str(state["best_epoch"]),
                 "best_val": repr(state["best_val"])}
+        spec = getattr(self.cache, "spec", None)
+        if spec is not None and spec.to_dict().get("kind") == "layout" \
+                or getattr(spec, "lighting", "none") != "none":
+            meta["input"] = json.dumps(spec.to_dict(), sort_keys=True)  # the patch trained on
+        return meta
 
     def save_checkpoint(self, state):
         save_checkpoint(os.path.join(self.run_dir, CHECKPOINT), state["params"],
@@ -181,7 +190,14 @@ class Trainer:
         rng = np.random.default_rng([cfg.seed, epoch, step])
         images, pa, pb, py = self.sampler.batch(rng, cfg.batch, cfg.same_share)
         flips = rng.random(len(images)) < 0.5 if cfg.flip else np.zeros(len(images), bool)
-        if self.on_device:
+        if self.flipped is not None:
+            x = self._assemble_pairs(images, flips, xbuf)
+            labels = np.asarray(self.cache.labels)[images].astype(np.int32)
+            if self.on_device:
+                xp = self.xp
+                labels, pa, pb, py = (xp.asarray(labels), xp.asarray(pa), xp.asarray(pb),
+                                      xp.asarray(py))
+        elif self.on_device:
             xp = self.xp
             x = be.assemble_batch(self.dev_patches, images, flips, out=xbuf)
             labels = self.dev_labels[xp.asarray(images)]
@@ -204,6 +220,20 @@ class Trainer:
             m = state["verif"][:1] - np.float32(lr) * loss.dparams[:1]
             state["verif"][:1] = self.xp.maximum(m, np.float32(cfg.margin_min))
         return loss, len(images)
+
+    def _assemble_pairs(self, images, flips, xbuf):
+        """The batch of a layout patch: flipped samples take the stored counterpart."""
+        none = np.zeros(len(images), bool)
+        if self.on_device:
+            x = self.be.assemble_batch(self.dev_patches, images, none, out=xbuf)
+            if flips.any():
+                x[self.xp.asarray(np.nonzero(flips)[0])] = self.be.assemble_batch(
+                    self.dev_flipped, images[flips], none[flips])
+            return x
+        x = assemble_batch(self.cache.patches, images, none, out=xbuf)
+        if flips.any():
+            x[flips] = assemble_batch(self.flipped, images[flips])
+        return x
 
     def validate(self, params, batch=256):
         if len(self.val_idx) == 0:
@@ -247,8 +277,7 @@ class Trainer:
         return state
 
     def run(self, resume=False, on_epoch_end=None):
-        state = start(self.run_dir, CHECKPOINT, resume, self.load_checkpoint, self.fresh_state,
-                      self.log)
+        state = self.initial_state(resume)
         self._write_log(state["history"])
         cfg = self.cfg
         shape = (cfg.batch, self.net_cfg.channels, self.net_cfg.height, self.net_cfg.width)
@@ -292,7 +321,7 @@ class Trainer:
                      f"({row['images_per_s']:.0f} img/s)")
             if on_epoch_end:
                 on_epoch_end(host)
-        plot_history(state["history"], os.path.join(self.run_dir, PLOT))
+        self._plot(state["history"])
         return self.to_host(state)
 
     def save_model(self, state, path):
@@ -301,6 +330,14 @@ class Trainer:
         tensors = dict(state["params"])
         tensors["verif/params"] = state["verif"]
         safetensors.save(path, tensors, meta)
+
+    def initial_state(self, resume):
+        """The host state a run starts from: its checkpoint when resuming, else fresh."""
+        return start(self.run_dir, CHECKPOINT, resume, self.load_checkpoint, self.fresh_state,
+                     self.log)
+
+    def _plot(self, history):
+        plot_history(history, os.path.join(self.run_dir, PLOT))
 
     def _write_log(self, history):
         write_log(os.path.join(self.run_dir, LOG), history)

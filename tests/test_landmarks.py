@@ -355,3 +355,24 @@ def test_mtfl_reader_and_the_misannotated_lines():
     assert len(rows) == 10000 and rows[0][1].shape == (5, 2)
     bad = [r for r, p in rows if L.known_bad_annotation(r, p, (80, 80))]
     assert len(bad) == 2347 and all(r.startswith("net_7876/") for r in bad)
+
+
+def test_flip_average_is_the_mean_of_the_crop_and_its_mirror(be):
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 255, (3, 39, 39), dtype=np.uint8)
+    inv = np.tile(L.invert_affine(L.crop_matrix((10, 5, 40, 40), 39, 1.2)), (3, 1, 1))
+    model = random_model(3)
+    assert model.flip_average          # the default
+    plain = L.LandmarkModel(model.params, model.cfg, flip_average=False)
+    t = plain.predict_normalised(L.standardise(crops))
+    tf = plain.predict_normalised(L.standardise(np.ascontiguousarray(crops[:, :, ::-1])))
+    want = 0.5 * (t + L.flip_points(tf)) * 39 - 0.5
+    want = np.einsum("nij,npj->npi", inv[:, :, :2], want) + inv[:, None, :, 2]
+    np.testing.assert_allclose(model.predict_crops(crops, inv), want, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(plain.predict_crops(crops, inv), want, atol=1e-3)
+
+
+def test_augmented_target_statistics(tmp_path):
+    with pytest.raises(ValueError, match="target_stats"):
+        L.LandmarkTrainConfig(target_stats="batch")
+    assert L.LandmarkTrainConfig().target_stats == "crops"  # the shipped model's

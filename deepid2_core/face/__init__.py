@@ -6,7 +6,8 @@ from .align import (CANONICAL, DEFAULT_SIZE, MEAN_SHAPE, align_face, alignment_m
 from .detect import (FaceDetection, HaarDetector, YuNetDetector, detect_faces, detect_image,
                      make_detector, read_image, to_bgr8)
 from .patches import (DEEPID, DEEPID2, PatchLayout, Region, cut_all, cut_flipped, cut_patch,
-                      deepid2_layout, deepid_layout, flip_partner, region_box)
+                      deepid2_layout, deepid_layout, flip_partner, get_layout, patch_name,
+                      region_box, resolve_patch)
 
 __all__ = [
     "CANONICAL", "DEFAULT_SIZE", "MEAN_SHAPE", "align_face", "alignment_matrix",
@@ -14,5 +15,5 @@ __all__ = [
     "transform_points", "FaceDetection", "HaarDetector", "YuNetDetector", "detect_faces",
     "detect_image", "make_detector", "read_image", "to_bgr8", "DEEPID", "DEEPID2",
     "PatchLayout", "Region", "cut_all", "cut_flipped", "cut_patch", "deepid2_layout",
-    "deepid_layout", "flip_partner", "region_box",
+    "deepid_layout", "flip_partner", "get_layout", "patch_name", "region_box", "resolve_patch",
 ]

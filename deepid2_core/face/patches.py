@@ -299,3 +299,39 @@ def deepid_layout(rect=(55, 47), square=(47, 47)):
 
 DEEPID2 = deepid2_layout()
 DEEPID = deepid_layout()
+
+
+LAYOUTS = {"deepid2": DEEPID2, "deepid": DEEPID}
+
+
+def get_layout(name):
+    """A layout by name: "deepid2" (200 patches) or "deepid" (60)."""
+    if isinstance(name, PatchLayout):
+        return name
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown patch layout {name!r}: choose from "
+                         f"{', '.join(sorted(LAYOUTS))}") from None
+
+
+def patch_name(layout, index):
+    """"region@scale/colour", e.g. "left_eye@1/gray" (the verifier's patch names)."""
+    r, s, colour = layout.patch(index)
+    return f"{layout.regions[r].name}@{layout.scales[s]:.4g}/{colour}"
+
+
+def resolve_patch(layout, key):
+    """A patch index from an index (int or digits) or a name as `patch_name` gives."""
+    if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.strip().isdigit()):
+        k = int(key)
+        if not 0 <= k < len(layout):
+            raise ValueError(f"patch index {k} out of range 0..{len(layout) - 1} of layout "
+                             f"{layout.name!r}")
+        return k
+    names = [patch_name(layout, k) for k in range(len(layout))]
+    if key in names:
+        return names.index(key)
+    raise ValueError(f"layout {layout.name!r} has no patch {key!r}: give an index "
+                     f"0..{len(layout) - 1} or a name such as {names[0]!r}, "
+                     f"{names[-1]!r} (region@scale/colour)")
