@@ -1,4 +1,5 @@
-"""The `deepid2` command line: synth, train, train-landmarks, align, demo."""
+"""The `deepid2` command line: synth, train, train-landmarks, align, demo, and the
+verifier: fit-verifier, verify, enroll, identify, eval-lfw."""
 
 import argparse
 import os
@@ -19,6 +20,12 @@ def cmd_synth(args):
     print(f"wrote {stats} to {args.out}")
 
 
+def _under_mpi():
+    """Started by an MPI launcher? (checked without importing MPI; see dist.py)"""
+    return any(k in os.environ for k in
+               ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"))
+
+
 def _train_config(args):
     from .train import TrainConfig
     return TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, lam=args.lam,
@@ -28,6 +35,9 @@ def _train_config(args):
 
 
 def cmd_train(args):
+    if args.dist or (args.micro_batches or 1) > 1 or _under_mpi():
+        from .dist import train_main  # data-parallel (mpiexec -n N deepid2 train ...)
+        return train_main(args, _train_config)
     from .data import PatchSpec, build_cache
     from .train import Trainer
     be = get_backend(args.backend)
@@ -35,7 +45,16 @@ def cmd_train(args):
         raise ValueError(f"{args.out} already holds a training run: pass --resume to continue "
                          f"it, or choose another --out")
     cache_dir = args.cache or os.path.join(args.out, "cache")
-    cache = build_cache(args.data, cache_dir, PatchSpec())
+    if args.layout:
+        from .data import LayoutPatch
+        if args.patch is None:
+            raise ValueError("--layout needs --patch NAME_OR_INDEX (e.g. 105 or left_eye@1/gray)")
+        spec = LayoutPatch(args.layout, args.patch, args.landmarks, args.lighting)
+    elif args.patch is not None:
+        raise ValueError("--patch needs --layout deepid2|deepid")
+    else:
+        spec = PatchSpec(lighting=args.lighting)
+    cache = build_cache(args.data, cache_dir, spec)
     print(f"{len(cache.labels)} images of {len(cache.identities)} identities "
           f"({len(cache.skipped)} skipped); {_threads_note(be)}")
     trainer = Trainer(cache, args.out, _train_config(args), be)
@@ -53,13 +72,16 @@ def cmd_train(args):
 
 def cmd_train_landmarks(args):
     from .landmarks import train_landmarks_main
+    aug = {k: getattr(args, k) for k in ("shift", "scale", "rotate", "target_stats")
+           if getattr(args, k) is not None}
     cmd = (f"deepid2 train-landmarks --data {args.data} --out {args.out} --epochs {args.epochs} "
-           f"--seed {args.seed} --batch {args.batch} --lr {args.lr} --detector {args.detector}")
+           f"--seed {args.seed} --batch {args.batch} --lr {args.lr} --detector {args.detector}"
+           + "".join(f" --{k.replace('_', '-')} {v}" for k, v in aug.items()))
     try:
         summary = train_landmarks_main(args.data, args.out, epochs=args.epochs, seed=args.seed,
                                        batch=args.batch, lr=args.lr, detector=args.detector,
                                        resume=args.resume, cache_dir=args.cache,
-                                       backend=args.backend, command=cmd)
+                                       backend=args.backend, command=cmd, **aug)
     except KeyboardInterrupt:
         print("\ninterrupted: continue with --resume", file=sys.stderr)
         return 130
@@ -90,6 +112,90 @@ def cmd_demo(args):
     return 0 if result["accuracy"] >= 0.9 else 1
 
 
+def cmd_fit_verifier(args):
+    from .verifier.commands import fit_verifier_main
+    fit_verifier_main(args.nets, args.data, args.out, pca=args.pca, layout=args.layout,
+                      n_pairs=args.pairs, seed=args.seed, backend=args.backend,
+                      cache_dir=args.cache)
+    return 0
+
+
+def cmd_verify(args):
+    from .verifier.commands import verify_main
+    verify_main(args.image_a, args.image_b, model=args.model, aligned=args.aligned)
+    return 0
+
+
+def cmd_enroll(args):
+    from .verifier.gallery import enroll_main
+    enroll_main(args.folder, args.gallery, model=args.model, aligned=args.aligned)
+    return 0
+
+
+def cmd_identify(args):
+    from .verifier.gallery import identify_main
+    identify_main(args.images, args.gallery, model=args.model, top=args.top,
+                  aligned=args.aligned)
+    return 0
+
+
+def cmd_eval_lfw(args):
+    from .verifier.commands import eval_lfw_main
+    eval_lfw_main(args.lfw, args.pairs, model=args.model, out=args.out, folds=args.folds,
+                  unaligned=args.unaligned)
+    return 0
+
+
+def _verifier_parsers(sub):
+    model_help = "verifier model file (default: the shipped deepid2_core/models/verifier.safetensors)"
+    aligned_help = "the images are faces already aligned by `deepid2 align` (no detection)"
+    f = sub.add_parser("fit-verifier", help="fit PCA + Joint Bayesian on a trained network's "
+                                            "features; write a verifier model file")
+    f.add_argument("--nets", nargs="+", required=True,
+                   help="the trained network: a `deepid2 train` run folder or its model file")
+    f.add_argument("--data", required=True, help="identity folders of aligned faces")
+    f.add_argument("--out", required=True, help="the verifier file (.safetensors)")
+    f.add_argument("--pca", type=int, default=180, help="PCA dimension (default 180)")
+    f.add_argument("--layout", default="whole", help="patch layout (only 'whole' for now)")
+    f.add_argument("--pairs", type=int, default=3000,
+                   help="training pairs of each kind for the thresholds (default 3000)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--cache", help="feature cache folder")
+    f.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+    f.set_defaults(func=cmd_fit_verifier)
+
+    v = sub.add_parser("verify", help="are two photographs of the same person?")
+    v.add_argument("image_a", metavar="A")
+    v.add_argument("image_b", metavar="B")
+    v.add_argument("--model", help=model_help)
+    v.add_argument("--aligned", action="store_true", help=aligned_help)
+    v.set_defaults(func=cmd_verify)
+
+    e = sub.add_parser("enroll", help="identity folders -> a gallery file")
+    e.add_argument("folder", metavar="DIR", help="one folder of photographs per identity")
+    e.add_argument("--gallery", required=True, help="gallery file to write (.npz or .safetensors)")
+    e.add_argument("--model", help=model_help)
+    e.add_argument("--aligned", action="store_true", help=aligned_help)
+    e.set_defaults(func=cmd_enroll)
+
+    i = sub.add_parser("identify", help="who is in these photographs (or unknown)?")
+    i.add_argument("images", nargs="+", metavar="IMG")
+    i.add_argument("--gallery", required=True)
+    i.add_argument("--top", type=int, default=1, help="matches to list (default 1)")
+    i.add_argument("--model", help=model_help)
+    i.add_argument("--aligned", action="store_true", help=aligned_help)
+    i.set_defaults(func=cmd_identify)
+
+    l = sub.add_parser("eval-lfw", help="LFW View 2: 10-fold accuracy, ROC, AUC, EER")
+    l.add_argument("--lfw", required=True, help="the LFW images (aligned, or deep-funneled)")
+    l.add_argument("--pairs", required=True, help="pairs.txt")
+    l.add_argument("--model", help=model_help)
+    l.add_argument("--out", help="folder for roc.png, roc.csv, metrics.json")
+    l.add_argument("--folds", help="test only these folds, e.g. 6-10 (default all)")
+    l.add_argument("--unaligned", help="read images missing under --lfw from here")
+    l.set_defaults(func=cmd_eval_lfw)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="deepid2", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,6 +224,22 @@ def build_parser():
     t.add_argument("--val-fraction", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--layout", choices=["deepid2", "deepid"],
+                   help="train on one patch of this layout (faces aligned by `deepid2 align`) "
+                        "instead of the fixed whole-face crop")
+    t.add_argument("--patch", help="with --layout: the patch, an index or a name such as "
+                                   "left_eye@1/gray (region@scale/colour)")
+    t.add_argument("--landmarks", default="auto", choices=["auto", "csv", "mean"],
+                   help="with --layout: landmark-centred regions on DATA/landmarks.csv's "
+                        "aligned landmarks (csv), the canonical mean shape (mean), or csv "
+                        "where the file exists (auto)")
+    t.add_argument("--lighting", default="none", choices=["none", "hist", "clahe"],
+                   help="illumination normalisation of each patch's luminance")
+    t.add_argument("--micro-batches", type=int, help="data-parallel: cut each batch into G "
+                   "micro-batches of whole pairs (default: the number of MPI ranks)")
+    t.add_argument("--deterministic", action="store_true", help="data-parallel: fixed gradient "
+                   "reduction order, bit-identical to 1 process with the same --micro-batches")
+    t.add_argument("--dist", action="store_true", help="data-parallel path even without mpiexec")
     t.set_defaults(func=cmd_train)
 
     lm = sub.add_parser("train-landmarks", help="train the 5-point landmark ConvNet on MTFL")
@@ -132,6 +254,11 @@ def build_parser():
     lm.add_argument("--cache")
     lm.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
     lm.add_argument("--resume", action="store_true")
+    lm.add_argument("--shift", type=float, help="box shift jitter, a fraction of the box")
+    lm.add_argument("--scale", type=float, help="box scale jitter (log-uniform 1/(1+s)..1+s)")
+    lm.add_argument("--rotate", type=float, help="rotation jitter in degrees")
+    lm.add_argument("--target-stats", choices=["crops", "augmented"],
+                    help="standardise the targets by the plain crops or by augmented samples")
     lm.set_defaults(func=cmd_train_landmarks)
 
     al = sub.add_parser("align", help="detect, find landmarks and align every face of a "
@@ -161,6 +288,7 @@ def build_parser():
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
     d.set_defaults(func=cmd_demo)
+    _verifier_parsers(sub)
     return p
 
 
@@ -172,7 +300,7 @@ def main(argv=None):
     except (ValueError, OSError, BackendUnavailable) as e:
         print(f"deepid2 {args.command}: error: {e}", file=sys.stderr)
         return 2
-    if args.command != "synth":
+    if args.command not in ("synth", "eval-lfw"):      # eval-lfw ends on its accuracy line
         print(f"done in {time.perf_counter() - t0:.1f}s")
     return rc
 

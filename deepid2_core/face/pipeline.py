@@ -265,6 +265,26 @@ class _Aligner:
         return _Result(rel, status, reason, faces, read=True)
 
 
+def align_image(img, detector="haar", landmark_model=None, size=250, aligner=None):
+    """One BGR image -> (aligned largest face or None, reason when None): the
+    same detection, landmarks and alignment as `align_main` (haar path)."""
+    a = aligner or _Aligner(None, detector, None, parse_size(size), False, False,
+                            landmark_model)
+    status, reason, faces = a._detect(img)
+    if not faces:
+        return None, reason or status
+    f = faces[0]
+    if f.points is None:
+        f.points = a.lmk.predict_landmarks(a.model, img, f.box[None])[0].astype(np.float64)
+    aligned, _ = align_face(img, f.points, a.size)
+    return aligned, ""
+
+
+def new_aligner(detector="haar", landmark_model=None, size=250):
+    """An aligner to reuse across `align_image` calls (loads the models once)."""
+    return _Aligner(None, detector, None, parse_size(size), False, False, landmark_model)
+
+
 def _fmt(v):
     return f"{float(v):.2f}"
 

@@ -1,0 +1,275 @@
+"""The verifier's commands: `deepid2 fit-verifier`, `verify`, `eval-lfw`
+(enroll / identify are in gallery.py). Each is a function returning a dict, so
+scripts (bench/lfw_protocol.py) call the same code as the command line.
+
+A verifier model is the file of docs/verifier_model.md: the whole-face patch
+network, PCA and Joint Bayesian. Faces go in either as plain photographs
+(detection, landmarks and alignment as `deepid2 align` does them) or, with
+`aligned=True`, as faces already aligned to LFW's 250 x 250 geometry.
+"""
+import json
+import os
+
+import numpy as np
+
+from ..data import PatchSpec, scan_identities
+from ..progress import Progress
+from .features import FeatureExtractor, WholeFace, load_patch_network
+from .joint_bayesian import JointBayesian
+from .lfw import flatten, missing_images, read_pairs
+from .metrics import auc, eer, kfold_accuracy, roc_curve, tar_at_far
+from .model import Verifier, sample_pairs
+from .pca import PCA
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "models", "verifier.safetensors")
+
+
+class NoFace(ValueError):
+    """An input photograph in which no face was found (exit code 2)."""
+
+
+class LoadedModel:
+    def __init__(self, path, verifier, extractor, meta):
+        self.path, self.verifier, self.extractor, self.meta = path, verifier, extractor, meta
+
+    def features(self, faces):
+        return self.extractor.extract(faces)
+
+    def key(self):
+        """Identifies the model for gallery files: its extractor key + threshold."""
+        return f"{self.extractor.key}/{self.verifier.threshold!r}"
+
+
+def _backend(name="cpu"):
+    from ..backends import get_backend
+    return get_backend(name)
+
+
+def load_model(path=None, backend="cpu", progress=True, cache_dir=None):
+    """A verifier file -> LoadedModel; None = the shipped model."""
+    from ..verifier_file import load_verifier
+    if path is None:
+        path = DEFAULT_MODEL
+        if not os.path.isfile(path):
+            raise ValueError(f"no --model given and the shipped model {path} is missing: "
+                             "pass --model (a file written by `deepid2 fit-verifier`)")
+    if not os.path.isfile(path):
+        raise ValueError(f"model file {path} does not exist")
+    try:
+        m = load_verifier(path)
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a verifier model file ({type(e).__name__}: {e})") from None
+    if m["layout"] != "whole" or len(m["patch_params"]) != 1:
+        raise ValueError(f"{path}: layout {m['layout']!r} with {len(m['patch_params'])} patches; "
+                         "only the whole-face layout is supported here")
+    spec = m["metadata"].get("patch_spec")
+    layout = WholeFace(PatchSpec.from_dict(json.loads(spec)) if spec else PatchSpec())
+    ver = Verifier(PCA(m["pca_mean"], m["pca_components"]),
+                   JointBayesian.from_score_matrices(m["jb_A"], m["jb_G"]), m["threshold"],
+                   {k.split("_")[0]: m[k] for k in ("l2_threshold", "cosine_threshold")
+                    if k in m})
+    ext = FeatureExtractor(layout, [(m["patch_params"][0], m["net"])], _backend(backend),
+                           cache_dir=cache_dir, progress=progress)
+    return LoadedModel(path, ver, ext, m["metadata"])
+
+
+def prepare_faces(paths, aligned=False, progress=True):
+    """Image paths -> (faces: aligned BGR arrays or, when aligned, the paths,
+    problems: {path: reason}) for unreadable images and images without a face."""
+    from ..face.detect import read_image
+    from ..face.pipeline import align_image, new_aligner
+    faces, problems = {}, {}
+    aligner = None if aligned else new_aligner()
+    bar = Progress(len(paths), "faces", enabled=progress and len(paths) > 1)
+    for p in paths:
+        img, why = read_image(p)
+        if img is None:
+            problems[p] = f"cannot read {p}: {why}"
+        elif aligned:
+            faces[p] = img
+        else:
+            face, why = align_image(img, aligner=aligner)
+            if face is None:
+                problems[p] = f"no face found in {p} ({why})"
+            else:
+                faces[p] = face
+        bar.update(1)
+    bar.close()
+    return faces, problems
+
+
+def extract_paths(ext, paths, chunk=512):
+    """Features of image files, skipping unreadable ones: (features, kept
+    indices, reasons). Chunks keep memory flat; a chunk with a bad file is
+    redone one file at a time to find it."""
+    feats, keep, problems = [], [], []
+    bar = Progress(len(paths), "features", enabled=ext.progress)
+    progress, ext.progress = ext.progress, False
+    try:
+        for s in range(0, len(paths), chunk):
+            part = list(range(s, min(s + chunk, len(paths))))
+            try:
+                feats.append(ext.extract([paths[i] for i in part]))
+                keep += part
+            except ValueError:
+                for i in part:
+                    try:
+                        feats.append(ext.extract([paths[i]]))
+                        keep.append(i)
+                    except ValueError as e:
+                        problems.append(str(e))
+            bar.update(len(part))
+    finally:
+        ext.progress = progress
+        bar.close()
+    dim = ext.dim
+    return (np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
+            np.array(keep, np.int64), problems)
+
+
+def _net_file(path):
+    if os.path.isdir(path):
+        path = os.path.join(path, "best.safetensors")
+    if not os.path.isfile(path):
+        raise ValueError(f"no trained network at {path} (give a `deepid2 train` run folder or "
+                         "its best.safetensors)")
+    return path
+
+
+def fit_verifier_main(nets, data, out, pca=180, layout="whole", n_pairs=3000, seed=0,
+                      backend="cpu", cache_dir=None, log=print):
+    """Features of every image under data (identity folders of aligned faces)
+    -> PCA + Joint Bayesian, thresholds on training pairs -> verifier file."""
+    from ..verifier_file import save_verifier
+    if layout != "whole":
+        raise ValueError(f"layout {layout!r}: only 'whole' is supported (networks for the "
+                         "patches of a multi-patch layout are not trained yet)")
+    if len(nets) != 1:
+        raise ValueError(f"the whole-face layout takes one network, got {len(nets)}")
+    net = load_patch_network(_net_file(nets[0]))
+    ids = scan_identities(data)
+    paths = [p for _, ps in ids for p in ps]
+    labels = np.array([k for k, (_, ps) in enumerate(ids) for _ in ps])
+    ext = FeatureExtractor(WholeFace(), [net], _backend(backend), cache_dir=cache_dir)
+    feats, keep, problems = extract_paths(ext, paths)
+    for why in problems[:5]:
+        log(f"skipped: {why}")
+    if len(keep) < len(paths):
+        log(f"{len(paths) - len(keep)} images skipped")
+    labels = labels[keep]
+    multi = np.sum(np.bincount(labels) >= 2) if len(labels) else 0
+    if multi < 2:
+        raise ValueError(f"{data}: fitting needs at least 2 identities with 2 or more readable "
+                         f"images, found {multi}")
+    layout_obj = ext.layout
+    log(f"{len(keep)} images of {len(np.unique(labels))} identities, features {feats.shape[1]}-d")
+    rank = min(len(feats) - 1, feats.shape[1])
+    if pca > rank:
+        raise ValueError(f"--pca {pca} exceeds what {len(feats)} images of {feats.shape[1]}-d "
+                         f"features allow (at most {rank})")
+    ver = Verifier.fit(feats, labels, d=pca, n_pairs=n_pairs, seed=seed)
+    a, b, same = sample_pairs(labels, n_pairs, seed + 1)
+    train_acc = float(np.mean((ver.score(feats[a], feats[b]) >= ver.threshold) == same))
+    t = ver.export_tensors()
+    meta = {"patch_spec": json.dumps(layout_obj.spec.to_dict()),
+            "trained_on": json.dumps({"data": os.path.abspath(data), "images": len(keep),
+                                      "identities": int(len(np.unique(labels)))}),
+            "train_pair_accuracy": f"{train_acc:.4f}", "net_file": os.path.abspath(nets[0])}
+    save_verifier(out, [net.params], net.cfg, ["whole"], "whole", t["pca/mean"],
+                  t["pca/components"], t["jb/A"], t["jb/G"], ver.threshold, extra_meta=meta,
+                  l2_threshold=ver.baseline_thresholds.get("l2"),
+                  cosine_threshold=ver.baseline_thresholds.get("cosine"))
+    log(f"PCA {pca}, Joint Bayesian after {ver.jb.iterations} EM iterations; threshold "
+        f"{ver.threshold:.3f} (accuracy {train_acc:.4f} on other training pairs); wrote {out}")
+    return dict(threshold=ver.threshold, train_pair_accuracy=train_acc, images=len(keep))
+
+
+def verify_main(a, b, model=None, aligned=False, log=print):
+    m = load_model(model, progress=False)
+    faces, problems = prepare_faces([a, b], aligned=aligned, progress=False)
+    for p in (a, b):
+        if p in problems:
+            raise (NoFace if "no face" in problems[p] else ValueError)(problems[p])
+    score = float(m.verifier.score(*np.split(m.features([faces[a], faces[b]]), 2))[0])
+    same = score >= m.verifier.threshold
+    log(f"{'same person' if same else 'different people'}: score {score:.3f}, "
+        f"threshold {m.verifier.threshold:.3f}")
+    return dict(same=same, score=score, threshold=m.verifier.threshold)
+
+
+def parse_folds(text, n):
+    """"6-10" / "1,3,5" -> sorted 1-based fold numbers within 1..n."""
+    if text is None:
+        return list(range(1, n + 1))
+    out = set()
+    try:
+        for part in str(text).split(","):
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"--folds must look like 6-10 or 1,2,3, got {text!r}") from None
+    if not out or min(out) < 1 or max(out) > n:
+        raise ValueError(f"--folds {text!r}: the pairs file has folds 1..{n}")
+    return sorted(out)
+
+
+def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, log=print):
+    """k-fold accuracy on LFW pairs (each fold's threshold from the other folds
+    given), ROC, AUC, EER, TAR@FAR=1e-3. lfw: the images the pairs name
+    (aligned faces, or LFW's deep-funneled images); unaligned: where to read an
+    image missing from lfw (e.g. the raw LFW when alignment found no face)."""
+    from .roc_plot import plot_roc, write_roc_csv
+    all_folds = read_pairs(pairs)
+    chosen = parse_folds(folds if not isinstance(folds, (list, tuple)) else
+                         ",".join(map(str, folds)), len(all_folds))
+    if len(chosen) < 2:
+        raise ValueError("k-fold accuracy needs at least 2 folds")
+    if not os.path.isdir(lfw):
+        raise ValueError(f"--lfw {lfw} is not a folder")
+    pair_list, fold_of = flatten([all_folds[k - 1] for k in chosen])
+    missing = set(missing_images([all_folds[k - 1] for k in chosen], lfw))
+    if missing and unaligned:
+        still = [p for p in missing if not os.path.isfile(os.path.join(unaligned, p))]
+    else:
+        still = sorted(missing)
+    if still:
+        raise ValueError(f"{len(still)} images of the pairs are missing under {lfw}, e.g. "
+                         f"{still[0]}" + ("" if unaligned else " (--unaligned DIR reads them "
+                                          "from another folder)"))
+    m = load_model(model)
+    rels = sorted({p for pr in pair_list for p in pr[:2]})
+    index = {r: i for i, r in enumerate(rels)}
+    paths = [os.path.join(unaligned if r in missing else lfw, *r.split("/")) for r in rels]
+    feats = m.features(paths)
+    i1 = [index[p.path1] for p in pair_list]
+    i2 = [index[p.path2] for p in pair_list]
+    same = np.array([p.same for p in pair_list])
+    scores = {meth: m.verifier.score(feats[i1], feats[i2], meth)
+              for meth in ("joint_bayesian", "l2", "cosine")}
+    res = kfold_accuracy(scores["joint_bayesian"], same, np.array(fold_of))
+    roc = roc_curve(scores["joint_bayesian"], same)
+    result = dict(folds=chosen, mean=res["mean"], std=res["std"], stderr=res["stderr"],
+                  accuracies=[float(x) for x in res["accuracies"]],
+                  thresholds=[float(x) for x in res["thresholds"]], auc=auc(roc), eer=eer(roc),
+                  **{"tar_at_far_1e-3": tar_at_far(roc, 1e-3)}, pairs=len(pair_list),
+                  images_from_unaligned=len(missing), model=os.path.abspath(m.path),
+                  baselines={meth: kfold_accuracy(scores[meth], same, np.array(fold_of))["mean"]
+                             for meth in ("l2", "cosine")})
+    if out:
+        os.makedirs(out, exist_ok=True)
+        write_roc_csv(os.path.join(out, "roc.csv"), roc)
+        plot_roc(os.path.join(out, "roc.png"),
+                 {meth: roc_curve(s, same) for meth, s in scores.items()},
+                 title=f"LFW folds {chosen[0]}-{chosen[-1]}")
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        np.savez(os.path.join(out, "scores.npz"), scores=scores["joint_bayesian"], same=same,
+                 fold=np.array(chosen)[np.array(fold_of)])
+    for k, acc in zip(chosen, result["accuracies"]):
+        log(f"fold {k}: {acc:.4f}")
+    log(f"AUC {result['auc']:.4f}, EER {result['eer']:.4f}, TAR@FAR=1e-3 "
+        f"{result['tar_at_far_1e-3']:.4f}; L2 {result['baselines']['l2']:.4f}, cosine "
+        f"{result['baselines']['cosine']:.4f}" + (f"; written to {out}" if out else ""))
+    log(f"accuracy: {result['mean']:.4f} +- {result['stderr']:.4f}")
+    return result

@@ -1,0 +1,140 @@
+"""`deepid2 enroll` and `deepid2 identify`: a gallery of identities, each the
+mean raw feature of its enrolment images, scored by the model's Joint Bayesian.
+
+Open-set threshold: on the enrolment images themselves, each image's best
+score against the *other* identities is an impostor score (it plays a person
+not in the gallery); the threshold is the lowest at which at most 1% of those
+reach it (FAR = 1%), as identification.open_set_dir defines it. Genuine scores
+(each image against its identity's mean of the other images) give the true
+accept rate reported at that threshold.
+
+Gallery file (.npz or .safetensors): names, means (float32 K x D), counts,
+threshold, far and the model key, so a gallery is never scored by another model.
+"""
+import json
+import os
+
+import numpy as np
+
+from .. import safetensors
+from ..data import scan_identities
+from .commands import NoFace, extract_paths, load_model, prepare_faces
+
+FAR = 0.01
+
+
+def _features_of_faces(m, paths, aligned):
+    """Raw features of the images with a face: (features, kept paths, problems)."""
+    if aligned:
+        feats, keep, problems = extract_paths(m.extractor, paths)
+        return feats, [paths[i] for i in keep], problems
+    faces, problems = prepare_faces(paths)
+    kept = [p for p in paths if p in faces]
+    feats = m.features([faces[p] for p in kept]) if kept else None
+    return feats, kept, list(problems.values())
+
+
+def open_set_threshold(m, feats, labels, far=FAR):
+    """(threshold, true accept rate at it) from enrolment features."""
+    ids, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(ids), feats.shape[1]))
+    np.add.at(sums, index, feats)
+    z = m.verifier.project(feats)
+    s = m.verifier.jb.score_matrix(z, m.verifier.project(sums / counts[:, None]))
+    s[np.arange(len(z)), index] = -np.inf
+    impostor = np.sort(s.max(1))[::-1]
+    allowed = int(np.floor(far * len(impostor)))
+    t = float(np.nextafter(impostor[allowed], np.inf)) if allowed < len(impostor) \
+        else float(impostor[-1])
+    multi = counts[index] >= 2                 # leave-one-out mean needs another image
+    if not multi.any():
+        return t, None
+    loo = (sums[index[multi]] - feats[multi]) / (counts[index[multi]] - 1)[:, None]
+    genuine = m.verifier.jb.score(z[multi], m.verifier.project(loo))
+    return t, float(np.mean(genuine >= t))
+
+
+def save_gallery(path, names, means, counts, threshold, key):
+    meta = {"format": "deepid2-gallery/1", "names": json.dumps(list(names)),
+            "threshold": repr(float(threshold)), "far": repr(FAR), "model_key": key}
+    if path.endswith(".safetensors"):
+        safetensors.save(path, {"means": means.astype(np.float32),
+                                "counts": counts.astype(np.int64)}, meta)
+    elif path.endswith(".npz"):
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, means=means.astype(np.float32), counts=counts.astype(np.int64),
+                 meta=np.array(json.dumps(meta)))
+        os.replace(tmp, path)
+    else:
+        raise ValueError(f"gallery file {path} must end in .npz or .safetensors")
+
+
+def load_gallery(path):
+    if not os.path.isfile(path):
+        raise ValueError(f"gallery file {path} does not exist (make it with `deepid2 enroll`)")
+    try:
+        if path.endswith(".safetensors"):
+            t, meta = safetensors.load(path)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                t, meta = {k: z[k] for k in ("means", "counts")}, json.loads(str(z["meta"]))
+        assert meta["format"] == "deepid2-gallery/1"
+        return dict(names=json.loads(meta["names"]), means=t["means"], counts=t["counts"],
+                    threshold=float(meta["threshold"]), model_key=meta["model_key"])
+    except (OSError, ValueError, KeyError, AssertionError) as e:
+        raise ValueError(f"{path} is not a deepid2 gallery file ({type(e).__name__})") from None
+
+
+def enroll_main(folder, gallery, model=None, aligned=False, log=print):
+    ids = scan_identities(folder)
+    m = load_model(model)
+    paths = [p for _, ps in ids for p in ps]
+    owner = {p: name for name, ps in ids for p in ps}
+    feats, kept, problems = _features_of_faces(m, paths, aligned)
+    for why in problems:
+        log(f"skipped: {why}")
+    labels = np.array([owner[p] for p in kept])
+    names = sorted(set(labels.tolist()))
+    if len(names) < 2:
+        raise ValueError(f"{folder}: enrolment needs at least 2 identities with a usable image "
+                         "(the open-set threshold is set on impostor scores between them)")
+    index = np.searchsorted(names, labels)
+    counts = np.bincount(index, minlength=len(names))
+    means = np.zeros((len(names), feats.shape[1]))
+    np.add.at(means, index, feats)
+    means /= counts[:, None]
+    t, tar = open_set_threshold(m, feats, labels)
+    save_gallery(gallery, names, means, counts, t, m.key())
+    log(f"enrolled {len(names)} identities from {len(kept)} images ({len(problems)} skipped); "
+        f"open-set threshold {t:.3f} at FAR {FAR:.0%}"
+        + (f" (true accept rate {tar:.3f} on the enrolment images)" if tar is not None else "")
+        + f"; wrote {gallery}")
+    return dict(identities=len(names), images=len(kept), threshold=t, tar=tar)
+
+
+def identify_main(images, gallery, model=None, top=1, aligned=False, log=print):
+    if top < 1:
+        raise ValueError(f"--top must be at least 1, got {top}")
+    g = load_gallery(gallery)
+    m = load_model(model, progress=False)
+    if g["model_key"] != m.key():
+        raise ValueError(f"{gallery} was enrolled with another model than {m.path}: enrol again")
+    feats, kept, problems = _features_of_faces(m, list(images), aligned)
+    results = {}
+    if kept:
+        s = m.verifier.jb.score_matrix(m.verifier.project(feats),
+                                       m.verifier.project(g["means"]))
+        for p, row in zip(kept, s):
+            order = np.argsort(-row, kind="stable")[:top]
+            best = [(g["names"][j], float(row[j])) for j in order]
+            known = best[0][1] >= g["threshold"]
+            results[p] = best[0][0] if known else "unknown"
+            alts = ", ".join(f"{n} {v:.3f}" for n, v in best)
+            log(f"{p}: {results[p]} (threshold {g['threshold']:.3f}; best: {alts})")
+    for why in problems:
+        log(f"error: {why}")
+    if problems:
+        first = problems[0]
+        raise (NoFace if "no face" in first else ValueError)(
+            f"{len(problems)} of {len(images)} images could not be identified: {first}")
+    return results

@@ -1,0 +1,202 @@
+"""The verifier commands end to end on synthetic faces: fit-verifier on a tiny
+trained net, verify, enroll / identify, eval-lfw, and their error paths."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from deepid2_core.cli import main
+from deepid2_core.face.detect import read_image
+from deepid2_core.face.pipeline import align_image, new_aligner
+from deepid2_core.synth import make_dataset
+from deepid2_core.verifier_file import load_verifier
+
+IDS, IMGS = 10, 8
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Synthetic faces, a network trained on them for a few epochs, a verifier."""
+    root = tmp_path_factory.mktemp("vcli")
+    faces = root / "faces"
+    make_dataset(faces, IDS, IMGS, seed=1, progress=False, workers=1)
+    run = root / "run"
+    assert main(["train", "--data", str(faces), "--out", str(run), "--epochs", "6",
+                 "--batch", "32", "--lr", "0.05", "--seed", "1"]) == 0
+    model = root / "verifier.safetensors"
+    assert main(["fit-verifier", "--nets", str(run), "--data", str(faces), "--out", str(model),
+                 "--pca", "24", "--pairs", "200"]) == 0
+    return dict(root=root, faces=faces, run=run, model=model)
+
+
+def detectable(faces, n):
+    """The first n synthetic images in which the Haar pipeline finds a face."""
+    aligner, found = new_aligner(), []
+    for d in sorted(os.listdir(faces)):
+        for f in sorted(os.listdir(faces / d)):
+            img, _ = read_image(str(faces / d / f))
+            if align_image(img, aligner=aligner)[0] is not None:
+                found.append(faces / d / f)
+                if len(found) == n:
+                    return found
+    pytest.fail("too few synthetic faces detected")
+
+
+def test_fit_verifier_writes_a_loadable_file(world):
+    m = load_verifier(str(world["model"]))
+    assert m["layout"] == "whole" and m["pca_components"].shape == (320, 24)
+    assert np.isfinite(m["threshold"]) and "l2_threshold" in m
+    assert json.loads(m["metadata"]["trained_on"])["identities"] == IDS
+    # the identities were learned: far better than chance on held-back training pairs
+    assert float(m["metadata"]["train_pair_accuracy"]) > 0.75
+
+
+def test_verify_same_and_different(world, capsys):
+    f = world["faces"]
+    same = [f / "synth00002" / f"synth00002_000{k}.jpg" for k in (1, 2)]
+    other = f / "synth00005" / "synth00005_0001.jpg"
+    model = ["--model", str(world["model"]), "--aligned"]
+    results = []
+    for a, b in ((same[0], same[1]), (same[0], other)):
+        assert main(["verify", str(a), str(b)] + model) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        results.append(line)
+        assert "score" in line and "threshold" in line
+    assert results[0].startswith("same person") and results[1].startswith("different people")
+    score = lambda line: float(line.split("score ")[1].split(",")[0])
+    assert score(results[0]) > score(results[1])
+    # plain photographs: detection, landmarks and alignment inside
+    a, b = detectable(f, 2)
+    assert main(["verify", str(a), str(b), "--model", str(world["model"])]) == 0
+    assert "threshold" in capsys.readouterr().out
+
+
+def test_verify_errors(world, tmp_path, capsys):
+    good = str(world["faces"] / "synth00000" / "synth00000_0001.jpg")
+    blank = tmp_path / "blank.jpg"
+    cv2.imwrite(str(blank), np.full((250, 250, 3), 128, np.uint8))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    cases = [([good, str(blank), "--model", str(world["model"])], "no face found"),
+             ([good, str(corrupt), "--model", str(world["model"])], "cannot read"),
+             ([good, str(tmp_path / "nope.jpg"), "--model", str(world["model"])], "cannot read"),
+             ([good, good, "--model", str(tmp_path / "missing.safetensors")], "does not exist"),
+             ([good, good, "--model", str(corrupt)], str(corrupt))]
+    for argv, message in cases:
+        assert main(["verify"] + argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_fit_verifier_errors(world, tmp_path, capsys):
+    out = str(tmp_path / "v.safetensors")
+    for argv, message in [
+            (["--nets", str(tmp_path), "--data", str(world["faces"])], "no trained network"),
+            (["--nets", str(world["run"]), "--data", str(tmp_path / "none")], "does not exist"),
+            (["--nets", str(world["run"]), "--data", str(world["faces"]), "--pca", "9999"],
+             "--pca 9999"),
+            (["--nets", str(world["run"]), "--data", str(world["faces"]), "--layout", "deepid2"],
+             "only 'whole'")]:
+        assert main(["fit-verifier", "--out", out] + argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not os.path.exists(out)
+
+
+def test_enroll_then_identify(world, tmp_path, capsys):
+    f = world["faces"]
+    gallery_dir = tmp_path / "people"
+    for k in range(4):                           # 4 known people, 5 images each
+        name = f"synth{k:05d}"
+        (gallery_dir / name).mkdir(parents=True)
+        for j in range(1, 6):
+            os.link(f / name / f"{name}_{j:04d}.jpg", gallery_dir / name / f"{j}.jpg")
+    for ext in ("npz", "safetensors"):
+        g = str(tmp_path / f"gallery.{ext}")
+        assert main(["enroll", str(gallery_dir), "--gallery", g, "--model", str(world["model"]),
+                     "--aligned"]) == 0
+        assert "enrolled 4 identities from 20 images" in capsys.readouterr().out
+        probes = [f / f"synth{k:05d}" / f"synth{k:05d}_0007.jpg" for k in range(4)]
+        assert main(["identify", *map(str, probes), "--gallery", g, "--top", "3", "--aligned",
+                     "--model", str(world["model"])]) == 0
+        lines = capsys.readouterr().out.splitlines()[:4]
+        hits = sum(line.split(": ")[1].startswith(f"synth{k:05d} ") for k, line in enumerate(lines))
+        assert hits >= 3, lines
+        assert all(line.split("best: ")[1].count("synth") == 3 for line in lines)  # --top 3
+    # strangers: mostly below the open-set threshold
+    strangers = [f / f"synth{k:05d}" / f"synth{k:05d}_0001.jpg" for k in range(6, IDS)]
+    assert main(["identify", *map(str, strangers), "--gallery", g, "--aligned",
+                 "--model", str(world["model"])]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": unknown") >= 2, out
+
+
+def test_enroll_identify_errors(world, tmp_path, capsys):
+    g = str(tmp_path / "g.npz")
+    one = tmp_path / "one" / "synth00000"
+    one.mkdir(parents=True)
+    os.link(world["faces"] / "synth00000" / "synth00000_0001.jpg", one / "a.jpg")
+    cases = [(["enroll", str(tmp_path / "one"), "--gallery", g, "--aligned"],
+              "at least 2 identities"),
+             (["enroll", str(world["faces"]), "--gallery", str(tmp_path / "g.txt"), "--aligned"],
+              "must end in .npz"),
+             (["identify", str(one / "a.jpg"), "--gallery", g], "does not exist")]
+    for argv, message in cases:
+        assert main(argv + ["--model", str(world["model"])]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    assert main(["identify", str(one / "a.jpg"), "--gallery", str(tmp_path / "bad.npz"),
+                 "--model", str(world["model"])]) == 2
+    assert "not a deepid2 gallery" in capsys.readouterr().err
+
+
+def test_eval_lfw_on_synthetic_pairs(world, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = ["5 4"]
+    for fold in range(5):                        # fold k uses identities 2k, 2k+1 only
+        a, b = 2 * fold, 2 * fold + 1
+        for _ in range(4):
+            n1, n2 = rng.choice(np.arange(1, IMGS + 1), 2, replace=False)
+            lines.append(f"synth{[a, b][_ % 2]:05d}\t{n1}\t{n2}")
+        for _ in range(4):
+            n1, n2 = rng.integers(1, IMGS + 1, 2)
+            lines.append(f"synth{a:05d}\t{n1}\tsynth{b:05d}\t{n2}")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval"
+    assert main(["eval-lfw", "--lfw", str(world["faces"]), "--pairs", str(pairs),
+                 "--model", str(world["model"]), "--out", str(out)]) == 0
+    text = capsys.readouterr().out.strip().splitlines()
+    assert text[-1].startswith("accuracy: ") and " +- " in text[-1]
+    acc = float(text[-1].split()[1])
+    assert acc >= 0.7, text
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["accuracies"]) == 5 and 0 <= m["eer"] <= 0.5 and m["auc"] > 0.7
+    assert (out / "roc.png").stat().st_size > 0 and (out / "roc.csv").read_text().startswith(
+        "threshold,far,tar")
+    assert main(["eval-lfw", "--lfw", str(world["faces"]), "--pairs", str(pairs), "--folds",
+                 "2-4", "--model", str(world["model"])]) == 0
+    assert "fold 1:" not in capsys.readouterr().out
+    # a pairs file naming images that are not there
+    pairs.write_text("2 1\nsynth00000\t1\t99\nsynth00000\t1\tsynth00001\t1\n"
+                     "synth00001\t1\t2\nsynth00000\t2\tsynth00001\t2\n")
+    assert main(["eval-lfw", "--lfw", str(world["faces"]), "--pairs", str(pairs),
+                 "--model", str(world["model"])]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "synth00000_0099" in err
+    assert main(["eval-lfw", "--lfw", str(world["faces"]), "--pairs", str(pairs), "--folds",
+                 "x", "--model", str(world["model"])]) == 2
+    assert "--folds" in capsys.readouterr().err
+
+
+def test_verify_defaults_to_the_shipped_model(world, capsys):
+    from deepid2_core.verifier.commands import DEFAULT_MODEL
+    assert os.path.isfile(DEFAULT_MODEL), "deepid2_core/models/verifier.safetensors is missing"
+    assert os.path.getsize(DEFAULT_MODEL) < 5 << 20
+    assert load_verifier(DEFAULT_MODEL)["layout"] == "whole"
+    face = str(world["faces"] / "synth00001" / "synth00001_0001.jpg")
+    assert main(["verify", face, face, "--aligned"]) == 0      # a face matches itself
+    assert capsys.readouterr().out.startswith("same person")
