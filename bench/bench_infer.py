@@ -21,14 +21,18 @@ sys.path.insert(0, bc.REPO)  # deepid2_core from this checkout
 
 
 def cpp_binary(path):
-    """The C++ bench binary; built with cmake into build/cpp when missing."""
-    if path and os.path.exists(path):
+    """The C++ bench binary: the given one, or build/cpp's, (re)built with cmake
+    so that it is never older than the sources (a no-op when up to date)."""
+    default = os.path.join(bc.REPO, "build", "cpp", "deepid2_bench_features")
+    if path and os.path.abspath(path) != default:
+        if not os.path.exists(path):
+            raise SystemExit(f"bench_infer: --cpp-bin {path} does not exist")
         return path
-    build = os.path.join(bc.REPO, "build", "cpp")
+    build = os.path.dirname(default)
     for cmd in (["cmake", "-S", os.path.join(bc.REPO, "cpp"), "-B", build, "-DCMAKE_BUILD_TYPE=Release"],
                 ["cmake", "--build", build, "-j", "2", "--target", "deepid2_bench_features"]):
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return os.path.join(build, "deepid2_bench_features")
+    return default
 
 
 def run_cpp(binary, threads, min_time):

@@ -1,6 +1,6 @@
-// Model: reading the file, the forward of the patch networks with the
-// library's ops (lsconv + ReLU, 2x2 max-pool, dense over [pool3, conv4]),
-// PCA projection and the Joint Bayesian score.
+// Model: reading the file, the forward of the patch networks (forward.cpp:
+// the ops' arithmetic with weights packed at load), PCA projection and the
+// Joint Bayesian score.
 #include <algorithm>
 #include <cstring>
 #include <exception>
@@ -18,65 +18,9 @@ namespace deepid2 {
 namespace {
 
 constexpr uint64_t kMaxFileBytes = uint64_t(2) << 30;
-constexpr int64_t kChunkBytes = 32 << 20;  // activations of one forward call, about
-constexpr int kMaxChunk = 64;               // patches per forward call
-// Below this many patches per network, whole-patch tasks run in parallel
-// (each op single-threaded): at batch 1 the ops alone cannot keep two
-// threads busy, and weight packing per call would be paid on one thread.
-constexpr int kTaskParallelBelow = 16;
 
 void require(bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(what);
-}
-
-// Activation buffers live as long as the thread, so repeated small calls do
-// not fault fresh pages in every time.
-template <class T, int Slot>
-T* thread_buffer(size_t n) {
-    static thread_local std::vector<T> buf;
-    if (buf.size() < n) buf.resize(n);
-    return buf.data();
-}
-
-int64_t activations_per_patch(const Model::Impl& m) {
-    int64_t a = 0;
-    for (const ConvLayer& c : m.convs) a += c.conv_size() + (c.pooled ? c.out_size() : 0);
-    return a;
-}
-
-int chunk_patches(const Model::Impl& m) {
-    const int64_t per = activations_per_patch(m) * int64_t(sizeof(float));
-    return int(std::max<int64_t>(1, std::min<int64_t>(kMaxChunk, kChunkBytes / per)));
-}
-
-// Network `net` on n patches x (n x C x H x W) -> out (n x net_dim).
-void forward_net(const Model::Impl& m, const PatchNet& net, const float* x, int n, float* out) {
-    float* act = thread_buffer<float, 0>(size_t(activations_per_patch(m) * n));
-    int64_t max_plane = 0;
-    for (const ConvLayer& c : m.convs) max_plane = std::max(max_plane, c.out_size());
-    int32_t* argmax = thread_buffer<int32_t, 0>(size_t(max_plane * n));
-    const float* in = x;
-    const float* conv4 = nullptr;
-    for (int l = 0; l < 4; ++l) {
-        const ConvLayer& c = m.convs[l];
-        LsconvShape s = c.shape;
-        s.n = n;
-        float* y = act;
-        act += c.conv_size() * n;
-        lsconv_forward(s, in, net.conv_w[l].data(), net.conv_b[l].data(), true, y);
-        if (c.pooled) {
-            float* p = act;
-            act += c.out_size() * n;
-            maxpool_forward(n, s.k, s.oh(), s.ow(), 2, y, p, argmax);
-            in = p;
-        } else {
-            conv4 = y;
-        }
-    }
-    // deepid = relu([pool3, conv4] W + b); `in` is pool3 here
-    const int dims[2] = {int(m.pool3_size()), int(m.conv4_size())};
-    const float* xs[2] = {in, conv4};
-    dense_forward(n, 2, dims, xs, m.net_dim, net.deepid_w.data(), net.deepid_b.data(), true, out);
 }
 
 int threads() {
@@ -85,6 +29,56 @@ int threads() {
 #else
     return 1;
 #endif
+}
+
+// Where image j of network i is read and its network_dim() outputs written:
+// images come in pairs (a patch and its flipped partner), pairs `face`
+// floats apart, a network's pair `net` floats after the previous one's.
+struct ImageMap {
+    const float* x;
+    int64_t x_face, x_net, ps;
+    float* out;
+    int64_t o_face, o_net, F;
+    const float* in(int i, int j) const { return x + (j / 2) * x_face + i * x_net + (j % 2) * ps; }
+    float* dst(int i, int j) const { return out + (j / 2) * o_face + i * o_net + (j % 2) * F; }
+};
+
+// Networks [net0, net0 + nets) on `images` images each. One image alone is
+// split over the threads layer by layer; otherwise blocks of up to
+// kMaxBlock images of one network are tasks for one thread each, at least
+// as many tasks as threads where there are enough images.
+void run_networks(const Model::Impl& m, int net0, int nets, int images, const ImageMap& map) {
+    const int T = threads();
+    if (nets == 1 && images == 1 && T > 1) {
+        infer::forward_split(m.plan, m.nets[net0], map.in(net0, 0), map.dst(net0, 0), T);
+        return;
+    }
+    const int per_net = std::max(1, (T + nets - 1) / nets);  // tasks wanted per network
+    const int nb = std::max(1, std::min(infer::kMaxBlock, (images + per_net - 1) / per_net));
+    const int blocks = (images + nb - 1) / nb, tasks = nets * blocks;
+    auto run = [&](int t) {
+        const int i = net0 + t / blocks, j0 = (t % blocks) * nb, k = std::min(nb, images - j0);
+        const float* xs[infer::kMaxBlock];
+        float* outs[infer::kMaxBlock];
+        for (int j = 0; j < k; ++j) xs[j] = map.in(i, j0 + j), outs[j] = map.dst(i, j0 + j);
+        infer::forward_block(m.plan, m.nets[i], k, xs, outs);
+    };
+    if (tasks == 1 || T == 1) {
+        for (int t = 0; t < tasks; ++t) run(t);
+        return;
+    }
+    // Errors may not leave the parallel region: the first one is carried out.
+    std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic)
+    for (int t = 0; t < tasks; ++t) {
+        try {
+            run(t);
+        } catch (...) {
+#pragma omp critical(deepid2_features_error)
+            if (!error) error = std::current_exception();
+        }
+    }
+    if (error) std::rethrow_exception(error);
 }
 
 }  // namespace
@@ -124,11 +118,8 @@ void Model::patch_features(int patch, const float* x, int n, float* out) const {
     require(n >= 0, "Model::patch_features: n must be >= 0");
     if (n == 0) return;
     require(x && out, "Model::patch_features: x or out is null");
-    const int chunk = chunk_patches(m);
-    for (int i0 = 0; i0 < n; i0 += chunk) {
-        const int k = std::min(chunk, n - i0);
-        forward_net(m, m.nets[patch], x + m.patch_size() * i0, k, out + int64_t(m.net_dim) * i0);
-    }
+    const int64_t ps = m.patch_size(), F = m.net_dim;
+    run_networks(m, patch, 1, n, ImageMap{x, 2 * ps, 0, ps, out, 2 * F, 0, F});
 }
 
 void Model::features(const float* patches, int n, float* out) const {
@@ -136,40 +127,10 @@ void Model::features(const float* patches, int n, float* out) const {
     require(n >= 0, "Model::features: n must be >= 0");
     if (n == 0) return;
     require(patches && out, "Model::features: patches or out is null");
+    require(n <= std::numeric_limits<int>::max() / 2, "Model::features: n is too large");
     const int64_t ps = m.patch_size(), F = m.net_dim;
-    // Faces per task: network i sees patches 2i, 2i+1 of each of its faces.
-    const bool task_parallel = 2 * int64_t(n) < kTaskParallelBelow && int64_t(m.P) * n > 1 && threads() > 1;
-    const int faces = task_parallel ? 1 : std::max(1, chunk_patches(m) / 2);
-    const int chunks = (n + faces - 1) / faces, tasks = m.P * chunks;
-    auto run = [&](int t) {
-        const int i = t / chunks, f0 = (t % chunks) * faces, nf = std::min(faces, n - f0);
-        float* x = thread_buffer<float, 1>(size_t(2 * nf * ps + 2 * nf * F));
-        float* y = x + 2 * nf * ps;
-        for (int f = 0; f < nf; ++f)
-            std::memcpy(x + 2 * f * ps, patches + ((f0 + f) * int64_t(m.P) + i) * 2 * ps,
-                        size_t(2 * ps) * sizeof(float));
-        forward_net(m, m.nets[i], x, 2 * nf, y);
-        for (int f = 0; f < nf; ++f)
-            std::memcpy(out + (f0 + f) * int64_t(m.D) + 2 * i * F, y + 2 * f * F,
-                        size_t(2 * F) * sizeof(float));
-    };
-    if (!task_parallel) {
-        for (int t = 0; t < tasks; ++t) run(t);
-        return;
-    }
-    // Ops inside a parallel region run on one thread (no nesting); errors
-    // may not leave the region, so the first one is carried out.
-    std::exception_ptr error;
-#pragma omp parallel for schedule(dynamic)
-    for (int t = 0; t < tasks; ++t) {
-        try {
-            run(t);
-        } catch (...) {
-#pragma omp critical(deepid2_features_error)
-            if (!error) error = std::current_exception();
-        }
-    }
-    if (error) std::rethrow_exception(error);
+    // network i sees patches 2i, 2i+1 of each face
+    run_networks(m, 0, m.P, 2 * n, ImageMap{patches, 2 * m.P * ps, 2 * ps, ps, out, m.D, 2 * F, F});
 }
 
 void Model::project(const float* feature, double* z) const {

@@ -8,6 +8,7 @@
 
 #include "deepid2/model.h"
 #include "deepid2/ops.h"
+#include "forward.h"
 
 namespace deepid2 {
 
@@ -23,6 +24,8 @@ struct ConvLayer {
     int64_t out_size() const { return int64_t(shape.k) * out_h() * out_w(); }
 };
 
+// One network's tensors as read from the file (packed into an
+// infer::PackedNet at load, then dropped).
 struct PatchNet {
     std::array<std::vector<float>, 4> conv_w, conv_b;
     std::vector<float> deepid_w, deepid_b;
@@ -33,7 +36,8 @@ struct Model::Impl {
     int net_dim = 0;       // 160 in DeepID2
     int P = 0, D = 0, d = 0;
     std::array<ConvLayer, 4> convs;
-    std::vector<PatchNet> nets;   // P of them
+    infer::Plan plan;                    // the forward's shapes and index tables
+    std::vector<infer::PackedNet> nets;  // P of them, weights packed for the forward
     std::vector<float> pca_mean;  // D
     std::vector<float> pca_components;  // D x d
     std::vector<float> jb_A, jb_G;      // d x d

@@ -173,6 +173,9 @@ std::unique_ptr<Model::Impl> load_model_impl(const uint8_t* bytes, uint64_t size
     derive_convs(*m, grid, region, has_region);
     m->D = 2 * m->P * m->net_dim;
 
+    std::array<LsconvShape, 4> shapes;
+    for (int l = 0; l < 4; ++l) shapes[l] = m->convs[l].shape;
+    m->plan = infer::make_plan(m->C, m->H, m->W, m->net_dim, shapes);
     TensorTaker taker(f);
     for (int i = 0; i < m->P; ++i) {
         const std::string pre = "patch" + std::to_string(i) + "/";
@@ -186,7 +189,7 @@ std::unique_ptr<Model::Impl> load_model_impl(const uint8_t* bytes, uint64_t size
         }
         net.deepid_w = taker.take(pre + "deepid.w", {m->pool3_size() + m->conv4_size(), m->net_dim});
         net.deepid_b = taker.take(pre + "deepid.b", {m->net_dim});
-        m->nets.push_back(std::move(net));
+        m->nets.push_back(infer::pack_net(m->plan, net.conv_w, net.conv_b, net.deepid_w, net.deepid_b));
     }
     auto pc = f.tensors.find("pca/components");
     if (pc == f.tensors.end()) bad("tensor \"pca/components\" is missing");
