@@ -130,9 +130,11 @@ def main():
     print(f"\nscaling model, 8 MB gradient, ring all-reduce, alpha = 5 us per hop, "
           f"t_ar(p) = 2 (p-1)/p S/B + 2 (p-1) alpha; E = t_c / (t_c + t_ar), t_c = b t_img;"
           f"\ncompute per image measured here t_img = {t_img * 1e3:.2f} ms (1 cpu core)\n")
-    gpu = 20e-6  # an ASSUMED GPU compute time per image: no GPU run has measured it
-    print("| GPUs | link | t_ar ms | E, b = 64, t_img here | E, b = 64, t_img = 20 us (assumed) "
-          "| b for E = 90% at 20 us |")
+    # measured GPU compute per image: a whole training step at batch 512 on one
+    # H200, 4.84 ms (bench/RESULTS.md, run 4) -> 9.5 us per image
+    gpu = 9.5e-6
+    print("| GPUs | link | t_ar ms | E, b = 64, t_img here | E, b = 64, t_img = 9.5 us (H200) "
+          "| b for E = 90% at 9.5 us |")
     print("| --- | --- | --- | --- | --- | --- |")
     for p in (8, 64, 512):
         for gbps in (25, 100):
