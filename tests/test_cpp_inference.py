@@ -9,6 +9,7 @@ folder; without cmake or a compiler the tests skip, saying so.
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,26 @@ def test_save_verifier_rejects_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         save_verifier(str(tmp_path / "x.safetensors"), [p], cfg, ["whole"], "whole", threshold=0.5,
                       extra_meta={"format": "x"}, **ok)
+
+
+@pytest.mark.parametrize("other", ["synth_b", "synth_c"])
+def test_cpp_example_on_the_shipped_model(tools, other):
+    """The example with the model `deepid2 verify` ships, on two faces (the
+    whole-face patch and its mirror of procedural faces, cpp/examples/faces/),
+    agrees with the Python package."""
+    root = Path(__file__).resolve().parents[1]
+    model_path = str(root / "deepid2_core" / "models" / "verifier.safetensors")
+    files = [root / "cpp" / "examples" / "faces" / f"{n}.u8" for n in ("synth_a", other)]
+    r = subprocess.run([tools["deepid2_verify"], model_path, *map(str, files)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    model = load_verifier(model_path)
+    cfg = model["net"]
+    faces = np.stack([np.fromfile(f, np.uint8).reshape(2, cfg.channels, cfg.height, cfg.width)
+                      for f in files])
+    faces = ((faces.astype(np.float32) - 127.5) / 128).astype(np.float32)
+    f = raw_features(get_backend("cpu"), model["patch_params"], cfg, faces)
+    ref = jb_score(model, f[0], f[1])
+    assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(model, f[0], f[1])
+    assert words[2] == ("same" if ref >= model["threshold"] else "different")
