@@ -6,6 +6,8 @@ together give the 10-fold figure.
 
     python bench/lfw_protocol.py train --variant b --lam 0.05   # both halves
     python bench/lfw_protocol.py eval  --variant b              # fit verifiers, test
+    python bench/lfw_protocol.py train --variant a --lam 0 --halves half1      # ident alone
+    python bench/lfw_protocol.py train --variant c --lam 1 --ident-weight 0 --halves half1
 
 Everything is written under --runs (default /work/runs/lfw_protocol), never
 into the repository. --images: raw (LFW's deep-funneled images as they are,
@@ -52,6 +54,8 @@ def main():
     p.add_argument("stage", choices=["train", "eval"])
     p.add_argument("--variant", required=True)
     p.add_argument("--lam", type=float, default=0.05)
+    p.add_argument("--ident-weight", type=float, default=1.0,
+                   help="weight of the identification loss (0: verification alone)")
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--runs", default="/work/runs/lfw_protocol")
@@ -59,6 +63,8 @@ def main():
     p.add_argument("--celeba", default=os.path.join(DATA, "celeba-lfwstyle"))
     p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))
     p.add_argument("--pca", type=int, default=180)
+    p.add_argument("--em-iters", type=int, help="Joint Bayesian EM iterations at most")
+    p.add_argument("--em-tol", type=float, help="Joint Bayesian EM convergence tolerance")
     p.add_argument("--halves", default="half1,half2", help="which halves to run")
     p.add_argument("--data-tag", default="", help="name of the training data variant")
     a = p.parse_args()
@@ -76,19 +82,22 @@ def main():
             subprocess.run([sys.executable, "-m", "deepid2_core.cli", "train", "--data", data,
                             "--out", run, "--cache", os.path.join(a.runs, "cache", os.path.basename(data)),
                             "--epochs", str(a.epochs), "--lr", str(a.lr),
-                            "--lambda", str(a.lam)], check=True)
+                            "--lambda", str(a.lam)]
+                           + (["--ident-weight", str(a.ident_weight)] if a.ident_weight != 1.0
+                              else []), check=True)
             continue
         from deepid2_core.verifier.commands import eval_lfw_main, fit_verifier_main
         model = os.path.join(run, "verifier.safetensors")
         if not os.path.exists(model):
-            fit_verifier_main([run], data, model, pca=a.pca)
+            fit_verifier_main([run], data, model, pca=a.pca, em_iters=a.em_iters,
+                              em_tol=a.em_tol)
         test = [k + 1 for k in HALVES[half][1]]
         raw = os.path.join(DATA, "lfw")
         results[half] = eval_lfw_main(a.lfw, a.pairs, model, os.path.join(run, "eval"),
                                       folds=test, unaligned=None if a.lfw == raw else raw)
     if a.stage == "eval":
         accs = np.concatenate([results[h]["accuracies"] for h in results])
-        summary = {"variant": a.variant, "lambda": a.lam,
+        summary = {"variant": a.variant, "lambda": a.lam, "ident_weight": a.ident_weight,
                    "fold_accuracies": [float(x) for x in accs],
                    "mean": float(accs.mean()), "std": float(accs.std(ddof=1)),
                    "stderr": float(accs.std(ddof=1) / np.sqrt(len(accs))),

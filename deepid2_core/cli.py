@@ -29,7 +29,8 @@ def _under_mpi():
 def _train_config(args):
     from .train import TrainConfig
     return TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, lam=args.lam,
-                       verif=args.verif, margin=args.margin, learn_margin=args.learn_margin,
+                       ident_weight=args.ident_weight, verif=args.verif, margin=args.margin,
+                       learn_margin=args.learn_margin,
                        same_share=args.same_share, warmup_steps=args.warmup_steps,
                        val_fraction=args.val_fraction, seed=args.seed)
 
@@ -112,11 +113,17 @@ def cmd_demo(args):
     return 0 if result["accuracy"] >= 0.9 else 1
 
 
+def _jb_default(name):
+    import inspect
+    from .verifier.joint_bayesian import JointBayesian
+    return inspect.signature(JointBayesian.fit).parameters[name].default
+
+
 def cmd_fit_verifier(args):
     from .verifier.commands import fit_verifier_main
     fit_verifier_main(args.nets, args.data, args.out, pca=args.pca, layout=args.layout,
                       n_pairs=args.pairs, seed=args.seed, backend=args.backend,
-                      cache_dir=args.cache)
+                      cache_dir=args.cache, em_iters=args.em_iters, em_tol=args.em_tol)
     return 0
 
 
@@ -162,6 +169,12 @@ def _verifier_parsers(sub):
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--cache", help="feature cache folder")
     f.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+    f.add_argument("--em-iters", type=int, default=None,
+                   help="Joint Bayesian: at most this many EM iterations (default %d)"
+                        % _jb_default("max_iter"))
+    f.add_argument("--em-tol", type=float, default=None,
+                   help="Joint Bayesian: stop when both covariances change by less than this "
+                        "(relative Frobenius norm; default %g)" % _jb_default("tol"))
     f.set_defaults(func=cmd_fit_verifier)
 
     v = sub.add_parser("verify", help="are two photographs of the same person?")
@@ -216,6 +229,9 @@ def build_parser():
     t.add_argument("--batch", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.01)
     t.add_argument("--lambda", dest="lam", type=float, default=0.05)
+    t.add_argument("--ident-weight", type=float, default=1.0,
+                   help="weight of the identification loss: ident_weight * ident + lambda * "
+                        "verif (0: the verification loss alone)")
     t.add_argument("--verif", default="l2", choices=["l2", "l2_pos", "l1", "cosine"])
     t.add_argument("--margin", type=float, default=1.0)
     t.add_argument("--learn-margin", action="store_true")

@@ -78,7 +78,7 @@ import numpy as np
 
 from .data import assemble_batch
 from .loop import sgd_step
-from .train import Trainer, initial_verif_params, lr_at
+from .train import Trainer, initial_verif_params, lr_at, weigh_ident
 
 # environment variables an MPI launcher sets in the processes it starts
 # (MPICH/Hydra, Open MPI, PMIx-based launchers such as srun --mpi=pmix)
@@ -327,6 +327,7 @@ class DistTrainer(Trainer):
             acts = self.net.forward(p, x)
             loss = be.joint_loss(acts["logits"], labels, acts["deepid"], pa, pb, gy,
                                  variant=cfg.verif, lam=lam, params=state["verif"])
+            loss = weigh_ident(loss, cfg.ident_weight)
             buf = self.local[j]
             buf.fill(0)
             self.net.backward(p, acts, loss.dlogits, loss.dfeatures, self.views(buf))
@@ -355,17 +356,7 @@ class DistTrainer(Trainer):
         if len(self.val_idx) == 0:
             return None
         mine = np.array_split(self.val_idx, self.comm.size)[self.comm.rank]
-        correct = 0
-        for i in range(0, len(mine), batch):
-            idx = mine[i:i + batch]
-            if self.on_device:
-                x = self.be.assemble_batch(self.dev_patches, idx, np.zeros(len(idx), bool))
-                truth = self.dev_labels[self.xp.asarray(idx)]
-            else:
-                x = assemble_batch(self.cache.patches, idx, np.zeros(len(idx), bool))
-                truth = np.asarray(self.cache.labels)[idx]
-            logits = self.net.forward(params, x)["logits"]
-            correct += int((logits.argmax(1) == truth).sum())
+        correct = self.count_correct(params, mine, batch)
         return sum(self.comm.allgather(correct)) / len(self.val_idx)
 
     # -- rank 0 alone reads and writes the run folder --------------------------

@@ -29,16 +29,18 @@ def save_checkpoint(path, params, velocity, extra, meta):
     safetensors.save(path, tensors, meta)
 
 
-def load_checkpoint(path, fmt, net, train, what):
+def load_checkpoint(path, fmt, net, train, what, defaults=None):
     """(params, velocity, tensors, meta) of a checkpoint written for this
     network (net: its config dict) and training config (train: dict); any
-    difference is an error that names the fields."""
+    difference is an error that names the fields. defaults: the value of a
+    field a checkpoint does not store (one written before the field existed,
+    or one that leaves a field out at its default)."""
     tensors, meta = safetensors.load(path)
     if meta.get("format") != fmt:
         raise ValueError(f"{path} is not a deepid2 {what} checkpoint")
     if json.loads(meta["net"]) != net:
         raise ValueError(f"{path} was written for another network: {meta['net']}")
-    saved = json.loads(meta["train"])
+    saved = {**(defaults or {}), **json.loads(meta["train"])}
     changed = sorted(k for k in train if saved.get(k) != train[k])
     if changed:
         raise ValueError(f"cannot resume {path} with a different config: {', '.join(changed)} "

@@ -2,8 +2,10 @@
 
 Every mini-batch is made of image pairs: images [a_0 .. a_{P-1}, b_0 ..
 b_{P-1}] with pairs (a_i, b_i), a share `same_share` of them of one identity.
-The loss is ident (softmax cross-entropy on every image) + lambda * verif
-(on the pairs). The first `warmup_steps` steps train ident alone.
+The loss is ident_weight * ident (softmax cross-entropy on every image) +
+lambda * verif (on the pairs); ident_weight is 1 by default (the paper's loss),
+0 gives the verification loss alone. The first `warmup_steps` steps train the
+ident term alone.
 
 Reproducibility: the batch of step s of epoch e is drawn from
 np.random.default_rng([seed, e, s]), and every op is deterministic, so a run
@@ -52,6 +54,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lam: float = 0.05
+    ident_weight: float = 1.0    # weight of the identification term; 0: verification alone
     verif: str = "l2"
     margin: float = 1.0          # l2/l2_pos/l1: m; cosine: initial w (b starts at 0)
     learn_margin: bool = False
@@ -71,6 +74,36 @@ class TrainConfig:
             raise ValueError(f"same_share must be in [0, 1], got {self.same_share}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.ident_weight >= 0.0:
+            raise ValueError(f"ident_weight must be at least 0, got {self.ident_weight}")
+        if self.ident_weight == 0.0 and self.lam == 0.0:
+            raise ValueError("ident_weight 0 and lambda 0 leave no loss to train")
+        if self.ident_weight == 0.0 and self.warmup_steps > 0:
+            raise ValueError("warmup steps train the ident term alone: none with ident_weight 0")
+
+    # fields added after checkpoints were first written, with the value that
+    # reproduces the older runs: left out of the stored dict at that value, so
+    # such a run's files are byte-identical to before and old checkpoints resume
+    LATER_FIELDS = {"ident_weight": 1.0}
+
+    def to_dict(self):
+        """The config as stored in checkpoints and models."""
+        d = asdict(self)
+        for k, v in self.LATER_FIELDS.items():
+            if d[k] == v:
+                del d[k]
+        return d
+
+
+def weigh_ident(loss, ident_weight):
+    """loss (a backend's JointLoss, ident + lam * verif) as ident_weight *
+    ident + lam * verif: dlogits, which only the ident term reaches, and total
+    scaled. 1.0 returns loss itself, untouched."""
+    if ident_weight == 1.0:
+        return loss
+    w = np.float32(ident_weight)
+    return loss._replace(total=loss.total - (1.0 - ident_weight) * loss.ident,
+                         dlogits=loss.dlogits * w)  # numpy and CuPy alike
 
 
 class PairSampler:
@@ -161,7 +194,7 @@ class Trainer:
 
     def _meta(self, state):
         meta = {"format": FORMAT, "net": json.dumps(self.net_cfg.to_dict(), sort_keys=True),
-                "train": json.dumps(asdict(self.cfg), sort_keys=True),
+                "train": json.dumps(self.cfg.to_dict(), sort_keys=True),
                 "identities": json.dumps(list(self.cache.identities)),
                 "epoch": str(state["epoch"]), "best_epoch": str(state["best_epoch"]),
                 "best_val": repr(state["best_val"])}
@@ -178,7 +211,7 @@ class Trainer:
     def load_checkpoint(self):
         params, velocity, tensors, meta = load_checkpoint(
             os.path.join(self.run_dir, CHECKPOINT), FORMAT, self.net_cfg.to_dict(),
-            asdict(self.cfg), "training")
+            asdict(self.cfg), "training", defaults=TrainConfig.LATER_FIELDS)
         epoch = int(meta["epoch"])
         return dict(params=params, velocity=velocity, verif=tensors["verif/params"], epoch=epoch,
                     best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
@@ -210,6 +243,7 @@ class Trainer:
         lam = 0.0 if g < cfg.warmup_steps else cfg.lam
         loss = be.joint_loss(acts["logits"], labels, acts["deepid"], pa, pb, py,
                              variant=cfg.verif, lam=lam, params=state["verif"])
+        loss = weigh_ident(loss, cfg.ident_weight)
         grads = {k: self.xp.zeros_like(v) for k, v in p.items()}
         self.net.backward(p, acts, loss.dlogits, loss.dfeatures, grads)
         lr = lr_at(cfg, g, self.total_steps)
@@ -238,9 +272,13 @@ class Trainer:
     def validate(self, params, batch=256):
         if len(self.val_idx) == 0:
             return None
+        return self.count_correct(params, self.val_idx, batch) / len(self.val_idx)
+
+    def count_correct(self, params, images, batch=256):
+        """How many of these cache images the ident layer puts in their class."""
         correct = 0
-        for i in range(0, len(self.val_idx), batch):
-            idx = self.val_idx[i:i + batch]
+        for i in range(0, len(images), batch):
+            idx = images[i:i + batch]
             if self.on_device:
                 x = self.be.assemble_batch(self.dev_patches, idx, np.zeros(len(idx), bool))
                 truth = self.dev_labels[self.xp.asarray(idx)]
@@ -249,7 +287,7 @@ class Trainer:
                 truth = np.asarray(self.cache.labels)[idx]
             logits = self.net.forward(params, x)["logits"]
             correct += int((logits.argmax(1) == truth).sum())
-        return correct / len(self.val_idx)
+        return correct
 
     # -- host <-> device -------------------------------------------------------
     _ARRAYS = ("params", "velocity")
@@ -309,6 +347,8 @@ class Trainer:
             state["epoch"] = epoch + 1
             state["history"].append(row)
             score = val if val is not None else row["train_acc"]
+            if cfg.ident_weight == 0.0:  # the classifier is not trained: keep the latest net
+                score = float(epoch + 1)
             host = self.to_host(state)
             if score > state["best_val"]:
                 state["best_epoch"], state["best_val"] = epoch + 1, score
