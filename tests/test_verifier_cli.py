@@ -200,3 +200,23 @@ def test_verify_defaults_to_the_shipped_model(world, capsys):
     face = str(world["faces"] / "synth00001" / "synth00001_0001.jpg")
     assert main(["verify", face, face, "--aligned"]) == 0      # a face matches itself
     assert capsys.readouterr().out.startswith("same person")
+
+
+def test_fit_verifier_cuts_the_patch_the_network_was_trained_on(tmp_path):
+    """A network trained with lighting (or on a layout patch) says so in its
+    model file; fit-verifier must cut the same patch, or refuse."""
+    import json as _json
+    from deepid2_core import safetensors
+    from deepid2_core.data import PatchSpec
+    from deepid2_core.verifier.commands import _trained_input
+    spec = PatchSpec(lighting="clahe")
+    path = tmp_path / "net.safetensors"
+    safetensors.save(path, {"x": np.ones(1, np.float32)},
+                     {"input": _json.dumps(spec.to_dict(), sort_keys=True)})
+    assert _trained_input(str(path)) == spec
+    safetensors.save(path, {"x": np.ones(1, np.float32)}, {})
+    assert _trained_input(str(path)) == PatchSpec()
+    safetensors.save(path, {"x": np.ones(1, np.float32)},
+                     {"input": _json.dumps({"kind": "layout", "layout": "deepid2", "index": 3})})
+    with pytest.raises(ValueError, match="layout 'deepid2'"):
+        _trained_input(str(path))

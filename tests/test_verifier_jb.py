@@ -168,3 +168,34 @@ def test_scoring_checks_dimensions():
         jb.score(np.ones((2, 3)), np.ones((2, 3)))
     with pytest.raises(ValueError, match="3 first and 2 second"):
         jb.score(np.ones((3, 4)), np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_em_step_matches_the_per_class_formulas(truth, exact):
+    """The simultaneously diagonalised EM step against the direct formulas:
+    T_m = (m S_mu + S_eps)^-1 inverted per class size."""
+    from deepid2_core.verifier.joint_bayesian import _em_step, _within_scatter
+    rng, s_mu, s_eps = truth
+    d = len(s_mu)
+    sizes = np.array([1, 2, 2, 3, 5, 8, 8, 13])
+    index = np.repeat(np.arange(len(sizes)), sizes)
+    x = rng.normal(size=(len(index), d))
+    sums = np.zeros((len(sizes), d))
+    np.add.at(sums, index, x)
+    within = _within_scatter(x, index, sums, sizes)
+    new_mu, new_eps, loglik = _em_step(x, index, sums, sizes, s_mu, s_eps, within, exact)
+    e_mu, cov_mu, cov_eps, ll = np.empty_like(sums), np.zeros((d, d)), np.zeros((d, d)), 0.0
+    for c, m in enumerate(sizes):
+        t = np.linalg.inv(m * s_mu + s_eps)
+        e_mu[c] = s_mu @ t @ sums[c]
+        cov = s_mu - m * s_mu @ t @ s_mu
+        cov_mu += cov
+        cov_eps += m * cov
+        big = np.kron(np.eye(m), s_eps) + np.kron(np.ones((m, m)), s_mu)
+        ll += gaussian_logpdf(x[index == c].reshape(1, -1), big)[0]
+    r = x - e_mu[index]
+    ref_mu = (e_mu.T @ e_mu + (cov_mu if exact else 0)) / len(sizes)
+    ref_eps = (r.T @ r + (cov_eps if exact else 0)) / len(x)
+    close(new_mu, ref_mu, 1e-10, 1e-9)
+    close(new_eps, ref_eps, 1e-10, 1e-9)
+    assert loglik == pytest.approx(ll, rel=1e-10)

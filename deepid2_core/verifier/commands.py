@@ -9,6 +9,7 @@ network, PCA and Joint Bayesian. Faces go in either as plain photographs
 """
 import json
 import os
+import time
 
 import numpy as np
 
@@ -137,21 +138,39 @@ def _net_file(path):
     return path
 
 
+def _trained_input(net_file):
+    """The fixed-crop patch (crop, size, lighting) the network was trained on,
+    from its model file's "input" metadata (absent: the default PatchSpec)."""
+    from .. import safetensors
+    _, meta = safetensors.load(net_file)
+    if "input" not in meta:
+        return PatchSpec()
+    d = json.loads(meta["input"])
+    if d.get("kind") == "layout":
+        raise ValueError(f"{net_file} was trained on patch {d.get('index')} of layout "
+                         f"{d.get('layout')!r}: only whole-face networks can be fitted here "
+                         "(multi-patch verifiers are not built yet)")
+    return PatchSpec.from_dict(d)
+
+
 def fit_verifier_main(nets, data, out, pca=180, layout="whole", n_pairs=3000, seed=0,
-                      backend="cpu", cache_dir=None, log=print):
+                      backend="cpu", cache_dir=None, log=print, em_iters=None, em_tol=None):
     """Features of every image under data (identity folders of aligned faces)
-    -> PCA + Joint Bayesian, thresholds on training pairs -> verifier file."""
+    -> PCA + Joint Bayesian, thresholds on training pairs -> verifier file.
+    em_iters, em_tol: JointBayesian.fit's max_iter and tol (None: its defaults)."""
     from ..verifier_file import save_verifier
     if layout != "whole":
         raise ValueError(f"layout {layout!r}: only 'whole' is supported (networks for the "
                          "patches of a multi-patch layout are not trained yet)")
     if len(nets) != 1:
         raise ValueError(f"the whole-face layout takes one network, got {len(nets)}")
-    net = load_patch_network(_net_file(nets[0]))
+    net_file = _net_file(nets[0])
+    net = load_patch_network(net_file)
     ids = scan_identities(data)
     paths = [p for _, ps in ids for p in ps]
     labels = np.array([k for k, (_, ps) in enumerate(ids) for _ in ps])
-    ext = FeatureExtractor(WholeFace(), [net], _backend(backend), cache_dir=cache_dir)
+    ext = FeatureExtractor(WholeFace(_trained_input(net_file)), [net], _backend(backend),
+                           cache_dir=cache_dir)
     feats, keep, problems = extract_paths(ext, paths)
     for why in problems[:5]:
         log(f"skipped: {why}")
@@ -168,7 +187,10 @@ def fit_verifier_main(nets, data, out, pca=180, layout="whole", n_pairs=3000, se
     if pca > rank:
         raise ValueError(f"--pca {pca} exceeds what {len(feats)} images of {feats.shape[1]}-d "
                          f"features allow (at most {rank})")
-    ver = Verifier.fit(feats, labels, d=pca, n_pairs=n_pairs, seed=seed)
+    jb = {k: v for k, v in (("max_iter", em_iters), ("tol", em_tol)) if v is not None}
+    t0 = time.perf_counter()
+    ver = Verifier.fit(feats, labels, d=pca, n_pairs=n_pairs, seed=seed, **jb)
+    fit_s = time.perf_counter() - t0
     a, b, same = sample_pairs(labels, n_pairs, seed + 1)
     train_acc = float(np.mean((ver.score(feats[a], feats[b]) >= ver.threshold) == same))
     t = ver.export_tensors()
@@ -180,7 +202,8 @@ def fit_verifier_main(nets, data, out, pca=180, layout="whole", n_pairs=3000, se
                   t["pca/components"], t["jb/A"], t["jb/G"], ver.threshold, extra_meta=meta,
                   l2_threshold=ver.baseline_thresholds.get("l2"),
                   cosine_threshold=ver.baseline_thresholds.get("cosine"))
-    log(f"PCA {pca}, Joint Bayesian after {ver.jb.iterations} EM iterations; threshold "
+    log(f"PCA {pca}, Joint Bayesian after {ver.jb.iterations} EM iterations ({fit_s:.0f} s); "
+        f"threshold "
         f"{ver.threshold:.3f} (accuracy {train_acc:.4f} on other training pairs); wrote {out}")
     return dict(threshold=ver.threshold, train_pair_accuracy=train_acc, images=len(keep))
 

@@ -30,7 +30,7 @@ Features are centred by the training mean (`mean`) before all of this.
 """
 import numpy as np
 
-from .linalg import sym_inv, sym_inv_logdet, symmetric
+from .linalg import sym_eigh, sym_inv, symmetric
 from .pca import as_feature_matrix
 
 _LOG_2PI = np.log(2 * np.pi)
@@ -162,31 +162,41 @@ def _within_scatter(x, index, sums, sizes):
 
 
 def _em_step(x, index, sums, sizes, s_mu, s_eps, within, exact):
-    """One EM iteration; also the log-likelihood of the data under (s_mu, s_eps)."""
+    """One EM iteration; also the log-likelihood of the data under (s_mu, s_eps).
+
+    Both covariances are diagonalised at once: with S_eps = Q L Q' and the
+    whitened S_mu, L^-1/2 Q' S_mu Q L^-1/2 = U D U', W = Q L^-1/2 U and
+    V = Q L^1/2 U give W' S_eps W = I, W' S_mu W = D, S_mu = V D V',
+    S_eps = V V'. Then for a class of m images
+      T_m = (m S_mu + S_eps)^-1 = W (m D + I)^-1 W',
+      S_mu T_m = V D (m D + I)^-1 W',  Cov[mu | class] = V D (m D + I)^-1 V',
+      log det (m S_mu + S_eps) = log det S_eps + sum log(m D + 1),
+    so no class size needs an inverse of its own: two eigendecompositions an
+    iteration, whatever the number of distinct class sizes (41 on LFW)."""
     n, d = x.shape
-    f, logdet_eps = sym_inv_logdet(s_eps, "S_eps")
-    e_mu = np.empty_like(sums)
-    cov_mu_sum = np.zeros((d, d))          # sum over classes of Cov[mu | class]
-    cov_eps_sum = np.zeros((d, d))         # sum over images of the same
+    lam_eps, q = sym_eigh(s_eps, "S_eps")
+    logdet_eps = float(np.sum(np.log(lam_eps)))
+    half = q / np.sqrt(lam_eps)                       # Q L^-1/2
+    dvals, u = np.linalg.eigh(symmetric(half.T @ s_mu @ half))
+    dvals = np.maximum(dvals, 0.0)                    # S_mu is positive semi-definite
+    w = half @ u                                      # W
+    v = (q * np.sqrt(lam_eps)) @ u                    # V
+    m = sizes.astype(np.float64)[:, None]
+    shrink = dvals / (m * dvals + 1.0)                # per class: D (m D + I)^-1, diagonal
+    p = sums @ w                                      # W' s per class
+    e_mu = (p * shrink) @ v.T
+    f = symmetric(w @ w.T)                            # S_eps^-1
     loglik = -0.5 * (n * d * _LOG_2PI + np.sum(f * within)
                      + (n - len(sizes)) * logdet_eps)
-    for m in np.unique(sizes):
-        cls = np.flatnonzero(sizes == m)
-        t_m, logdet_m = sym_inv_logdet(m * s_mu + s_eps, f"{m} S_mu + S_eps")
-        mu_t = s_mu @ t_m
-        e_mu[cls] = sums[cls] @ mu_t.T
-        cov = symmetric(s_mu - m * mu_t @ s_mu)
-        cov_mu_sum += len(cls) * cov
-        cov_eps_sum += len(cls) * m * cov
-        # class term: m xbar' T_m xbar = s' T_m s / m, and log det (m S_mu + S_eps)
-        loglik -= 0.5 * (np.einsum("ij,jk,ik->", sums[cls], t_m, sums[cls]) / m
-                         + len(cls) * logdet_m)
+    # class terms: s' T_m s / m and log det (m S_mu + S_eps)
+    loglik -= 0.5 * (np.sum(p * p / (m * dvals + 1.0) / m)
+                     + len(sizes) * logdet_eps + np.sum(np.log(m * dvals + 1.0)))
     r = x - e_mu[index]
     new_mu = e_mu.T @ e_mu
     new_eps = r.T @ r
     if exact:
-        new_mu += cov_mu_sum
-        new_eps += cov_eps_sum
+        new_mu += (v * shrink.sum(0)) @ v.T           # sum over classes of Cov[mu | class]
+        new_eps += (v * (m * shrink).sum(0)) @ v.T    # sum over images of the same
     return symmetric(new_mu / len(sizes)), symmetric(new_eps / n), float(loglik)
 
 
