@@ -29,6 +29,9 @@ def _newest_source():
 
 @pytest.fixture(scope="module")
 def tools(tmp_path_factory):
+    given = os.environ.get("DEEPID2_CPP_TOOLS")   # ctest's python_agreement: its own build
+    if given:
+        return {t: os.path.join(given, t) for t in TOOLS}
     newest = _newest_source()
     for build in (os.path.join(REPO, "build", "cpp"), os.path.join(REPO, ".ci-build")):
         paths = [os.path.join(build, t) for t in TOOLS]
