@@ -974,7 +974,10 @@ def main(argv=None):
     e.add_argument("--model")
     e.add_argument("--detector", default="auto", choices=["auto", "haar", "central"])
     e.add_argument("--limit", type=int)
-    e.add_argument("--yunet", help="also evaluate this YuNet ONNX model on the same images")
+    e.add_argument("--yunet", help="also evaluate this YuNet ONNX model on the same images "
+                   "(and ours on the images YuNet finds)")
+    e.add_argument("--no-flip-average", action="store_true",
+                   help="one pass on the crop, not the mean of the crop and its mirror")
     e.add_argument("--json")
     a = p.parse_args(argv)
     if a.cmd == "train":
@@ -989,10 +992,16 @@ def main(argv=None):
                                                                "target_stats")})
         print(json.dumps({k: v for k, v in s.items() if k != "test"}, indent=1))
         return 0
-    model = load_landmark_model(a.model)
+    model = load_landmark_model(a.model, flip_average=not a.no_flip_average)
     res = {"ours": evaluate(model, a.data, detector=a.detector, limit=a.limit, progress=True)}
     if a.yunet:
         res["yunet"] = evaluate_yunet(a.data, a.yunet, limit=a.limit)
+        # ours on the same images as YuNet's figure: those it found a face in
+        missed = set(res["yunet"]["missed"]) | set(res["ours"]["skipped"])
+        rels = [rel for rel, _ in read_mtfl(a.data, TEST_LIST)[:a.limit]
+                if rel not in res["ours"]["skipped"]]
+        res["ours_on_yunet_images"] = summarise(
+            [e for rel, e in zip(rels, res["ours"]["errors"]) if rel not in missed])
     for name, r in res.items():
         print(name, json.dumps({k: v for k, v in r.items()
                                 if k not in ("errors", "missed", "skipped")}, indent=1))

@@ -192,6 +192,15 @@ void wgrad_accumulate(int K, int q, int ld, const float* dyt, const float* colsT
 // wgrad lanes (gemm_nr() is 8, 16 or 32 with the instruction set).
 int col_ld(int jc) { return round_up(jc, std::max(gemm_nr(), WV)); }
 
+// This thread's zeroed lane accumulators when the weight gradient of K maps
+// goes by wgrad_accumulate (K < kPackedWgradMaps), else nullptr (packed GEMM).
+float* wgrad_lanes(int K, int q) {
+    if (K >= kPackedWgradMaps) return nullptr;
+    float* vacc = thread_scratch(2, size_t(K) * q * WV);
+    std::fill(vacc, vacc + size_t(K) * q * WV, 0.0f);
+    return vacc;
+}
+
 // dw [K x q] += the lanes of vacc, summed in lane order; vacc is zeroed.
 void wgrad_flush(int K, int q, float* vacc, float* dw) {
     for (int64_t e = 0; e < int64_t(K) * q; ++e) {
@@ -319,8 +328,7 @@ struct BackwardChunk {
         }
         im2col(x, taps, runs, jc, ld, colsT);
         // dW_r [K x q] += dYt [K x jc] * colsT^T
-        if (s.k < kPackedWgradMaps) {
-            // few maps: packing colsT would cost more than the product itself
+        if (vacc) {  // few maps (wgrad_lanes): packing colsT would cost more than the product
             wgrad_accumulate(s.k, q, ld, dyt, colsT, vacc);
         } else {
             float* dya = thread_scratch(3, packed_a_size(s.k, JC));
@@ -352,7 +360,6 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
     const std::vector<float> wtpack = dx ? pack_weights(s, w, true) : std::vector<float>();
     const int64_t wtstride = packed_a_size(q, s.k);
     const BackwardChunk chunk{s, x, y, dy, relu, taps};
-    const bool nt_wgrad = s.k < kPackedWgradMaps;  // see BackwardChunk::run
 
     if (s.rh * s.rw <= kSmallRegion) {
         // Small regions: one task per region over all N images owns dw_r and
@@ -366,8 +373,7 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
         {
             float* colsT = thread_scratch(0, size_t(q) * JC);
             float* dyt = thread_scratch(1, size_t(s.k) * JC);
-            float* vacc = nt_wgrad ? thread_scratch(2, size_t(s.k) * q * WV) : nullptr;
-            if (nt_wgrad) std::fill(vacc, vacc + size_t(s.k) * q * WV, 0.0f);
+            float* vacc = wgrad_lanes(s.k, q);
             std::vector<Run> runs;
 #pragma omp for schedule(dynamic)
             for (int r = 0; r < R; ++r) {
@@ -378,7 +384,7 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
                               dx ? wtpack.data() + r * wtstride : nullptr, colsT, dyt,
                               dx ? dcols + q * col0[r] + j0 : nullptr, col0[r + 1] - col0[r],
                               runs);
-                if (nt_wgrad) wgrad_flush(s.k, q, vacc, dw + int64_t(r) * s.k * q);
+                if (vacc) wgrad_flush(s.k, q, vacc, dw + int64_t(r) * s.k * q);
             }
             if (dx) {
 #pragma omp for schedule(static)
@@ -406,8 +412,7 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
         float* colsT = thread_scratch(0, size_t(q) * JC);
         float* dyt = thread_scratch(1, size_t(s.k) * JC);
         float* dcolsT = thread_scratch(4, size_t(q) * JC);
-        float* vacc = nt_wgrad ? thread_scratch(2, size_t(s.k) * q * WV) : nullptr;
-        if (nt_wgrad) std::fill(vacc, vacc + size_t(s.k) * q * WV, 0.0f);
+        float* vacc = wgrad_lanes(s.k, q);
         std::vector<Run> runs;
 #pragma omp for schedule(dynamic)
         for (int g = 0; g < G; ++g) {
@@ -426,7 +431,7 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
                               col_ld(jc), runs);
                     if (dx) col2im_add(dcolsT, col_ld(jc), taps, runs, dx);
                 }
-                if (nt_wgrad) wgrad_flush(s.k, q, vacc, pw + int64_t(r) * s.k * q);
+                if (vacc) wgrad_flush(s.k, q, vacc, pw + int64_t(r) * s.k * q);
             }
         }
 #pragma omp for schedule(static)

@@ -327,8 +327,27 @@ def _dx_as_forward_conv(s, w, y, dy, dx, relu_):
              _i32(col_tiles)))
 
 
-def _dx_tile(s):
-    return _dx_tile_for(s.h, s.w, s.kh, s.kw, s.k, 2 if s.r == 1 else 1)
+def _dx_gather(s, w, y, dy, dx, relu_):
+    """dx by gathering, for each input position, the taps that reach it:
+    lsconv_bwd_data (_px2, two positions per thread, where one region covers
+    the map), or the simple kernel where no staged tile fits."""
+    px = 2 if s.r == 1 else 1
+    th, tw, nb, kc = _dx_tile_for(s.h, s.w, s.kh, s.kw, s.k, px)
+    if not kc:
+        _launch("lsconv", "lsconv_bwd_data_simple", (_blocks(dx.size),), 256,
+                (y, dy, w, dx, *s.dims(), relu_))
+        return
+    cp_ = -(-s.c // 8) * 8
+    wt = cupy.empty((s.r, s.k, s.kh, s.kw, cp_), dtype=_f32)
+    _launch("lsconv", "lsconv_wt_transpose", (_blocks(wt.size),), 256,
+            (w, wt, _i32(s.r), _i32(s.k), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(cp_)))
+    tiles = -(-s.h // th) * -(-s.w // tw)
+    threads = -(-nb * th * tw // px // 32) * 32
+    smem = nb * kc * (th + s.kh - 1) * (tw + s.kw - 1 + px - 1) * 4
+    _launch("lsconv", "lsconv_bwd_data_px2" if px == 2 else "lsconv_bwd_data",
+            (-(-s.n // nb) * tiles, cp_ // 8), threads,
+            (y, dy, wt, dx, *s.dims(), relu_, _i32(cp_), _i32(kc), _i32(th), _i32(tw),
+             _i32(nb)), shared_mem=smem)
 
 
 @functools.lru_cache(maxsize=256)
@@ -390,26 +409,11 @@ def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=No
     dx = None
     if need_dx:
         dx = _new(tuple(x.shape))
-        cp_ = -(-s.c // 8) * 8
-        th, tw, nb, kc = _dx_tile(s)
         padded = (s.oh + 2 * (s.kh - 1)) * (s.ow + 2 * (s.kw - 1))
         if s.r == 1 and padded <= 2 * s.h * s.w:   # (padding a big kernel would cost more)
             _dx_as_forward_conv(s, w, y, dy, dx, relu_)
-        elif kc:
-            wt = cupy.empty((s.r, s.k, s.kh, s.kw, cp_), dtype=_f32)
-            _launch("lsconv", "lsconv_wt_transpose", (_blocks(wt.size),), 256,
-                    (w, wt, _i32(s.r), _i32(s.k), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(cp_)))
-            px = 2 if s.r == 1 else 1
-            tiles = -(-s.h // th) * -(-s.w // tw)
-            threads = -(-nb * th * tw // px // 32) * 32
-            smem = nb * kc * (th + s.kh - 1) * (tw + s.kw - 1 + px - 1) * 4
-            _launch("lsconv", "lsconv_bwd_data_px2" if px == 2 else "lsconv_bwd_data",
-                    (-(-s.n // nb) * tiles, cp_ // 8), threads,
-                    (y, dy, wt, dx, *s.dims(), relu_, _i32(cp_), _i32(kc), _i32(th), _i32(tw),
-                     _i32(nb)), shared_mem=smem)
         else:
-            _launch("lsconv", "lsconv_bwd_data_simple", (_blocks(dx.size),), 256,
-                    (y, dy, w, dx, *s.dims(), relu_))
+            _dx_gather(s, w, y, dy, dx, relu_)
 
     bm, bn = _wgrad_tile(s.k, s.q + 1)
     kname = f"lsconv_bwd_w_{bm}_{bn}"
