@@ -1,11 +1,13 @@
 """The C++ inference library (cpp/, deepid2::Model) against the Python side:
-Python writes a random verifier file, C++ tools built from cpp/ print
-features and scores, and they must agree to 1e-5 relative.
+Python writes a random verifier file (format 1, or 2 with one net config per
+patch), C++ tools built from cpp/ print features and scores, and they must
+agree to 1e-5 relative; malformed files are refused by both.
 
 The tools come from an up-to-date CMake build (build/cpp or .ci-build, if
 newer than every source in cpp/), else they are built into a temporary
 folder; without cmake or a compiler the tests skip, saying so.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepid2_core import safetensors
 from deepid2_core.backends import get_backend
 from deepid2_core.net import NetConfig, init_params
 from deepid2_core.verifier_file import jb_score, load_verifier, raw_features, save_verifier
@@ -49,15 +52,17 @@ def tools(tmp_path_factory):
 
 
 def _random_verifier(path, cfg, n_patches, d, seed):
+    """cfg: one NetConfig for all patches, or a list of one per patch."""
     rng = np.random.default_rng(seed)
+    cfgs = cfg if isinstance(cfg, list) else [cfg] * n_patches
     params = []
     for i in range(n_patches):
-        p = init_params(cfg, seed + i)
+        p = init_params(cfgs[i], seed + i)
         for k in p:  # non-zero biases, so every parameter matters
             if k.endswith(".b"):
                 p[k] = rng.uniform(0.0, 0.1, p[k].shape).astype(np.float32)
         params.append(p)
-    D = 2 * n_patches * cfg.feature_dim
+    D = 2 * n_patches * cfgs[0].feature_dim
     A = rng.standard_normal((d, d)) * 0.1
     G = rng.standard_normal((d, d)) * 0.1
     save_verifier(path, params, cfg, [f"patch{i}" for i in range(n_patches)], "test",
@@ -185,3 +190,172 @@ def test_cpp_example_on_the_shipped_model(tools, other):
     ref = jb_score(model, f[0], f[1])
     assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(model, f[0], f[1])
     assert words[2] == ("same" if ref >= model["threshold"] else "different")
+
+
+# ---------------------------------------------------------------------------
+# Format 2: one net config per patch (DeepID2's mixed patches: RGB and gray,
+# 55x47 and 47x47).
+MIXED = [NetConfig(n_classes=10), NetConfig(n_classes=10, height=47, width=47, channels=1),
+         NetConfig(n_classes=10, height=47, width=47, channels=3)]
+
+
+def _mixed_faces(n, seed):
+    """2P arrays N x C_i x H_i x W_i (file order), uniform in [-1, 1), never all zero."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-1, 1, (n, c.channels, c.height, c.width)).astype(np.float32)
+            for c in MIXED for _ in range(2)]
+
+
+def _cpp_layout(faces):
+    """The C++ input: per face, its 2P patches back to back (sum_i 2 C_i H_i W_i floats)."""
+    n = len(faces[0])
+    return np.concatenate([a.reshape(n, -1) for a in faces], axis=1)
+
+
+def _dump(tools, model_path, tmp_path, x, n):
+    x.astype(np.float32).tofile(tmp_path / "patches.f32")
+    return subprocess.run([tools["deepid2_dump"], model_path, str(tmp_path / "patches.f32"), str(n),
+                           str(tmp_path / "features.f32")], capture_output=True, text=True)
+
+
+def test_cpp_mixed_shapes_match_python(tools, tmp_path):
+    model_path = str(tmp_path / "mixed.safetensors")
+    params = _random_verifier(model_path, MIXED, 3, 40, seed=5)
+    model = load_verifier(model_path)
+    assert model["metadata"]["format"] == "deepid2-verifier/2" and "net" not in model["metadata"]
+    assert model["nets"] == MIXED and model["net"] == MIXED[0]
+    assert [json.loads(model["metadata"]["nets"])[i]["channels"] for i in range(3)] == [3, 1, 3]
+
+    n = 4
+    faces = _mixed_faces(n, seed=7)
+    r = _dump(tools, model_path, tmp_path, _cpp_layout(faces), n)
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "features.f32", np.float32).reshape(n, -1)
+    want = raw_features(get_backend("cpu"), params, MIXED, faces)
+    assert got.shape == want.shape == (n, 2 * 3 * 160)
+    for q in range(6):  # every network's block is alive, not only the first
+        assert np.count_nonzero(want[:, q * 160:(q + 1) * 160]) > n * 160 // 4, q
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("pair ")]
+    assert len(lines) == n * (n - 1) // 2
+    for _, i, j, score, same in lines:
+        i, j = int(i), int(j)
+        ref = jb_score(model, want[i], want[j])
+        assert abs(float(score) - ref) <= 1e-5 * _jb_magnitude(model, want[i], want[j]), (i, j, score, ref)
+        assert int(same) == int(float(score) >= model["threshold"])
+
+    # a patch buffer sized as 2P x patch 0's shape is refused, not over-read
+    r = _dump(tools, model_path, tmp_path, np.ones((n, 6, 3, 55, 47), np.float32), n)
+    assert r.returncode == 1 and "does not match" in r.stderr
+
+
+def test_equal_configs_write_format_1(tools, tmp_path):
+    """A list of equal configs writes the same bytes as one config (format 1),
+    and such a file reads back with nets = [net] * P on both sides."""
+    cfg = CASES[1][0]
+    one, many = str(tmp_path / "one.safetensors"), str(tmp_path / "many.safetensors")
+    params = _random_verifier(one, cfg, 3, 20, seed=4)
+    _random_verifier(many, [cfg] * 3, 3, 20, seed=4)
+    assert open(one, "rb").read() == open(many, "rb").read()
+    model = load_verifier(many)
+    assert model["metadata"]["format"] == "deepid2-verifier/1" and "nets" not in model["metadata"]
+    assert model["nets"] == [cfg] * 3 and model["net"] == cfg
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (2, 6, cfg.channels, cfg.height, cfg.width)).astype(np.float32)
+    r = _dump(tools, many, tmp_path, x, 2)
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "features.f32", np.float32).reshape(2, -1)
+    want = raw_features(get_backend("cpu"), params, cfg, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # the array form and the list form of the same patches agree
+    as_list = raw_features(get_backend("cpu"), params, [cfg] * 3, [x[:, q] for q in range(6)])
+    np.testing.assert_array_equal(as_list, want)
+
+
+def _edited(tmp_path, src, name, meta_edit=None, tensor_edit=None):
+    tensors, meta = safetensors.load(src)
+    if meta_edit:
+        meta_edit(meta)
+    if tensor_edit:
+        tensor_edit(tensors)
+    path = str(tmp_path / f"{name}.safetensors")
+    safetensors.save(path, tensors, meta)
+    return path
+
+
+def _nets_edit(fn):
+    def edit(meta):
+        nets = json.loads(meta["nets"])
+        fn(nets)
+        meta["nets"] = json.dumps(nets)
+    return edit
+
+
+# (name, metadata edit, tensor edit, what Python's ValueError says, what C++ says)
+MALFORMED = [
+    ("missing nets", lambda m: m.pop("nets"), None, 'metadata "nets" is missing', '"nets" is missing'),
+    ("nets too short", _nets_edit(lambda n: n.pop()), None, "got 2 configs",
+     "2 net configs for 3 patches"),
+    ("nets too long", _nets_edit(lambda n: n.append(n[0])), None, "got 4 configs",
+     "4 net configs for 3 patches"),
+    ("both keys", lambda m: m.update(net=json.dumps(MIXED[0].to_dict())), None,
+     'both "net" and "nets"', 'both "net" and "nets"'),
+    ("feature_dim differs", _nets_edit(lambda n: n[2].update(feature_dim=128)), None,
+     "feature_dim 128", "nets[2] has feature_dim 128"),
+    ("unknown key", _nets_edit(lambda n: n[1].update(dropout=0.5)), None,
+     r"nets\[1\] is not a valid net config: unknown key 'dropout'",
+     'nets[1] config has an unknown key "dropout"'),
+    ("wrong tensor shape for patch 1", None,
+     lambda t: t.update({"patch1/conv1.w": np.full((1, 1, 20, 3, 4, 4), 0.01, np.float32)}),
+     r"patch 1: conv1.w has shape \(1, 1, 20, 3, 4, 4\)", '"patch1/conv1.w" has shape (1, 1, 20, 3, 4, 4)'),
+    ("config differs from the tensors", _nets_edit(lambda n: n[1].update(channels=3)), None,
+     "patch 1: conv1.w", "expected (1, 1, 20, 3, 4, 4) (from nets[1])"),
+]
+
+
+@pytest.mark.parametrize("name,meta_edit,tensor_edit,py_says,cpp_says", MALFORMED,
+                         ids=[m[0] for m in MALFORMED])
+def test_malformed_format_2_refused_by_both(tools, tmp_path, name, meta_edit, tensor_edit,
+                                            py_says, cpp_says):
+    good = str(tmp_path / "good.safetensors")
+    _random_verifier(good, MIXED, 3, 12, seed=1)
+    bad = _edited(tmp_path, good, name.replace(" ", "_"), meta_edit, tensor_edit)
+    with pytest.raises(ValueError, match=py_says):
+        load_verifier(bad)
+    r = subprocess.run([tools["deepid2_dump"], bad, str(tmp_path / "none.f32"), "1",
+                        str(tmp_path / "f.f32")], capture_output=True, text=True)
+    assert r.returncode == 1 and cpp_says in r.stderr, r.stderr
+
+
+def test_format_2_argument_checks(tmp_path):
+    """save_verifier and raw_features refuse inconsistent configs and patches,
+    naming the problem."""
+    params = [init_params(c, i) for i, c in enumerate(MIXED)]
+    D, d = 2 * 3 * 160, 8
+    ok = dict(pca_mean=np.zeros(D), pca_components=np.ones((D, d)), jb_A=np.eye(d), jb_G=np.eye(d),
+              threshold=0.0)
+    names = ["a", "b", "c"]
+    path = str(tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="2 net configs for 3 patch networks"):
+        save_verifier(path, params, MIXED[:2], names, "test", **ok)
+    other_dim = [MIXED[0], MIXED[1], NetConfig(n_classes=10, height=47, width=47, feature_dim=128)]
+    with pytest.raises(ValueError, match="patch 2's net config has feature_dim 128"):
+        save_verifier(path, params, other_dim, names, "test", **ok)
+    with pytest.raises(ValueError, match="patch 1: conv1.w has shape"):
+        save_verifier(path, [params[0], params[2], params[1]], MIXED, names, "test", **ok)
+    with pytest.raises(ValueError, match="reserved key 'nets'"):
+        save_verifier(path, params, MIXED, names, "test", extra_meta={"nets": "[]"}, **ok)
+
+    backend = get_backend("cpu")
+    faces = _mixed_faces(1, seed=2)
+    with pytest.raises(ValueError, match="5 patch arrays for 3 networks"):
+        raw_features(backend, params, MIXED, faces[:5])
+    swapped = faces[:2] + [faces[4], faces[3]] + faces[4:]
+    with pytest.raises(ValueError, match=r"patch 2 \(network 1\) has shape \(1, 3, 47, 47\)"):
+        raw_features(backend, params, MIXED, swapped)
+    with pytest.raises(ValueError, match="inputs of different shapes: give patches as a list of 6"):
+        raw_features(backend, params, MIXED, np.zeros((1, 6, 3, 55, 47), np.float32))
+    cfg = CASES[1][0]
+    with pytest.raises(ValueError, match=r"patch 0 \(network 0\) has shape \(1, 3, 33, 31\)"):
+        raw_features(backend, [init_params(cfg, 0)], cfg, np.zeros((1, 2, 3, 33, 31), np.float32))

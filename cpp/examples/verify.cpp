@@ -1,8 +1,8 @@
 // Verifies two faces with a trained model, no Python involved.
 //   deepid2_verify MODEL FACE_A FACE_B
 // A face file holds the 2P aligned patches of one face, in the model's patch
-// order [p0, p0 flipped, p1, p1 flipped, ...], each C x H x W (planar, RGB
-// for C = 3), raw with no header:
+// order [p0, p0 flipped, p1, p1 flipped, ...], patch i's each C_i x H_i x W_i
+// (its network's input; planar, RGB for C_i = 3), raw with no header:
 //   *.f32  float32 little-endian, already normalised as (u - 127.5) / 128
 //   *.u8   uint8 pixel values u (normalised here)
 // Prints "score S same|different (threshold T)".
@@ -26,7 +26,7 @@ static std::vector<float> read_face(const std::string& path, size_t floats) {
     if (raw.size() != want)
         throw std::runtime_error(path + ": " + std::to_string(raw.size()) + " bytes, expected " +
                                  std::to_string(want) + " (" + std::to_string(floats) +
-                                 " values: 2P patches of C x H x W)");
+                                 " values: 2P patches, patch i of C_i x H_i x W_i)");
     std::vector<float> v(floats);
     if (f32) {
         std::memcpy(v.data(), raw.data(), want);
@@ -45,8 +45,7 @@ int main(int argc, char** argv) {
     }
     try {
         const deepid2::Model model = deepid2::Model::load(argv[1]);
-        const size_t floats = size_t(2) * model.patches() * model.channels() * model.height() *
-                              model.width();
+        const size_t floats = model.input_size();
         const std::vector<float> a = read_face(argv[2], floats), b = read_face(argv[3], floats);
         std::vector<float> fa(model.feature_dim()), fb(model.feature_dim());
         model.features(a.data(), 1, fa.data());

@@ -17,8 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
         const deepid2::Model m = deepid2::Model::load_memory(data, size);
         // Inputs this small hold small networks, so one forward is cheap.
-        const size_t patch = size_t(m.channels()) * m.height() * m.width();
-        std::vector<float> x(2 * size_t(m.patches()) * patch, 0.5f), f(size_t(m.feature_dim()));
+        std::vector<float> x(m.input_size(), 0.5f), f(size_t(m.feature_dim()));
         m.features(x.data(), 1, f.data());
         const deepid2::Verdict v = m.verify(f.data(), f.data());
         if (v.same != (v.score >= m.threshold())) std::abort();

@@ -56,6 +56,9 @@ std::vector<std::vector<uint8_t>> builtin_seeds() {
     seeds.push_back(fixture::verifier_bytes(s));
     s.patches = 2, s.grid_rows = 2, s.grid_cols = 2, s.projected = 3, s.seed = 2;
     seeds.push_back(fixture::verifier_bytes(s));
+    fixture::Spec mixed = fixture::Spec::mixed();  // format 2
+    mixed.projected = 3;
+    seeds.push_back(fixture::verifier_bytes(mixed));
     return seeds;
 }
 
@@ -73,7 +76,8 @@ const char* const kTokens[] = {
     "[", "]", "{", "}", ",", ":", "\"", "null", "true", "0", "-1", "1.5", "1e999", "2147483648",
     "18446744073709551616", "9223372036854775807", "\"F64\"", "\"I32\"", "\"U8\"", "[]", "{}",
     "\\u0000", "\\ud800", "\"__metadata__\"", "\"data_offsets\"", "\"shape\"", "[0,0]",
-    "\"conv3_region\"", "[1,1]", "[0,1]", "\"deepid2-verifier/1\"", "\"patch1/conv1.w\""};
+    "\"conv3_region\"", "[1,1]", "[0,1]", "\"deepid2-verifier/1\"", "\"patch1/conv1.w\"",
+    "\"deepid2-verifier/2\"", "\"nets\"", "\"net\""};
 
 void mutate(std::vector<uint8_t>& b, std::mt19937_64& g) {
     const uint64_t hdr = std::min<uint64_t>(header_length(b), b.size() > 8 ? b.size() - 8 : 0);

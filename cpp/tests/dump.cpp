@@ -1,7 +1,8 @@
 // For tests/test_cpp_inference.py: features of N faces and the scores of
 // every pair, to compare with the Python side.
 //   deepid2_dump MODEL PATCHES.f32 N FEATURES_OUT.f32
-// PATCHES: N x 2P x C x H x W float32. Writes N x D float32 features and
+// PATCHES: N faces of Model::input_size() float32 each (patch i's pair of
+// C_i x H_i x W_i, in file order). Writes N x D float32 features and
 // prints one line per pair i < j: "pair i j SCORE SAME".
 #include <cstdio>
 #include <cstdlib>
@@ -22,7 +23,7 @@ int main(int argc, char** argv) {
         const int n = std::atoi(argv[3]);
         std::ifstream in(argv[2], std::ios::binary);
         std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        const size_t floats = size_t(n) * 2 * m.patches() * m.channels() * m.height() * m.width();
+        const size_t floats = size_t(n) * m.input_size();
         if (n < 1 || raw.size() != floats * sizeof(float))
             throw std::runtime_error("patch file size does not match N faces of this model");
         std::vector<float> x(floats), f(size_t(n) * m.feature_dim());

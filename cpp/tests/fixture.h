@@ -1,9 +1,11 @@
 // Test fixtures written from C++ alone: a safetensors writer and a random
-// "deepid2-verifier/1" model (docs/verifier_model.md). The network shapes are
+// "deepid2-verifier/1" model, or "/2" where patches differ in shape
+// (docs/verifier_model.md). The network shapes are
 // derived here independently of the library (a second reading of net.py), so
 // a wrong derivation in the reader shows up as a rejected file.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -69,6 +71,24 @@ struct Spec {
     int feature_dim = 8, patches = 1, projected = 6;
     int grid_rows = 1, grid_cols = 1;
     uint32_t seed = 1;
+    // Per-patch C, H, W; when set, `patches` is its size and the file is
+    // format 2 (one net config per patch), else every patch is as above.
+    std::vector<std::array<int, 3>> shapes;
+    int chan(int p) const { return shapes.empty() ? channels : shapes[size_t(p)][0]; }
+    int rows(int p) const { return shapes.empty() ? height : shapes[size_t(p)][1]; }
+    int cols(int p) const { return shapes.empty() ? width : shapes[size_t(p)][2]; }
+    size_t patch_floats(int p) const { return size_t(chan(p)) * rows(p) * cols(p); }
+    size_t face_floats() const {  // one face: 2 patches of each network
+        size_t n = 0;
+        for (int p = 0; p < patches; ++p) n += 2 * patch_floats(p);
+        return n;
+    }
+    static Spec mixed() {  // format 2: three networks of different inputs
+        Spec s;
+        s.shapes = {{3, 35, 31}, {1, 31, 31}, {3, 31, 33}};
+        s.patches = 3, s.grid_rows = s.grid_cols = 2;
+        return s;
+    }
     static Spec deepid2() {  // the paper's network, one patch pair
         Spec s;
         s.channels = 3, s.height = 55, s.width = 47, s.feature_dim = 160, s.projected = 64;
@@ -90,7 +110,7 @@ inline std::vector<Tensor> verifier_tensors(const Spec& s) {
     std::vector<Tensor> t;
     const int kernels[4] = {4, 3, 3, 2}, maps[4] = {20, 40, 60, 80};
     for (int p = 0; p < s.patches; ++p) {
-        int c = s.channels, h = s.height, w = s.width, pool3 = 0;
+        int c = s.chan(p), h = s.rows(p), w = s.cols(p), pool3 = 0;
         for (int l = 0; l < 4; ++l) {
             const int oh = h - kernels[l] + 1, ow = w - kernels[l] + 1;
             int64_t ry = 1, rx = 1;  // conv1, conv2: one region
@@ -125,20 +145,30 @@ inline std::vector<Tensor> verifier_tensors(const Spec& s) {
     return t;
 }
 
+inline std::string net_json(const Spec& s, int p) {
+    return "{\"n_classes\": 10, \"height\": " + std::to_string(s.rows(p)) + ", \"width\": " +
+           std::to_string(s.cols(p)) + ", \"channels\": " + std::to_string(s.chan(p)) +
+           ", \"feature_dim\": " + std::to_string(s.feature_dim) + ", \"conv3_grid\": [" +
+           std::to_string(s.grid_rows) + ", " + std::to_string(s.grid_cols) +
+           "], \"conv3_region\": null}";
+}
+
 inline std::map<std::string, std::string> verifier_metadata(const Spec& s) {
     std::string names = "[";
     for (int p = 0; p < s.patches; ++p) names += (p ? ",\"p" : "\"p") + std::to_string(p) + "\"";
     names += "]";
-    return {{"format", "deepid2-verifier/1"},
-            {"net", "{\"n_classes\": 10, \"height\": " + std::to_string(s.height) +
-                        ", \"width\": " + std::to_string(s.width) + ", \"channels\": " +
-                        std::to_string(s.channels) + ", \"feature_dim\": " +
-                        std::to_string(s.feature_dim) + ", \"conv3_grid\": [" +
-                        std::to_string(s.grid_rows) + ", " + std::to_string(s.grid_cols) +
-                        "], \"conv3_region\": null}"},
-            {"patches", names},
-            {"layout", "test"},
-            {"verifier", "joint_bayesian"}};
+    std::map<std::string, std::string> meta = {
+        {"patches", names}, {"layout", "test"}, {"verifier", "joint_bayesian"}};
+    if (s.shapes.empty()) {
+        meta["format"] = "deepid2-verifier/1";
+        meta["net"] = net_json(s, 0);
+    } else {
+        std::string nets = "[";
+        for (int p = 0; p < s.patches; ++p) nets += (p ? ", " : "") + net_json(s, p);
+        meta["format"] = "deepid2-verifier/2";
+        meta["nets"] = nets + "]";
+    }
+    return meta;
 }
 
 inline std::vector<uint8_t> verifier_bytes(const Spec& s) {
@@ -155,7 +185,7 @@ inline void write_file(const std::string& path, const void* data, size_t size) {
 inline std::vector<float> random_patches(const Spec& s, int n, uint32_t seed) {
     std::mt19937 g(seed);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<float> v(size_t(n) * 2 * s.patches * s.channels * s.height * s.width);
+    std::vector<float> v(size_t(n) * s.face_floats());
     for (float& x : v) x = u(g);
     return v;
 }

@@ -102,8 +102,42 @@ int main(int argc, char** argv) {
                std::strcmp(deepid2_status_name(42), "unknown status") == 0,
            "status names");
 
+    size_t len = 0;
+    int c = 0, h = 0, w = 0;
+    expect(deepid2_model_input_len(m, &len) == DEEPID2_OK && len == spec.face_floats(), "input_len");
+    expect(deepid2_model_patch_shape(m, 1, &c, &h, &w) == DEEPID2_OK && c == 1 && h == 31 && w == 31,
+           "patch_shape");
+    expect(deepid2_model_patch_shape(m, 2, &c, &h, &w) == DEEPID2_ERROR_ARGUMENT && error_mentions("patch is 2"),
+           "patch_shape out of range");
     deepid2_model_free(m);
     deepid2_model_free(nullptr);
+
+    // format 2, patches of different shapes: lengths are per-patch sums
+    const fixture::Spec mixed = fixture::Spec::mixed();
+    const auto mixed_bytes = fixture::verifier_bytes(mixed);
+    expect(deepid2_model_load_memory(mixed_bytes.data(), mixed_bytes.size(), &m) == DEEPID2_OK, "mixed loads");
+    expect(deepid2_model_get_info(m, &info) == DEEPID2_OK && info.patches == 3 && info.channels == 0 &&
+               info.height == 0 && info.width == 0 && info.feature_dim == 2 * 3 * 8,
+           "mixed info: no single C, H, W");
+    expect(deepid2_model_input_len(m, &len) == DEEPID2_OK && len == mixed.face_floats() &&
+               len == size_t(2) * (3 * 35 * 31 + 31 * 31 + 3 * 31 * 33),
+           "mixed input_len");
+    for (int p = 0; p < 3; ++p)
+        expect(deepid2_model_patch_shape(m, p, &c, &h, &w) == DEEPID2_OK && c == mixed.chan(p) &&
+                   h == mixed.rows(p) && w == mixed.cols(p),
+               "mixed patch_shape " + std::to_string(p));
+    const auto mx = fixture::random_patches(mixed, 2, 6);
+    std::vector<float> mf(size_t(2) * info.feature_dim, NAN);
+    const size_t uniform_guess = size_t(2) * 2 * 3 * 3 * 35 * 31;  // 2P x patch 0's shape
+    expect(deepid2_features(m, mx.data(), uniform_guess, 2, mf.data(), mf.size()) == DEEPID2_ERROR_ARGUMENT &&
+               error_mentions(("expected " + std::to_string(mx.size())).c_str()),
+           "mixed: patches_len checked against the per-patch sum");
+    expect(deepid2_features(m, mx.data(), mx.size(), 2, mf.data(), mf.size()) == DEEPID2_OK, "mixed features");
+    const deepid2::Model mixed_cpp = deepid2::Model::load_memory(mixed_bytes.data(), mixed_bytes.size());
+    std::vector<float> mg(mf.size());
+    mixed_cpp.features(mx.data(), 2, mg.data());
+    expect(std::memcmp(mf.data(), mg.data(), mf.size() * sizeof(float)) == 0, "mixed: C features = C++ features");
+    deepid2_model_free(m);
     if (failures) {
         std::printf("%d failure(s)\n", failures);
         return 1;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <string>
 
 #include "deepid2/model.h"
@@ -100,7 +101,7 @@ static Map naive_pool(const Map& in) {
 static std::vector<double> naive_net(const std::vector<fixture::Tensor>& ts, int p,
                                      const fixture::Spec& s, const float* x) {
     const std::string pre = "patch" + std::to_string(p) + "/";
-    Map h{s.channels, s.height, s.width, std::vector<double>(x, x + size_t(s.channels) * s.height * s.width)};
+    Map h{s.chan(p), s.rows(p), s.cols(p), std::vector<double>(x, x + s.patch_floats(p))};
     Map pool3;
     for (int l = 1; l <= 4; ++l) {
         const std::string c = pre + "conv" + std::to_string(l);
@@ -281,7 +282,9 @@ static void test_corrupted() {
     expect_rejected(raw_file("{\"__metadata__\":{\"format\":\"\xff\"}}", ""), "UTF-8", "bad UTF-8");
     expect_rejected(raw_file("{}", ""), "format", "no metadata");
 
-    expect_rejected(with_meta("format", "deepid2-verifier/2"), "format", "wrong format");
+    expect_rejected(with_meta("format", "deepid2-verifier/3"), "format", "wrong format");
+    expect_rejected(with_meta("format", "deepid2-verifier/2"), "\"nets\" is missing", "format 2 with \"net\"");
+    expect_rejected(with_meta("nets", "[" + meta.at("net") + "]"), "both", "format 1 with \"nets\" too");
     expect_rejected(with_meta("verifier", "<erase>"), "verifier", "no verifier key");
     expect_rejected(with_meta("patches", "[\"a\", \"b\"]"), "patch1/conv1.w", "more patches than networks");
     expect_rejected(with_meta("patches", "[]"), "patches", "no patches");
@@ -316,6 +319,117 @@ static void test_corrupted() {
     expect_rejected(b, "expected F32", "I32 weights");
 }
 
+// Format 2: one net config per patch, patches of different shapes.
+static void test_mixed_shapes() {
+    const fixture::Spec s = fixture::Spec::mixed();
+    const auto ts = fixture::verifier_tensors(s);
+    const auto meta = fixture::verifier_metadata(s);
+    const auto bytes = fixture::safetensors_bytes(ts, meta);
+    const Model m = Model::load_memory(bytes.data(), bytes.size());
+    expect(m.patches() == 3 && !m.uniform_patches() && m.patch_channels(0) == 3 &&
+               m.patch_height(0) == 35 && m.patch_width(2) == 33 && m.patch_channels(1) == 1 &&
+               m.input_size() == s.face_floats() && m.feature_dim() == 2 * 3 * 8,
+           "mixed model dims");
+    bool threw = false;
+    try {
+        (void)m.channels();  // no one C for all patches
+    } catch (const std::logic_error& e) {
+        threw = std::string(e.what()).find("patch_channels") != std::string::npos;
+    }
+    expect(threw, "channels() of a mixed model throws, naming patch_channels");
+    try {
+        (void)m.patch_height(3);
+        expect(false, "patch_height(P) should throw");
+    } catch (const std::invalid_argument&) {
+    }
+
+    const int n = 3, D = m.feature_dim(), F = m.network_dim();
+    const auto x = fixture::random_patches(s, n, 5);
+    std::vector<float> f(size_t(n) * D, NAN);
+    m.features(x.data(), n, f.data());
+    double worst = 0;
+    bool any_positive = false;
+    for (int face = 0; face < n; ++face) {
+        const float* at = x.data() + size_t(face) * s.face_floats();
+        for (int q = 0; q < 2 * s.patches; ++q) {
+            const auto ref = naive_net(ts, q / 2, s, at);
+            at += s.patch_floats(q / 2);
+            for (int j = 0; j < F; ++j) {
+                const double got = f[size_t(face) * D + size_t(q) * F + j];
+                worst = std::max(worst, std::fabs(got - ref[j]) / (1e-3 + std::fabs(ref[j])));
+                any_positive |= ref[j] > 0;
+                if (!std::isfinite(got)) worst = INFINITY;
+            }
+        }
+    }
+    if (worst > 1e-4) std::printf("  worst relative feature error (mixed) %.3e\n", worst);
+    expect(worst <= 1e-4 && any_positive, "mixed features match the naive forward");
+    std::vector<float> one(size_t(D), NAN);
+    m.features(x.data() + s.face_floats(), 1, one.data());  // face 1 alone
+    expect(std::memcmp(one.data(), f.data() + D, sizeof(float) * D) == 0, "mixed: one face = its batch row");
+    std::vector<float> pf(size_t(2) * F, NAN);
+    m.patch_features(2, x.data() + 2 * (s.patch_floats(0) + s.patch_floats(1)), 2, pf.data());
+    expect(std::memcmp(pf.data(), f.data() + 4 * F, sizeof(float) * 2 * F) == 0,
+           "mixed: patch_features(2) = the features' block of that network");
+
+    auto with_meta = [&](const std::string& key, const std::string& value) {
+        auto mm = meta;
+        if (value == "<erase>") mm.erase(key);
+        else mm[key] = value;
+        return fixture::safetensors_bytes(ts, mm);
+    };
+    const std::string n0 = fixture::net_json(s, 0), n1 = fixture::net_json(s, 1), n2 = fixture::net_json(s, 2);
+    auto nets = [](const std::string& a, const std::string& b, const std::string& c) {
+        return "[" + a + ", " + b + (c.empty() ? "" : ", " + c) + "]";
+    };
+    auto replace = [](std::string j, const std::string& from, const std::string& to) {
+        return j.replace(j.find(from), from.size(), to);
+    };
+    expect_rejected(with_meta("nets", "<erase>"), "\"nets\" is missing", "format 2 without nets");
+    expect_rejected(with_meta("net", n0), "both", "format 2 with \"net\" too");
+    expect_rejected(with_meta("nets", nets(n0, n1, "")), "2 net configs for 3 patches", "nets too short");
+    expect_rejected(with_meta("nets", nets(n0, n1, n2 + ", " + n2)), "4 net configs for 3 patches",
+                    "nets too long");
+    expect_rejected(with_meta("nets", n0), "must be a list", "nets an object");
+    expect_rejected(with_meta("nets", nets(n0, "7", n2)), "nets[1] is not a JSON object", "nets[1] a number");
+    // 39 rows instead of 31: conv4 gets 2 x 1 positions, patch 1's tensors have 1 x 1
+    expect_rejected(with_meta("nets", nets(n0, replace(n1, "\"height\": 31", "\"height\": 39"), n2)),
+                    "has shape (1, 1, 80, 60, 2, 2), expected (2, 1, 80, 60, 2, 2) (from nets[1])",
+                    "nets[1] differs from its tensors");
+    expect_rejected(with_meta("nets", nets(n0, n1, replace(n2, "\"feature_dim\": 8", "\"feature_dim\": 9"))),
+                    "nets[2] has feature_dim 9", "feature_dim differs between patches");
+    expect_rejected(with_meta("nets", nets(n0, replace(n1, "\"n_classes\"", "\"dropout\": 1, \"n_classes\""), n2)),
+                    "nets[1] config has an unknown key \"dropout\"", "unknown key in nets[1]");
+    expect_rejected(with_meta("nets", nets(n0, replace(n1, "\"channels\": 1", "\"channels\": 0"), n2)),
+                    "nets[1] channels", "channels 0 in nets[1]");
+    expect_rejected(with_meta("nets", nets(n0, replace(n1, "\"height\": 31", "\"height\": 20"), n2)),
+                    "too small", "nets[1] input too small");
+    // one patch's tensors of another patch's shape
+    auto t = ts;
+    for (auto& x : t)
+        if (x.name == "patch1/conv1.w") x.shape = {1, 1, 20, 3, 4, 4}, x.values.resize(20 * 3 * 16, 0.1f);
+    expect_rejected(fixture::safetensors_bytes(t, meta), "patch1/conv1.w", "wrong tensor shape for patch 1");
+
+    // format 2 with equal configs loads as format 1 would
+    fixture::Spec same;
+    same.patches = 2;
+    auto same_meta = fixture::verifier_metadata(same);
+    same_meta["format"] = "deepid2-verifier/2";
+    same_meta["nets"] = nets(fixture::net_json(same, 0), fixture::net_json(same, 1), "");
+    same_meta.erase("net");
+    const auto v2 = fixture::safetensors_bytes(fixture::verifier_tensors(same), same_meta);
+    const Model m2 = Model::load_memory(v2.data(), v2.size());
+    const auto v1 = fixture::verifier_bytes(same);
+    const Model m1 = Model::load_memory(v1.data(), v1.size());
+    const auto y = fixture::random_patches(same, 2, 9);
+    std::vector<float> f1(size_t(2) * m1.feature_dim()), f2(f1.size());
+    m1.features(y.data(), 2, f1.data());
+    m2.features(y.data(), 2, f2.data());
+    expect(m2.uniform_patches() && m2.channels() == 1 &&
+               std::memcmp(f1.data(), f2.data(), f1.size() * sizeof(float)) == 0,
+           "format 2 with equal configs = format 1");
+}
+
 // Random byte flips anywhere: the reader either loads or throws
 // ModelFormatError; ASan/UBSan builds (cpp/fuzz) make this sharper.
 static void test_random_flips() {
@@ -345,6 +459,7 @@ int main() {
     test_features_and_scores();
     test_truncated();
     test_corrupted();
+    test_mixed_shapes();
     test_random_flips();
     if (failures) {
         std::printf("%d failure(s)\n", failures);

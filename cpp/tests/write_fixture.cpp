@@ -1,8 +1,9 @@
 // Writes a random verifier model (tests/fixture.h) and, optionally, face
 // patch files for the example: raw float32 (.f32) and uint8 (.u8) files of
-// 2P patches of C x H x W each.
-//   deepid2_write_fixture MODEL [--deepid2] [--patches P] [--seed S]
+// 2P patches, patch i of C_i x H_i x W_i (all alike unless --mixed).
+//   deepid2_write_fixture MODEL [--deepid2 | --mixed] [--patches P] [--seed S]
 //                         [--faces A.f32 B.f32] [--u8 A.u8]
+// --mixed: format 2, three patch networks of different input shapes.
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -12,7 +13,7 @@
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL [--deepid2] [--patches P] [--seed S] "
+        std::fprintf(stderr, "usage: %s MODEL [--deepid2 | --mixed] [--patches P] [--seed S] "
                              "[--faces A.f32 B.f32] [--u8 A.u8]\n", argv[0]);
         return 2;
     }
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
         for (int i = 2; i < argc; ++i) {
             const std::string a = argv[i];
             if (a == "--deepid2") spec = fixture::Spec::deepid2();
+            else if (a == "--mixed") spec = fixture::Spec::mixed();
             else if (a == "--patches" && i + 1 < argc) spec.patches = std::atoi(argv[++i]);
             else if (a == "--seed" && i + 1 < argc) spec.seed = uint32_t(std::atoi(argv[++i]));
             else if (a == "--faces" && i + 2 < argc) face_a = argv[++i], face_b = argv[++i];

@@ -1,5 +1,7 @@
-/* deepid2 C API: load a trained verifier ("deepid2-verifier/1" file, see
- * docs/verifier_model.md), compute DeepID2 features, verify two faces.
+/* deepid2 C API: load a trained verifier ("deepid2-verifier/1" or "/2" file,
+ * see docs/verifier_model.md), compute DeepID2 features, verify two faces.
+ * Patch network i takes C_i x H_i x W_i patches; in format 1 all alike, in
+ * format 2 they may differ (deepid2_model_patch_shape, deepid2_model_input_len).
  *
  * Every function returns DEEPID2_OK (0) or an error code; on error,
  * deepid2_last_error() gives a message naming the problem (per thread, valid
@@ -34,9 +36,9 @@ enum deepid2_status {
 
 typedef struct deepid2_model_info {
     int patches;       /* P: patch networks; a face has 2P patches */
-    int channels;      /* C */
-    int height;        /* H */
-    int width;         /* W */
+    int channels;      /* C, H, W of every patch; all three 0 where patches */
+    int height;        /* differ in shape (then see deepid2_model_patch_shape */
+    int width;         /* and deepid2_model_input_len) */
     int network_dim;   /* one network's output (160) */
     int feature_dim;   /* D = 2P x network_dim: floats per face from features */
     int projected_dim; /* d, after PCA */
@@ -49,8 +51,15 @@ int deepid2_model_load_memory(const void* bytes, size_t size, deepid2_model** ou
 void deepid2_model_free(deepid2_model* model); /* NULL is fine */
 
 int deepid2_model_get_info(const deepid2_model* model, deepid2_model_info* info);
+/* Patch network `patch`'s input shape (0 <= patch < P); any output may be NULL. */
+int deepid2_model_patch_shape(const deepid2_model* model, int patch, int* channels, int* height,
+                              int* width);
+/* *len: floats of one face's patches, sum over i of 2 C_i H_i W_i. */
+int deepid2_model_input_len(const deepid2_model* model, size_t* len);
 
-/* patches: n_faces x 2P x C x H x W floats (patches_len of them, exactly);
+/* patches: n_faces faces of input_len floats each (patches_len =
+ * n_faces x input_len, exactly), a face's patches in file order
+ * [p0, p0 flipped, p1, p1 flipped, ...], patch i's of C_i x H_i x W_i;
  * out: n_faces x D floats (out_len of them, exactly). */
 int deepid2_features(const deepid2_model* model, const float* patches, size_t patches_len,
                      int n_faces, float* out, size_t out_len);

@@ -1,9 +1,11 @@
 // deepid2::Model: a trained DeepID2 verifier loaded from a
-// "deepid2-verifier/1" file (docs/verifier_model.md), forward only.
+// "deepid2-verifier/1" or "/2" file (docs/verifier_model.md), forward only.
+// Each of the P patch networks has its own input shape C_i x H_i x W_i (all
+// alike in format 1; format 2 may mix, e.g. 55x47 RGB and 47x47 gray).
 //
 //   auto model = deepid2::Model::load("verifier.safetensors");
 //   std::vector<float> fa(model.feature_dim()), fb(model.feature_dim());
-//   model.features(face_a_patches, 1, fa.data());   // 2P patches of C x H x W
+//   model.features(face_a_patches, 1, fa.data());   // input_size() floats
 //   model.features(face_b_patches, 1, fb.data());
 //   deepid2::Verdict v = model.verify(fa.data(), fb.data());
 //
@@ -39,12 +41,15 @@ public:
     // The same from a file's bytes already in memory (copied; need not outlive).
     static Model load_memory(const void* bytes, size_t size);
 
-    // Raw DeepID2 vectors of n faces. patches: n x (2P) x C x H x W float32,
-    // each face's patches in file order [p0, p0 flipped, p1, p1 flipped, ...],
-    // values (u - 127.5) / 128. out: n x feature_dim(), fully overwritten.
+    // Raw DeepID2 vectors of n faces. patches: n faces of input_size()
+    // float32 each; a face's patches in file order [p0, p0 flipped, p1,
+    // p1 flipped, ...], patch i's two of C_i x H_i x W_i floats each, so a
+    // face is sum_i 2 C_i H_i W_i floats (n x 2P x C x H x W when all alike).
+    // Values (u - 127.5) / 128. out: n x feature_dim(), fully overwritten.
     void features(const float* patches, int n, float* out) const;
 
-    // One patch network alone: x: n x C x H x W -> out: n x network_dim().
+    // One patch network alone: x: n x C_i x H_i x W_i (i = patch) -> out:
+    // n x network_dim().
     void patch_features(int patch, const float* x, int n, float* out) const;
 
     // PCA projection z = (x - mean) @ components: x has feature_dim(), z has
@@ -56,6 +61,16 @@ public:
     Verdict verify(const float* feature_a, const float* feature_b) const;
 
     int patches() const;         // P, patch networks (each face has 2P patches)
+    // Patch network i's input, C_i x H_i x W_i; std::invalid_argument for i
+    // outside 0..P-1.
+    int patch_channels(int patch) const;
+    int patch_height(int patch) const;
+    int patch_width(int patch) const;
+    size_t input_size() const;   // floats of one face: sum_i 2 C_i H_i W_i
+    bool uniform_patches() const;  // all patches of one C x H x W (always in format 1)
+    // The C, H, W all patches share. Where they differ (format 2) these throw
+    // std::logic_error rather than answer for patch 0, so that code sizing
+    // buffers as 2P x C x H x W fails loudly instead of reading past them.
     int channels() const;        // C
     int height() const;          // H
     int width() const;           // W
@@ -65,7 +80,7 @@ public:
     double threshold() const;    // "same" iff score >= threshold
     const std::vector<std::string>& patch_names() const;
     const std::string& layout() const;
-    // Every "__metadata__" string of the file, e.g. "net" or provenance keys.
+    // Every "__metadata__" string of the file, e.g. "net" / "nets" or provenance keys.
     const std::string& metadata(const std::string& key) const;  // "" when absent
 
     Model(Model&&) noexcept;

@@ -2,6 +2,7 @@
 // turns it into a status code plus a thread-local message.
 #include "deepid2/deepid2.h"
 
+#include <cstdint>
 #include <new>
 #include <string>
 
@@ -74,8 +75,29 @@ int deepid2_model_get_info(const deepid2_model* model, deepid2_model_info* info)
     return guarded("deepid2_model_get_info", [&] {
         need(model && info, "model or info is NULL");
         const deepid2::Model& m = model->model;
-        *info = {m.patches(), m.channels(), m.height(), m.width(), m.network_dim(),
-                 m.feature_dim(), m.projected_dim(), m.threshold()};
+        const bool one = m.uniform_patches();  // else 0: no single shape to give
+        *info = {m.patches(), one ? m.channels() : 0, one ? m.height() : 0, one ? m.width() : 0,
+                 m.network_dim(), m.feature_dim(), m.projected_dim(), m.threshold()};
+    });
+}
+
+int deepid2_model_patch_shape(const deepid2_model* model, int patch, int* channels, int* height,
+                              int* width) {
+    return guarded("deepid2_model_patch_shape", [&] {
+        need(model, "model is NULL");
+        const deepid2::Model& m = model->model;
+        need(patch >= 0 && patch < m.patches(), "patch is " + std::to_string(patch) +
+                                                    ", expected 0.." + std::to_string(m.patches() - 1));
+        if (channels) *channels = m.patch_channels(patch);
+        if (height) *height = m.patch_height(patch);
+        if (width) *width = m.patch_width(patch);
+    });
+}
+
+int deepid2_model_input_len(const deepid2_model* model, size_t* len) {
+    return guarded("deepid2_model_input_len", [&] {
+        need(model && len, "model or len is NULL");
+        *len = model->model.input_size();
     });
 }
 
@@ -85,12 +107,13 @@ int deepid2_features(const deepid2_model* model, const float* patches, size_t pa
         need(model && patches && out, "model, patches or out is NULL");
         need(n_faces >= 1, "n_faces must be >= 1, got " + std::to_string(n_faces));
         const deepid2::Model& m = model->model;
-        const size_t per_face = size_t(2) * m.patches() * m.channels() * m.height() * m.width();
-        const size_t want_in = per_face * size_t(n_faces);
+        need(size_t(n_faces) <= SIZE_MAX / m.input_size(), "n_faces is too large");
+        const size_t want_in = m.input_size() * size_t(n_faces);  // per-patch shapes summed
         const size_t want_out = size_t(m.feature_dim()) * size_t(n_faces);
         need(patches_len == want_in, "patches_len is " + std::to_string(patches_len) +
                                          ", expected " + std::to_string(want_in) + " for " +
-                                         std::to_string(n_faces) + " faces");
+                                         std::to_string(n_faces) + " faces of " +
+                                         std::to_string(m.input_size()) + " floats");
         need(out_len == want_out, "out_len is " + std::to_string(out_len) + ", expected " +
                                       std::to_string(want_out));
         m.features(patches, n_faces, out);

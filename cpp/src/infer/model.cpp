@@ -6,6 +6,7 @@
 #include <exception>
 #include <fstream>
 #include <limits>
+#include <stdexcept>
 
 #include "model_impl.h"
 
@@ -32,14 +33,19 @@ int threads() {
 }
 
 // Where image j of network i is read and its network_dim() outputs written:
-// images come in pairs (a patch and its flipped partner), pairs `face`
-// floats apart, a network's pair `net` floats after the previous one's.
+// images come in pairs (a patch and its flipped partner), pairs `x_face`
+// floats apart; network i's pair starts x_net[i] floats into a face (its
+// patches' sizes differ between networks in a mixed model).
 struct ImageMap {
     const float* x;
-    int64_t x_face, x_net, ps;
+    int64_t x_face;
+    const int64_t* x_net;  // per network, indexed by i
+    const Model::Impl& m;
     float* out;
     int64_t o_face, o_net, F;
-    const float* in(int i, int j) const { return x + (j / 2) * x_face + i * x_net + (j % 2) * ps; }
+    const float* in(int i, int j) const {
+        return x + (j / 2) * x_face + x_net[i] + (j % 2) * m.shapes[size_t(i)].size();
+    }
     float* dst(int i, int j) const { return out + (j / 2) * o_face + i * o_net + (j % 2) * F; }
 };
 
@@ -50,7 +56,7 @@ struct ImageMap {
 void run_networks(const Model::Impl& m, int net0, int nets, int images, const ImageMap& map) {
     const int T = threads();
     if (nets == 1 && images == 1 && T > 1) {
-        infer::forward_split(m.plan, m.nets[net0], map.in(net0, 0), map.dst(net0, 0), T);
+        infer::forward_split(m.plan(net0), m.nets[net0], map.in(net0, 0), map.dst(net0, 0), T);
         return;
     }
     const int per_net = std::max(1, (T + nets - 1) / nets);  // tasks wanted per network
@@ -61,7 +67,7 @@ void run_networks(const Model::Impl& m, int net0, int nets, int images, const Im
         const float* xs[infer::kMaxBlock];
         float* outs[infer::kMaxBlock];
         for (int j = 0; j < k; ++j) xs[j] = map.in(i, j0 + j), outs[j] = map.dst(i, j0 + j);
-        infer::forward_block(m.plan, m.nets[i], k, xs, outs);
+        infer::forward_block(m.plan(i), m.nets[i], k, xs, outs);
     };
     if (tasks == 1 || T == 1) {
         for (int t = 0; t < tasks; ++t) run(t);
@@ -118,8 +124,9 @@ void Model::patch_features(int patch, const float* x, int n, float* out) const {
     require(n >= 0, "Model::patch_features: n must be >= 0");
     if (n == 0) return;
     require(x && out, "Model::patch_features: x or out is null");
-    const int64_t ps = m.patch_size(), F = m.net_dim;
-    run_networks(m, patch, 1, n, ImageMap{x, 2 * ps, 0, ps, out, 2 * F, 0, F});
+    const int64_t ps = m.shapes[size_t(patch)].size(), F = m.net_dim;
+    std::vector<int64_t> at(size_t(m.P), 0);  // x holds this network's pairs only
+    run_networks(m, patch, 1, n, ImageMap{x, 2 * ps, at.data(), m, out, 2 * F, 0, F});
 }
 
 void Model::features(const float* patches, int n, float* out) const {
@@ -128,9 +135,11 @@ void Model::features(const float* patches, int n, float* out) const {
     if (n == 0) return;
     require(patches && out, "Model::features: patches or out is null");
     require(n <= std::numeric_limits<int>::max() / 2, "Model::features: n is too large");
-    const int64_t ps = m.patch_size(), F = m.net_dim;
+    const int64_t F = m.net_dim;
+    std::vector<int64_t> at(size_t(m.P));
+    for (int i = 0; i < m.P; ++i) at[size_t(i)] = m.shapes[size_t(i)].offset;
     // network i sees patches 2i, 2i+1 of each face
-    run_networks(m, 0, m.P, 2 * n, ImageMap{patches, 2 * m.P * ps, 2 * ps, ps, out, m.D, 2 * F, F});
+    run_networks(m, 0, m.P, 2 * n, ImageMap{patches, m.face_size, at.data(), m, out, m.D, 2 * F, F});
 }
 
 void Model::project(const float* feature, double* z) const {
@@ -172,9 +181,34 @@ Verdict Model::verify(const float* feature_a, const float* feature_b) const {
 }
 
 int Model::patches() const { return impl_->P; }
-int Model::channels() const { return impl_->C; }
-int Model::height() const { return impl_->H; }
-int Model::width() const { return impl_->W; }
+
+// One C, H, W for the whole model only where all patches share it: a caller
+// sizing buffers as 2P x C x H x W must not get patch 0's and overrun.
+static const PatchShape& uniform_shape(const Model::Impl& m, const char* fn) {
+    if (!m.uniform)
+        throw std::logic_error(std::string("Model::") + fn + ": the patches of this model differ "
+                               "in shape; use patch_" + fn + "(i) and input_size()");
+    return m.shapes[0];
+}
+int Model::channels() const { return uniform_shape(*impl_, "channels").C; }
+int Model::height() const { return uniform_shape(*impl_, "height").H; }
+int Model::width() const { return uniform_shape(*impl_, "width").W; }
+bool Model::uniform_patches() const { return impl_->uniform; }
+
+static const PatchShape& shape_of(const Model::Impl& m, int patch, const char* fn) {
+    require(patch >= 0 && patch < m.P, fn);
+    return m.shapes[size_t(patch)];
+}
+int Model::patch_channels(int patch) const {
+    return shape_of(*impl_, patch, "Model::patch_channels: patch index out of range").C;
+}
+int Model::patch_height(int patch) const {
+    return shape_of(*impl_, patch, "Model::patch_height: patch index out of range").H;
+}
+int Model::patch_width(int patch) const {
+    return shape_of(*impl_, patch, "Model::patch_width: patch index out of range").W;
+}
+size_t Model::input_size() const { return size_t(impl_->face_size); }
 int Model::network_dim() const { return impl_->net_dim; }
 int Model::feature_dim() const { return impl_->D; }
 int Model::projected_dim() const { return impl_->d; }

@@ -31,12 +31,26 @@ struct PatchNet {
     std::vector<float> deepid_w, deepid_b;
 };
 
-struct Model::Impl {
+// Patch network i's input and layer shapes (from its net config), where its
+// patch pair sits in a face's input, and which plan runs it.
+struct PatchShape {
     int C = 0, H = 0, W = 0;
-    int net_dim = 0;       // 160 in DeepID2
-    int P = 0, D = 0, d = 0;
     std::array<ConvLayer, 4> convs;
-    infer::Plan plan;                    // the forward's shapes and index tables
+    int64_t offset = 0;  // floats from a face's start to this network's first patch
+    int plan = 0;        // index into Model::Impl::plans
+
+    int64_t size() const { return int64_t(C) * H * W; }  // one patch
+    int64_t pool3_size() const { return convs[2].out_size(); }
+    int64_t conv4_size() const { return convs[3].conv_size(); }
+};
+
+struct Model::Impl {
+    int net_dim = 0;       // 160 in DeepID2; the same for every patch network
+    int P = 0, D = 0, d = 0;
+    std::vector<PatchShape> shapes;      // P of them
+    int64_t face_size = 0;               // floats of one face's 2P patches
+    bool uniform = true;                 // all patches C x H x W alike
+    std::vector<infer::Plan> plans;      // one per distinct network shape
     std::vector<infer::PackedNet> nets;  // P of them, weights packed for the forward
     std::vector<float> pca_mean;  // D
     std::vector<float> pca_components;  // D x d
@@ -46,9 +60,7 @@ struct Model::Impl {
     std::string layout;
     std::map<std::string, std::string> metadata;
 
-    int64_t patch_size() const { return int64_t(C) * H * W; }
-    int64_t pool3_size() const { return convs[2].out_size(); }
-    int64_t conv4_size() const { return convs[3].conv_size(); }
+    const infer::Plan& plan(int i) const { return plans[size_t(shapes[size_t(i)].plan)]; }
 };
 
 // Validates the file's bytes and builds the Impl (model_load.cpp).

@@ -1,7 +1,8 @@
 // From a file's bytes to a Model::Impl: the container (safetensors.cpp),
-// then the metadata, the network shapes derived from the "net" config
-// exactly as deepid2_core/net.py param_shapes does, and every tensor checked
-// against them. Nothing is trusted before it is checked.
+// then the metadata, each patch network's shapes derived from its net config
+// ("net" for all in format 1, "nets"[i] in format 2) exactly as
+// deepid2_core/net.py param_shapes does, and every tensor checked against
+// them. Nothing is trusted before it is checked.
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -18,7 +19,8 @@ namespace deepid2 {
 
 namespace {
 
-constexpr const char* kFormat = "deepid2-verifier/1";
+constexpr const char* kFormat = "deepid2-verifier/1";    // metadata "net": one config for all
+constexpr const char* kFormatV2 = "deepid2-verifier/2";  // metadata "nets": one config per patch
 constexpr int kMaxSide = 4096;       // C, H, W caps: keeps every size product in range
 constexpr int kMaxNetDim = 1 << 16;
 constexpr int kMaxPatches = 1024;
@@ -47,46 +49,82 @@ std::array<int, 2> int_pair(const json::Value& v, const std::string& what) {
     return {int_in(v.array[0], 1, kMaxSide, what), int_in(v.array[1], 1, kMaxSide, what)};
 }
 
+// One net config of the file (NetConfig.to_dict()).
+struct NetConfig {
+    int C = 3, H = 55, W = 47, feature_dim = 160;
+    std::array<int, 2> grid{}, region{};
+    bool has_region = false;
+};
+
 // NetConfig.from_dict: conv3_grid and n_classes required, the rest default.
-void read_net_config(const json::Value& net, Model::Impl& m, std::array<int, 2>& grid,
-                     std::array<int, 2>& region, bool& has_region) {
-    if (net.type != json::Value::Type::Object) bad("metadata \"net\" is not a JSON object");
+// `what` names the config in messages: "net" (format 1) or "nets[i]".
+NetConfig read_net_config(const json::Value& net, const std::string& what) {
+    if (net.type != json::Value::Type::Object) bad(what + " is not a JSON object");
     static const std::set<std::string> known = {"n_classes", "height", "width", "channels",
                                                 "feature_dim", "conv3_grid", "conv3_region"};
     for (const auto& kv : net.object)
-        if (!known.count(kv.first)) bad("net config has an unknown key \"" + kv.first + "\"");
+        if (!known.count(kv.first)) bad(what + " config has an unknown key \"" + kv.first + "\"");
     auto get = [&](const char* key) { return net.find(key); };
-    if (!get("n_classes")) bad("net config lacks n_classes");
-    int_in(*get("n_classes"), 1, 1 << 30, "net n_classes");  // informational only
-    m.H = get("height") ? int_in(*get("height"), 1, kMaxSide, "net height") : 55;
-    m.W = get("width") ? int_in(*get("width"), 1, kMaxSide, "net width") : 47;
-    m.C = get("channels") ? int_in(*get("channels"), 1, kMaxSide, "net channels") : 3;
-    m.net_dim = get("feature_dim") ? int_in(*get("feature_dim"), 1, kMaxNetDim, "net feature_dim") : 160;
-    if (!get("conv3_grid")) bad("net config lacks conv3_grid");
-    grid = int_pair(*get("conv3_grid"), "net conv3_grid");
+    if (!get("n_classes")) bad(what + " config lacks n_classes");
+    int_in(*get("n_classes"), 1, 1 << 30, what + " n_classes");  // informational only
+    NetConfig c;
+    if (get("height")) c.H = int_in(*get("height"), 1, kMaxSide, what + " height");
+    if (get("width")) c.W = int_in(*get("width"), 1, kMaxSide, what + " width");
+    if (get("channels")) c.C = int_in(*get("channels"), 1, kMaxSide, what + " channels");
+    if (get("feature_dim")) c.feature_dim = int_in(*get("feature_dim"), 1, kMaxNetDim, what + " feature_dim");
+    if (!get("conv3_grid")) bad(what + " config lacks conv3_grid");
+    c.grid = int_pair(*get("conv3_grid"), what + " conv3_grid");
     const json::Value* r = get("conv3_region");
-    has_region = r && r->type != json::Value::Type::Null;
-    if (has_region) region = int_pair(*r, "net conv3_region");
+    c.has_region = r && r->type != json::Value::Type::Null;
+    if (c.has_region) c.region = int_pair(*r, what + " conv3_region");
+    return c;
+}
+
+// The configs of all P patches: format 1's one "net" for all, or format 2's
+// "nets" list, one per patch; every patch with the same feature_dim.
+std::vector<NetConfig> read_net_configs(const safetensors::File& f, bool v2, int P) {
+    const bool has_net = f.metadata.count("net") > 0, has_nets = f.metadata.count("nets") > 0;
+    if (has_net && has_nets)
+        bad("metadata has both \"net\" and \"nets\" (format 1 has \"net\", format 2 \"nets\")");
+    if (!v2) return std::vector<NetConfig>(size_t(P), read_net_config(parse_meta_json(f, "net"), "net"));
+    if (!has_nets)
+        bad("metadata \"nets\" is missing (format \"" + std::string(kFormatV2) +
+            "\" has one net config per patch)");
+    const json::Value nets = parse_meta_json(f, "nets");
+    if (nets.type != json::Value::Type::Array) bad("metadata \"nets\" must be a list of net configs");
+    if (nets.array.size() != size_t(P))
+        bad("metadata \"nets\" has " + std::to_string(nets.array.size()) + " net configs for " +
+            std::to_string(P) + " patches");
+    std::vector<NetConfig> cfgs;
+    for (int i = 0; i < P; ++i) {
+        const std::string what = "nets[" + std::to_string(i) + "]";
+        cfgs.push_back(read_net_config(nets.array[size_t(i)], what));
+        if (cfgs[size_t(i)].feature_dim != cfgs[0].feature_dim)
+            bad(what + " has feature_dim " + std::to_string(cfgs[size_t(i)].feature_dim) +
+                ", nets[0] " + std::to_string(cfgs[0].feature_dim) +
+                ": all patch networks need the same feature_dim");
+    }
+    return cfgs;
 }
 
 // net.py stack_shapes over LAYERS, with its error messages.
-void derive_convs(Model::Impl& m, std::array<int, 2> grid, std::array<int, 2> region,
-                  bool has_region) {
+void derive_convs(PatchShape& m, const NetConfig& cfg, const std::string& what) {
     struct Spec { const char* name; int kernel, maps; char sharing; };
     static const Spec layers[4] = {
         {"conv1", 4, 20, 's'}, {"conv2", 3, 40, 's'}, {"conv3", 3, 60, 'g'}, {"conv4", 2, 80, 'l'}};
-    const std::string input = std::to_string(m.H) + "x" + std::to_string(m.W);
+    m.C = cfg.C, m.H = cfg.H, m.W = cfg.W;
+    const std::string input = what + ": input " + std::to_string(m.H) + "x" + std::to_string(m.W);
     int c = m.C, h = m.H, w = m.W;
     for (int i = 0; i < 4; ++i) {
         const Spec& L = layers[i];
         const int oh = h - L.kernel + 1, ow = w - L.kernel + 1;
-        if (oh < 1 || ow < 1) bad("input " + input + " is too small: " + L.name + " has no output");
+        if (oh < 1 || ow < 1) bad(input + " is too small: " + L.name + " has no output");
         int rh = oh, rw = ow;
         if (L.sharing == 'g') {
-            rh = has_region ? region[0] : (oh + grid[0] - 1) / grid[0];
-            rw = has_region ? region[1] : (ow + grid[1] - 1) / grid[1];
+            rh = cfg.has_region ? cfg.region[0] : (oh + cfg.grid[0] - 1) / cfg.grid[0];
+            rw = cfg.has_region ? cfg.region[1] : (ow + cfg.grid[1] - 1) / cfg.grid[1];
             if (rh > oh || rw > ow)
-                bad("conv3_region " + std::to_string(rh) + "x" + std::to_string(rw) +
+                bad(what + ": conv3_region " + std::to_string(rh) + "x" + std::to_string(rw) +
                     " is larger than conv3's output map " + std::to_string(oh) + "x" +
                     std::to_string(ow));
         } else if (L.sharing == 'l') {
@@ -97,9 +135,21 @@ void derive_convs(Model::Impl& m, std::array<int, 2> grid, std::array<int, 2> re
         if (i < 3) {
             h = oh / 2;
             w = ow / 2;
-            if (h < 1 || w < 1) bad("input " + input + " is too small for pool" + std::to_string(i + 1));
+            if (h < 1 || w < 1) bad(input + " is too small for pool" + std::to_string(i + 1));
         }
     }
+}
+
+// Networks of equal shapes share one plan.
+bool same_shape(const PatchShape& a, const PatchShape& b) {
+    if (a.C != b.C || a.H != b.H || a.W != b.W) return false;
+    for (int l = 0; l < 4; ++l) {
+        const LsconvShape &s = a.convs[l].shape, &t = b.convs[l].shape;
+        if (s.c != t.c || s.h != t.h || s.w != t.w || s.k != t.k || s.kh != t.kh || s.kw != t.kw ||
+            s.rh != t.rh || s.rw != t.rw)
+            return false;
+    }
+    return true;
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -113,14 +163,15 @@ class TensorTaker {
 public:
     explicit TensorTaker(const safetensors::File& f) : f_(f) {}
 
-    std::vector<float> take(const std::string& name, const std::vector<int64_t>& shape) {
+    std::vector<float> take(const std::string& name, const std::vector<int64_t>& shape,
+                            const std::string& from = "the net config") {
         auto it = f_.tensors.find(name);
         if (it == f_.tensors.end()) bad("tensor \"" + name + "\" is missing");
         const safetensors::Tensor& t = it->second;
         if (t.dtype != "F32") bad("tensor \"" + name + "\" has dtype " + t.dtype + ", expected F32");
         if (t.shape != shape)
             bad("tensor \"" + name + "\" has shape " + shape_str(t.shape) + ", expected " +
-                shape_str(shape) + " (from the net config)");
+                shape_str(shape) + " (from " + from + ")");
         std::vector<float> v(size_t(t.count()));
         if (!v.empty()) std::memcpy(v.data(), f_.data + t.begin, v.size() * sizeof(float));
         for (size_t i = 0; i < v.size(); ++i)
@@ -148,8 +199,10 @@ std::unique_ptr<Model::Impl> load_model_impl(const uint8_t* bytes, uint64_t size
     m->metadata = f.metadata;
     auto format = f.metadata.find("format");
     if (format == f.metadata.end()) bad("metadata \"format\" is missing (not a verifier file?)");
-    if (format->second != kFormat)
-        bad("metadata format is \"" + format->second + "\", this reader knows \"" + kFormat + "\"");
+    if (format->second != kFormat && format->second != kFormatV2)
+        bad("metadata format is \"" + format->second + "\", this reader knows \"" + kFormat +
+            "\" and \"" + kFormatV2 + "\"");
+    const bool v2 = format->second == kFormatV2;
     auto verifier = f.metadata.find("verifier");
     if (verifier == f.metadata.end() || verifier->second != "joint_bayesian")
         bad("metadata \"verifier\" must be \"joint_bayesian\"");
@@ -167,29 +220,46 @@ std::unique_ptr<Model::Impl> load_model_impl(const uint8_t* bytes, uint64_t size
     }
     m->P = int(m->patch_names.size());
 
-    std::array<int, 2> grid{}, region{};
-    bool has_region = false;
-    read_net_config(parse_meta_json(f, "net"), *m, grid, region, has_region);
-    derive_convs(*m, grid, region, has_region);
+    const std::vector<NetConfig> cfgs = read_net_configs(f, v2, m->P);
+    m->net_dim = cfgs[0].feature_dim;
     m->D = 2 * m->P * m->net_dim;
+    m->shapes.resize(size_t(m->P));
+    for (int i = 0; i < m->P; ++i) {
+        const std::string what = v2 ? "nets[" + std::to_string(i) + "]" : "net";
+        PatchShape& ps = m->shapes[size_t(i)];
+        derive_convs(ps, cfgs[size_t(i)], what);
+        ps.offset = m->face_size;
+        m->face_size += 2 * ps.size();
+        m->uniform = m->uniform && ps.C == m->shapes[0].C && ps.H == m->shapes[0].H && ps.W == m->shapes[0].W;
+    }
 
-    std::array<LsconvShape, 4> shapes;
-    for (int l = 0; l < 4; ++l) shapes[l] = m->convs[l].shape;
-    m->plan = infer::make_plan(m->C, m->H, m->W, m->net_dim, shapes);
     TensorTaker taker(f);
     for (int i = 0; i < m->P; ++i) {
+        PatchShape& ps = m->shapes[size_t(i)];
         const std::string pre = "patch" + std::to_string(i) + "/";
+        const std::string from = v2 ? "nets[" + std::to_string(i) + "]" : "the net config";
+        // Tensors before the plan: a header claiming huge inputs fails on its
+        // (missing) weights before any plan of that size is built.
         PatchNet net;
         for (int l = 0; l < 4; ++l) {
-            const LsconvShape& s = m->convs[l].shape;
+            const LsconvShape& s = ps.convs[l].shape;
             const int64_t ry = s.ry(), rx = s.rx(), name_l = l + 1;
             const std::string conv = pre + "conv" + std::to_string(name_l);
-            net.conv_w[l] = taker.take(conv + ".w", {ry, rx, s.k, s.c, s.kh, s.kw});
-            net.conv_b[l] = taker.take(conv + ".b", {ry, rx, s.k});
+            net.conv_w[l] = taker.take(conv + ".w", {ry, rx, s.k, s.c, s.kh, s.kw}, from);
+            net.conv_b[l] = taker.take(conv + ".b", {ry, rx, s.k}, from);
         }
-        net.deepid_w = taker.take(pre + "deepid.w", {m->pool3_size() + m->conv4_size(), m->net_dim});
-        net.deepid_b = taker.take(pre + "deepid.b", {m->net_dim});
-        m->nets.push_back(infer::pack_net(m->plan, net.conv_w, net.conv_b, net.deepid_w, net.deepid_b));
+        net.deepid_w = taker.take(pre + "deepid.w", {ps.pool3_size() + ps.conv4_size(), m->net_dim}, from);
+        net.deepid_b = taker.take(pre + "deepid.b", {m->net_dim}, from);
+        ps.plan = -1;
+        for (int j = 0; j < i && ps.plan < 0; ++j)
+            if (same_shape(ps, m->shapes[size_t(j)])) ps.plan = m->shapes[size_t(j)].plan;
+        if (ps.plan < 0) {
+            std::array<LsconvShape, 4> shapes;
+            for (int l = 0; l < 4; ++l) shapes[l] = ps.convs[l].shape;
+            ps.plan = int(m->plans.size());
+            m->plans.push_back(infer::make_plan(ps.C, ps.H, ps.W, m->net_dim, shapes));
+        }
+        m->nets.push_back(infer::pack_net(m->plan(i), net.conv_w, net.conv_b, net.deepid_w, net.deepid_b));
     }
     auto pc = f.tensors.find("pca/components");
     if (pc == f.tensors.end()) bad("tensor \"pca/components\" is missing");

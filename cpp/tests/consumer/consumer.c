@@ -13,8 +13,9 @@ int main(int argc, char** argv) {
         fprintf(stderr, "consumer_c: %s\n", deepid2_last_error());
         return 1;
     }
+    size_t n_in = 0;
     deepid2_model_get_info(m, &info);
-    size_t n_in = (size_t)2 * info.patches * info.channels * info.height * info.width;
+    deepid2_model_input_len(m, &n_in);
     float* x = calloc(n_in, sizeof(float));
     float* f = calloc((size_t)info.feature_dim, sizeof(float));
     double score = 0;

@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
     if (argc != 2) return 2;
     try {
         const auto m = deepid2::Model::load(argv[1]);
-        std::vector<float> x(size_t(2) * m.patches() * m.channels() * m.height() * m.width(), 0.25f);
+        std::vector<float> x(m.input_size(), 0.25f);
         std::vector<float> f(m.feature_dim());
         m.features(x.data(), 1, f.data());
         const auto v = m.verify(f.data(), f.data());

@@ -1,6 +1,6 @@
 # ctest install_consumer: `cmake --install` the build into a fresh prefix,
 # configure + build tests/consumer against it with find_package(deepid2),
-# write a fixture model and run both consumers.
+# write fixture models (formats 1 and 2) and run both consumers on each.
 # -D: BUILD_DIR, CONSUMER_SRC, FIXTURE_TOOL, CMAKE_GENERATOR
 set(work ${BUILD_DIR}/consumer_test)
 file(REMOVE_RECURSE ${work})
@@ -18,3 +18,7 @@ run(${CMAKE_COMMAND} --build ${work}/build -j 2)
 run(${FIXTURE_TOOL} ${work}/model.safetensors)
 run(${work}/build/consumer_cpp ${work}/model.safetensors)
 run(${work}/build/consumer_c ${work}/model.safetensors)
+# format 2: patch networks of different input shapes
+run(${FIXTURE_TOOL} ${work}/mixed.safetensors --mixed)
+run(${work}/build/consumer_cpp ${work}/mixed.safetensors)
+run(${work}/build/consumer_c ${work}/mixed.safetensors)
