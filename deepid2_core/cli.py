@@ -1,5 +1,5 @@
 """The `deepid2` command line: synth, train, train-landmarks, align, demo, and the
-verifier: fit-verifier, verify, enroll, identify, eval-lfw."""
+verifier: fit-verifier, verify, enroll, identify, eval-lfw, eval-ident."""
 
 import argparse
 import os
@@ -121,7 +121,7 @@ def _jb_default(name):
 
 def cmd_fit_verifier(args):
     from .verifier.commands import fit_verifier_main
-    fit_verifier_main(args.nets, args.data, args.out, pca=args.pca, layout=args.layout,
+    fit_verifier_main(args.nets, args.data, args.out, pca=args.pca,
                       n_pairs=args.pairs, seed=args.seed, backend=args.backend,
                       cache_dir=args.cache, em_iters=args.em_iters, em_tol=args.em_tol)
     return 0
@@ -153,17 +153,26 @@ def cmd_eval_lfw(args):
     return 0
 
 
+def cmd_eval_ident(args):
+    from .verifier.ident_eval import eval_ident_main
+    eval_ident_main(args.data, model=args.model, pairs=args.pairs, folds=args.folds,
+                    known_fraction=args.known_fraction, seed=args.seed, far=args.far,
+                    out=args.out)
+    return 0
+
+
 def _verifier_parsers(sub):
     model_help = "verifier model file (default: the shipped deepid2_core/models/verifier.safetensors)"
     aligned_help = "the images are faces already aligned by `deepid2 align` (no detection)"
     f = sub.add_parser("fit-verifier", help="fit PCA + Joint Bayesian on a trained network's "
                                             "features; write a verifier model file")
     f.add_argument("--nets", nargs="+", required=True,
-                   help="the trained network: a `deepid2 train` run folder or its model file")
+                   help="the trained networks, `deepid2 train` run folders or their model "
+                        "files: one whole-face network, or one per patch (`--layout L --patch "
+                        "K` runs); each network's own patch is read from its file")
     f.add_argument("--data", required=True, help="identity folders of aligned faces")
     f.add_argument("--out", required=True, help="the verifier file (.safetensors)")
     f.add_argument("--pca", type=int, default=180, help="PCA dimension (default 180)")
-    f.add_argument("--layout", default="whole", help="patch layout (only 'whole' for now)")
     f.add_argument("--pairs", type=int, default=3000,
                    help="training pairs of each kind for the thresholds (default 3000)")
     f.add_argument("--seed", type=int, default=0)
@@ -207,6 +216,18 @@ def _verifier_parsers(sub):
     l.add_argument("--folds", help="test only these folds, e.g. 6-10 (default all)")
     l.add_argument("--unaligned", help="read images missing under --lfw from here")
     l.set_defaults(func=cmd_eval_lfw)
+    i = sub.add_parser("eval-ident", help="closed-set rank-1 and open-set DIR at FAR 1% on "
+                                          "identity folders of aligned faces")
+    i.add_argument("--data", required=True, help="identity folders of aligned faces")
+    i.add_argument("--model", help=model_help)
+    i.add_argument("--pairs", help="with --folds: only the people of these View 2 folds")
+    i.add_argument("--folds", help="e.g. 6-10 (needs --pairs)")
+    i.add_argument("--known-fraction", type=float, default=0.5,
+                   help="share of the people with 2+ images put in the gallery (default 0.5)")
+    i.add_argument("--far", type=float, default=0.01, help="open-set false alarm rate")
+    i.add_argument("--seed", type=int, default=0, help="seed of the gallery / probe split")
+    i.add_argument("--out", help="folder for identification.json (the split and results)")
+    i.set_defaults(func=cmd_eval_ident)
 
 
 def build_parser():

@@ -97,8 +97,8 @@ def test_fit_verifier_errors(world, tmp_path, capsys):
             (["--nets", str(world["run"]), "--data", str(tmp_path / "none")], "does not exist"),
             (["--nets", str(world["run"]), "--data", str(world["faces"]), "--pca", "9999"],
              "--pca 9999"),
-            (["--nets", str(world["run"]), "--data", str(world["faces"]), "--layout", "deepid2"],
-             "only 'whole'")]:
+            (["--nets", str(world["run"]), str(world["run"]), "--data", str(world["faces"])],
+             "more than one network")]:
         assert main(["fit-verifier", "--out", out] + argv) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
@@ -204,10 +204,10 @@ def test_verify_defaults_to_the_shipped_model(world, capsys):
 
 def test_fit_verifier_cuts_the_patch_the_network_was_trained_on(tmp_path):
     """A network trained with lighting (or on a layout patch) says so in its
-    model file; fit-verifier must cut the same patch, or refuse."""
+    model file; fit-verifier must cut the same patch."""
     import json as _json
     from deepid2_core import safetensors
-    from deepid2_core.data import PatchSpec
+    from deepid2_core.data import LayoutPatch, PatchSpec
     from deepid2_core.verifier.commands import _trained_input
     spec = PatchSpec(lighting="clahe")
     path = tmp_path / "net.safetensors"
@@ -217,6 +217,45 @@ def test_fit_verifier_cuts_the_patch_the_network_was_trained_on(tmp_path):
     safetensors.save(path, {"x": np.ones(1, np.float32)}, {})
     assert _trained_input(str(path)) == PatchSpec()
     safetensors.save(path, {"x": np.ones(1, np.float32)},
-                     {"input": _json.dumps({"kind": "layout", "layout": "deepid2", "index": 3})})
-    with pytest.raises(ValueError, match="layout 'deepid2'"):
-        _trained_input(str(path))
+                     {"input": _json.dumps({"kind": "layout", "layout": "deepid2", "index": 3,
+                                            "lighting": "hist", "landmarks": "mean"})})
+    assert _trained_input(str(path)) == LayoutPatch("deepid2", 3, "mean", "hist")
+
+
+def test_eval_ident_split_and_rates(world, tmp_path, capsys):
+    from deepid2_core.verifier.commands import load_model
+    out = tmp_path / "ident"
+    assert main(["eval-ident", "--data", str(world["faces"]), "--model", str(world["model"]),
+                 "--out", str(out), "--seed", "4"]) == 0
+    text = capsys.readouterr().out
+    res = json.loads((out / "identification.json").read_text())
+    known = round(0.5 * IDS)
+    assert (res["gallery"], res["genuine_probes"], res["impostor_probes"]) == \
+        (known, known * (IMGS - 1), (IDS - known) * IMGS)
+    assert f"closed-set rank-1: {res['rank1']:.4f}" in text
+    # brute force: each genuine probe's best gallery image, by the model's own pair score
+    m = load_model(str(world["model"]), progress=False)
+    gallery = res["gallery_images"]
+    g = m.features(gallery)
+    person = lambda p: os.path.basename(os.path.dirname(p))
+    hits = total = 0
+    for d in sorted(os.listdir(world["faces"])):
+        if d not in {person(p) for p in gallery}:
+            continue
+        for f in sorted(os.listdir(world["faces"] / d)):
+            p = str(world["faces"] / d / f)
+            if p in gallery:
+                continue
+            x = m.features([p])
+            s = m.verifier.score(np.repeat(x, len(g), 0), g)
+            hits += person(gallery[int(np.argmax(s))]) == d
+            total += 1
+    assert total == res["genuine_probes"] and abs(hits / total - res["rank1"]) < 1e-12
+    assert res["rank1"] > 1.5 / known                        # far above chance
+    assert 0 <= res["dir"] <= res["rank1"] and res["far_reached"] <= 0.01
+
+
+def test_eval_ident_errors(world, capsys):
+    assert main(["eval-ident", "--data", str(world["faces"]), "--model", str(world["model"]),
+                 "--folds", "6-10"]) == 2
+    assert "--pairs and --folds go together" in capsys.readouterr().err

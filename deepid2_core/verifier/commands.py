@@ -2,8 +2,9 @@
 (enroll / identify are in gallery.py). Each is a function returning a dict, so
 scripts (bench/lfw_protocol.py) call the same code as the command line.
 
-A verifier model is the file of docs/verifier_model.md: the whole-face patch
-network, PCA and Joint Bayesian. Faces go in either as plain photographs
+A verifier model is the file of docs/verifier_model.md: the patch networks
+(one whole-face network, or one per chosen patch of a layout), PCA and Joint
+Bayesian. Faces go in either as plain photographs
 (detection, landmarks and alignment as `deepid2 align` does them) or, with
 `aligned=True`, as faces already aligned to LFW's 250 x 250 geometry.
 """
@@ -13,9 +14,9 @@ import time
 
 import numpy as np
 
-from ..data import PatchSpec, scan_identities
+from ..data import LayoutPatch, PatchSpec, scan_identities, spec_from_dict
 from ..progress import Progress
-from .features import FeatureExtractor, WholeFace, load_patch_network
+from .features import FeatureExtractor, PatchInputs, WholeFace, load_patch_network, patch_names
 from .joint_bayesian import JointBayesian
 from .lfw import flatten, missing_images, read_pairs
 from .metrics import auc, eer, kfold_accuracy, roc_curve, tar_at_far
@@ -61,18 +62,34 @@ def load_model(path=None, backend="cpu", progress=True, cache_dir=None):
         m = load_verifier(path)
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a verifier model file ({type(e).__name__}: {e})") from None
-    if m["layout"] != "whole" or len(m["patch_params"]) != 1:
-        raise ValueError(f"{path}: layout {m['layout']!r} with {len(m['patch_params'])} patches; "
-                         "only the whole-face layout is supported here")
-    spec = m["metadata"].get("patch_spec")
-    layout = WholeFace(PatchSpec.from_dict(json.loads(spec)) if spec else PatchSpec())
+    layout = _model_layout(path, m)
     ver = Verifier(PCA(m["pca_mean"], m["pca_components"]),
                    JointBayesian.from_score_matrices(m["jb_A"], m["jb_G"]), m["threshold"],
                    {k.split("_")[0]: m[k] for k in ("l2_threshold", "cosine_threshold")
                     if k in m})
-    ext = FeatureExtractor(layout, [(m["patch_params"][0], m["net"])], _backend(backend),
+    nets = m.get("nets") or [m["net"]] * len(m["patch_params"])
+    ext = FeatureExtractor(layout, list(zip(m["patch_params"], nets)), _backend(backend),
                            cache_dir=cache_dir, progress=progress)
     return LoadedModel(path, ver, ext, m["metadata"])
+
+
+def _model_layout(path, m):
+    """The patches a model file's networks take: "patch_inputs" metadata (one
+    input spec per network), else the v1 whole-face "patch_spec"."""
+    meta, n = m["metadata"], len(m["patch_params"])
+    if "patch_inputs" in meta:
+        try:
+            layout = PatchInputs.from_dict(json.loads(meta["patch_inputs"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable patch_inputs metadata ({e})") from None
+        if len(layout) != n:
+            raise ValueError(f"{path}: patch_inputs lists {len(layout)} patches for {n} networks")
+        return layout
+    if m["layout"] != "whole" or n != 1:
+        raise ValueError(f"{path}: layout {m['layout']!r} with {n} patches and no "
+                         "patch_inputs metadata: cannot tell which patches its networks take")
+    spec = meta.get("patch_spec")
+    return WholeFace(PatchSpec.from_dict(json.loads(spec)) if spec else PatchSpec())
 
 
 def prepare_faces(paths, aligned=False, progress=True):
@@ -139,38 +156,44 @@ def _net_file(path):
 
 
 def _trained_input(net_file):
-    """The fixed-crop patch (crop, size, lighting) the network was trained on,
-    from its model file's "input" metadata (absent: the default PatchSpec)."""
+    """The patch the network was trained on (data.PatchSpec: the fixed crop;
+    data.LayoutPatch: a patch of a layout), from its model file's "input"
+    metadata (absent: the default PatchSpec)."""
     from .. import safetensors
     _, meta = safetensors.load(net_file)
     if "input" not in meta:
         return PatchSpec()
-    d = json.loads(meta["input"])
-    if d.get("kind") == "layout":
-        raise ValueError(f"{net_file} was trained on patch {d.get('index')} of layout "
-                         f"{d.get('layout')!r}: only whole-face networks can be fitted here "
-                         "(multi-patch verifiers are not built yet)")
-    return PatchSpec.from_dict(d)
+    return spec_from_dict(json.loads(meta["input"]))
 
 
-def fit_verifier_main(nets, data, out, pca=180, layout="whole", n_pairs=3000, seed=0,
+def fit_layout(nets):
+    """(layout, [PatchNetwork]) for trained network files: one whole-face
+    network gives the v1 WholeFace layout, anything else PatchInputs."""
+    files = [_net_file(n) for n in nets]
+    if not files:
+        raise ValueError("fitting a verifier needs at least one trained network")
+    specs = [_trained_input(f) for f in files]
+    networks = [load_patch_network(f) for f in files]
+    if len(specs) == 1 and isinstance(specs[0], PatchSpec):
+        return WholeFace(specs[0]), networks
+    names = [s.name if isinstance(s, LayoutPatch) else "whole" for s in specs]
+    dup = {x for x in names if names.count(x) > 1}
+    if dup:
+        raise ValueError(f"patch {sorted(dup)[0]!r} is given by more than one network")
+    return PatchInputs(tuple(specs)), networks
+
+
+def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
                       backend="cpu", cache_dir=None, log=print, em_iters=None, em_tol=None):
     """Features of every image under data (identity folders of aligned faces)
     -> PCA + Joint Bayesian, thresholds on training pairs -> verifier file.
     em_iters, em_tol: JointBayesian.fit's max_iter and tol (None: its defaults)."""
     from ..verifier_file import save_verifier
-    if layout != "whole":
-        raise ValueError(f"layout {layout!r}: only 'whole' is supported (networks for the "
-                         "patches of a multi-patch layout are not trained yet)")
-    if len(nets) != 1:
-        raise ValueError(f"the whole-face layout takes one network, got {len(nets)}")
-    net_file = _net_file(nets[0])
-    net = load_patch_network(net_file)
+    layout_obj, networks = fit_layout(nets)
     ids = scan_identities(data)
     paths = [p for _, ps in ids for p in ps]
     labels = np.array([k for k, (_, ps) in enumerate(ids) for _ in ps])
-    ext = FeatureExtractor(WholeFace(_trained_input(net_file)), [net], _backend(backend),
-                           cache_dir=cache_dir)
+    ext = FeatureExtractor(layout_obj, networks, _backend(backend), cache_dir=cache_dir)
     feats, keep, problems = extract_paths(ext, paths)
     for why in problems[:5]:
         log(f"skipped: {why}")
@@ -181,7 +204,6 @@ def fit_verifier_main(nets, data, out, pca=180, layout="whole", n_pairs=3000, se
     if multi < 2:
         raise ValueError(f"{data}: fitting needs at least 2 identities with 2 or more readable "
                          f"images, found {multi}")
-    layout_obj = ext.layout
     log(f"{len(keep)} images of {len(np.unique(labels))} identities, features {feats.shape[1]}-d")
     rank = min(len(feats) - 1, feats.shape[1])
     if pca > rank:
@@ -194,12 +216,20 @@ def fit_verifier_main(nets, data, out, pca=180, layout="whole", n_pairs=3000, se
     a, b, same = sample_pairs(labels, n_pairs, seed + 1)
     train_acc = float(np.mean((ver.score(feats[a], feats[b]) >= ver.threshold) == same))
     t = ver.export_tensors()
-    meta = {"patch_spec": json.dumps(layout_obj.spec.to_dict()),
-            "trained_on": json.dumps({"data": os.path.abspath(data), "images": len(keep),
+    meta = {"trained_on": json.dumps({"data": os.path.abspath(data), "images": len(keep),
                                       "identities": int(len(np.unique(labels)))}),
-            "train_pair_accuracy": f"{train_acc:.4f}", "net_file": os.path.abspath(nets[0])}
-    save_verifier(out, [net.params], net.cfg, ["whole"], "whole", t["pca/mean"],
-                  t["pca/components"], t["jb/A"], t["jb/G"], ver.threshold, extra_meta=meta,
+            "train_pair_accuracy": f"{train_acc:.4f}",
+            "net_files": json.dumps([os.path.abspath(n) for n in nets])}
+    if isinstance(layout_obj, WholeFace):
+        meta["patch_spec"] = json.dumps(layout_obj.spec.to_dict())
+        layout_name = "whole"
+    else:
+        meta["patch_inputs"] = json.dumps(layout_obj.to_dict())
+        layouts = {s.layout if isinstance(s, LayoutPatch) else "whole" for s in layout_obj.specs}
+        layout_name = layouts.pop() if len(layouts) == 1 else "mixed"
+    save_verifier(out, [n.params for n in networks], [n.cfg for n in networks],
+                  patch_names(layout_obj), layout_name, t["pca/mean"], t["pca/components"],
+                  t["jb/A"], t["jb/G"], ver.threshold, extra_meta=meta,
                   l2_threshold=ver.baseline_thresholds.get("l2"),
                   cosine_threshold=ver.baseline_thresholds.get("cosine"))
     log(f"PCA {pca}, Joint Bayesian after {ver.jb.iterations} EM iterations ({fit_s:.0f} s); "
@@ -237,7 +267,8 @@ def parse_folds(text, n):
     return sorted(out)
 
 
-def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, log=print):
+def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, log=print,
+                  cache_dir=None):
     """k-fold accuracy on LFW pairs (each fold's threshold from the other folds
     given), ROC, AUC, EER, TAR@FAR=1e-3. lfw: the images the pairs name
     (aligned faces, or LFW's deep-funneled images); unaligned: where to read an
@@ -260,7 +291,7 @@ def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, 
         raise ValueError(f"{len(still)} images of the pairs are missing under {lfw}, e.g. "
                          f"{still[0]}" + ("" if unaligned else " (--unaligned DIR reads them "
                                           "from another folder)"))
-    m = load_model(model)
+    m = load_model(model, cache_dir=cache_dir)
     rels = sorted({p for pr in pair_list for p in pr[:2]})
     index = {r: i for i, r in enumerate(rels)}
     paths = [os.path.join(unaligned if r in missing else lfw, *r.split("/")) for r in rels]

@@ -7,16 +7,20 @@ cv2.imread give) or image paths.
 
 Layouts: a `PatchLayout` of deepid2_core.face.patches (patches cut by its
 `cut_all`, landmark-centred regions on the face's landmarks, by default the
-canonical `MEAN_SHAPE` of an aligned face), or `WholeFace` (the single fixed
+canonical `MEAN_SHAPE` of an aligned face), `WholeFace` (the single fixed
 patch `deepid2 train` learns on, data.PatchSpec; its flipped counterpart is
-its mirror image). Patches are normalised as in training (data.assemble_batch:
-(u - 127.5) / 128, NCHW float32).
+its mirror image), or `PatchInputs` (one input spec per network, exactly what
+each network was trained on: `deepid2 train --layout L --patch K` patches,
+data.LayoutPatch, or the whole face; the multi-patch verifier's layout).
+Patches are normalised as in training (data.assemble_batch: (u - 127.5) /
+128, NCHW float32).
 
-Cache: with cache_dir, each face's feature vector is kept in
-cache_dir/<model key>/<xx>/<image key>.npy, the model key a sha1 of the
-layout and every network's config and parameters, the image key a sha1 of
-the file's bytes (or the array's shape, dtype and bytes) and of its
-landmarks when given. A changed image or model misses the cache by itself.
+Cache: with cache_dir, each face's 2 x 160 vector of one patch network is
+kept in cache_dir/<network key>/<xx>/<image key>.npy, the network key a sha1
+of the patch's description and the network's config and parameters, the
+image key a sha1 of the file's bytes (or the array's shape, dtype and bytes)
+and of its landmarks when given. A changed image or network misses the cache
+by itself, and models that share a patch network share its cached features.
 """
 import hashlib
 import json
@@ -28,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import safetensors
-from ..data import PatchSpec, assemble_batch
+from ..data import LayoutPatch, PatchSpec, assemble_batch, cut_layout_patch, spec_from_dict
 from ..data import cut_patch as cut_fixed_patch
 from ..face.align import MEAN_SHAPE, to_pixels
 from ..face.detect import read_image
@@ -36,7 +40,7 @@ from ..face.patches import PatchLayout, cut_all
 from ..net import DeepID2, NetConfig, param_shapes
 from ..progress import Progress
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,35 @@ class WholeFace:
         return dict(name=self.name, spec=self.spec.to_dict())
 
 
+@dataclass(frozen=True)
+class PatchInputs:
+    """One input spec per patch network (data.PatchSpec: the whole-face crop;
+    data.LayoutPatch: a patch of a layout with its flipped counterpart), as
+    stored in each trained network's "input" metadata."""
+    specs: tuple
+    name: str = "patches"
+
+    def __post_init__(self):
+        specs = tuple(spec_from_dict(s) if isinstance(s, dict) else s for s in self.specs)
+        if not specs or not all(isinstance(s, (PatchSpec, LayoutPatch)) for s in specs):
+            raise ValueError("PatchInputs needs one or more PatchSpec / LayoutPatch specs")
+        object.__setattr__(self, "specs", specs)
+
+    def __len__(self):
+        return len(self.specs)
+
+    def to_dict(self):
+        return dict(name=self.name, inputs=[s.to_dict() for s in self.specs])
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(tuple(d["inputs"]), d.get("name", "patches"))
+
+
+def _spec_name(spec):
+    return spec.name if isinstance(spec, LayoutPatch) else "whole"
+
+
 class PatchNetwork(NamedTuple):
     params: dict          # net.py parameter names -> float32 arrays (ident.* not needed)
     cfg: NetConfig
@@ -60,6 +93,8 @@ class PatchNetwork(NamedTuple):
 def patch_names(layout):
     if isinstance(layout, WholeFace):
         return [layout.name]
+    if isinstance(layout, PatchInputs):
+        return [_spec_name(s) for s in layout.specs]
     names = []
     for k in range(len(layout)):
         r, s, colour = layout.patch(k)
@@ -71,6 +106,9 @@ def patch_shape(layout, k):
     """(height, width, channels) of patch k."""
     if isinstance(layout, WholeFace):
         return layout.spec.height, layout.spec.width, layout.spec.channels
+    if isinstance(layout, PatchInputs):
+        s = layout.specs[k]
+        return s.height, s.width, s.channels
     return layout.patch_shape(k)
 
 
@@ -84,6 +122,16 @@ def cut_face_patches(face, layout, landmarks=None):
     if isinstance(layout, WholeFace):
         p = cut_fixed_patch(face, layout.spec)
         return [p, np.ascontiguousarray(p[:, ::-1])]
+    if isinstance(layout, PatchInputs):
+        out = []
+        for spec in layout.specs:
+            if isinstance(spec, PatchSpec):
+                p = cut_fixed_patch(face, spec)
+                out += [p, np.ascontiguousarray(p[:, ::-1])]
+            else:    # trained on the mean shape ("mean"): the face's own points would differ
+                out += list(cut_layout_patch(face, spec,
+                                             landmarks if spec.landmarks == "csv" else None))
+        return out
     if landmarks is None:
         landmarks = to_pixels(MEAN_SHAPE, (face.shape[1], face.shape[0]))
     plain, flipped = cut_all(face, landmarks, layout), cut_all(face, landmarks, layout, True)
@@ -91,8 +139,9 @@ def cut_face_patches(face, layout, landmarks=None):
 
 
 def check_networks(layout, networks):
-    if not isinstance(layout, (PatchLayout, WholeFace)):
-        raise ValueError(f"layout must be a PatchLayout or WholeFace, got {type(layout).__name__}")
+    if not isinstance(layout, (PatchLayout, WholeFace, PatchInputs)):
+        raise ValueError(f"layout must be a PatchLayout, WholeFace or PatchInputs, got "
+                         f"{type(layout).__name__}")
     if len(networks) != len(layout):
         raise ValueError(f"layout {layout.name!r} has {len(layout)} patches but "
                          f"{len(networks)} networks were given (one per patch)")
@@ -122,6 +171,26 @@ def model_key(layout, networks):
     return h.hexdigest()
 
 
+def network_key(layout, k, network):
+    """sha1 of patch k's description and its network's config and parameters:
+    the cache key of that network's features."""
+    params, cfg = network
+    if isinstance(layout, PatchInputs):
+        where = layout.specs[k].to_dict()
+    elif isinstance(layout, WholeFace):
+        where = layout.spec.to_dict()
+    else:
+        where = dict(layout=layout.to_dict(), index=k)
+    h = hashlib.sha1(f"deepid2-patch-features/{FEATURE_VERSION}\n".encode())
+    h.update(json.dumps(where, sort_keys=True).encode())
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for name in sorted(n for n in params if not n.startswith("ident.")):
+        a = np.ascontiguousarray(params[name], np.float32)
+        h.update(f"{name}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def load_patch_network(path):
     """A trained network from a `deepid2 train` model file (best.safetensors)."""
     tensors, meta = safetensors.load(path)
@@ -147,8 +216,9 @@ class FeatureExtractor:
         self.feature_dim = dims.pop()
         self.dim = 2 * len(networks) * self.feature_dim
         self.key = model_key(layout, networks)
-        self.cache_dir = None if cache_dir is None else os.path.join(os.fspath(cache_dir),
-                                                                     self.key[:20])
+        self.cache_dirs = [None if cache_dir is None else
+                           os.path.join(os.fspath(cache_dir), network_key(layout, k, n)[:20])
+                           for k, n in enumerate(networks)]
         self._to_device = _device_converter(backend)
         self.nets = [(DeepID2(cfg, backend),
                       {k: self._to_device(np.ascontiguousarray(v, np.float32))
@@ -163,60 +233,66 @@ class FeatureExtractor:
         bar = Progress(len(faces), "features", enabled=self.progress)
         try:
             for start in range(0, len(faces), self.batch):
-                chunk = range(start, min(start + self.batch, len(faces)))
                 todo = []
-                for i in chunk:
+                for i in range(start, min(start + self.batch, len(faces))):
                     lm = None if landmarks is None else np.asarray(landmarks[i], np.float64)
                     key, image = _image_key(faces[i], lm)
-                    hit = self._cached(key)
-                    if hit is not None:
-                        out[i] = hit
-                    else:
-                        todo.append((i, key, image, lm))
+                    missing = [k for k in range(len(self.nets)) if not self._cached(k, key, out[i])]
+                    if missing:
+                        todo.append((i, key, image, lm, missing))
                 if todo:
                     self._compute(todo, out)
-                bar.update(len(chunk))
+                bar.update(min(start + self.batch, len(faces)) - start)
         finally:
             bar.close()
         return out
 
     def _compute(self, todo, out):
         cut = []
-        for _, _, image, lm in todo:
+        for _, _, image, lm, _ in todo:
             if isinstance(image, str):
                 path = image
                 image, why = read_image(path)
                 if image is None:
                     raise ValueError(f"cannot read face image {path}: {why}")
             cut.append(cut_face_patches(image, self.layout, lm))
-        b, fd = len(todo), self.feature_dim
+        span = 2 * self.feature_dim
         for k, (net, params) in enumerate(self.nets):
-            # the batch's plain patches, then their flipped counterparts
-            stack = np.stack([c[2 * k] for c in cut] + [c[2 * k + 1] for c in cut])
+            rows = [j for j, t in enumerate(todo) if k in t[4]]
+            if not rows:
+                continue
+            b = len(rows)
+            # the plain patches, then their flipped counterparts
+            stack = np.stack([cut[j][2 * k] for j in rows] + [cut[j][2 * k + 1] for j in rows])
             x = self._to_device(assemble_batch(stack, np.arange(2 * b)))
             f = _to_host(net.features(params, x))
-            for j, (i, *_rest) in enumerate(todo):
-                out[i, 2 * k * fd:(2 * k + 1) * fd] = f[j]
-                out[i, (2 * k + 1) * fd:(2 * k + 2) * fd] = f[b + j]
-        for i, key, *_rest in todo:
-            self._store(key, out[i])
+            for r, j in enumerate(rows):
+                i, key = todo[j][:2]
+                v = out[i, k * span:(k + 1) * span]
+                v[:span // 2], v[span // 2:] = f[r], f[b + r]
+                self._store(k, key, v)
 
-    def _path(self, key):
-        return os.path.join(self.cache_dir, key[:2], key + ".npy")
+    def _path(self, k, key):
+        return os.path.join(self.cache_dirs[k], key[:2], key + ".npy")
 
-    def _cached(self, key):
-        if self.cache_dir is None:
-            return None
+    def _cached(self, k, key, row):
+        """Copy network k's cached vector of image `key` into row; False when absent."""
+        if self.cache_dirs[k] is None:
+            return False
         try:
-            v = np.load(self._path(key))
+            v = np.load(self._path(k, key))
         except (OSError, ValueError, EOFError):
-            return None          # absent or damaged: computed again and rewritten
-        return v if v.shape == (self.dim,) and v.dtype == np.float32 else None
+            return False         # absent or damaged: computed again and rewritten
+        span = 2 * self.feature_dim
+        if v.shape != (span,) or v.dtype != np.float32:
+            return False
+        row[k * span:(k + 1) * span] = v
+        return True
 
-    def _store(self, key, vector):
-        if self.cache_dir is None:
+    def _store(self, k, key, vector):
+        if self.cache_dirs[k] is None:
             return
-        path = self._path(key)
+        path = self._path(k, key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=os.path.dirname(path))
         try:

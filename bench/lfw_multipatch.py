@@ -1,0 +1,217 @@
+"""Variant (d) of issue 6: the multi-patch DeepID2 model (one network per
+patch of the deepid2 layout, features of each patch and its flipped
+counterpart concatenated, PCA + Joint Bayesian) under the honest LFW split of
+bench/lfw_protocol.py, with the paper's forward-backward patch selection.
+
+    # one network per candidate patch and half (faces aligned by `deepid2 align`):
+    deepid2 train --data RUNS/data/half1-lfw_aligned --out RUNS/d/half1/p14 \\
+        --layout deepid2 --patch 14 --landmarks mean --epochs 20 --lr 0.03 --lambda 0.05
+    python bench/lfw_multipatch.py features            # each network's features, cached
+    python bench/lfw_multipatch.py select              # on half 1's validation identities
+    python bench/lfw_multipatch.py eval                # fit-verifier + eval-lfw per half
+
+Selection never sees a test pair: half 1's training identities (the people of
+folds 1-5 + celeba) are split 80 / 20 (seed 0); PCA + Joint Bayesian are fitted
+on the 80%, and a subset's score is the best-threshold accuracy on 3,000 +
+3,000 pairs of the other 20% (people the networks were trained on, but the
+verifier was not). The curve of accuracy against the number of patches is
+then also measured on the test pairs of half 1 (folds 6-10), for each size's
+selected subset, fitted on all training identities. `eval` takes the subset
+with the best validation score (or --patches) through the real files:
+`deepid2 fit-verifier` with those networks, `deepid2 eval-lfw` on the test
+folds of each half.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from lfw_protocol import DATA, HALVES  # noqa: E402
+
+CANDIDATES = (14, 25, 56, 64, 35, 44, 125, 2)
+
+
+def run_dir(a, half, p):
+    return os.path.join(a.runs, "d", half, f"p{p}")
+
+
+def data_dir(a, half):
+    return os.path.join(a.runs, "data", f"{half}-{os.path.basename(os.path.normpath(a.lfw))}")
+
+
+def pair_images(a):
+    """(relative paths of every image the pairs name, their file paths: aligned,
+    or LFW's own image where alignment found no face)."""
+    from deepid2_core.verifier.lfw import flatten, missing_images, read_pairs
+    folds = read_pairs(a.pairs)
+    pairs, _ = flatten(folds)
+    rels = sorted({p for pr in pairs for p in pr[:2]})
+    missing = set(missing_images(folds, a.lfw))
+    raw = os.path.join(DATA, "lfw")
+    return rels, [os.path.join(raw if r in missing else a.lfw, *r.split("/")) for r in rels]
+
+
+def features_of(a, half, p):
+    """{train, labels, lfw, lfw_rels} of patch network p of half, computed once."""
+    path = os.path.join(a.runs, "d", half, f"feats-p{p}.npz")
+    if os.path.exists(path):
+        z = np.load(path)
+        return {k: z[k] for k in z.files}
+    from deepid2_core.backends import get_backend
+    from deepid2_core.data import scan_identities
+    from deepid2_core.verifier.commands import extract_paths, fit_layout
+    from deepid2_core.verifier.features import FeatureExtractor
+    layout, nets = fit_layout([run_dir(a, half, p)])
+    ext = FeatureExtractor(layout, nets, get_backend("cpu"),
+                           cache_dir=os.path.join(a.runs, "d", "feature-cache"))
+    ids = scan_identities(data_dir(a, half))
+    paths = [q for _, qs in ids for q in qs]
+    labels = np.array([k for k, (_, qs) in enumerate(ids) for _ in qs])
+    train, keep, problems = extract_paths(ext, paths)
+    if problems:
+        raise SystemExit(f"unreadable training images: {problems[:3]}")
+    rels, lfw_paths = pair_images(a)
+    lfw, keep2, problems = extract_paths(ext, lfw_paths)
+    if problems:
+        raise SystemExit(f"unreadable LFW images: {problems[:3]}")
+    out = dict(train=train, labels=labels[keep], lfw=lfw, lfw_rels=np.array(rels))
+    np.savez(path + ".tmp.npz", **out)
+    os.replace(path + ".tmp.npz", path)
+    return out
+
+
+def test_pairs(a, half, rels):
+    """(index1, index2, same, fold) of the test pairs of half into lfw_rels."""
+    from deepid2_core.verifier.lfw import flatten, read_pairs
+    folds = read_pairs(a.pairs)
+    pairs, fold_of = flatten([folds[k] for k in HALVES[half][1]])
+    index = {r: i for i, r in enumerate(rels)}
+    return (np.array([index[p.path1] for p in pairs]), np.array([index[p.path2] for p in pairs]),
+            np.array([p.same for p in pairs]), np.array(fold_of))
+
+
+def stack(feats, subset, key):
+    return np.concatenate([feats[p][key] for p in subset], 1)
+
+
+def pca_dim(x, want):
+    """want, or the features' rank where it is lower (dead ReLU units: one
+    patch's 320-d features have rank ~180)."""
+    from deepid2_core.verifier.pca import _RANK_TOL
+    xc = x - x.mean(0)
+    var = np.linalg.eigvalsh(xc.T @ xc / (len(x) - 1))
+    return min(want, int(np.sum(var > _RANK_TOL * var[-1])))
+
+
+def select(a):
+    from deepid2_core.verifier.metrics import best_threshold, kfold_accuracy
+    from deepid2_core.verifier.model import Verifier, sample_pairs
+    from deepid2_core.verifier.selection import forward_backward
+    half = a.select_half
+    feats = {p: features_of(a, half, p) for p in a.candidates}
+    labels = feats[a.candidates[0]]["labels"]
+    ids = np.unique(labels)
+    rng = np.random.default_rng(0)
+    val_ids = rng.permutation(ids)[:len(ids) // 5]
+    is_val = np.isin(labels, val_ids)
+    va, vb, vsame = sample_pairs(labels[is_val], 3000, seed=1)
+
+    def score(subset):
+        x = stack(feats, subset, "train")
+        ver = Verifier.fit(x[~is_val], labels[~is_val], d=pca_dim(x[~is_val], a.pca),
+                           max_iter=a.em_iters)
+        xv = x[is_val]
+        return best_threshold(ver.score(xv[va], xv[vb]), vsame)[1]
+
+    print(f"selection on {half}: {len(ids) - len(val_ids)} fitting identities, "
+          f"{len(val_ids)} validation identities ({is_val.sum()} images)", flush=True)
+    best = forward_backward(score, a.candidates, log=lambda m: print("  " + m, flush=True))
+    rels = feats[a.candidates[0]]["lfw_rels"]
+    i1, i2, same, fold = test_pairs(a, half, rels)
+    curve = []
+    for k, (val, subset) in best.items():
+        x = stack(feats, subset, "train")
+        ver = Verifier.fit(x, labels, d=pca_dim(x, a.pca), max_iter=a.em_iters)
+        t = stack(feats, subset, "lfw")
+        res = kfold_accuracy(ver.score(t[i1], t[i2]), same, fold)
+        curve.append(dict(patches=k, subset=list(subset), validation=val, test_mean=res["mean"],
+                          test_stderr=res["stderr"]))
+        print(f"{k} patches {list(subset)}: validation {val:.4f}, test (folds "
+              f"{HALVES[half][1][0] + 1}-{HALVES[half][1][-1] + 1}) {res['mean']:.4f} +- "
+              f"{res['stderr']:.4f}", flush=True)
+    chosen = max(curve, key=lambda c: c["validation"])
+    out = os.path.join(a.runs, "d", "selection.json")
+    with open(out, "w") as f:
+        json.dump(dict(half=half, candidates=list(a.candidates), curve=curve,
+                       chosen=chosen["subset"], em_iters=a.em_iters, pca=a.pca), f, indent=1)
+    print(f"chosen: {chosen['subset']} (best validation accuracy); wrote {out}")
+
+
+def evaluate(a):
+    from deepid2_core.verifier.commands import eval_lfw_main, fit_verifier_main
+    if a.patches:
+        subset = [int(p) for p in a.patches.split(",")]
+    else:
+        with open(os.path.join(a.runs, "d", "selection.json")) as f:
+            subset = json.load(f)["chosen"]
+    tag = "-".join(map(str, subset))
+    accs, halves = [], {}
+    for half in a.halves.split(","):
+        model = os.path.join(a.runs, "d", half, f"verifier-{tag}.safetensors")
+        cache = os.path.join(a.runs, "d", "feature-cache")
+        if not os.path.exists(model):
+            x = stack({p: features_of(a, half, p) for p in subset}, subset, "train")
+            fit_verifier_main([run_dir(a, half, p) for p in subset], data_dir(a, half), model,
+                              pca=pca_dim(x, a.pca), cache_dir=cache,
+                              em_iters=a.em_iters)
+        res = eval_lfw_main(a.lfw, a.pairs, model, os.path.join(a.runs, "d", half, f"eval-{tag}"),
+                            folds=[k + 1 for k in HALVES[half][1]],
+                            unaligned=os.path.join(DATA, "lfw"), cache_dir=cache)
+        accs += res["accuracies"]
+        halves[half] = {k: res[k] for k in ("mean", "stderr", "auc", "eer", "tar_at_far_1e-3",
+                                            "baselines")}
+    accs = np.array(accs)
+    summary = dict(patches=subset, fold_accuracies=accs.tolist(), mean=float(accs.mean()),
+                   stderr=float(accs.std(ddof=1) / np.sqrt(len(accs))), halves=halves)
+    with open(os.path.join(a.runs, "d", f"summary-{tag}-{a.halves.replace(',', '+')}.json"),
+              "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(halves, indent=1))
+    print(f"{len(accs)}-fold accuracy (d, patches {subset}): {summary['mean']:.4f} +- "
+          f"{summary['stderr']:.4f}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("stage", choices=["features", "select", "eval"])
+    p.add_argument("--runs", default="/work/runs/lfw_protocol")
+    p.add_argument("--lfw", default="/work/runs/lfw_aligned", help="faces from `deepid2 align`")
+    p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))
+    p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)),
+                   help="deepid2 layout patch indices with trained networks")
+    p.add_argument("--halves", default="half1,half2")
+    p.add_argument("--select-half", default="half1")
+    p.add_argument("--patches", help="eval: these patches instead of selection.json's")
+    p.add_argument("--pca", type=int, default=180)
+    p.add_argument("--em-iters", type=int, default=30)
+    a = p.parse_args()
+    a.candidates = tuple(int(c) for c in a.candidates.split(","))
+    if a.stage == "features":
+        for half in a.halves.split(","):
+            for c in a.candidates:
+                if os.path.exists(os.path.join(run_dir(a, half, c), "done")):
+                    features_of(a, half, c)
+                    print(f"{half} p{c}: features ready", flush=True)
+                else:
+                    print(f"{half} p{c}: network not trained yet", flush=True)
+    elif a.stage == "select":
+        select(a)
+    else:
+        evaluate(a)
+
+
+if __name__ == "__main__":
+    main()
