@@ -93,6 +93,18 @@ def cmd_train_landmarks(args):
     return 0
 
 
+def cmd_train_landmark_cascade(args):
+    from .landmarks import cascade_command
+    cmd = (f"deepid2 train-landmark-cascade --data {args.data} --out {args.out}"
+           + (f" --level1 {args.level1}" if args.level1 else "")
+           + f" --levels {args.levels} --epochs {args.epochs} --seed {args.seed} --batch "
+             f"{args.batch} --lr {args.lr}"
+           + (" --displace " + " ".join(str(v) for v in args.displace) if args.displace else "")
+           + "".join(f" --{k} {getattr(args, k)}" for k in ("scale", "rotate")
+                     if getattr(args, k) is not None))
+    return cascade_command(args, cmd)
+
+
 def cmd_align(args):
     from .face.pipeline import align_main
     try:
@@ -216,7 +228,7 @@ def _verifier_parsers(sub):
     l.add_argument("--folds", help="test only these folds, e.g. 6-10 (default all)")
     l.add_argument("--unaligned", help="read images missing under --lfw from here")
     l.set_defaults(func=cmd_eval_lfw)
-    i = sub.add_parser("eval-ident", help="closed-set rank-1 and open-set DIR at FAR 1% on "
+    i = sub.add_parser("eval-ident", help="closed-set rank-1 and open-set DIR at FAR 1%% on "
                                           "identity folders of aligned faces")
     i.add_argument("--data", required=True, help="identity folders of aligned faces")
     i.add_argument("--model", help=model_help)
@@ -297,6 +309,13 @@ def build_parser():
     lm.add_argument("--target-stats", choices=["crops", "augmented"],
                     help="standardise the targets by the plain crops or by augmented samples")
     lm.set_defaults(func=cmd_train_landmarks)
+
+    from .landmarks import cascade_arguments
+    lc = sub.add_parser("train-landmark-cascade",
+                        help="train the landmark cascade's refinement levels (2, 3) on MTFL on "
+                             "top of a level-1 model")
+    cascade_arguments(lc)
+    lc.set_defaults(func=cmd_train_landmark_cascade)
 
     al = sub.add_parser("align", help="detect, find landmarks and align every face of a "
                                       "folder; write OUT_DIR/landmarks.csv")

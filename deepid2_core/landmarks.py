@@ -74,6 +74,14 @@ Prediction (`LandmarkModel`, `flip_average=True` by default) averages the
 points of the crop and of its mirror image (mapped back, left/right swapped);
 the validation during training does not.
 
+The cascade (deepid2_core.landmark_cascade, levels 2 and 3 of the paper): a model
+file may also hold refinement nets -- per point, small ConvNets on patches centred at
+the previous level's estimate that regress the true point's offset from the patch
+centre -- trained by `deepid2 train-landmark-cascade` on top of a level-1 model.
+`load_landmark_model` loads them (`levels=1`: level 1 alone) and `predict_landmarks`
+(hence `evaluate` and the face pipeline) applies them after level 1, flip-averaged
+like level 1 when `flip_average` is set.
+
 Evaluation: per-point error |p - g| / inter-ocular distance (between the
 two ground-truth eye centres), the mean of those (NME), and the failure
 rate: images whose mean error over the 5 points exceeds 10%.
@@ -526,12 +534,15 @@ def summarise(errors):
 # -- the model: load, predict ----------------------------------------------------------------
 class LandmarkModel:
     """flip_average: predict on the crop and on its mirror image (points mapped back,
-    left/right swapped) and average the two; training's validation does not."""
+    left/right swapped) and average the two; training's validation does not.
+    cascade: the refinement levels (landmark_cascade.LandmarkCascade) that
+    `predict_landmarks` applies after level 1, or None (level 1 alone)."""
 
-    def __init__(self, params, cfg, meta=None, backend="cpu", flip_average=True):
+    def __init__(self, params, cfg, meta=None, backend="cpu", flip_average=True, cascade=None):
         from .backends import get_backend
         self.params, self.cfg, self.meta = params, cfg, dict(meta or {})
         self.flip_average = bool(flip_average)
+        self.cascade = cascade
         self.be = get_backend(backend) if isinstance(backend, str) else backend
         self.net = LandmarkNet(cfg, self.be)
         expected = param_shapes(cfg)
@@ -554,19 +565,33 @@ class LandmarkModel:
         return np.einsum("nij,npj->npi", crop_inv[:, :, :2], u) + crop_inv[:, None, :, 2]
 
 
-def save_model(path, params, net_cfg, meta):
+def save_model(path, params, net_cfg, meta, cascade=None):
+    """Level 1's params (and the refinement levels of `cascade`, tensors named
+    levelL/POINT/J/NAME, configs in the metadata's "cascade") with meta."""
     meta = {**{k: str(v) for k, v in meta.items()}, "format": MODEL_FORMAT,
             "net": json.dumps(net_cfg.to_dict(), sort_keys=True), "points": json.dumps(POINTS)}
-    safetensors.save(path, params, meta)
+    meta.pop("cascade", None)
+    tensors = dict(params)
+    if cascade is not None:
+        meta.update(cascade.meta_fields())
+        tensors.update(cascade.tensors())
+    safetensors.save(path, tensors, meta)
 
 
-def load_landmark_model(path=None, backend="cpu", flip_average=True):
+def load_landmark_model(path=None, backend="cpu", flip_average=True, levels=None):
     """A LandmarkModel from a model file (default: the shipped deepid2_core/models/
-    landmarks.safetensors) or from a training checkpoint."""
+    landmarks.safetensors) or from a training checkpoint. levels: how many levels of the
+    cascade to use (1: level 1 alone; default: all the file holds)."""
+    from .landmark_cascade import cascade_from
+    from .backends import get_backend
+    if levels is not None and (int(levels) != levels or levels < 1):
+        raise ValueError(f"levels must be a positive whole number, got {levels!r}")
+    be = get_backend(backend) if isinstance(backend, str) else backend
     path = os.fspath(path) if path is not None else DEFAULT_MODEL
     if not os.path.isfile(path):
         raise ValueError(f"landmark model {path!r} not found")
     tensors, meta = safetensors.load(path)
+    cascade = None
     if meta.get("format") == CHECKPOINT_FORMAT:
         tensors = LandmarkTrainer.model_params(dict(
             params={k[6:]: v for k, v in tensors.items() if k.startswith("param/")},
@@ -574,9 +599,15 @@ def load_landmark_model(path=None, backend="cpu", flip_average=True):
     elif meta.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a deepid2 landmark model (format "
                          f"{meta.get('format')!r})")
+    else:
+        cascade, tensors = cascade_from(tensors, meta, be)
+        if cascade is not None and levels is not None:
+            cascade.levels = cascade.levels[:levels - 1]
+        if cascade is not None and not cascade.levels:
+            cascade = None
     cfg = LandmarkNetConfig.from_dict(json.loads(meta["net"]))
     params = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
-    return LandmarkModel(params, cfg, meta, backend, flip_average)
+    return LandmarkModel(params, cfg, meta, be, flip_average, cascade)
 
 
 def _check_boxes(boxes, hw):
@@ -625,7 +656,10 @@ def predict_landmarks(model, image, boxes):
         m = crop_matrix(box, s, model.cfg.box_scale)
         crops[j] = warp(gray, m, s)
         inv[j] = invert_affine(m)
-    return model.predict_crops(crops, inv).astype(np.float32)
+    pts = model.predict_crops(crops, inv)
+    if model.cascade is not None:
+        pts = model.cascade.refine(gray, pts, model.flip_average)
+    return pts.astype(np.float32)
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -952,8 +986,54 @@ def train_landmarks_main(data_dir, out_dir, epochs=120, seed=0, batch=64, lr=0.0
     return summary
 
 
+def cascade_arguments(c):
+    """The options of `deepid2 train-landmark-cascade` (and of `python -m
+    deepid2_core.landmarks cascade`)."""
+    c.add_argument("--data", required=True,
+                   help="folder with new_training.txt / new_testing.txt (MTFL)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--level1", help="the level-1 model (default: the shipped one); its "
+                   "held-out split is kept")
+    c.add_argument("--levels", type=int, default=3, choices=[2, 3],
+                   help="the last level to train: 3 (levels 2 and 3, default) or 2")
+    c.add_argument("--epochs", type=int, default=30)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch", type=int, default=64)
+    c.add_argument("--lr", type=float, default=0.02)
+    c.add_argument("--displace", type=float, nargs="+", metavar="S",
+                   help="training displacement std of each level, in units of r "
+                        "(default 0.12 for level 2, 0.06 for level 3)")
+    c.add_argument("--scale", type=float, help="frame scale jitter (log-uniform 1/(1+s)..1+s)")
+    c.add_argument("--rotate", type=float, help="frame rotation jitter in degrees")
+    c.add_argument("--cache", help="where level 1's training cache is kept (default "
+                   "OUT/cache)")
+    c.add_argument("--resume", action="store_true")
+
+
+def cascade_command(a, command):
+    from .landmark_cascade import train_cascade_main
+    levels = list(range(2, a.levels + 1))
+    if a.displace and len(a.displace) != len(levels):
+        raise ValueError(f"--displace needs one value per level ({len(levels)})")
+    displace = dict(zip(levels, a.displace)) if a.displace else None
+    try:
+        s = train_cascade_main(a.data, a.out, level1=a.level1, levels=levels, epochs=a.epochs,
+                               seed=a.seed, batch=a.batch, lr=a.lr, displace=displace,
+                               scale=a.scale, rotate=a.rotate, resume=a.resume,
+                               cache_dir=a.cache, command=command)
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with --resume", file=sys.stderr)
+        return 130
+    line = (f"model {os.path.join(a.out, FINAL)}; held-out NME " + " -> ".join(
+        f"{100 * r['nme']:.2f}%" for r in s["val"]))
+    if "test" in s:
+        line += f"; test NME {100 * s['test']['nme']:.2f}%"
+    print(line)
+    return 0
+
+
 def main(argv=None):
-    """python -m deepid2_core.landmarks train|eval|yunet ... (until the CLI wires it)."""
+    """python -m deepid2_core.landmarks train|cascade|eval ... (until the CLI wires it)."""
     p = argparse.ArgumentParser(prog="python -m deepid2_core.landmarks")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
@@ -969,6 +1049,8 @@ def main(argv=None):
     for k in ("shift", "scale", "rotate", "fallback_share", "central_scale"):
         t.add_argument("--" + k.replace("_", "-"), type=float)
     t.add_argument("--target-stats", choices=["crops", "augmented"])
+    c = sub.add_parser("cascade", help="train the refinement levels on top of a level-1 model")
+    cascade_arguments(c)
     e = sub.add_parser("eval")
     e.add_argument("--data", required=True)
     e.add_argument("--model")
@@ -978,8 +1060,13 @@ def main(argv=None):
                    "(and ours on the images YuNet finds)")
     e.add_argument("--no-flip-average", action="store_true",
                    help="one pass on the crop, not the mean of the crop and its mirror")
+    e.add_argument("--levels", type=int, help="use the first N levels of the model's cascade "
+                   "(1: level 1 alone; default: all it holds)")
     e.add_argument("--json")
     a = p.parse_args(argv)
+    if a.cmd == "cascade":
+        return cascade_command(a, "python -m deepid2_core.landmarks " + " ".join(
+            shlex.quote(v) for v in (argv or sys.argv[1:])))
     if a.cmd == "train":
         cmd = "python -m deepid2_core.landmarks " + " ".join(shlex.quote(v) for v in
                                                               (argv or sys.argv[1:]))
@@ -992,7 +1079,7 @@ def main(argv=None):
                                                                "target_stats")})
         print(json.dumps({k: v for k, v in s.items() if k != "test"}, indent=1))
         return 0
-    model = load_landmark_model(a.model, flip_average=not a.no_flip_average)
+    model = load_landmark_model(a.model, flip_average=not a.no_flip_average, levels=a.levels)
     res = {"ours": evaluate(model, a.data, detector=a.detector, limit=a.limit, progress=True)}
     if a.yunet:
         res["yunet"] = evaluate_yunet(a.data, a.yunet, limit=a.limit)
