@@ -9,6 +9,7 @@ bench/lfw_protocol.py, with the paper's forward-backward patch selection.
     python bench/lfw_multipatch.py features            # each network's features, cached
     python bench/lfw_multipatch.py select              # on half 1's validation identities
     python bench/lfw_multipatch.py eval                # fit-verifier + eval-lfw per half
+    python bench/lfw_multipatch.py ship --accuracy "..."  # half 1's model -> the package
 
 Selection never sees a test pair: half 1's training identities (the people of
 folds 1-5 + celeba) are split 80 / 20 (seed 0); PCA + Joint Bayesian are fitted
@@ -184,9 +185,32 @@ def evaluate(a):
           f"{summary['stderr']:.4f}")
 
 
+def ship(a):
+    """Half 1's verifier (people of folds 1-5 + celeba) as the package's model,
+    its machine-local provenance replaced by the recipe."""
+    from deepid2_core import safetensors
+    with open(os.path.join(a.runs, "d", "selection.json")) as f:
+        subset = json.load(f)["chosen"]
+    tag = "-".join(map(str, subset))
+    tensors, meta = safetensors.load(os.path.join(a.runs, "d", "half1", f"verifier-{tag}.safetensors"))
+    trained = json.loads(meta["trained_on"])
+    meta["trained_on"] = json.dumps({
+        "data": "LFW people of View 2 folds 1-5 + ../shared/data/celeba-lfwstyle, aligned by "
+                "`deepid2 align` (landmark level 1)", "images": trained["images"],
+        "identities": trained["identities"],
+        "people_list": "bench/lfw_protocol.py writes half1-people.json"})
+    meta["net_files"] = json.dumps([
+        f"deepid2 train --layout deepid2 --patch {p} --landmarks mean --epochs 20 --lr 0.03 "
+        f"--lambda 0.05 --seed 0 (half 1)" for p in subset])
+    meta["recipe"] = "bench/lfw_multipatch.py (README: LFW, honestly split, variant d)"
+    meta["lfw_folds_6_10_accuracy"] = a.accuracy
+    safetensors.save(a.out, tensors, meta)
+    print(f"wrote {a.out}: patches {subset}")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["features", "select", "eval"])
+    p.add_argument("stage", choices=["features", "select", "eval", "ship"])
     p.add_argument("--runs", default="/work/runs/lfw_protocol")
     p.add_argument("--lfw", default="/work/runs/lfw_aligned", help="faces from `deepid2 align`")
     p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))
@@ -197,6 +221,9 @@ def main():
     p.add_argument("--patches", help="eval: these patches instead of selection.json's")
     p.add_argument("--pca", type=int, default=180)
     p.add_argument("--em-iters", type=int, default=30)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                                 "deepid2_core", "models", "verifier.safetensors"))
+    p.add_argument("--accuracy", default="", help="ship: the measured accuracy line to record")
     a = p.parse_args()
     a.candidates = tuple(int(c) for c in a.candidates.split(","))
     if a.stage == "features":
@@ -209,6 +236,8 @@ def main():
                     print(f"{half} p{c}: network not trained yet", flush=True)
     elif a.stage == "select":
         select(a)
+    elif a.stage == "ship":
+        ship(a)
     else:
         evaluate(a)
 

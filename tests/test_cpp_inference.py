@@ -172,8 +172,8 @@ def test_save_verifier_rejects_bad_shapes(tmp_path):
 @pytest.mark.parametrize("other", ["synth_b", "synth_c"])
 def test_cpp_example_on_the_shipped_model(tools, other):
     """The example with the model `deepid2 verify` ships, on two faces (the
-    whole-face patch and its mirror of procedural faces, cpp/examples/faces/),
-    agrees with the Python package."""
+    patches of procedural faces that cpp/examples/faces/make_faces.py cuts for
+    that model), agrees with the Python package."""
     root = Path(__file__).resolve().parents[1]
     model_path = str(root / "deepid2_core" / "models" / "verifier.safetensors")
     files = [root / "cpp" / "examples" / "faces" / f"{n}.u8" for n in ("synth_a", other)]
@@ -182,11 +182,17 @@ def test_cpp_example_on_the_shipped_model(tools, other):
     assert r.returncode == 0, r.stderr
     words = r.stdout.split()
     model = load_verifier(model_path)
-    cfg = model["net"]
-    faces = np.stack([np.fromfile(f, np.uint8).reshape(2, cfg.channels, cfg.height, cfg.width)
-                      for f in files])
-    faces = ((faces.astype(np.float32) - 127.5) / 128).astype(np.float32)
-    f = raw_features(get_backend("cpu"), model["patch_params"], cfg, faces)
+    shapes = [(c.channels, c.height, c.width) for c in model["nets"] for _ in (0, 1)]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    patches = [[] for _ in shapes]                    # 2P arrays of 2 faces x C x H x W
+    for path in files:
+        raw = np.fromfile(path, np.uint8)
+        assert raw.size == sum(sizes), f"{path}: {raw.size} bytes, the model takes {sum(sizes)}"
+        for k, part in enumerate(np.split(raw, np.cumsum(sizes)[:-1])):
+            patches[k].append(part.reshape(shapes[k]))
+    patches = [((np.stack(q).astype(np.float32) - 127.5) / 128).astype(np.float32)
+               for q in patches]
+    f = raw_features(get_backend("cpu"), model["patch_params"], model["nets"], patches)
     ref = jb_score(model, f[0], f[1])
     assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(model, f[0], f[1])
     assert words[2] == ("same" if ref >= model["threshold"] else "different")

@@ -195,8 +195,9 @@ def test_eval_lfw_on_synthetic_pairs(world, tmp_path, capsys):
 def test_verify_defaults_to_the_shipped_model(world, capsys):
     from deepid2_core.verifier.commands import DEFAULT_MODEL
     assert os.path.isfile(DEFAULT_MODEL), "deepid2_core/models/verifier.safetensors is missing"
-    assert os.path.getsize(DEFAULT_MODEL) < 5 << 20
-    assert load_verifier(DEFAULT_MODEL)["layout"] == "whole"
+    assert os.path.getsize(DEFAULT_MODEL) < 20 << 20
+    shipped = load_verifier(DEFAULT_MODEL)
+    assert shipped["layout"] == "deepid2" and len(shipped["patch_names"]) == 6
     face = str(world["faces"] / "synth00001" / "synth00001_0001.jpg")
     assert main(["verify", face, face, "--aligned"]) == 0      # a face matches itself
     assert capsys.readouterr().out.startswith("same person")
