@@ -3,9 +3,7 @@ patch of the deepid2 layout, features of each patch and its flipped
 counterpart concatenated, PCA + Joint Bayesian) under the honest LFW split of
 bench/lfw_protocol.py, with the paper's forward-backward patch selection.
 
-    # one network per candidate patch and half (faces aligned by `deepid2 align`):
-    deepid2 train --data RUNS/data/half1-lfw_aligned --out RUNS/d/half1/p14 \\
-        --layout deepid2 --patch 14 --landmarks mean --epochs 20 --lr 0.03 --lambda 0.05
+    python bench/lfw_multipatch.py train               # one network per candidate and half
     python bench/lfw_multipatch.py features            # each network's features, cached
     python bench/lfw_multipatch.py select              # on half 1's validation identities
     python bench/lfw_multipatch.py eval                # fit-verifier + eval-lfw per half
@@ -208,11 +206,35 @@ def ship(a):
     print(f"wrote {a.out}: patches {subset}")
 
 
+def train(a):
+    """`deepid2 train` of every candidate patch on each half's training people
+    (faces aligned by `deepid2 align`), one thread each; finished runs are kept."""
+    import subprocess
+    from lfw_protocol import train_folder
+    from deepid2_core.verifier.lfw import read_pairs
+    folds = read_pairs(a.pairs)
+    for half in a.halves.split(","):
+        data = train_folder(a.runs, half, a.lfw, a.celeba, folds)
+        for c in a.candidates:
+            out = run_dir(a, half, c)
+            if os.path.exists(os.path.join(out, "done")):
+                continue
+            resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.safetensors")) else []
+            subprocess.run([sys.executable, "-m", "deepid2_core.cli", "train", "--data", data,
+                            "--out", out, "--layout", "deepid2", "--patch", str(c),
+                            "--landmarks", "mean", "--epochs", "20", "--lr", "0.03",
+                            "--lambda", "0.05", "--seed", "0"] + resume, check=True,
+                           env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+            open(os.path.join(out, "done"), "w").close()
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["features", "select", "eval", "ship"])
+    p.add_argument("stage", choices=["train", "features", "select", "eval", "ship"])
     p.add_argument("--runs", default="/work/runs/lfw_protocol")
     p.add_argument("--lfw", default="/work/runs/lfw_aligned", help="faces from `deepid2 align`")
+    p.add_argument("--celeba", default="/work/runs/celeba_aligned",
+                   help="celeba-lfwstyle aligned by `deepid2 align`")
     p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))
     p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)),
                    help="deepid2 layout patch indices with trained networks")
@@ -226,7 +248,9 @@ def main():
     p.add_argument("--accuracy", default="", help="ship: the measured accuracy line to record")
     a = p.parse_args()
     a.candidates = tuple(int(c) for c in a.candidates.split(","))
-    if a.stage == "features":
+    if a.stage == "train":
+        train(a)
+    elif a.stage == "features":
         for half in a.halves.split(","):
             for c in a.candidates:
                 if os.path.exists(os.path.join(run_dir(a, half, c), "done")):
