@@ -264,12 +264,12 @@ def ours_network(d):
 
     def fwd():
         s = {}
-        s["c1"] = be.lsconv_forward(x, p["w1"], p["b1"], R["conv1"], relu=True)
-        s["p1"], s["a1"] = be.maxpool_forward(s["c1"], 2)
-        s["c2"] = be.lsconv_forward(s["p1"], p["w2"], p["b2"], R["conv2"], relu=True)
-        s["p2"], s["a2"] = be.maxpool_forward(s["c2"], 2)
-        s["c3"] = be.lsconv_forward(s["p2"], p["w3"], p["b3"], R["conv3"], relu=True)
-        s["p3"], s["a3"] = be.maxpool_forward(s["c3"], 2)
+        # conv + pool as one op each, as deepid2_core.net trains
+        s["p1"], s["a1"] = be.lsconv_pool_forward(x, p["w1"], p["b1"], R["conv1"], relu=True)
+        s["p2"], s["a2"] = be.lsconv_pool_forward(s["p1"], p["w2"], p["b2"], R["conv2"],
+                                                  relu=True)
+        s["p3"], s["a3"] = be.lsconv_pool_forward(s["p2"], p["w3"], p["b3"], R["conv3"],
+                                                  relu=True)
         s["c4"] = be.lsconv_forward(s["p3"], p["w4"], p["b4"], R["conv4"], relu=True)
         s["f"] = be.dense_forward([s["p3"], s["c4"]], p["wd"], p["bd"], relu=True)
         s["logits"] = be.dense_forward(s["f"], p["wi"], p["bi"], relu=False)
@@ -286,15 +286,12 @@ def ours_network(d):
         dp3b = be.lsconv_backward(s["p3"], p["w4"], s["c4"], dc4, R["conv4"], relu=True,
                                   need_dx=True, dw=g["w4"], db=g["b4"])[0]
         np.add(dp3, dp3b, out=dp3)
-        dc3 = be.maxpool_backward(dp3, s["a3"], (10, 8))
-        dp2 = be.lsconv_backward(s["p2"], p["w3"], s["c3"], dc3, R["conv3"], relu=True,
-                                 need_dx=True, dw=g["w3"], db=g["b3"])[0]
-        dc2 = be.maxpool_backward(dp2, s["a2"], (24, 20))
-        dp1 = be.lsconv_backward(s["p1"], p["w2"], s["c2"], dc2, R["conv2"], relu=True,
-                                 need_dx=True, dw=g["w2"], db=g["b2"])[0]
-        dc1 = be.maxpool_backward(dp1, s["a1"], (52, 44))
-        be.lsconv_backward(x, p["w1"], s["c1"], dc1, R["conv1"], relu=True,
-                           need_dx=False, dw=g["w1"], db=g["b1"])
+        dp2 = be.lsconv_pool_backward(s["p2"], p["w3"], s["p3"], s["a3"], dp3, R["conv3"],
+                                      relu=True, need_dx=True, dw=g["w3"], db=g["b3"])[0]
+        dp1 = be.lsconv_pool_backward(s["p1"], p["w2"], s["p2"], s["a2"], dp2, R["conv2"],
+                                      relu=True, need_dx=True, dw=g["w2"], db=g["b2"])[0]
+        be.lsconv_pool_backward(x, p["w1"], s["p1"], s["a1"], dp1, R["conv1"], relu=True,
+                                need_dx=False, dw=g["w1"], db=g["b1"])
         return g["w1"]
 
     def reset():

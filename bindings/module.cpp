@@ -145,6 +145,65 @@ py::tuple py_lsconv_backward(py::handle x_, py::handle w_, py::handle y_, py::ha
     return py::make_tuple(dx_obj, dw, db);
 }
 
+// The pooled map of lsconv_pool_*: N x K x (OH/s) x (OW/s).
+Shape pooled_shape(const LsconvShape& s, int ps) {
+    if (ps < 1) throw py::value_error("s must be a positive integer, got " + std::to_string(ps));
+    if (ps > s.oh() || ps > s.ow())
+        throw py::value_error("s: the " + std::to_string(ps) + "x" + std::to_string(ps) +
+                              " window is larger than the " + std::to_string(s.oh()) + "x" +
+                              std::to_string(s.ow()) + " output map");
+    return {s.n, s.k, s.oh() / ps, s.ow() / ps};
+}
+
+py::tuple py_lsconv_pool_forward(py::handle x_, py::handle w_, py::handle b_,
+                                 std::pair<int, int> region, bool relu, int ps) {
+    auto x = checked<float>(x_, "x"), w = checked<float>(w_, "w"), b = checked<float>(b_, "b");
+    const LsconvShape s = lsconv_shape(x, w, region);
+    expect_shape(b, "b", {s.ry(), s.rx(), s.k}, "RY x RX x K");
+    const Shape pshape = pooled_shape(s, ps);
+    py::array_t<float> y(pshape);
+    py::array_t<int32_t> am(pshape);
+    {
+        py::gil_scoped_release nogil;
+        lsconv_pool_forward(s, x.data(), w.data(), b.data(), relu, ps, y.mutable_data(),
+                            am.mutable_data());
+    }
+    return py::make_tuple(y, am);
+}
+
+py::tuple py_lsconv_pool_backward(py::handle x_, py::handle w_, py::handle y_, py::handle am_,
+                                  py::handle dy_, std::pair<int, int> region, bool relu,
+                                  bool need_dx, py::object dw_, py::object db_, int ps) {
+    auto x = checked<float>(x_, "x"), w = checked<float>(w_, "w"), dy = checked<float>(dy_, "dy");
+    auto am = checked<int32_t>(am_, "argmax");
+    const LsconvShape s = lsconv_shape(x, w, region);
+    const Shape pshape = pooled_shape(s, ps);
+    expect_shape(dy, "dy", pshape, "N x K x OH/s x OW/s");
+    expect_shape(am, "argmax", pshape, "N x K x OH/s x OW/s");
+    const float* yp = nullptr;
+    py::array_t<float> y;
+    if (relu) {
+        y = checked<float>(y_, "y");
+        expect_shape(y, "y", pshape, "N x K x OH/s x OW/s");
+        yp = y.data();
+    }
+    auto dw = out_or_new<float>(dw_, "dw", shape_of(w), "same as w");
+    auto db = out_or_new<float>(db_, "db", {s.ry(), s.rx(), s.k}, "RY x RX x K");
+    py::object dx_obj = py::none();
+    float* dxp = nullptr;
+    if (need_dx) {
+        py::array_t<float> dx(shape_of(x));
+        dxp = dx.mutable_data();
+        dx_obj = dx;
+    }
+    {
+        py::gil_scoped_release nogil;
+        lsconv_pool_backward(s, x.data(), w.data(), yp, am.data(), dy.data(), relu, ps, dxp,
+                             dw.mutable_data(), db.mutable_data());
+    }
+    return py::make_tuple(dx_obj, dw, db);
+}
+
 py::tuple py_maxpool_forward(py::handle x_, int s) {
     auto x = checked<float>(x_, "x");
     expect_ndim(x, "x", 4, "N x C x H x W");
@@ -363,6 +422,12 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("lsconv_backward", &py_lsconv_backward, py::arg("x"), py::arg("w"), py::arg("y"),
           py::arg("dy"), py::arg("region"), py::arg("relu") = true, py::arg("need_dx") = true,
           py::arg("dw") = py::none(), py::arg("db") = py::none());
+    m.def("lsconv_pool_forward", &py_lsconv_pool_forward, py::arg("x"), py::arg("w"),
+          py::arg("b"), py::arg("region"), py::arg("relu") = true, py::arg("s") = 2);
+    m.def("lsconv_pool_backward", &py_lsconv_pool_backward, py::arg("x"), py::arg("w"),
+          py::arg("y"), py::arg("argmax"), py::arg("dy"), py::arg("region"),
+          py::arg("relu") = true, py::arg("need_dx") = true, py::arg("dw") = py::none(),
+          py::arg("db") = py::none(), py::arg("s") = 2);
     m.def("maxpool_forward", &py_maxpool_forward, py::arg("x"), py::arg("s") = 2);
     m.def("maxpool_backward", &py_maxpool_backward, py::arg("dy"), py::arg("argmax"),
           py::arg("in_hw"), py::arg("s") = py::none());

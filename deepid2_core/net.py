@@ -101,32 +101,46 @@ def conv_shapes(cfg):
                         cfg.conv3_region)
 
 
-def stack_forward(be, convs, params, x, acts):
-    """conv1..conv4 with the pools, activations into acts; returns conv4's output."""
+def stack_forward(be, convs, params, x, acts, fuse_pools=False):
+    """conv1..conv4 with the pools, activations into acts; returns conv4's output.
+    fuse_pools: each of conv1..conv3 and its pool as one op (lsconv_pool_forward),
+    which keeps only the pooled maps (acts "pool1".."pool3"), not conv1..conv3's."""
     h = acts["x"] = x
-    for i, cs in enumerate(convs):
-        h = be.lsconv_forward(h, params[cs.name + ".w"], params[cs.name + ".b"], cs.region)
-        acts[cs.name] = h
-        if i < 3:
-            h, acts[f"pool{i + 1}.argmax"] = be.maxpool_forward(h, 2)
-            acts[f"pool{i + 1}"] = h
-    return h
+    for i, cs in enumerate(convs[:3]):
+        w, b = params[cs.name + ".w"], params[cs.name + ".b"]
+        if fuse_pools:
+            h, am = be.lsconv_pool_forward(h, w, b, cs.region, s=2)
+        else:
+            acts[cs.name] = be.lsconv_forward(h, w, b, cs.region)
+            h, am = be.maxpool_forward(acts[cs.name], 2)
+        acts[f"pool{i + 1}"], acts[f"pool{i + 1}.argmax"] = h, am
+    cs = convs[3]
+    acts[cs.name] = be.lsconv_forward(h, params[cs.name + ".w"], params[cs.name + ".b"],
+                                      cs.region)
+    return acts[cs.name]
 
 
 def stack_backward(be, convs, params, acts, dconv4, grads, dpool3=None):
     """From d conv4 down to conv1, adding into grads; dpool3 is any gradient
-    that reaches pool3 by another path (DeepID2's deepid layer)."""
-    dh = dconv4
-    for i in (3, 2, 1, 0):
+    that reaches pool3 by another path (DeepID2's deepid layer). Each pooled
+    layer goes back the way stack_forward went (fused when acts lacks its output)."""
+    cs = convs[3]
+    dh, _, _ = be.lsconv_backward(acts["pool3"], params[cs.name + ".w"], acts[cs.name], dconv4,
+                                  cs.region, dw=grads[cs.name + ".w"], db=grads[cs.name + ".b"])
+    if dpool3 is not None:
+        dh += dpool3
+    for i in (2, 1, 0):  # dh: d pool{i + 1}
         cs = convs[i]
         x_in = acts["x"] if i == 0 else acts[f"pool{i}"]
-        dx, _, _ = be.lsconv_backward(x_in, params[cs.name + ".w"], acts[cs.name], dh, cs.region,
-                                      need_dx=i > 0, dw=grads[cs.name + ".w"],
-                                      db=grads[cs.name + ".b"])
-        if i == 3 and dpool3 is not None:
-            dx += dpool3
-        if i > 0:
-            dh = be.maxpool_backward(dx, acts[f"pool{i}.argmax"], convs[i - 1].out_hw, 2)
+        w, dw, db = params[cs.name + ".w"], grads[cs.name + ".w"], grads[cs.name + ".b"]
+        pool, argmax = acts[f"pool{i + 1}"], acts[f"pool{i + 1}.argmax"]
+        if cs.name in acts:
+            dconv = be.maxpool_backward(dh, argmax, cs.out_hw, 2)
+            dh, _, _ = be.lsconv_backward(x_in, w, acts[cs.name], dconv, cs.region,
+                                          need_dx=i > 0, dw=dw, db=db)
+        else:
+            dh, _, _ = be.lsconv_pool_backward(x_in, w, pool, argmax, dh, cs.region,
+                                               need_dx=i > 0, dw=dw, db=db, s=2)
     return grads
 
 
@@ -172,7 +186,7 @@ class DeepID2:
 
     def forward(self, params, x, need_logits=True):
         be, acts = self.be, {}
-        stack_forward(be, self.convs, params, x, acts)
+        stack_forward(be, self.convs, params, x, acts, fuse_pools=True)
         f = be.dense_forward([acts["pool3"], acts["conv4"]], params["deepid.w"],
                              params["deepid.b"])
         acts["deepid"] = f

@@ -20,6 +20,19 @@ def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=No
     return (dx if need_dx else None), _acc(dw, gw), _acc(db, gb)
 
 
+def lsconv_pool_forward(x, w, b, region, relu=True, s=2):
+    return O.maxpool_forward(O.lsconv_forward(x, w, b, region, relu), s)
+
+
+def lsconv_pool_backward(x, w, y, argmax, dy, region, relu=True, need_dx=True, dw=None, db=None,
+                         s=2):
+    out_hw = (x.shape[2] - w.shape[4] + 1, x.shape[3] - w.shape[5] + 1)
+    if relu:  # the unpooled output's ReLU mask, where the scatter puts anything
+        dy = np.where(y > 0, dy, 0.0)
+    dconv = O.maxpool_backward(dy, argmax, out_hw)
+    return lsconv_backward(x, w, dconv, dconv, region, relu=False, need_dx=need_dx, dw=dw, db=db)
+
+
 def maxpool_forward(x, s=2):
     return O.maxpool_forward(x, s)
 

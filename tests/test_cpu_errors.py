@@ -40,10 +40,17 @@ def valid():
     # 2x2 pooling of 8x7: the top-left element of every window
     corner = np.arange(4)[:, None] * 2 * 7 + np.arange(3)[None, :] * 2
     pool_argmax = np.ascontiguousarray(np.broadcast_to(corner, (2, 3, 4, 3)), dtype=i32)
+    # ... and of the lsconv's 6x6 output
+    corner = np.arange(3)[:, None] * 2 * 6 + np.arange(3)[None, :] * 2
+    conv_argmax = np.ascontiguousarray(np.broadcast_to(corner, (2, 4, 3, 3)), dtype=i32)
     return {
         "lsconv_forward": dict(x=x, w=w, b=b, region=(3, 3)),
         "lsconv_backward": dict(x=x, w=w, y=y, dy=arr(2, 4, 6, 6), region=(3, 3),
                                 dw=arr(2, 2, 4, 3, 3, 2), db=arr(2, 2, 4)),
+        "lsconv_pool_forward": dict(x=x, w=w, b=b, region=(3, 3), s=2),
+        "lsconv_pool_backward": dict(x=x, w=w, y=arr(2, 4, 3, 3), argmax=conv_argmax,
+                                     dy=arr(2, 4, 3, 3), region=(3, 3), dw=arr(2, 2, 4, 3, 3, 2),
+                                     db=arr(2, 2, 4), s=2),
         "maxpool_forward": dict(x=arr(2, 3, 8, 7), s=2),
         "maxpool_backward": dict(dy=arr(2, 3, 4, 3), argmax=pool_argmax, in_hw=(8, 7)),
         "dense_forward": dict(xs=xs, w=dw_, b=arr(5)),
@@ -99,6 +106,27 @@ CASES = {
     "lsb_x_float64": ("lsconv_backward", {"x": lambda a: a.astype(np.float64)}, T, r"\bx\b"),
     "lsb_w_channels": ("lsconv_backward", {"w": lambda a: arr(2, 2, 4, 2, 3, 2)}, V,
                        r"\b(w|x)\b"),
+    # ---- lsconv_pool_forward / lsconv_pool_backward
+    "lspf_s_zero": ("lsconv_pool_forward", {"s": lambda s: 0}, V, r"\bs\b"),
+    "lspf_s_too_big": ("lsconv_pool_forward", {"s": lambda s: 7}, V, r"\b(s|x)\b"),
+    "lspf_b_shape": ("lsconv_pool_forward", {"b": lambda a: arr(2, 2, 5)}, V, r"\bb\b"),
+    "lspb_s_too_big": ("lsconv_pool_backward", {"s": lambda s: 7}, V, r"\bs\b"),
+    "lspb_dy_shape": ("lsconv_pool_backward", {"dy": lambda a: arr(2, 4, 3, 2)}, V, r"\bdy\b"),
+    "lspb_dy_float64": ("lsconv_pool_backward", {"dy": lambda a: a.astype(np.float64)}, T,
+                        r"\bdy\b"),
+    "lspb_y_shape": ("lsconv_pool_backward", {"y": lambda a: arr(2, 4, 3, 2)}, V, r"\by\b"),
+    "lspb_argmax_int64": ("lsconv_pool_backward", {"argmax": lambda a: a.astype(np.int64)}, T,
+                          r"\bargmax\b"),
+    "lspb_argmax_shape": ("lsconv_pool_backward", {"argmax": lambda a: a[:, :, :2].copy()}, V,
+                          r"\bargmax\b"),
+    "lspb_argmax_strided": ("lsconv_pool_backward", {"argmax": strided}, V, r"\bargmax\b"),
+    "lspb_argmax_other_window": ("lsconv_pool_backward", {"argmax": lambda a: a + 2}, V,
+                                 r"\bargmax\b"),
+    "lspb_argmax_negative": ("lsconv_pool_backward", {"argmax": lambda a: a - 1}, V,
+                             r"\bargmax\b"),
+    "lspb_dw_shape": ("lsconv_pool_backward", {"dw": lambda a: arr(1, 2, 4, 3, 3, 2)}, V,
+                      r"\bdw\b"),
+    "lspb_dw_readonly": ("lsconv_pool_backward", {"dw": readonly}, V, r"\bdw\b"),
     # ---- maxpool
     "mpf_x_float64": ("maxpool_forward", {"x": lambda a: a.astype(np.float64)}, T, r"\bx\b"),
     "mpf_x_3d": ("maxpool_forward", {"x": lambda a: a[0].copy()}, V, r"\bx\b"),
@@ -203,6 +231,14 @@ def test_failed_calls_leave_outputs_untouched(be):
     dw0, db0 = kw["dw"].copy(), kw["db"].copy()
     with pytest.raises(ValueError, match=r"\bdy\b"):
         be.lsconv_backward(**dict(kw, dy=arr(2, 4, 5, 6)))
+    np.testing.assert_array_equal(kw["dw"], dw0)
+    np.testing.assert_array_equal(kw["db"], db0)
+    kw = valid()["lsconv_pool_backward"]   # an argmax off its window is found mid-way
+    dw0, db0 = kw["dw"].copy(), kw["db"].copy()
+    bad = kw["argmax"].copy()
+    bad[1, 3, 2, 2] += 2
+    with pytest.raises(ValueError, match=r"\bargmax\b"):
+        be.lsconv_pool_backward(**dict(kw, argmax=bad))
     np.testing.assert_array_equal(kw["dw"], dw0)
     np.testing.assert_array_equal(kw["db"], db0)
     kw = valid()["sgd_update"]

@@ -123,6 +123,88 @@ def test_lsconv_deterministic(be, case):
 
 
 # ----------------------------------------------------------------------------
+# lsconv_pool: lsconv followed by a max-pool, as one op
+LSCONV_POOL_CASES = {  # an LSCONV_CASES case, pool window s
+    "conv_3x3_floor": ("conv_3x3", 2),                  # 6x5 output: last column dropped
+    "ragged_regions_s3": ("ragged_5x4_kernel", 3),     # regions and windows straddle
+    "region_rows": ("region_rows", 2),
+    "local_s2": ("4x1_kernel_local", 2),               # locally connected
+    "deepid2_conv1": ("deepid2_conv1", 2),
+    "deepid2_conv3": ("deepid2_conv3", 2),              # windows across the 5x4 regions
+}
+
+
+def pool_oracle(x, w, b, region, relu, s):
+    """(y, argmax) of the composition, and its backward from the pooled gradient."""
+    y, am = O.maxpool_forward(O.lsconv_forward(x, w, b, region, relu), s)
+
+    def backward(yp, argmax, dyp):
+        out_hw = (x.shape[2] - w.shape[4] + 1, x.shape[3] - w.shape[5] + 1)
+        g = np.where(yp > 0, dyp, 0.0) if relu else dyp   # the ReLU mask at the argmax
+        dconv = O.maxpool_backward(g, argmax, out_hw)
+        return O.lsconv_backward(x, w, dconv, dconv, region, relu=False)
+    return y, am, backward
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("case", LSCONV_POOL_CASES)
+def test_lsconv_pool(be, case, relu):
+    conv, s = LSCONV_POOL_CASES[case]
+    x, w, b, region, rng, (L, Ldx, Ldw) = make_lsconv(conv, 4)
+    saved = [a.copy() for a in (x, w, b)]
+    y, am = be.lsconv_pool_forward(x, w, b, region, relu=relu, s=s)
+    assert y.dtype == np.float32 and am.dtype == np.int32
+    # the same as the two ops, bit for bit
+    y2, am2 = be.maxpool_forward(be.lsconv_forward(x, w, b, region, relu=relu), s)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(am, am2)
+    ry, ram, backward = pool_oracle(x, w, b, region, relu, s)
+    assert_close(y, ry, name="y", **tol(L))
+    assert (am == ram).mean() > 0.99   # float32 vs float64 ties aside
+    dy = randn(rng, y.shape)
+    dx, dw, db = be.lsconv_pool_backward(x, w, y, am, dy, region, relu=relu, s=s)
+    rdx, rdw, rdb = backward(y, am, dy)   # the same argmax on both sides
+    assert_close(dx, rdx, name="dx", **tol(Ldx))
+    assert_close(dw, rdw, name="dw", **tol(Ldw))
+    assert_close(db, rdb, name="db", **tol(Ldw))
+    for a, sv in zip((x, w, b), saved):
+        np.testing.assert_array_equal(a, sv)
+
+
+@pytest.mark.parametrize("case", ["ragged_regions_s3", "deepid2_conv3"])
+def test_lsconv_pool_backward_accumulates_skips_dx_and_repeats(be, case):
+    conv, s = LSCONV_POOL_CASES[case]
+    x, w, b, region, rng, (_, _, Ldw) = make_lsconv(conv, 5)
+    y, am = be.lsconv_pool_forward(x, w, b, region, s=s)
+    dy = randn(rng, y.shape)
+    dw0, db0 = randn(rng, w.shape), randn(rng, b.shape)
+    dw, db = dw0.copy(), db0.copy()
+    out = be.lsconv_pool_backward(x, w, y, am, dy, region, need_dx=False, dw=dw, db=db, s=s)
+    assert out[0] is None
+    assert np.shares_memory(out[1], dw) and np.shares_memory(out[2], db)
+    _, _, backward = pool_oracle(x, w, b, region, True, s)
+    _, rdw, rdb = backward(y, am, dy)
+    assert_close(dw, dw0 + rdw, name="dw (accumulated)", **tol(Ldw + 1))
+    assert_close(db, db0 + rdb, name="db (accumulated)", **tol(Ldw + 1))
+    g1, g2 = (be.lsconv_pool_backward(x, w, y, am, dy, region, s=s) for _ in range(2))
+    for a1, a2 in zip(g1, g2):
+        assert a1.tobytes() == a2.tobytes()
+
+
+def test_lsconv_pool_backward_rejects_argmax_outside_window(be):
+    x, w, b, region, rng, _ = make_lsconv("conv_3x3", 6)
+    y, am = be.lsconv_pool_forward(x, w, b, region)
+    dy = randn(rng, y.shape)
+    dw, db = np.zeros_like(w), np.zeros_like(b)
+    ow = x.shape[3] - w.shape[5] + 1   # the unpooled map's width
+    for bad in (am + 2 * ow, am - 1, am + 10 ** 6):   # the window below, ..., off the map
+        bad = np.ascontiguousarray(bad, dtype=np.int32)
+        with pytest.raises(ValueError, match="argmax"):
+            be.lsconv_pool_backward(x, w, y, bad, dy, region, dw=dw, db=db)
+        assert not dw.any() and not db.any()   # nothing of the caller's touched
+
+
+# ----------------------------------------------------------------------------
 # maxpool
 POOL_CASES = {  # N, C, H, W, s
     "even_2": (2, 3, 8, 8, 2),
@@ -259,7 +341,8 @@ r = lambda *s: rng.standard_normal(s).astype(np.float32)
 out = {"threads": np.array(be.max_threads())}
 for name, (n, c, h, w, k, kh, kw, region) in {
         "c1": (3, 3, 31, 29, 20, 4, 4, (28, 26)), "c3": (5, 40, 12, 10, 60, 3, 3, (5, 4)),
-        "c4": (5, 60, 5, 4, 80, 2, 2, (1, 1))}.items():
+        "c4": (5, 60, 5, 4, 80, 2, 2, (1, 1)),
+        "c3n40": (40, 8, 12, 10, 12, 3, 3, (5, 4))}.items():   # lsconv_pool's image blocks
     oh, ow = h - kh + 1, w - kw + 1
     ry, rx = -(-oh // region[0]), -(-ow // region[1])
     x, wt, b = r(n, c, h, w), r(ry, rx, k, c, kh, kw), r(ry, rx, k)
@@ -267,6 +350,9 @@ for name, (n, c, h, w, k, kh, kw, region) in {
     dx, dw, db = be.lsconv_backward(x, wt, y, r(*y.shape), region)
     out.update({name + "_y": y, name + "_dx": dx, name + "_dw": dw, name + "_db": db})
     out[name + "_pool"], out[name + "_arg"] = be.maxpool_forward(y, 2)
+    yp, am = be.lsconv_pool_forward(x, wt, b, region)
+    dx, dw, db = be.lsconv_pool_backward(x, wt, yp, am, r(*yp.shape), region)
+    out.update({name + "_pdx": dx, name + "_pdw": dw, name + "_pdb": db})
 xs, w, b = [r(9, 60, 5, 4), r(9, 80, 4, 3)], r(2160, 160), r(160)
 y = be.dense_forward(xs, w, b)
 (dx0, dx1), dw, db = be.dense_backward(xs, w, y, r(9, 160))

@@ -15,8 +15,8 @@ import pytest
 import oracle as O
 from gpu_support import MODES, bits, dev, gpu_fixture, host, restore, tol
 from oracle import assert_close
-from test_cpu_ops import (CONV, DENSE_CASES, LSCONV_CASES, POOL_CASES, POOL_VALUES, make_dense,
-                          make_pool_input, randn)
+from test_cpu_ops import (CONV, DENSE_CASES, LSCONV_CASES, LSCONV_POOL_CASES, POOL_CASES,
+                          POOL_VALUES, make_dense, make_pool_input, pool_oracle, randn)
 
 
 @pytest.fixture(params=MODES)
@@ -145,6 +145,27 @@ def test_lsconv_debug_poison(gpu, case):
     rdx, rdw, _ = O.lsconv_backward(x, w, host(y), dy, region, True)
     assert_close(host(dx), rdx, name="dx", **tol(Ldx))
     assert_close(host(dw), rdw, name="dw", **tol(Ldw))
+
+
+# ----------------------------------------------------------------------------
+# lsconv_pool (composed of lsconv and maxpool on the gpu)
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("case", ["conv_3x3_floor", "ragged_regions_s3", "local_s2"])
+def test_lsconv_pool(gpu, be, case, relu):
+    conv, s = LSCONV_POOL_CASES[case]
+    x, w, b, region, rng, (L, Ldx, Ldw) = make_lsconv(conv, 4)
+    y, am = gpu.be.lsconv_pool_forward(*dev(gpu, [x, w, b]), region, relu=relu, s=s)
+    cy, cam = be.lsconv_pool_forward(x, w, b, region, relu=relu, s=s)
+    assert_close(host(y), cy, name="y vs cpu", **tol(L))
+    ry, _, backward = pool_oracle(x, w, b, region, relu, s)
+    assert_close(host(y), ry, name="y", **tol(L))
+    dy = randn(rng, cy.shape)
+    dx, dw, db = gpu.be.lsconv_pool_backward(*dev(gpu, [x, w, cy, cam, dy]), region, relu=relu,
+                                             s=s)
+    rdx, rdw, rdb = backward(cy, cam, dy)
+    assert_close(host(dx), rdx, name="dx", **tol(Ldx))
+    assert_close(host(dw), rdw, name="dw", **tol(Ldw))
+    assert_close(host(db), rdb, name="db", **tol(Ldw))
 
 
 # ----------------------------------------------------------------------------

@@ -10,6 +10,40 @@
 
 namespace deepid2 {
 
+namespace {
+
+// C [m x n] = A [m x k] * B [k x n] for a long reduction and a small result
+// (dx of the ident layer: k = the classes): sgemm_parallel would split C and
+// pack the operands once per tile. Blocks of kBlock along k instead, each one
+// GEMM into its own partial C, added in block order; the block size depends
+// on the shapes only, so the result does not depend on the thread count.
+constexpr int kBlock = 1024;
+
+void sgemm_ksplit(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs,
+                  const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t c_rs) {
+    const int blocks = (k + kBlock - 1) / kBlock;
+    if (blocks < 2 || int64_t(m) * n > int64_t(k) * 64) {
+        sgemm_parallel(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, false, c, c_rs);
+        return;
+    }
+    std::vector<float> part(size_t(blocks) * m * n);
+#pragma omp parallel for schedule(dynamic)
+    for (int bi = 0; bi < blocks; ++bi) {
+        const int k0 = bi * kBlock;
+        sgemm(m, n, std::min(kBlock, k - k0), a + k0 * a_cs, a_rs, a_cs, b + k0 * b_rs, b_rs,
+              b_cs, false, part.data() + size_t(bi) * m * n, n);
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < m; ++i)
+        for (int j = 0; j < n; ++j) {
+            float sum = part[size_t(i) * n + j];
+            for (int bi = 1; bi < blocks; ++bi) sum += part[(size_t(bi) * m + i) * n + j];
+            c[i * c_rs + j] = sum;
+        }
+}
+
+}  // namespace
+
 static void check_dense(int n, int n_inputs, const int* dims, const float* const* xs, int m,
                         const float* w) {
     detail::require_positive("dense", {{"n", n}, {"n_inputs", n_inputs}, {"m", m}});
@@ -77,8 +111,7 @@ void dense_backward(int n, int n_inputs, const int* dims, const float* const* xs
         // dW_i [d_i x m] += x_i^T [d_i x n] * g [n x m]
         sgemm_parallel(dims[i], m, n, xs[i], 1, dims[i], g, m, 1, true, dw + row0 * m, m);
         // dx_i [n x d_i] = g [n x m] * W_i^T [m x d_i]
-        if (dxs && dxs[i])
-            sgemm_parallel(n, dims[i], m, g, m, 1, wi, 1, m, false, dxs[i], dims[i]);
+        if (dxs && dxs[i]) sgemm_ksplit(n, dims[i], m, g, m, 1, wi, 1, m, dxs[i], dims[i]);
         row0 += dims[i];
     }
 }

@@ -175,6 +175,23 @@ void pack_b_transposing(int k, int nr, const float* b, int64_t cs, float* out) {
 
 }  // namespace
 
+void transpose(int m, int n, const float* src, int64_t src_ld, float* dst, int64_t dst_ld) {
+    int i0 = 0;
+    for (; i0 + VW <= m; i0 += VW) {
+        int j0 = 0;
+        for (; j0 + VW <= n; j0 += VW) {
+            vf r[VW];
+            for (int i = 0; i < VW; ++i) r[i] = load(src + (i0 + i) * src_ld + j0);
+            transpose_block(r);
+            for (int j = 0; j < VW; ++j) store(dst + (j0 + j) * dst_ld + i0, r[j]);
+        }
+        for (int j = j0; j < n; ++j)
+            for (int i = i0; i < i0 + VW; ++i) dst[j * dst_ld + i] = src[i * src_ld + j];
+    }
+    for (int j = 0; j < n; ++j)
+        for (int i = i0; i < m; ++i) dst[j * dst_ld + i] = src[i * src_ld + j];
+}
+
 void pack_b(int k, int n, const float* b, int64_t rs, int64_t cs, float* out) {
     for (int j0 = 0; j0 < n; j0 += NR) {
         const int nr = std::min(NR, n - j0);

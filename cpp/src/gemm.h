@@ -41,6 +41,10 @@ void sgemm_packed(int m, int n, int k, const float* ap, const float* bp, bool ac
 void sgemm_panels(int m, int n, int k, const float* ap, const float* b, int64_t b_rs,
                   int64_t b_panel, bool accumulate, float* c, int64_t c_rs);
 
+// dst (n x m, rows dst_ld apart) = the transpose of src (m x n, rows src_ld
+// apart), in register blocks where whole.
+void transpose(int m, int n, const float* src, int64_t src_ld, float* dst, int64_t dst_ld);
+
 // C = A * B split into column/row tiles over the OpenMP threads. Each element
 // of C is computed by exactly one thread in sgemm's order: deterministic.
 void sgemm_parallel(int m, int n, int k, const float* a, int64_t a_rs,

@@ -16,6 +16,10 @@
 //   the whole batch owns dW_r/db_r; dx is scattered afterwards per image;
 // - backward, wide regions (ordinary convolution): kGroups groups of images,
 //   each with its own dW/db partial sums, added in group order.
+//
+// lsconv_pool_forward runs the forward of a block of images into this
+// thread's scratch and pools it there. lsconv_pool_backward works from the
+// pooled gradient's nonzero terms instead of GEMMs (see pool_backward).
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -25,6 +29,8 @@
 #include "check.h"
 #include "deepid2/ops.h"
 #include "gemm.h"
+#include "pool.h"
+#include "runs.h"
 
 namespace deepid2 {
 namespace {
@@ -37,7 +43,7 @@ constexpr int kPackedWgradMaps = 32;  // weight gradient by packed GEMM from thi
 // Scratch that lives as long as the thread: OpenMP's pool threads keep theirs
 // between calls, so large buffers are not faulted in afresh every call.
 float* thread_scratch(int slot, size_t n) {
-    static thread_local std::vector<float> bufs[6];
+    static thread_local std::vector<float> bufs[7];
     if (bufs[slot].size() < n) bufs[slot].resize(n);
     return bufs[slot].data();
 }
@@ -59,10 +65,11 @@ Region region_of(const LsconvShape& s, int r) {
 }
 
 // Columns [j, j + len) of a chunk: inputs start at x + xoff (+ tap offset),
-// outputs at y + yoff (+ k * OH*OW), both advancing by one per column.
+// outputs at y + yoff (+ k * OH*OW), both advancing by one per column; yoff
+// is image n's offset plus yin, the offset inside its K x OH x OW block.
 struct Run {
-    int j, len;
-    int64_t xoff, yoff;
+    int j, len, n;
+    int64_t xoff, yoff, yin;
 };
 
 void chunk_runs(const LsconvShape& s, const Region& reg, int n0, int j0, int jc,
@@ -74,8 +81,8 @@ void chunk_runs(const LsconvShape& s, const Region& reg, int n0, int j0, int jc,
         const int jj = j0 + j, n = n0 + jj / P, p = jj % P;
         const int oy = reg.oy0 + p / pw, ox = reg.ox0 + p % pw;
         const int len = std::min(jc - j, pw - p % pw);
-        runs.push_back({j, len, n * ximage + int64_t(oy) * s.w + ox,
-                        n * yimage + int64_t(oy) * s.ow() + ox});
+        const int64_t yin = int64_t(oy) * s.ow() + ox;
+        runs.push_back({j, len, n, n * ximage + int64_t(oy) * s.w + ox, n * yimage + yin, yin});
         j += len;
     }
 }
@@ -98,17 +105,12 @@ void mask_relu(const float* __restrict y, const float* __restrict dy, int n,
     }
 }
 
-// Runs are short (4 to 44 floats in DeepID2): an inlined loop beats memmove.
-void copy_run(const float* __restrict src, int n, float* __restrict dst) {
-    for (int t = 0; t < n; ++t) dst[t] = src[t];
-}
-
 void im2col(const float* x, const std::vector<int64_t>& taps, const std::vector<Run>& runs,
             int jc, int ld, float* colsT) {
     for (size_t p = 0; p < taps.size(); ++p) {
         float* row = colsT + p * ld;
         for (const Run& r : runs) {
-            copy_run(x + r.xoff + taps[p], r.len, row + r.j);
+            copy_floats(x + r.xoff + taps[p], r.len, row + r.j);
         }
         std::fill(row + jc, row + ld, 0.0f);
     }
@@ -125,6 +127,29 @@ void col2im_add(const float* dcolsT, int ld, const std::vector<int64_t>& taps,
         for (const Run& r : runs) {
             add_to(row + r.j, r.len, dx + r.xoff + taps[p]);
         }
+    }
+}
+
+// Locally connected layers (1 x 1 regions) have one column per image, so
+// im2col and col2im would move one float per run. They work on x in
+// batch-minor order instead (xt: C*H*W rows of N images), where a tap's row
+// of colsT is a contiguous slice of a row of xt.
+bool single_positions(const LsconvShape& s) { return s.rh == 1 && s.rw == 1; }
+
+std::vector<float> batch_minor(const LsconvShape& s, const float* x) {
+    const int64_t e = int64_t(s.c) * s.h * s.w;
+    std::vector<float> xt(size_t(e) * s.n);
+    transpose(s.n, int(e), x, e, xt.data(), s.n);
+    return xt;
+}
+
+// colsT for the region whose input window starts at xpos, images [n0, n0 + jc).
+void im2col_batch_minor(const float* xt, int n, const std::vector<int64_t>& taps, int64_t xpos,
+                        int n0, int jc, int ld, float* colsT) {
+    for (size_t p = 0; p < taps.size(); ++p) {
+        float* row = colsT + p * ld;
+        copy_floats(xt + (taps[p] + xpos) * n + n0, jc, row);
+        std::fill(row + jc, row + ld, 0.0f);
     }
 }
 
@@ -246,6 +271,55 @@ void LsconvShape::check() const {
                                     std::to_string(oh()) + "x" + std::to_string(ow()));
 }
 
+namespace {
+
+// The forward of region r over images [n0, n0 + nimg): image n's outputs go
+// to ybase + (n - nbase) * K*OH*OW.
+struct ForwardTask {
+    const LsconvShape& s;
+    const float *x, *b;
+    bool relu;
+    const std::vector<int64_t>& taps;
+    const std::vector<float>& wpack;
+    const float* xt;  // x in batch-minor order (1 x 1 regions), else null
+
+    void run(int n0, int nimg, int r, float* ybase, int nbase, float* colsT, float* yt,
+             std::vector<Run>& runs) const {
+        const int q = int(taps.size());
+        const Region reg = region_of(s, r);
+        const int J = nimg * reg.positions();
+        const int64_t oplane = int64_t(s.oh()) * s.ow(), yimage = s.k * oplane;
+        const float* br = b + int64_t(r) * s.k;
+        const float* wr = wpack.data() + r * packed_a_size(s.k, q);
+        for (int j0 = 0; j0 < J; j0 += JC) {
+            const int jc = std::min(JC, J - j0), ld = round_up(jc, gemm_nr());
+            chunk_runs(s, reg, n0, j0, jc, runs);
+            if (xt)
+                im2col_batch_minor(xt, s.n, taps, int64_t(reg.oy0) * s.w + reg.ox0, n0 + j0, jc,
+                                   ld, colsT);
+            else
+                im2col(x, taps, runs, jc, ld, colsT);
+            sgemm_panels(s.k, jc, q, wr, colsT, ld, gemm_nr(), false, yt, ld);
+            for (int k = 0; k < s.k; ++k) {
+                const float* t = yt + int64_t(k) * ld;
+                const float bk = br[k];
+                for (const Run& run : runs)
+                    add_bias_act(t + run.j, run.len, bk, relu,
+                                 ybase + (run.n - nbase) * yimage + run.yin + k * oplane);
+            }
+        }
+    }
+};
+
+void check_pool(const LsconvShape& s, int ps) {
+    if (ps < 1 || ps > s.oh() || ps > s.ow())
+        throw std::invalid_argument("lsconv_pool: pool window " + std::to_string(ps) +
+                                    " must be at least 1 and fit the output map " +
+                                    std::to_string(s.oh()) + "x" + std::to_string(s.ow()));
+}
+
+}  // namespace
+
 void lsconv_forward(const LsconvShape& s, const float* x, const float* w, const float* b,
                     bool relu, float* y) {
     s.check();
@@ -253,45 +327,63 @@ void lsconv_forward(const LsconvShape& s, const float* x, const float* w, const 
     require(w, "w");
     require(b, "b");
     require(y, "y");
-    const int q = s.c * s.kh * s.kw, R = s.ry() * s.rx();
+    const int R = s.ry() * s.rx();
     // No reduction here: blocks as big as a chunk; regions give parallelism.
     const int nb = std::max(1, std::min(s.n, JC / (s.rh * s.rw)));
     const int blocks = (s.n + nb - 1) / nb;
-    const int64_t oplane = int64_t(s.oh()) * s.ow();
     const std::vector<int64_t> taps = tap_offsets(s);
     const std::vector<float> wpack = pack_weights(s, w, false);
-    const int64_t wstride = packed_a_size(s.k, q);
+    const std::vector<float> xt = single_positions(s) ? batch_minor(s, x) : std::vector<float>();
+    const ForwardTask task{s, x, b, relu, taps, wpack, xt.empty() ? nullptr : xt.data()};
 #pragma omp parallel
     {
-        float* colsT = thread_scratch(0, size_t(q) * JC);
+        float* colsT = thread_scratch(0, taps.size() * JC);
         float* yt = thread_scratch(1, size_t(s.k) * JC);
         std::vector<Run> runs;
 #pragma omp for schedule(dynamic) collapse(2)
         for (int blk = 0; blk < blocks; ++blk)
             for (int r = 0; r < R; ++r) {
-                const Region reg = region_of(s, r);
-                const int n0 = blk * nb, nimg = std::min(nb, s.n - n0);
-                const int J = nimg * reg.positions();
-                const float* br = b + int64_t(r) * s.k;
-                for (int j0 = 0; j0 < J; j0 += JC) {
-                    const int jc = std::min(JC, J - j0), ld = round_up(jc, gemm_nr());
-                    chunk_runs(s, reg, n0, j0, jc, runs);
-                    im2col(x, taps, runs, jc, ld, colsT);
-                    sgemm_panels(s.k, jc, q, wpack.data() + r * wstride, colsT, ld, gemm_nr(),
-                                 false, yt, ld);
-                    for (int k = 0; k < s.k; ++k) {
-                        const float* t = yt + int64_t(k) * ld;
-                        const float bk = br[k];
-                        for (const Run& run : runs) {
-                            float* yk = y + run.yoff + k * oplane;
-                            for (int u = 0; u < run.len; ++u) {
-                                const float v = t[run.j + u] + bk;
-                                yk[u] = relu ? std::max(v, 0.0f) : v;
-                            }
-                        }
-                    }
-                }
+                const int n0 = blk * nb;
+                task.run(n0, std::min(nb, s.n - n0), r, y, 0, colsT, yt, runs);
             }
+    }
+}
+
+void lsconv_pool_forward(const LsconvShape& s, const float* x, const float* w, const float* b,
+                         bool relu, int ps, float* yp, int32_t* argmax) {
+    s.check();
+    check_pool(s, ps);
+    require(x, "x");
+    require(w, "w");
+    require(b, "b");
+    require(yp, "y");
+    require(argmax, "argmax");
+    const int R = s.ry() * s.rx();
+    const int64_t yimage = int64_t(s.k) * s.oh() * s.ow();
+    const int64_t pimage = int64_t(s.k) * (s.oh() / ps) * (s.ow() / ps);
+    // A task is a block of images, every region of it, then its pooling: the
+    // convolution's output stays in this thread's cache. Blocks are cut for
+    // the threads' sake only; they never change a result.
+    const int nb = std::max(1, std::min({s.n, JC / (s.rh * s.rw),
+                                         (s.n + 8 * max_threads() - 1) / (8 * max_threads())}));
+    const int blocks = (s.n + nb - 1) / nb;
+    const std::vector<int64_t> taps = tap_offsets(s);
+    const std::vector<float> wpack = pack_weights(s, w, false);
+    const std::vector<float> xt = single_positions(s) ? batch_minor(s, x) : std::vector<float>();
+    const ForwardTask task{s, x, b, relu, taps, wpack, xt.empty() ? nullptr : xt.data()};
+#pragma omp parallel
+    {
+        float* colsT = thread_scratch(0, taps.size() * JC);
+        float* yt = thread_scratch(1, size_t(s.k) * JC);
+        float* yblk = thread_scratch(6, size_t(nb) * yimage);
+        std::vector<Run> runs;
+#pragma omp for schedule(dynamic)
+        for (int blk = 0; blk < blocks; ++blk) {
+            const int n0 = blk * nb, nimg = std::min(nb, s.n - n0);
+            for (int r = 0; r < R; ++r) task.run(n0, nimg, r, yblk, n0, colsT, yt, runs);
+            detail::maxpool_planes(int64_t(nimg) * s.k, s.oh(), s.ow(), ps, yblk,
+                                   yp + n0 * pimage, argmax + n0 * pimage);
+        }
     }
 }
 
@@ -304,6 +396,7 @@ struct BackwardChunk {
     const float *x, *y, *dy;
     bool relu;
     const std::vector<int64_t>& taps;
+    const float* xt;  // x in batch-minor order (1 x 1 regions), else null
 
     void run(int r, int n0, int j0, int jc, float* dw_r, float* vacc, float* db_r,
              const float* wt_r,
@@ -320,13 +413,19 @@ struct BackwardChunk {
                 if (relu) {
                     mask_relu(y + run.yoff + k * oplane, dyk, run.len, d + run.j);
                 } else {
-                    std::copy(dyk, dyk + run.len, d + run.j);
+                    copy_floats(dyk, run.len, d + run.j);
                 }
             }
             std::fill(d + jc, d + ld, 0.0f);
             db_r[k] += lane_sum(d, ld);
         }
-        im2col(x, taps, runs, jc, ld, colsT);
+        if (xt) {
+            const Region reg = region_of(s, r);
+            im2col_batch_minor(xt, s.n, taps, int64_t(reg.oy0) * s.w + reg.ox0, n0 + j0, jc, ld,
+                               colsT);
+        } else {
+            im2col(x, taps, runs, jc, ld, colsT);
+        }
         // dW_r [K x q] += dYt [K x jc] * colsT^T
         if (vacc) {  // few maps (wgrad_lanes): packing colsT would cost more than the product
             wgrad_accumulate(s.k, q, ld, dyt, colsT, vacc);
@@ -359,7 +458,8 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
     const std::vector<int64_t> taps = tap_offsets(s);
     const std::vector<float> wtpack = dx ? pack_weights(s, w, true) : std::vector<float>();
     const int64_t wtstride = packed_a_size(q, s.k);
-    const BackwardChunk chunk{s, x, y, dy, relu, taps};
+    const std::vector<float> xt = single_positions(s) ? batch_minor(s, x) : std::vector<float>();
+    const BackwardChunk chunk{s, x, y, dy, relu, taps, xt.empty() ? nullptr : xt.data()};
 
     if (s.rh * s.rw <= kSmallRegion) {
         // Small regions: one task per region over all N images owns dw_r and
@@ -369,6 +469,7 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
         for (int r = 0; r < R; ++r)
             col0[r + 1] = col0[r] + col_ld(s.n * region_of(s, r).positions());
         float* dcols = dx ? thread_scratch_caller(size_t(q) * col0[R]) : nullptr;
+        std::vector<float> dxt(dx && !xt.empty() ? size_t(image) * s.n : 0);
 #pragma omp parallel
         {
             float* colsT = thread_scratch(0, size_t(q) * JC);
@@ -386,7 +487,27 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
                               runs);
                 if (vacc) wgrad_flush(s.k, q, vacc, dw + int64_t(r) * s.k * q);
             }
-            if (dx) {
+            if (dx && !xt.empty()) {
+                // Batch-minor: dxt's rows of channel c only get channel c's
+                // taps, so channels are independent tasks; then dx = dxt^T.
+                const int plane = s.h * s.w, per = q / s.c;
+#pragma omp for schedule(static)
+                for (int c = 0; c < s.c; ++c) {
+                    float* rows = dxt.data() + int64_t(c) * plane * s.n;
+                    std::fill(rows, rows + int64_t(plane) * s.n, 0.0f);
+                    for (int r = 0; r < R; ++r) {
+                        const Region reg = region_of(s, r);
+                        const int64_t xpos = int64_t(reg.oy0) * s.w + reg.ox0;
+                        for (int p = c * per; p < (c + 1) * per; ++p)
+                            add_to(dcols + q * col0[r] + p * (col0[r + 1] - col0[r]), s.n,
+                                   dxt.data() + (taps[p] + xpos) * s.n);
+                    }
+                }
+#pragma omp for schedule(static)
+                for (int c = 0; c < s.c; ++c)
+                    transpose(plane, s.n, dxt.data() + int64_t(c) * plane * s.n, s.n,
+                              dx + int64_t(c) * plane, image);
+            } else if (dx) {
 #pragma omp for schedule(static)
                 for (int n = 0; n < s.n; ++n) {
                     std::fill(dx + n * image, dx + (n + 1) * image, 0.0f);
@@ -444,6 +565,249 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w, const
                 db[e - wsize] += sum;
         }
     }
+}
+
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Backward of lsconv_pool. Of the unpooled gradient only each window's argmax
+// is nonzero (a quarter of it with 2x2 windows), so rather than GEMMs over a
+// mostly-zero gradient, each (map k, window) term is taken once: with g its
+// pooled gradient (skipped under the ReLU mask y_pooled <= 0) and X the
+// patch of x under its argmax position,
+//   dW_r[k] += g X,   db_r[k] += g,   dpatch(position) += g W_r[k].
+// Patches are rows of a position-major im2col (P x qp, taps padded to whole
+// vectors); the dpatch rows are transposed to taps x positions and added
+// into dx by col2im. The order of every sum is fixed: maps, windows within
+// an image, images within a group, then groups.
+
+// dst[0, 16 NV) += sum_i val[i] * rows[idx[i] * ld + (0, 16 NV)], with U
+// partial sums per vector so that FMA latency does not serialise the loop.
+template <int NV, int U>
+void gather_axpy(int cnt, const int* idx, const float* val, const float* rows, int64_t ld,
+                 float* dst) {
+    wvec acc[U][NV];
+    for (int u = 0; u < U; ++u)
+        for (int v = 0; v < NV; ++v) acc[u][v] = wvec{};
+    int i = 0;
+    for (; i + U <= cnt; i += U)
+        for (int u = 0; u < U; ++u) {
+            const float* row = rows + idx[i + u] * ld;
+            for (int v = 0; v < NV; ++v) acc[u][v] += val[i + u] * wload(row + v * WV);
+        }
+    for (; i < cnt; ++i) {
+        const float* row = rows + idx[i] * ld;
+        for (int v = 0; v < NV; ++v) acc[0][v] += val[i] * wload(row + v * WV);
+    }
+    for (int v = 0; v < NV; ++v) {
+        wvec sum = acc[0][v];
+        for (int u = 1; u < U; ++u) sum += acc[u][v];
+        wstore(dst + v * WV, wload(dst + v * WV) + sum);
+    }
+}
+
+// gather_axpy over nvec vectors, in blocks of at most 8 (registers).
+void gather_axpy(int nvec, int cnt, const int* idx, const float* val, const float* rows,
+                 int64_t ld, float* dst) {
+    for (int v0 = 0; v0 < nvec; v0 += 8) {
+        const float* r = rows + v0 * WV;
+        float* d = dst + v0 * WV;
+        switch (std::min(8, nvec - v0)) {
+            case 1: gather_axpy<1, 4>(cnt, idx, val, r, ld, d); break;
+            case 2: gather_axpy<2, 4>(cnt, idx, val, r, ld, d); break;
+            case 3: gather_axpy<3, 2>(cnt, idx, val, r, ld, d); break;
+            case 4: gather_axpy<4, 2>(cnt, idx, val, r, ld, d); break;
+            case 5: gather_axpy<5, 2>(cnt, idx, val, r, ld, d); break;
+            case 6: gather_axpy<6, 1>(cnt, idx, val, r, ld, d); break;
+            case 7: gather_axpy<7, 1>(cnt, idx, val, r, ld, d); break;
+            default: gather_axpy<8, 1>(cnt, idx, val, r, ld, d); break;
+        }
+    }
+}
+
+std::invalid_argument bad_argmax() {
+    return std::invalid_argument("lsconv_pool: argmax holds an index outside its window");
+}
+
+// Whether offset d from a window's top-left position (rows w apart) lies in
+// the s x s window.
+inline bool in_window(int d, int w, int s) {
+    if (s == 2) return d == 0 || d == 1 || d == w || d == w + 1;
+    return d >= 0 && d < s * w && d % w < s;
+}
+
+// One map's terms of one image: the argmax positions (pos) and gradients
+// (val) of its PO windows, in window order, leaving out those under the ReLU
+// mask (yp <= 0, when yp is given); returns their number. wbase: each
+// window's top-left position. Sets bad for an argmax outside its window.
+int collect_terms(int PO, const int32_t* am, const int* wbase, const float* yp, const float* dp,
+                  int OW, int ps, int* pos, float* val, bool& bad) {
+    int c = 0, o = 0;
+#if defined(__AVX512F__)
+    if (ps == 2) {  // 16 windows at a time; kept lanes packed by vector compression
+        const __m512i one = _mm512_set1_epi32(1), row = _mm512_set1_epi32(OW),
+                      row1 = _mm512_set1_epi32(OW + 1);
+        __mmask16 ok = 0xFFFF;
+        for (; o + 16 <= PO; o += 16) {
+            const __m512i a = _mm512_loadu_si512(am + o);
+            const __m512i d = _mm512_sub_epi32(a, _mm512_loadu_si512(wbase + o));
+            ok &= _mm512_cmpeq_epi32_mask(d, _mm512_setzero_si512()) |
+                  _mm512_cmpeq_epi32_mask(d, one) | _mm512_cmpeq_epi32_mask(d, row) |
+                  _mm512_cmpeq_epi32_mask(d, row1);
+            const __mmask16 keep =
+                yp ? _mm512_cmp_ps_mask(_mm512_loadu_ps(yp + o), _mm512_setzero_ps(), _CMP_GT_OQ)
+                   : __mmask16(0xFFFF);
+            // register compression, then a whole store: the compressing store
+            // to memory is slow on some CPUs (AMD Zen 4)
+            _mm512_storeu_si512(pos + c, _mm512_maskz_compress_epi32(keep, a));
+            _mm512_storeu_ps(val + c, _mm512_maskz_compress_ps(keep, _mm512_loadu_ps(dp + o)));
+            c += __builtin_popcount(keep);
+        }
+        bad = bad || ok != 0xFFFF;
+    }
+#endif
+    for (; o < PO; ++o) {
+        bad = bad || !in_window(am[o] - wbase[o], OW, ps);
+        if (yp && !(yp[o] > 0.0f)) continue;
+        pos[c] = am[o];
+        val[c++] = dp[o];
+    }
+    return c;
+}
+
+void pool_backward(const LsconvShape& s, int ps, const float* x, const float* w,
+                   const float* yp, const int32_t* argmax, const float* dyp, float* dx,
+                   float* dw, float* db) {
+    const int q = s.c * s.kh * s.kw, qp = round_up(q, WV), nvec = qp / WV, R = s.ry() * s.rx();
+    const int OH = s.oh(), OW = s.ow(), P = OH * OW, PO = (OH / ps) * (OW / ps), K = s.k;
+    const int ldp = round_up(P, WV);
+    const int64_t image = int64_t(s.c) * s.h * s.w, pimage = int64_t(K) * PO;
+    std::vector<int> region(P);  // of each output position
+    for (int p = 0; p < P; ++p) region[p] = (p / OW / s.rh) * s.rx() + p % OW / s.rw;
+    std::vector<int> wbase(PO);  // each window's top-left position
+    for (int o = 0; o < PO; ++o) wbase[o] = (o / (OW / ps)) * ps * OW + o % (OW / ps) * ps;
+    std::vector<float> wp;  // W_r[k] rows padded to qp
+    if (dx) {
+        wp.assign(size_t(R) * K * qp, 0.0f);
+        for (int64_t e = 0; e < int64_t(R) * K; ++e)
+            std::copy(w + e * q, w + (e + 1) * q, wp.data() + e * qp);
+    }
+    const std::vector<int64_t> taps = tap_offsets(s);
+    const Region whole{0, OH, 0, OW};  // col2im by output rows
+    // Groups of images with their own partial sums, added in group order.
+    const int G = std::min(s.n, kGroups);
+    const int64_t wsize = int64_t(R) * K * qp, bsize = int64_t(R) * K;
+    float* part = thread_scratch_caller(size_t(G) * (wsize + bsize));
+    bool bad = false;  // an argmax outside its window
+#pragma omp parallel
+    {
+        float* cols = thread_scratch(0, size_t(P) * qp);
+        float* dcols = dx ? thread_scratch(1, size_t(P) * qp) : nullptr;
+        float* colsT = thread_scratch(4, size_t(qp) * ldp);  // also dcols transposed
+        std::fill(colsT + int64_t(q) * ldp, colsT + int64_t(qp) * ldp, 0.0f);  // padding taps
+        // (+ WV: collect_terms stores whole vectors)
+        std::vector<int> pos(size_t(K) * PO + WV), cnt(K), rpos(PO), start(P + 1), cursor(P),
+            mapk(size_t(K) * PO);
+        std::vector<float> val(size_t(K) * PO + WV), rval(PO), mval(size_t(K) * PO);
+        std::vector<Run> runs;
+#pragma omp for schedule(dynamic) reduction(|| : bad)
+        for (int g = 0; g < G; ++g) {
+            const int n0 = int(int64_t(s.n) * g / G), n1 = int(int64_t(s.n) * (g + 1) / G);
+            float* pw = part + g * (wsize + bsize);
+            float* pb = pw + wsize;
+            std::fill(pw, pw + wsize + bsize, 0.0f);
+            for (int n = n0; n < n1 && !bad; ++n) {
+                // the terms: per map, its windows' argmax positions and gradients
+                for (int k = 0; k < K; ++k) {
+                    const int64_t o0 = n * pimage + int64_t(k) * PO;
+                    cnt[k] = collect_terms(PO, argmax + o0, wbase.data(), yp ? yp + o0 : nullptr,
+                                           dyp + o0, OW, ps, pos.data() + k * PO,
+                                           val.data() + k * PO, bad);
+                }
+                if (bad) break;
+                // the patches: im2col by output rows, transposed to one row per position
+                chunk_runs(s, whole, n, 0, P, runs);
+                im2col(x, taps, runs, P, ldp, colsT);
+                transpose(qp, P, colsT, ldp, cols, qp);
+                // dW, db: per map and region
+                for (int k = 0; k < K; ++k)
+                    for (int r = 0; r < R; ++r) {
+                        const int* ip = pos.data() + k * PO;
+                        const float* vp = val.data() + k * PO;
+                        int m = cnt[k];
+                        if (R > 1) {  // this region's terms only
+                            m = 0;
+                            for (int i = 0; i < cnt[k]; ++i)
+                                if (region[ip[i]] == r) {
+                                    rpos[m] = ip[i];
+                                    rval[m++] = vp[i];
+                                }
+                            ip = rpos.data();
+                            vp = rval.data();
+                        }
+                        pb[r * K + k] += lane_sum(vp, m);
+                        gather_axpy(nvec, m, ip, vp, cols, qp, pw + (int64_t(r) * K + k) * qp);
+                    }
+                if (!dx) continue;
+                // dx: the terms by position (maps in order), each position's
+                // dpatch = sum g W_r[k], then col2im
+                std::fill(start.begin(), start.end(), 0);
+                for (int k = 0; k < K; ++k)
+                    for (int i = 0; i < cnt[k]; ++i) ++start[pos[k * PO + i] + 1];
+                for (int p = 0; p < P; ++p) start[p + 1] += start[p];
+                std::copy(start.begin(), start.end() - 1, cursor.begin());
+                for (int k = 0; k < K; ++k)
+                    for (int i = 0; i < cnt[k]; ++i) {
+                        const int e = cursor[pos[k * PO + i]]++;
+                        mapk[e] = k;
+                        mval[e] = val[k * PO + i];
+                    }
+                for (int p = 0; p < P; ++p) {
+                    float* row = dcols + int64_t(p) * qp;
+                    std::fill(row, row + qp, 0.0f);
+                    gather_axpy(nvec, start[p + 1] - start[p], mapk.data() + start[p],
+                                mval.data() + start[p], wp.data() + int64_t(region[p]) * K * qp, qp,
+                                row);
+                }
+                transpose(P, q, dcols, qp, colsT, ldp);
+                std::fill(dx + n * image, dx + (n + 1) * image, 0.0f);
+                col2im_add(colsT, ldp, taps, runs, dx);
+            }
+        }
+        // After a bad argmax nothing of dw, db is touched (dx is the caller's
+        // fresh output, left unspecified).
+        if (!bad) {
+#pragma omp for schedule(static)
+            for (int64_t e = 0; e < wsize + bsize; ++e) {
+                if (e < wsize && e % qp >= q) continue;  // padding
+                float sum = 0.0f;
+                for (int g = 0; g < G; ++g) sum += part[g * (wsize + bsize) + e];
+                if (e < wsize)
+                    dw[e / qp * q + e % qp] += sum;
+                else
+                    db[e - wsize] += sum;
+            }
+        }
+    }
+    if (bad) throw bad_argmax();
+}
+
+}  // namespace
+
+void lsconv_pool_backward(const LsconvShape& s, const float* x, const float* w, const float* yp,
+                          const int32_t* argmax, const float* dyp, bool relu, int ps, float* dx,
+                          float* dw, float* db) {
+    s.check();
+    check_pool(s, ps);
+    require(x, "x");
+    require(w, "w");
+    require(argmax, "argmax");
+    require(dyp, "dy");
+    require(dw, "dw");
+    require(db, "db");
+    if (relu) require(yp, "y");
+    pool_backward(s, ps, x, w, relu ? yp : nullptr, argmax, dyp, dx, dw, db);
 }
 
 }  // namespace deepid2

@@ -6,6 +6,8 @@
 
 #include "check.h"
 #include "deepid2/ops.h"
+#include "pool.h"
+#include "runs.h"
 
 namespace deepid2 {
 
@@ -97,61 +99,80 @@ struct Batch2 {
 };
 
 
-// Rows are short (8 to 44 floats here): an inlined loop beats a memmove call.
-inline void copy_short(const float* __restrict src, int n, float* __restrict dst) {
-    for (int i = 0; i < n; ++i) dst[i] = src[i];
-}
-
 float* plane_scratch(int slot, size_t n) {
     static thread_local std::vector<float> bufs[2];
     if (bufs[slot].size() < n) bufs[slot].resize(n);
     return bufs[slot].data();
 }
 
+// Batch bi of B: its planes' outputs and argmax.
+void pool2_forward_batch(const Batch2& B, int64_t bi, const float* x, float* y, int32_t* argmax) {
+    const int h = B.h, w = B.w;
+    int64_t p0;
+    int np, total, padded;
+    B.span(bi, p0, np, total, padded);
+    float* top = plane_scratch(0, size_t(padded) * 2);
+    float* bot = plane_scratch(1, size_t(padded) * 2);
+    float ybuf[16];
+    int32_t abuf[16];
+    for (int r = 0; r < np * B.oh; ++r) {  // output row r of the batch
+        const float* xr = x + (p0 + r / B.oh) * h * w + 2 * (r % B.oh) * w;
+        copy_floats(xr, 2 * B.ow, top + 2 * r * B.ow);
+        copy_floats(xr + w, 2 * B.ow, bot + 2 * r * B.ow);
+    }
+    std::fill(top + 2 * total, top + 2 * padded, 0.0f);
+    std::fill(bot + 2 * total, bot + 2 * padded, 0.0f);
+    for (int o = 0; o < padded; o += 16) {
+        const v16f t0 = load<v16f>(top + 2 * o), t1 = load<v16f>(top + 2 * o + 16);
+        const v16f b0 = load<v16f>(bot + 2 * o), b1 = load<v16f>(bot + 2 * o + 16);
+        const v16f a = DEINTERLEAVE(t0, t1, 0), b = DEINTERLEAVE(t0, t1, 1);
+        const v16f c = DEINTERLEAVE(b0, b1, 0), d = DEINTERLEAVE(b0, b1, 1);
+        const v16i zero{};
+        v16f best = a;
+        v16i off = zero;
+        off = b > best ? zero + 1 : off;
+        best = b > best ? b : best;
+        off = c > best ? zero + w : off;
+        best = c > best ? c : best;
+        off = d > best ? zero + w + 1 : off;
+        best = d > best ? d : best;
+        const v16i idx = B.base(o) + off;
+        if (o + 16 <= total) {  // straight to the outputs; only the tail goes through buffers
+            store(y + p0 * B.count + o, best);
+            store(argmax + p0 * B.count + o, idx);
+        } else {
+            store(ybuf, best);
+            store(abuf, idx);
+            std::copy_n(ybuf, total - o, y + p0 * B.count + o);
+            std::copy_n(abuf, total - o, argmax + p0 * B.count + o);
+        }
+    }
+}
+
 void pool2_forward(int64_t planes, int h, int w, const float* x, float* y, int32_t* argmax) {
     const Batch2 B(planes, h, w);
 #pragma omp parallel for schedule(static)
-    for (int64_t bi = 0; bi < B.batches(); ++bi) {
-        int64_t p0;
-        int np, total, padded;
-        B.span(bi, p0, np, total, padded);
-        float* top = plane_scratch(0, size_t(padded) * 2);
-        float* bot = plane_scratch(1, size_t(padded) * 2);
-        float ybuf[16];
-        int32_t abuf[16];
-        for (int r = 0; r < np * B.oh; ++r) {  // output row r of the batch
-            const float* xr = x + (p0 + r / B.oh) * h * w + 2 * (r % B.oh) * w;
-            copy_short(xr, 2 * B.ow, top + 2 * r * B.ow);
-            copy_short(xr + w, 2 * B.ow, bot + 2 * r * B.ow);
+    for (int64_t bi = 0; bi < B.batches(); ++bi) pool2_forward_batch(B, bi, x, y, argmax);
+}
+
+// One plane, any window size: the first maximum of each window.
+void pool_plane(int h, int w, int s, const float* xp, float* yp, int32_t* ap) {
+    const int oh = h / s, ow = w / s;
+    for (int oy = 0; oy < oh; ++oy)
+        for (int ox = 0; ox < ow; ++ox) {
+            int best = oy * s * w + ox * s;
+            float bv = xp[best];
+            for (int i = 0; i < s; ++i)
+                for (int j = 0; j < s; ++j) {
+                    const int idx = (oy * s + i) * w + ox * s + j;
+                    if (xp[idx] > bv) {
+                        bv = xp[idx];
+                        best = idx;
+                    }
+                }
+            yp[oy * ow + ox] = bv;
+            ap[oy * ow + ox] = best;
         }
-        std::fill(top + 2 * total, top + 2 * padded, 0.0f);
-        std::fill(bot + 2 * total, bot + 2 * padded, 0.0f);
-        for (int o = 0; o < padded; o += 16) {
-            const v16f t0 = load<v16f>(top + 2 * o), t1 = load<v16f>(top + 2 * o + 16);
-            const v16f b0 = load<v16f>(bot + 2 * o), b1 = load<v16f>(bot + 2 * o + 16);
-            const v16f a = DEINTERLEAVE(t0, t1, 0), b = DEINTERLEAVE(t0, t1, 1);
-            const v16f c = DEINTERLEAVE(b0, b1, 0), d = DEINTERLEAVE(b0, b1, 1);
-            const v16i zero{};
-            v16f best = a;
-            v16i off = zero;
-            off = b > best ? zero + 1 : off;
-            best = b > best ? b : best;
-            off = c > best ? zero + w : off;
-            best = c > best ? c : best;
-            off = d > best ? zero + w + 1 : off;
-            best = d > best ? d : best;
-            const v16i idx = B.base(o) + off;
-            if (o + 16 <= total) {  // straight to the outputs; only the tail goes through buffers
-                store(y + p0 * B.count + o, best);
-                store(argmax + p0 * B.count + o, idx);
-            } else {
-                store(ybuf, best);
-                store(abuf, idx);
-                std::copy_n(ybuf, total - o, y + p0 * B.count + o);
-                std::copy_n(abuf, total - o, argmax + p0 * B.count + o);
-            }
-        }
-    }
 }
 
 // Writes every element of dx once (no zero pass, no scatter). Returns false
@@ -196,8 +217,8 @@ bool pool2_backward(int64_t planes, int h, int w, const float* dy, const int32_t
             for (int oy = 0; oy < B.oh; ++oy) {
                 const int r = p * B.oh + oy;
                 float* d0 = dxp + 2 * oy * w;
-                copy_short(top + 2 * r * B.ow, 2 * B.ow, d0);
-                copy_short(bot + 2 * r * B.ow, 2 * B.ow, d0 + w);
+                copy_floats(top + 2 * r * B.ow, 2 * B.ow, d0);
+                copy_floats(bot + 2 * r * B.ow, 2 * B.ow, d0 + w);
                 if (w & 1) d0[w - 1] = d0[2 * w - 1] = 0.0f;
             }
             if (h & 1) std::fill(dxp + (h - 1) * w, dxp + h * w, 0.0f);
@@ -207,6 +228,22 @@ bool pool2_backward(int64_t planes, int h, int w, const float* dy, const int32_t
 }
 
 }  // namespace
+
+namespace detail {
+
+void maxpool_planes(int64_t planes, int h, int w, int s, const float* x, float* y,
+                    int32_t* argmax) {
+    const int oh = h / s, ow = w / s;
+    if (s == 2 && oh * ow <= kPool2MaxOutputs) {
+        const Batch2 B(planes, h, w);
+        for (int64_t bi = 0; bi < B.batches(); ++bi) pool2_forward_batch(B, bi, x, y, argmax);
+        return;
+    }
+    for (int64_t pl = 0; pl < planes; ++pl)
+        pool_plane(h, w, s, x + pl * h * w, y + pl * oh * ow, argmax + pl * oh * ow);
+}
+
+}  // namespace detail
 
 static void check_pool(int n, int c, int h, int w, int s) {
     detail::require_positive("maxpool", {{"n", n}, {"c", c}, {"h", h}, {"w", w}, {"s", s}});
@@ -229,26 +266,8 @@ void maxpool_forward(int n, int c, int h, int w, int s, const float* x, float* y
         return;
     }
 #pragma omp parallel for schedule(static)
-    for (int64_t pl = 0; pl < planes; ++pl) {
-        const float* xp = x + pl * h * w;
-        float* yp = y + pl * oh * ow;
-        int32_t* ap = argmax + pl * oh * ow;
-        for (int oy = 0; oy < oh; ++oy)
-            for (int ox = 0; ox < ow; ++ox) {
-                int best = oy * s * w + ox * s;
-                float bv = xp[best];
-                for (int i = 0; i < s; ++i)
-                    for (int j = 0; j < s; ++j) {
-                        const int idx = (oy * s + i) * w + ox * s + j;
-                        if (xp[idx] > bv) {
-                            bv = xp[idx];
-                            best = idx;
-                        }
-                    }
-                yp[oy * ow + ox] = bv;
-                ap[oy * ow + ox] = best;
-            }
-    }
+    for (int64_t pl = 0; pl < planes; ++pl)
+        pool_plane(h, w, s, x + pl * h * w, y + pl * oh * ow, argmax + pl * oh * ow);
 }
 
 void maxpool_backward(int n, int c, int h, int w, int s, const float* dy,

@@ -1,6 +1,7 @@
 // C++ checks of the ops against plain double-precision loops, plus the error
 // paths. Python's tests/ hold the full oracle suite; this one proves the
 // library works without Python.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -92,6 +93,45 @@ static void test_lsconv(const LsconvShape& s, bool relu, std::mt19937& g) {
     expect_close(dx, dxref, 1e-4, 1e-4, tag + " dx");
     expect_close(dw, dwref, 1e-4, 1e-3, tag + " dw");
     expect_close(db, dbref, 1e-4, 1e-3, tag + " db");
+}
+
+// lsconv_pool_* against lsconv_* and maxpool_* (checked above): the forward
+// bit for bit, the backward to rounding; and a corrupt argmax.
+static void test_lsconv_pool(const LsconvShape& s, int ps, bool relu, std::mt19937& g) {
+    const int q = s.c * s.kh * s.kw, R = s.ry() * s.rx(), OH = s.oh(), OW = s.ow();
+    const size_t pooled = size_t(s.n) * s.k * (OH / ps) * (OW / ps);
+    auto x = randn(size_t(s.n) * s.c * s.h * s.w, g);
+    auto w = randn(size_t(R) * s.k * q, g);
+    auto b = randn(size_t(R) * s.k, g);
+    auto dyp = randn(pooled, g);
+    std::vector<float> y(size_t(s.n) * s.k * OH * OW), yp(pooled), yp2(pooled), dy(y.size()),
+        dx(x.size()), dw(w.size(), 0.f), db(b.size(), 0.f), dx2(x.size()), dw2(w.size(), 0.f),
+        db2(b.size(), 0.f);
+    std::vector<int32_t> am(pooled), am2(pooled);
+    lsconv_forward(s, x.data(), w.data(), b.data(), relu, y.data());
+    maxpool_forward(s.n, s.k, OH, OW, ps, y.data(), yp.data(), am.data());
+    maxpool_backward(s.n, s.k, OH, OW, ps, dyp.data(), am.data(), dy.data());
+    lsconv_backward(s, x.data(), w.data(), y.data(), dy.data(), relu, dx.data(), dw.data(),
+                    db.data());
+    lsconv_pool_forward(s, x.data(), w.data(), b.data(), relu, ps, yp2.data(), am2.data());
+    lsconv_pool_backward(s, x.data(), w.data(), yp2.data(), am2.data(), dyp.data(), relu, ps,
+                         dx2.data(), dw2.data(), db2.data());
+    const std::string tag = "lsconv_pool n" + std::to_string(s.n) + " region " +
+                            std::to_string(s.rh) + "x" + std::to_string(s.rw) + " s" +
+                            std::to_string(ps);
+    expect(yp == yp2 && am == am2, tag + " forward = lsconv + maxpool");
+    auto f64 = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+    expect_close(dx2, f64(dx), 1e-4, 1e-4, tag + " dx");
+    expect_close(dw2, f64(dw), 1e-4, 1e-3, tag + " dw");
+    expect_close(db2, f64(db), 1e-4, 1e-3, tag + " db");
+    am2.back() += ps * OW;  // the window below: out of the map, or another window
+    std::fill(dw2.begin(), dw2.end(), 0.f);
+    expect_throws([&] {
+        lsconv_pool_backward(s, x.data(), w.data(), yp2.data(), am2.data(), dyp.data(), relu, ps,
+                             dx2.data(), dw2.data(), db2.data());
+    }, tag + " with a corrupt argmax");
+    expect(std::all_of(dw2.begin(), dw2.end(), [](float v) { return v == 0.f; }),
+           tag + " corrupt argmax leaves dw untouched");
 }
 
 static void test_maxpool(std::mt19937& g) {
@@ -190,6 +230,9 @@ int main() {
     test_lsconv({3, 2, 7, 6, 5, 2, 2, 1, 1}, true, g);    // locally connected
     test_lsconv({1, 1, 12, 10, 3, 3, 3, 4, 3}, false, g); // regions that do not divide
     test_lsconv({17, 4, 6, 5, 6, 2, 2, 2, 2}, true, g);   // several image blocks
+    test_lsconv_pool({2, 3, 9, 8, 4, 3, 2, 7, 7}, 2, true, g);    // 7x7 output: floor
+    test_lsconv_pool({3, 2, 11, 9, 5, 2, 2, 3, 4}, 3, false, g);  // windows across regions
+    test_lsconv_pool({17, 4, 6, 5, 6, 2, 2, 1, 1}, 2, true, g);   // locally connected
     test_maxpool(g);
     test_dense(g);
     test_joint_loss(g);

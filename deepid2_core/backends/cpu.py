@@ -18,6 +18,8 @@ xp = __import__("numpy")
 
 lsconv_forward = _cpu.lsconv_forward
 lsconv_backward = _cpu.lsconv_backward
+lsconv_pool_forward = _cpu.lsconv_pool_forward
+lsconv_pool_backward = _cpu.lsconv_pool_backward
 maxpool_forward = _cpu.maxpool_forward
 maxpool_backward = _cpu.maxpool_backward
 dense_forward = _cpu.dense_forward

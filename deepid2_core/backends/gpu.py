@@ -485,6 +485,31 @@ def maxpool_backward(dy, argmax, in_hw, s=None):
 
 
 # ----------------------------------------------------------------------------
+# lsconv + maxpool: one op on the cpu backend; composed of the two here
+def lsconv_pool_forward(x, w, b, region, relu=True, s=2):
+    """(y, argmax) of maxpool_forward(lsconv_forward(x, w, b, region, relu), s)."""
+    return maxpool_forward(lsconv_forward(x, w, b, region, relu), s)
+
+
+def lsconv_pool_backward(x, w, y, argmax, dy, region, relu=True, need_dx=True, dw=None, db=None,
+                         s=2):
+    """The backward of lsconv_pool_forward from the pooled gradient dy; see docs/ops.md."""
+    x, w, dy = _checked(x, "x"), _checked(w, "w"), _checked(dy, "dy")
+    ls = _Ls(x, w, region)
+    s = int(s)
+    if s < 1 or s > ls.oh or s > ls.ow:
+        raise ValueError(f"s: the {s}x{s} window does not fit the {ls.oh}x{ls.ow} output map")
+    pshape = (ls.n, ls.k, ls.oh // s, ls.ow // s)
+    _expect_shape(dy, "dy", pshape, "N x K x OH/s x OW/s")
+    if relu:  # the unpooled output's ReLU mask, where the scatter puts anything
+        y = _checked(y, "y")
+        _expect_shape(y, "y", pshape, "N x K x OH/s x OW/s")
+        dy = cupy.where(y > 0, dy, _f32(0))
+    dconv = maxpool_backward(dy, argmax, (ls.oh, ls.ow), s)
+    return lsconv_backward(x, w, None, dconv, region, relu=False, need_dx=need_dx, dw=dw, db=db)
+
+
+# ----------------------------------------------------------------------------
 # dense: cuBLAS through cupy.matmul, small kernels around it
 def _dense_inputs(xs):
     if isinstance(xs, cupy.ndarray):
@@ -770,8 +795,9 @@ def probe():
 
 
 __all__ = [
-    "name", "xp", "JointLoss", "lsconv_forward", "lsconv_backward", "maxpool_forward",
-    "maxpool_backward", "dense_forward", "dense_backward", "joint_loss", "regression_loss",
-    "sgd_update", "assemble_batch", "set_deterministic", "is_deterministic", "set_debug",
-    "is_debug", "set_index_checks", "max_threads", "probe",
+    "name", "xp", "JointLoss", "lsconv_forward", "lsconv_backward", "lsconv_pool_forward",
+    "lsconv_pool_backward", "maxpool_forward", "maxpool_backward", "dense_forward",
+    "dense_backward", "joint_loss", "regression_loss", "sgd_update", "assemble_batch",
+    "set_deterministic", "is_deterministic", "set_debug", "is_debug", "set_index_checks",
+    "max_threads", "probe",
 ]

@@ -80,6 +80,10 @@ def maximum(a, b):
     return _dev(np.maximum(np.asarray(a), np.asarray(b)))
 
 
+def where(cond, a, b):
+    return _dev(np.where(np.asarray(cond), np.asarray(a), np.asarray(b)))
+
+
 def full(shape, fill_value, dtype=np.float32):
     return _dev(np.full(shape, fill_value, dtype=dtype))
 

@@ -47,6 +47,22 @@ void lsconv_backward(const LsconvShape& s, const float* x, const float* w,
                      const float* y, const float* dy, bool relu,
                      float* dx, float* dw, float* db);
 
+// lsconv followed by an s x s max-pool (see below), as one op: the same
+// results as maxpool_forward(lsconv_forward(...)), without the unpooled
+// output ever reaching memory. yp, argmax: N x K x (OH/s) x (OW/s).
+void lsconv_pool_forward(const LsconvShape& s, const float* x, const float* w,
+                         const float* b, bool relu, int ps, float* yp, int32_t* argmax);
+
+// The backward of lsconv_pool_forward from the pooled gradient dyp: the same
+// results as lsconv_backward(..., y, maxpool_backward(dyp, argmax), ...),
+// where the ReLU mask y > 0 at the argmax positions is yp > 0, summed in
+// another order from the nonzero terms only (so a term zeroed by the pool or
+// the mask never turns an inf in x or w into a NaN). An argmax outside its
+// window throws and leaves dw, db untouched (dx unspecified).
+void lsconv_pool_backward(const LsconvShape& s, const float* x, const float* w,
+                          const float* yp, const int32_t* argmax, const float* dyp,
+                          bool relu, int ps, float* dx, float* dw, float* db);
+
 // ---------------------------------------------------------------------------
 // Max-pooling: s x s windows, stride s, floor: OH = H / s, OW = W / s.
 // argmax holds, per output, the index oy'*W + ox' of the winning input inside
