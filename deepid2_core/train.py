@@ -171,9 +171,6 @@ class Trainer:
             if self.flipped is not None:
                 self.dev_flipped = self.xp.asarray(np.ascontiguousarray(self.flipped))
             self.dev_labels = self.xp.asarray(np.asarray(cache.labels, np.int32))
-            # argmax indices come from our own forward pass: no need to wait
-            # for the device to check them on every backward
-            backend.set_index_checks(False)
         if hasattr(backend, "keep_freed_memory"):
             backend.keep_freed_memory()  # reuse activation buffers between steps
         self.log, self.progress = log, progress
@@ -315,6 +312,17 @@ class Trainer:
         return state
 
     def run(self, resume=False, on_epoch_end=None):
+        if not self.on_device:
+            return self._run(resume, on_epoch_end)
+        # argmax indices come from our own forward pass: no need to wait for the
+        # device to check them on every backward; other callers keep the checks
+        old = self.be.set_index_checks(False)
+        try:
+            return self._run(resume, on_epoch_end)
+        finally:
+            self.be.set_index_checks(old)
+
+    def _run(self, resume, on_epoch_end):
         state = self.initial_state(resume)
         self._write_log(state["history"])
         cfg = self.cfg
