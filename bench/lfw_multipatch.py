@@ -34,11 +34,30 @@ CANDIDATES = (14, 25, 56, 64, 35, 44, 125, 2)
 
 
 def run_dir(a, half, p):
-    return os.path.join(a.runs, "d", half, f"p{p}")
+    return os.path.join(a.runs, a.name, half, f"p{p}")
 
 
 def data_dir(a, half):
-    return os.path.join(a.runs, "data", f"{half}-{os.path.basename(os.path.normpath(a.lfw))}")
+    base = os.path.join(a.runs, "data", f"{half}-{os.path.basename(os.path.normpath(a.lfw))}")
+    return base + f"+{a.extra_name}" if a.extra else base
+
+
+def extra_folder(a, half):
+    """The half's training folder plus every identity folder of --extra
+    (symlinks, named EXTRA_NAME_<id> so they cannot collide with LFW names)."""
+    d = data_dir(a, half)
+    if os.path.isdir(d):
+        return d
+    base = data_dir(argparse.Namespace(**dict(vars(a), extra=None)), half)
+    os.makedirs(d + ".tmp", exist_ok=True)
+    for name in sorted(os.listdir(base)):
+        os.symlink(os.path.realpath(os.path.join(base, name)), os.path.join(d + ".tmp", name))
+    for name in sorted(os.listdir(a.extra)):
+        src = os.path.join(a.extra, name)
+        if os.path.isdir(src):
+            os.symlink(os.path.abspath(src), os.path.join(d + ".tmp", f"{a.extra_name}_{name}"))
+    os.rename(d + ".tmp", d)
+    return d
 
 
 def pair_images(a):
@@ -55,7 +74,7 @@ def pair_images(a):
 
 def features_of(a, half, p):
     """{train, labels, lfw, lfw_rels} of patch network p of half, computed once."""
-    path = os.path.join(a.runs, "d", half, f"feats-p{p}.npz")
+    path = os.path.join(a.runs, a.name, half, f"feats-p{p}.npz")
     if os.path.exists(path):
         z = np.load(path)
         return {k: z[k] for k in z.files}
@@ -65,7 +84,7 @@ def features_of(a, half, p):
     from deepid2_core.verifier.features import FeatureExtractor
     layout, nets = fit_layout([run_dir(a, half, p)])
     ext = FeatureExtractor(layout, nets, get_backend("cpu"),
-                           cache_dir=os.path.join(a.runs, "d", "feature-cache"))
+                           cache_dir=os.path.join(a.runs, a.name, "feature-cache"))
     ids = scan_identities(data_dir(a, half))
     paths = [q for _, qs in ids for q in qs]
     labels = np.array([k for k, (_, qs) in enumerate(ids) for _ in qs])
@@ -142,7 +161,7 @@ def select(a):
               f"{HALVES[half][1][0] + 1}-{HALVES[half][1][-1] + 1}) {res['mean']:.4f} +- "
               f"{res['stderr']:.4f}", flush=True)
     chosen = max(curve, key=lambda c: c["validation"])
-    out = os.path.join(a.runs, "d", "selection.json")
+    out = os.path.join(a.runs, a.name, "selection.json")
     with open(out, "w") as f:
         json.dump(dict(half=half, candidates=list(a.candidates), curve=curve,
                        chosen=chosen["subset"], em_iters=a.em_iters, pca=a.pca), f, indent=1)
@@ -154,19 +173,19 @@ def evaluate(a):
     if a.patches:
         subset = [int(p) for p in a.patches.split(",")]
     else:
-        with open(os.path.join(a.runs, "d", "selection.json")) as f:
+        with open(os.path.join(a.runs, a.name, "selection.json")) as f:
             subset = json.load(f)["chosen"]
     tag = "-".join(map(str, subset))
     accs, halves = [], {}
     for half in a.halves.split(","):
-        model = os.path.join(a.runs, "d", half, f"verifier-{tag}.safetensors")
-        cache = os.path.join(a.runs, "d", "feature-cache")
+        model = os.path.join(a.runs, a.name, half, f"verifier-{tag}.safetensors")
+        cache = os.path.join(a.runs, a.name, "feature-cache")
         if not os.path.exists(model):
             x = stack({p: features_of(a, half, p) for p in subset}, subset, "train")
             fit_verifier_main([run_dir(a, half, p) for p in subset], data_dir(a, half), model,
                               pca=pca_dim(x, a.pca), cache_dir=cache,
                               em_iters=a.em_iters)
-        res = eval_lfw_main(a.lfw, a.pairs, model, os.path.join(a.runs, "d", half, f"eval-{tag}"),
+        res = eval_lfw_main(a.lfw, a.pairs, model, os.path.join(a.runs, a.name, half, f"eval-{tag}"),
                             folds=[k + 1 for k in HALVES[half][1]],
                             unaligned=os.path.join(DATA, "lfw"), cache_dir=cache)
         accs += res["accuracies"]
@@ -175,7 +194,7 @@ def evaluate(a):
     accs = np.array(accs)
     summary = dict(patches=subset, fold_accuracies=accs.tolist(), mean=float(accs.mean()),
                    stderr=float(accs.std(ddof=1) / np.sqrt(len(accs))), halves=halves)
-    with open(os.path.join(a.runs, "d", f"summary-{tag}-{a.halves.replace(',', '+')}.json"),
+    with open(os.path.join(a.runs, a.name, f"summary-{tag}-{a.halves.replace(',', '+')}.json"),
               "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(halves, indent=1))
@@ -187,10 +206,10 @@ def ship(a):
     """Half 1's verifier (people of folds 1-5 + celeba) as the package's model,
     its machine-local provenance replaced by the recipe."""
     from deepid2_core import safetensors
-    with open(os.path.join(a.runs, "d", "selection.json")) as f:
+    with open(os.path.join(a.runs, a.name, "selection.json")) as f:
         subset = json.load(f)["chosen"]
     tag = "-".join(map(str, subset))
-    tensors, meta = safetensors.load(os.path.join(a.runs, "d", "half1", f"verifier-{tag}.safetensors"))
+    tensors, meta = safetensors.load(os.path.join(a.runs, a.name, "half1", f"verifier-{tag}.safetensors"))
     trained = json.loads(meta["trained_on"])
     meta["trained_on"] = json.dumps({
         "data": "LFW people of View 2 folds 1-5 + ../shared/data/celeba-lfwstyle, aligned by "
@@ -215,6 +234,8 @@ def train(a):
     folds = read_pairs(a.pairs)
     for half in a.halves.split(","):
         data = train_folder(a.runs, half, a.lfw, a.celeba, folds)
+        if a.extra:
+            data = extra_folder(a, half)
         for c in a.candidates:
             out = run_dir(a, half, c)
             if os.path.exists(os.path.join(out, "done")):
@@ -236,6 +257,10 @@ def main():
     p.add_argument("--celeba", default="/work/runs/celeba_aligned",
                    help="celeba-lfwstyle aligned by `deepid2 align`")
     p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))
+    p.add_argument("--extra", help="more training identity folders (aligned faces), e.g. "
+                                   "celeba-aligned through bench/pad_celeba_aligned.py + align")
+    p.add_argument("--extra-name", default="c2", help="prefix of --extra's identities")
+    p.add_argument("--name", default="d", help="run folder under --runs (d: variant (d))")
     p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)),
                    help="deepid2 layout patch indices with trained networks")
     p.add_argument("--halves", default="half1,half2")
