@@ -67,6 +67,8 @@ import numpy as np
 
 from .loop import cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, start, \
     write_log
+from .landmarks import init_weights, standardise
+from .landmarks import unit_rms_init as rescale_to_unit_rms
 from .progress import Progress
 
 POINTS = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
@@ -126,17 +128,8 @@ def refine_param_shapes(cfg):
 
 
 def init_refine_params(cfg, rng):
-    """He-normal weights for the ReLU layers, 0.1 sqrt(1 / fan_in) for the linear output,
-    biases 0; drawn in sorted-name order from rng."""
-    params = {}
-    for name, shape in sorted(refine_param_shapes(cfg).items()):
-        if name.endswith(".b"):
-            params[name] = np.zeros(shape, np.float32)
-            continue
-        fan_in = int(np.prod(shape[3:])) if len(shape) == 6 else shape[0]
-        std = 0.1 * np.sqrt(1.0 / fan_in) if name == "out.w" else np.sqrt(2.0 / fan_in)
-        params[name] = (rng.standard_normal(shape) * std).astype(np.float32)
-    return params
+    """landmarks.init_weights of a refinement net."""
+    return init_weights(refine_param_shapes(cfg), rng)
 
 
 class RefineNet:
@@ -178,13 +171,8 @@ class RefineNet:
 
 
 def unit_rms_init(net, params, x):
-    """conv1, conv2, fc rescaled in turn to an output rms of 1 on x (as landmarks.py's)."""
-    for name in ("conv1", "conv2", "fc"):
-        out = net.forward(params, x)[name]
-        rms = float(np.sqrt(np.mean(np.square(out, dtype=np.float64))))
-        if rms > 0:
-            params[name + ".w"] /= np.float32(rms)
-    return params
+    """conv1, conv2, fc rescaled in turn to an output rms of 1 on x (landmarks.unit_rms_init)."""
+    return rescale_to_unit_rms(net, params, x, ("conv1", "conv2", "fc"))
 
 
 # -- geometry: frames and patches ----------------------------------------------------------
@@ -247,15 +235,6 @@ def sample_patches(images, hw, index, x, y, flip=None):
     top = v00 + fx * (v01 - v00)
     bot = v10 + fx * (v11 - v10)
     return (top + fy * (bot - top)).astype(np.float32)
-
-
-def standardise(patches):
-    """float32 N x S x S -> N x 1 x S x S, zero mean and unit std per patch (std at least
-    4 grey levels, as landmarks.standardise)."""
-    x = np.asarray(patches, np.float32).reshape(len(patches), -1).copy()
-    x -= x.mean(axis=1, keepdims=True)
-    x /= np.maximum(x.std(axis=1, keepdims=True), np.float32(4.0))
-    return np.ascontiguousarray(x.reshape(len(patches), 1, *np.shape(patches)[1:]))
 
 
 def level_patches(cfg, images, hw, index, pts, flip=None, angle=None, radius=None):

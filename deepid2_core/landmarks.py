@@ -171,32 +171,38 @@ def param_shapes(cfg):
     return out
 
 
-def init_params(cfg, seed, mean_target=None):
+def init_weights(shapes, rng):
     """He-normal weights (std sqrt(2 / fan_in)) for the ReLU layers and 0.1 sqrt(1 / fan_in)
-    for the linear output (the first predictions sit near out.b), drawn in sorted-name
-    order from default_rng(seed); biases 0, except out.b = mean_target (the mean training
-    target). Training then rescales them with `unit_rms_init`."""
-    rng = np.random.default_rng(seed)
+    for the linear output "out.w" (the first predictions sit near out.b), drawn in
+    sorted-name order from rng; biases 0."""
     params = {}
-    for name, shape in sorted(param_shapes(cfg).items()):
+    for name, shape in sorted(shapes.items()):
         if name.endswith(".b"):
             params[name] = np.zeros(shape, np.float32)
             continue
         fan_in = int(np.prod(shape[3:])) if len(shape) == 6 else shape[0]
         std = 0.1 * np.sqrt(1.0 / fan_in) if name == "out.w" else np.sqrt(2.0 / fan_in)
         params[name] = (rng.standard_normal(shape) * std).astype(np.float32)
+    return params
+
+
+def init_params(cfg, seed, mean_target=None):
+    """`init_weights` from default_rng(seed), except out.b = mean_target (the mean
+    training target). Training then rescales them with `unit_rms_init`."""
+    params = init_weights(param_shapes(cfg), np.random.default_rng(seed))
     if mean_target is not None:
         params["out.b"][:] = np.asarray(mean_target, np.float32).reshape(-1)
     return params
 
 
-def unit_rms_init(net, params, x):
+def unit_rms_init(net, params, x, layers=None):
     """Rescales conv1..conv4 and fc weights, in order, so that each layer's output has an
     rms of 1 on the batch x (ReLU layers are positively homogeneous: one factor per layer
     does it). He-normal weights alone leave fc at an rms of about 4 (each max-pool raises
     the scale), and regression on such large, all-positive features is ill-conditioned:
-    momentum SGD diverges above lr ~ 0.005 and learns nothing below it."""
-    for name in [cs.name for cs in net.convs] + ["fc"]:
+    momentum SGD diverges above lr ~ 0.005 and learns nothing below it. layers: the
+    names to rescale, default F1's conv1..conv4 and fc."""
+    for name in layers or [cs.name for cs in net.convs] + ["fc"]:
         out = net.forward(params, x)[name]
         rms = float(np.sqrt(np.mean(np.square(out, dtype=np.float64))))
         if rms > 0:

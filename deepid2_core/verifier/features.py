@@ -162,13 +162,17 @@ def model_key(layout, networks):
     """sha1 of the layout and of every network's config and parameters."""
     h = hashlib.sha1(f"deepid2-features/{FEATURE_VERSION}\n".encode())
     h.update(json.dumps(layout.to_dict(), sort_keys=True).encode())
-    for params, cfg in networks:
-        h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-        for name in sorted(n for n in params if not n.startswith("ident.")):
-            a = np.ascontiguousarray(params[name], np.float32)
-            h.update(f"{name}{a.shape}".encode())
-            h.update(a.tobytes())
+    for network in networks:
+        _hash_network(h, *network)
     return h.hexdigest()
+
+
+def _hash_network(h, params, cfg):
+    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for name in sorted(n for n in params if not n.startswith("ident.")):
+        a = np.ascontiguousarray(params[name], np.float32)
+        h.update(f"{name}{a.shape}".encode())
+        h.update(a.tobytes())
 
 
 def network_key(layout, k, network):
@@ -183,11 +187,7 @@ def network_key(layout, k, network):
         where = dict(layout=layout.to_dict(), index=k)
     h = hashlib.sha1(f"deepid2-patch-features/{FEATURE_VERSION}\n".encode())
     h.update(json.dumps(where, sort_keys=True).encode())
-    h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for name in sorted(n for n in params if not n.startswith("ident.")):
-        a = np.ascontiguousarray(params[name], np.float32)
-        h.update(f"{name}{a.shape}".encode())
-        h.update(a.tobytes())
+    _hash_network(h, params, cfg)
     return h.hexdigest()
 
 
