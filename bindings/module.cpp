@@ -114,6 +114,33 @@ py::array_t<float> py_lsconv_forward(py::handle x_, py::handle w_, py::handle b_
     return y;
 }
 
+// What both lsconv backwards take and give besides their own inputs: y (read
+// only with relu, shape yshape), dw / db (given to accumulate into, or new), dx.
+struct LsconvGrads {
+    py::array_t<float> y, dw, db;
+    py::object dx_obj = py::none();
+    const float* yp = nullptr;
+    float* dxp = nullptr;
+
+    LsconvGrads(const LsconvShape& s, const py::array_t<float>& x, const py::array_t<float>& w,
+                py::handle y_, const Shape& yshape, const char* ydesc, bool relu,
+                bool need_dx, py::object dw_, py::object db_) {
+        if (relu) {
+            y = checked<float>(y_, "y");
+            expect_shape(y, "y", yshape, ydesc);
+            yp = y.data();
+        }
+        dw = out_or_new<float>(dw_, "dw", shape_of(w), "same as w");
+        db = out_or_new<float>(db_, "db", {s.ry(), s.rx(), s.k}, "RY x RX x K");
+        if (need_dx) {
+            py::array_t<float> dx(shape_of(x));
+            dxp = dx.mutable_data();
+            dx_obj = dx;
+        }
+    }
+    py::tuple result() const { return py::make_tuple(dx_obj, dw, db); }
+};
+
 py::tuple py_lsconv_backward(py::handle x_, py::handle w_, py::handle y_, py::handle dy_,
                              std::pair<int, int> region, bool relu, bool need_dx,
                              py::object dw_, py::object db_) {
@@ -121,28 +148,13 @@ py::tuple py_lsconv_backward(py::handle x_, py::handle w_, py::handle y_, py::ha
     const LsconvShape s = lsconv_shape(x, w, region);
     const Shape yshape{s.n, s.k, s.oh(), s.ow()};
     expect_shape(dy, "dy", yshape, "N x K x OH x OW");
-    const float* yp = nullptr;
-    py::array_t<float> y;
-    if (relu) {
-        y = checked<float>(y_, "y");
-        expect_shape(y, "y", yshape, "N x K x OH x OW");
-        yp = y.data();
-    }
-    auto dw = out_or_new<float>(dw_, "dw", shape_of(w), "same as w");
-    auto db = out_or_new<float>(db_, "db", {s.ry(), s.rx(), s.k}, "RY x RX x K");
-    py::object dx_obj = py::none();
-    float* dxp = nullptr;
-    if (need_dx) {
-        py::array_t<float> dx(shape_of(x));
-        dxp = dx.mutable_data();
-        dx_obj = dx;
-    }
+    LsconvGrads g(s, x, w, y_, yshape, "N x K x OH x OW", relu, need_dx, dw_, db_);
     {
         py::gil_scoped_release nogil;
-        lsconv_backward(s, x.data(), w.data(), yp, dy.data(), relu, dxp, dw.mutable_data(),
-                        db.mutable_data());
+        lsconv_backward(s, x.data(), w.data(), g.yp, dy.data(), relu, g.dxp,
+                        g.dw.mutable_data(), g.db.mutable_data());
     }
-    return py::make_tuple(dx_obj, dw, db);
+    return g.result();
 }
 
 // The pooled map of lsconv_pool_*: N x K x (OH/s) x (OW/s).
@@ -180,28 +192,13 @@ py::tuple py_lsconv_pool_backward(py::handle x_, py::handle w_, py::handle y_, p
     const Shape pshape = pooled_shape(s, ps);
     expect_shape(dy, "dy", pshape, "N x K x OH/s x OW/s");
     expect_shape(am, "argmax", pshape, "N x K x OH/s x OW/s");
-    const float* yp = nullptr;
-    py::array_t<float> y;
-    if (relu) {
-        y = checked<float>(y_, "y");
-        expect_shape(y, "y", pshape, "N x K x OH/s x OW/s");
-        yp = y.data();
-    }
-    auto dw = out_or_new<float>(dw_, "dw", shape_of(w), "same as w");
-    auto db = out_or_new<float>(db_, "db", {s.ry(), s.rx(), s.k}, "RY x RX x K");
-    py::object dx_obj = py::none();
-    float* dxp = nullptr;
-    if (need_dx) {
-        py::array_t<float> dx(shape_of(x));
-        dxp = dx.mutable_data();
-        dx_obj = dx;
-    }
+    LsconvGrads g(s, x, w, y_, pshape, "N x K x OH/s x OW/s", relu, need_dx, dw_, db_);
     {
         py::gil_scoped_release nogil;
-        lsconv_pool_backward(s, x.data(), w.data(), yp, am.data(), dy.data(), relu, ps, dxp,
-                             dw.mutable_data(), db.mutable_data());
+        lsconv_pool_backward(s, x.data(), w.data(), g.yp, am.data(), dy.data(), relu, ps,
+                             g.dxp, g.dw.mutable_data(), g.db.mutable_data());
     }
-    return py::make_tuple(dx_obj, dw, db);
+    return g.result();
 }
 
 py::tuple py_maxpool_forward(py::handle x_, int s) {
