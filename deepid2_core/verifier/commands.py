@@ -176,11 +176,12 @@ def fit_layout(nets):
     networks = [load_patch_network(f) for f in files]
     if len(specs) == 1 and isinstance(specs[0], PatchSpec):
         return WholeFace(specs[0]), networks
-    names = [s.name if isinstance(s, LayoutPatch) else "whole" for s in specs]
+    layout = PatchInputs(tuple(specs))
+    names = patch_names(layout)
     dup = {x for x in names if names.count(x) > 1}
     if dup:
         raise ValueError(f"patch {sorted(dup)[0]!r} is given by more than one network")
-    return PatchInputs(tuple(specs)), networks
+    return layout, networks
 
 
 def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,

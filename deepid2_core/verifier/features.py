@@ -36,7 +36,7 @@ from ..data import LayoutPatch, PatchSpec, assemble_batch, cut_layout_patch, spe
 from ..data import cut_patch as cut_fixed_patch
 from ..face.align import MEAN_SHAPE, to_pixels
 from ..face.detect import read_image
-from ..face.patches import PatchLayout, cut_all
+from ..face.patches import PatchLayout, cut_all, patch_name
 from ..net import DeepID2, NetConfig, param_shapes
 from ..progress import Progress
 
@@ -95,11 +95,7 @@ def patch_names(layout):
         return [layout.name]
     if isinstance(layout, PatchInputs):
         return [_spec_name(s) for s in layout.specs]
-    names = []
-    for k in range(len(layout)):
-        r, s, colour = layout.patch(k)
-        names.append(f"{layout.regions[r].name}@{layout.scales[s]:.4g}/{colour}")
-    return names
+    return [patch_name(layout, k) for k in range(len(layout))]
 
 
 def patch_shape(layout, k):
