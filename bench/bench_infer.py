@@ -63,7 +63,7 @@ def main():
 
     import numpy as np
     from deepid2_core.backends import get_backend
-    from deepid2_core.net import DeepID2, NetConfig, init_params
+    from deepid2_core.nets.deepid2 import DeepID2, NetConfig, init_params
 
     batches = (1, 128)
     rows = {}  # name -> {batch: images/s}

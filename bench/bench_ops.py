@@ -264,7 +264,7 @@ def ours_network(d):
 
     def fwd():
         s = {}
-        # conv + pool as one op each, as deepid2_core.net trains
+        # conv + pool as one op each, as deepid2_core.nets.deepid2 trains
         s["p1"], s["a1"] = be.lsconv_pool_forward(x, p["w1"], p["b1"], R["conv1"], relu=True)
         s["p2"], s["a2"] = be.lsconv_pool_forward(s["p1"], p["w2"], p["b2"], R["conv2"],
                                                   relu=True)

@@ -278,7 +278,7 @@ class DistTrainer(Trainer):
                          progress=progress and rank == 0)
         self.groups, self.deterministic = G, deterministic
         self.mine = range(rank * (G // R), (rank + 1) * (G // R))
-        from .net import param_shapes
+        from .nets.deepid2 import param_shapes
         self.layout, off = [], 0
         for name, shape in sorted(param_shapes(self.net_cfg).items()):
             size = int(np.prod(shape))

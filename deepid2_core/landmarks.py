@@ -103,7 +103,7 @@ import numpy as np
 from . import safetensors
 from .loop import (cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, start,
                    write_log)
-from .net import LAYERS, stack_backward, stack_forward, stack_shapes
+from .nets.deepid2 import LAYERS, stack_backward, stack_forward, stack_shapes
 from .plot import _panel
 from .progress import Progress
 

@@ -38,7 +38,7 @@ from . import safetensors
 from .data import assemble_batch, split_train_val
 from .loop import (cosine_lr, load_checkpoint, read_log, save_checkpoint, sgd_step, start,
                    write_log)
-from .net import DeepID2, NetConfig, init_params
+from .nets.deepid2 import DeepID2, NetConfig, init_params
 from .plot import plot_history
 from .progress import Progress
 

@@ -1,5 +1,5 @@
 """The float64 oracle behind the backend interface, so the network itself
-(deepid2_core.net) can run on it: whole-network gradient checks in float64,
+(deepid2_core.nets.deepid2) can run on it: whole-network gradient checks in float64,
 and cpu-vs-oracle checks of the whole network."""
 
 from types import SimpleNamespace

@@ -18,7 +18,7 @@ import pytest
 
 from deepid2_core import safetensors
 from deepid2_core.backends import get_backend
-from deepid2_core.net import NetConfig, init_params
+from deepid2_core.nets.deepid2 import NetConfig, init_params
 from deepid2_core.verifier_file import jb_score, load_verifier, raw_features, save_verifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import pytest
 
 import oracle_backend
 from oracle import assert_close, check_param_gradients
-from deepid2_core.net import DeepID2, NetConfig, conv_shapes, init_params, param_shapes
+from deepid2_core.nets.deepid2 import DeepID2, NetConfig, conv_shapes, init_params, param_shapes
 
 TINY = NetConfig(n_classes=5, height=33, width=31, channels=2)
 

@@ -8,7 +8,7 @@ import pytest
 import oracle_backend
 from deepid2_core.face.patches import PatchLayout, Region, cut_flipped, cut_patch
 from deepid2_core.face.align import MEAN_SHAPE, to_pixels
-from deepid2_core.net import DeepID2, NetConfig, init_params
+from deepid2_core.nets.deepid2 import DeepID2, NetConfig, init_params
 from deepid2_core.verifier import features as F
 
 FD = 160

@@ -14,7 +14,7 @@ from deepid2_core.face.detect import read_image
 from deepid2_core.synth import make_dataset
 from deepid2_core.verifier.commands import fit_layout, load_model
 from deepid2_core.verifier.features import PatchInputs, load_patch_network
-from deepid2_core.net import DeepID2
+from deepid2_core.nets.deepid2 import DeepID2
 from deepid2_core.verifier_file import load_verifier, save_verifier
 
 IDS, IMGS = 8, 6

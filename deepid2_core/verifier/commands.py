@@ -1,6 +1,6 @@
 """The verifier's commands: `deepid2 fit-verifier`, `verify`, `eval-lfw`
 (enroll / identify are in gallery.py). Each is a function returning a dict, so
-scripts (bench/lfw_protocol.py) call the same code as the command line.
+scripts (experiments/lfw_protocol.py) call the same code as the command line.
 
 A verifier model is the file of docs/verifier_model.md: the patch networks
 (one whole-face network, or one per chosen patch of a layout), PCA and Joint

@@ -37,7 +37,7 @@ from ..data import cut_patch as cut_fixed_patch
 from ..face.align import MEAN_SHAPE, to_pixels
 from ..face.detect import read_image
 from ..face.patches import PatchLayout, cut_all, patch_name
-from ..net import DeepID2, NetConfig, param_shapes
+from ..nets.deepid2 import DeepID2, NetConfig, param_shapes
 from ..progress import Progress
 
 FEATURE_VERSION = 2

@@ -11,9 +11,9 @@ the one that maximises accuracy on the 2,200 DevTrain pairs, and is applied
 unchanged to the 1,000 DevTest pairs. AUC is on DevTest.
 
     for m in none hist clahe; do     # in parallel, one thread each (~11 min on 2 cores)
-      OMP_NUM_THREADS=1 python bench/lfw_lighting.py train --modes $m --seed 0 &
+      OMP_NUM_THREADS=1 python experiments/lfw_lighting.py train --modes $m --seed 0 &
     done; wait
-    python bench/lfw_lighting.py eval --seed 0       # ~1.5 min a mode
+    python experiments/lfw_lighting.py eval --seed 0       # ~1.5 min a mode
 
 Everything goes under --runs (default /work/runs/lighting), never into the
 repository: data/ (symlink folders), cache/<mode>, <mode>/ (the training run,

@@ -3,7 +3,7 @@ the face about 45 px wide) padded by 30 px of border replication on every
 side, so `deepid2 align`'s Haar detector sees the whole face with context
 (../shared/data/README.md advises padding them first):
 
-    python bench/pad_celeba_aligned.py OUT_DIR
+    python experiments/pad_celeba_aligned.py OUT_DIR
     deepid2 align OUT_DIR ALIGNED_DIR        # 6,918 of 7,180 faces found
 """
 import os

@@ -4,10 +4,10 @@ trained on the people of folds 6-10 (+ celeba) on folds 1-5; each fold's
 threshold is chosen on the other 4 folds of its half; the 10 fold accuracies
 together give the 10-fold figure.
 
-    python bench/lfw_protocol.py train --variant b --lam 0.05   # both halves
-    python bench/lfw_protocol.py eval  --variant b              # fit verifiers, test
-    python bench/lfw_protocol.py train --variant a --lam 0 --halves half1      # ident alone
-    python bench/lfw_protocol.py train --variant c --lam 1 --ident-weight 0 --halves half1
+    python experiments/lfw_protocol.py train --variant b --lam 0.05   # both halves
+    python experiments/lfw_protocol.py eval  --variant b              # fit verifiers, test
+    python experiments/lfw_protocol.py train --variant a --lam 0 --halves half1      # ident alone
+    python experiments/lfw_protocol.py train --variant c --lam 1 --ident-weight 0 --halves half1
 
 Everything is written under --runs (default /work/runs/lfw_protocol), never
 into the repository. --images: raw (LFW's deep-funneled images as they are,

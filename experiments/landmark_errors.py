@@ -2,7 +2,7 @@
 cascade, and the mean signed offset of the points from the annotations: ours and
 YuNet's (an independent model), on the test list and on MTFL's training images.
 
-    python bench/landmark_errors.py --data ../shared/data/mtfl80 \
+    python experiments/landmark_errors.py --data ../shared/data/mtfl80 \
         [--yunet ../shared/data/models/face_detection_yunet_2026may.onnx] [--model M]
 
 For each level of the model (1; 1-2; 1-3; flip-averaged, Haar boxes as `landmarks

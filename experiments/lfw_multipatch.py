@@ -1,13 +1,13 @@
 """Variant (d) of issue 6: the multi-patch DeepID2 model (one network per
 patch of the deepid2 layout, features of each patch and its flipped
 counterpart concatenated, PCA + Joint Bayesian) under the honest LFW split of
-bench/lfw_protocol.py, with the paper's forward-backward patch selection.
+experiments/lfw_protocol.py, with the paper's forward-backward patch selection.
 
-    python bench/lfw_multipatch.py train               # one network per candidate and half
-    python bench/lfw_multipatch.py features            # each network's features, cached
-    python bench/lfw_multipatch.py select              # on half 1's validation identities
-    python bench/lfw_multipatch.py eval                # fit-verifier + eval-lfw per half
-    python bench/lfw_multipatch.py ship --accuracy "..."  # half 1's model -> the package
+    python experiments/lfw_multipatch.py train               # one network per candidate and half
+    python experiments/lfw_multipatch.py features            # each network's features, cached
+    python experiments/lfw_multipatch.py select              # on half 1's validation identities
+    python experiments/lfw_multipatch.py eval                # fit-verifier + eval-lfw per half
+    python experiments/lfw_multipatch.py ship --accuracy "..."  # half 1's model -> the package
 
 Selection never sees a test pair: half 1's training identities (the people of
 folds 1-5 + celeba) are split 80 / 20 (seed 0); PCA + Joint Bayesian are fitted
@@ -215,11 +215,11 @@ def ship(a):
         "data": "LFW people of View 2 folds 1-5 + ../shared/data/celeba-lfwstyle, aligned by "
                 "`deepid2 align` (landmark level 1)", "images": trained["images"],
         "identities": trained["identities"],
-        "people_list": "bench/lfw_protocol.py writes half1-people.json"})
+        "people_list": "experiments/lfw_protocol.py writes half1-people.json"})
     meta["net_files"] = json.dumps([
         f"deepid2 train --layout deepid2 --patch {p} --landmarks mean --epochs 20 --lr 0.03 "
         f"--lambda 0.05 --seed 0 (half 1)" for p in subset])
-    meta["recipe"] = "bench/lfw_multipatch.py (README: LFW, honestly split, variant d)"
+    meta["recipe"] = "experiments/lfw_multipatch.py (README: LFW, honestly split, variant d)"
     meta["lfw_folds_6_10_accuracy"] = a.accuracy
     safetensors.save(a.out, tensors, meta)
     print(f"wrote {a.out}: patches {subset}")
@@ -258,7 +258,7 @@ def main():
                    help="celeba-lfwstyle aligned by `deepid2 align`")
     p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))
     p.add_argument("--extra", help="more training identity folders (aligned faces), e.g. "
-                                   "celeba-aligned through bench/pad_celeba_aligned.py + align")
+                                   "celeba-aligned through experiments/pad_celeba_aligned.py + align")
     p.add_argument("--extra-name", default="c2", help="prefix of --extra's identities")
     p.add_argument("--name", default="d", help="run folder under --runs (d: variant (d))")
     p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)),

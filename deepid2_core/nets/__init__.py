@@ -1,0 +1,1 @@
+"""The networks: forward and backward of each, on any backend; no training here."""
