@@ -1,10 +1,13 @@
 """CPU backend: the C++ ops (cpp/) through the pybind11 module ``_cpu``.
 
 numpy in, numpy out. C-contiguous float32 inputs are used in place, never
-copied. See docs/ops.md for shapes and conventions.
+copied. See docs/ops.md for shapes and conventions. The host is the device
+here: transfers return their argument and synchronize does nothing.
 """
 
 from collections import namedtuple
+
+from deepid2_core.backends.cpu_batch import assemble_batch
 
 try:
     from deepid2_core import _cpu
@@ -28,6 +31,35 @@ sgd_update = _cpu.sgd_update
 regression_loss = _cpu.regression_loss
 max_threads = _cpu.max_threads
 keep_freed_memory = _cpu.keep_freed_memory
+
+__all__ = [
+    "name", "xp", "JointLoss", "lsconv_forward", "lsconv_backward", "lsconv_pool_forward",
+    "lsconv_pool_backward", "maxpool_forward", "maxpool_backward", "dense_forward",
+    "dense_backward", "joint_loss", "regression_loss", "sgd_update", "assemble_batch",
+    "to_device", "to_host", "keep_freed_memory", "set_index_checks", "max_threads",
+    "synchronize",
+]
+
+
+def to_device(a):
+    """The array itself: cpu arrays are host arrays (no copy)."""
+    return a
+
+
+def to_host(a):
+    """The array itself (no copy)."""
+    return a
+
+
+def set_index_checks(flag=True):
+    """Accepted for parity with the gpu backend; the cpu ops always check
+    indices (checking costs no device round trip here). Returns True."""
+    return True
+
+
+def synchronize():
+    """Nothing to wait for: every cpu op has finished when it returns."""
+    return None
 
 JointLoss = namedtuple(
     "JointLoss", "total ident verif correct dlogits dfeatures dparams")

@@ -107,6 +107,29 @@ def max_threads():
     return 1
 
 
+def to_device(a):
+    """host numpy -> CuPy array on the current device (a copy; a CuPy array
+    is returned as it is)."""
+    return cupy.asarray(a)
+
+
+def to_host(a):
+    """CuPy array -> numpy (a copy; waits for the work that writes it)."""
+    return cupy.asnumpy(a)
+
+
+def keep_freed_memory():
+    """For parity with the cpu backend: CuPy's memory pool already keeps
+    freed device memory for the next step. Returns True."""
+    return True
+
+
+def synchronize():
+    """Wait for the work queued on the current stream (RuntimeError naming
+    the device error if a kernel failed)."""
+    _sync("queued work")
+
+
 # ----------------------------------------------------------------------------
 # kernels
 _modules = {}
@@ -719,7 +742,7 @@ def sgd_update(param, grad, velocity, lr, momentum=0.9, weight_decay=0.0):
 def assemble_batch(patches, indices, flip=None, out=None, mean=127.5, scale=1 / 128.0):
     """patches[indices] (uint8 N x H x W x C on the device) -> float32 B x C x H x W,
     mirrored left-right where flip[b], values (v - mean) * scale in float32:
-    bit-identical to deepid2_core.data.assemble_batch. `indices` and `flip` may
+    bit-identical to the cpu backend's assemble_batch. `indices` and `flip` may
     be numpy or CuPy arrays. Waits for the device when indices is a CuPy array
     (its range is checked there)."""
     if not (isinstance(patches, cupy.ndarray) and patches.dtype == np.uint8
@@ -729,9 +752,14 @@ def assemble_batch(patches, indices, flip=None, out=None, mean=127.5, scale=1 / 
         raise ValueError("patches must be C-contiguous (use cupy.ascontiguousarray)")
     n, h, w, c = (int(v) for v in patches.shape)
     if isinstance(indices, cupy.ndarray):
+        if indices.size and indices.dtype.kind not in "iu":
+            raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
         idx = cupy.ascontiguousarray(indices, dtype=_i64)
     else:
-        idx_np = np.ascontiguousarray(indices, dtype=np.int64)
+        idx_np = np.asarray(indices)
+        if idx_np.size and idx_np.dtype.kind not in "iu":
+            raise ValueError(f"indices must be integers, got dtype {idx_np.dtype}")
+        idx_np = np.ascontiguousarray(idx_np, dtype=np.int64)
         if idx_np.ndim == 1 and len(idx_np) and (idx_np.min() < 0 or idx_np.max() >= n):
             raise ValueError(f"indices must be in 0..{n - 1}")
         idx = cupy.asarray(idx_np)
@@ -798,6 +826,6 @@ __all__ = [
     "name", "xp", "JointLoss", "lsconv_forward", "lsconv_backward", "lsconv_pool_forward",
     "lsconv_pool_backward", "maxpool_forward", "maxpool_backward", "dense_forward",
     "dense_backward", "joint_loss", "regression_loss", "sgd_update", "assemble_batch",
-    "set_deterministic", "is_deterministic", "set_debug", "is_debug", "set_index_checks",
-    "max_threads", "probe",
+    "to_device", "to_host", "keep_freed_memory", "synchronize", "set_deterministic",
+    "is_deterministic", "set_debug", "is_debug", "set_index_checks", "max_threads", "probe",
 ]
