@@ -30,21 +30,22 @@ def worker(a):
     import numpy as np
     from deepid2_core.backends import get_backend
     from deepid2_core.data import PatchSpec, build_cache
-    from deepid2_core.dist import DistTrainer, MPIComm
-    from deepid2_core.train import TrainConfig
+    from deepid2_core.training.deepid2 import TrainConfig, Trainer
+    from deepid2_core.training.dist import DataParallel, MPIComm
     comm = MPIComm()
     be = get_backend("cpu")
     cache = build_cache(a.data, a.cache, PatchSpec(), progress=False)
     cfg = TrainConfig(epochs=1, batch=a.batch, lr=0.01, seed=0, val_fraction=0.1)
-    tr = DistTrainer(cache, a.out, cfg, be, comm, log=lambda *x: None, progress=False)
+    par = DataParallel(comm, be)
+    tr = Trainer(cache, a.out, cfg, be, log=lambda *x: None, progress=False, parallel=par)
     state = tr.fresh_state()
-    tr.step(state, 0, 0, None)  # warm-up
-    red = tr.reducer
+    tr.step(state, 0, 0)  # warm-up
+    red = par.reducer
     red.seconds, red.calls, red.bytes_sent = 0.0, 0, 0
     comm.barrier()
     t0 = time.perf_counter()
     for s in range(1, a.steps + 1):
-        tr.step(state, 0, s, None)
+        tr.step(state, 0, s)
     comm.barrier()
     secs = time.perf_counter() - t0
     # an 8 MB all-reduce (2.0 M floats), as with 8,192 identities
@@ -63,7 +64,7 @@ def worker(a):
             ranks=comm.size, threads=be.max_threads(), images_per_s=a.batch * steps / secs,
             step_ms=1e3 * secs / steps,
             allreduce_ms=1e3 * red.seconds / max(red.calls, 1),
-            bytes_per_step=red.bytes_sent / max(red.calls, 1), grad_bytes=tr.n_flat * 4,
+            bytes_per_step=red.bytes_sent / max(red.calls, 1), grad_bytes=tr.grads.size * 4,
             allreduce_8mb_ms=1e3 * big_s)), flush=True)
 
 

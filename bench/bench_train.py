@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput: one full Algorithm 1 step, deepid2_core vs PyTorch.
 
-Ours: `deepid2_core.train.Trainer.step` on the cpu backend, timed as a whole:
+Ours: `deepid2_core.training.deepid2.Trainer.step` on the cpu backend, timed as a whole:
 pair-batch sampling, batch assembly (uint8 patches -> float32, random flips),
 forward, joint loss (softmax CE + lambda * l2 verification on the pairs),
 backward and the momentum-SGD update of every parameter.  The data is a
@@ -101,7 +101,7 @@ BE_ERR = "disabled by --no-ours" if ARGS.no_ours else None
 if not ARGS.no_ours:
     try:
         from deepid2_core.backends import get_backend
-        from deepid2_core.train import TrainConfig, Trainer
+        from deepid2_core.training.deepid2 import TrainConfig, Trainer
         BE = get_backend("cpu")
     except Exception as e:  # not built yet, import error, ...
         BE_ERR = f"{type(e).__name__}: {e}"
@@ -134,14 +134,13 @@ def make_trainer(cache, run_dir):
 
 def ours_stepper(trainer):
     state = trainer.fresh_state()
-    xbuf = np.empty((ARGS.batch, IN_C, IN_H, IN_W), np.float32)
     spe = trainer.steps_per_epoch
     counter = itertools.count()
     last = {}
 
     def step():
         i = next(counter)   # a new batch every step, as in Trainer.run
-        last["loss"], _ = trainer.step(state, i // spe, i % spe, xbuf)
+        last["loss"], _ = trainer.step(state, i // spe, i % spe)
     return step, last
 
 
@@ -200,8 +199,8 @@ def cross_check(trainer, cache):
     h = cfg.batch // 2
     if not (np.array_equal(pa, np.arange(h)) and np.array_equal(pb, np.arange(h, 2 * h))):
         return {"skipped": "our pairs are not (i, i+N/2) as the reference's"}
-    xbuf = np.empty((cfg.batch, IN_C, IN_H, IN_W), np.float32)
-    loss_ours, _ = trainer.step(state, 0, 0, xbuf)
+    loss_ours, _ = trainer.step(state, 0, 0)
+    xbuf = trainer.task.xbuf  # the batch it assembled
 
     model = ref.DeepID2(ARGS.classes)
     want = ours_in_torch_layout(p0)

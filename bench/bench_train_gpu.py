@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput on a GPU: one full Algorithm 1 step, ours vs PyTorch CUDA.
 
-Ours: `deepid2_core.train.Trainer.step` on the gpu backend, timed as a whole
+Ours: `deepid2_core.training.deepid2.Trainer.step` on the gpu backend, timed as a whole
 (host: pair sampling and flips; device: batch assembly from the uint8 cache
 on the device, forward, joint loss, backward, momentum SGD; the loss comes
 back to the host every step). Deterministic mode unless --fast.
@@ -67,7 +67,7 @@ def timed(fn, sync, warmup, min_time, min_reps):
 
 
 def ours(args, batch, be, cupy, fast):
-    from deepid2_core.train import TrainConfig, Trainer
+    from deepid2_core.training.deepid2 import TrainConfig, Trainer
     rng = np.random.default_rng(0)
     n = args.classes * 2
     cache = types.SimpleNamespace(
@@ -81,13 +81,12 @@ def ours(args, batch, be, cupy, fast):
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cache, tmp, cfg, be, log=lambda *a: None, progress=False)
         state = tr.to_device(tr.fresh_state())
-        xbuf = cupy.empty((batch, IN_C, IN_H, IN_W), np.float32)
         it = iter(range(10**9))
         last = {}
 
         def step():
             i = next(it)
-            last["loss"], _ = tr.step(state, i // tr.steps_per_epoch, i % tr.steps_per_epoch, xbuf)
+            last["loss"], _ = tr.step(state, i // tr.steps_per_epoch, i % tr.steps_per_epoch)
         s = timed(step, cupy.cuda.Device().synchronize, args.warmup, args.min_time, args.min_reps)
     be.set_deterministic(True)
     be.set_index_checks(checks)

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, REPO)
 from deepid2_core.backends import get_backend  # noqa: E402
-from deepid2_core.train import TrainConfig, Trainer  # noqa: E402
+from deepid2_core.training.deepid2 import TrainConfig, Trainer  # noqa: E402
 
 clock = time.thread_time if ARGS.cpu_time else time.perf_counter
 BE = get_backend("cpu")
@@ -100,12 +100,11 @@ def main():
         trainer = Trainer(cache, d, cfg, tbe, progress=False)
         state = trainer.fresh_state()
         tbe.params = state["params"]
-        xbuf = np.empty((ARGS.batch, 3, 55, 47), np.float32)
         rows = []
         for i in range(ARGS.warmup + ARGS.steps):
             tbe.acc = {}
             t0 = clock()
-            trainer.step(state, 0, i % trainer.steps_per_epoch, xbuf)
+            trainer.step(state, 0, i % trainer.steps_per_epoch)
             total = clock() - t0
             if i >= ARGS.warmup:
                 r = dict(tbe.acc)

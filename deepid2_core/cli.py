@@ -1,5 +1,6 @@
-"""The `deepid2` command line: synth, train, train-landmarks, align, demo, and the
-verifier: fit-verifier, verify, enroll, identify, eval-lfw, eval-ident."""
+"""The `deepid2` command line, one argparse tree: synth, train, train-landmarks,
+train-landmark-cascade, eval-landmarks, align, demo, and the verifier: fit-verifier,
+verify, enroll, identify, eval-lfw, eval-ident."""
 
 import argparse
 import os
@@ -10,8 +11,7 @@ from .backends import BackendUnavailable, get_backend
 
 
 def _threads_note(be):
-    threads = be.max_threads() if hasattr(be, "max_threads") else None
-    return f"backend {be.name}" + (f", {threads} threads" if threads else "")
+    return f"backend {be.name}, {be.max_threads()} threads"
 
 
 def cmd_synth(args):
@@ -20,14 +20,8 @@ def cmd_synth(args):
     print(f"wrote {stats} to {args.out}")
 
 
-def _under_mpi():
-    """Started by an MPI launcher? (checked without importing MPI; see dist.py)"""
-    return any(k in os.environ for k in
-               ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"))
-
-
 def _train_config(args):
-    from .train import TrainConfig
+    from .training.deepid2 import TrainConfig
     return TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, lam=args.lam,
                        ident_weight=args.ident_weight, verif=args.verif, margin=args.margin,
                        learn_margin=args.learn_margin,
@@ -36,18 +30,12 @@ def _train_config(args):
 
 
 def cmd_train(args):
-    if args.dist or (args.micro_batches or 1) > 1 or _under_mpi():
-        from .dist import train_main  # data-parallel (mpiexec -n N deepid2 train ...)
-        return train_main(args, _train_config)
-    from .data import PatchSpec, build_cache
-    from .train import Trainer
-    be = get_backend(args.backend)
-    if not args.resume and os.path.exists(os.path.join(args.out, "checkpoint.safetensors")):
-        raise ValueError(f"{args.out} already holds a training run: pass --resume to continue "
-                         f"it, or choose another --out")
-    cache_dir = args.cache or os.path.join(args.out, "cache")
+    """One path for a plain run, --micro-batches and MPI ranks (mpiexec -n N
+    deepid2 train ...): the patch spec and the cache are made here, once."""
+    from .data import LayoutPatch, PatchSpec
+    from .training import dist
+    from .training.deepid2 import Trainer
     if args.layout:
-        from .data import LayoutPatch
         if args.patch is None:
             raise ValueError("--layout needs --patch NAME_OR_INDEX (e.g. 105 or left_eye@1/gray)")
         spec = LayoutPatch(args.layout, args.patch, args.landmarks, args.lighting)
@@ -55,25 +43,56 @@ def cmd_train(args):
         raise ValueError("--patch needs --layout deepid2|deepid")
     else:
         spec = PatchSpec(lighting=args.lighting)
-    cache = build_cache(args.data, cache_dir, spec)
-    print(f"{len(cache.labels)} images of {len(cache.identities)} identities "
-          f"({len(cache.skipped)} skipped); {_threads_note(be)}")
-    trainer = Trainer(cache, args.out, _train_config(args), be)
-    try:
-        state = trainer.run(resume=args.resume)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the last checkpoint in {args.out} is whole; "
-              f"continue with --resume", file=sys.stderr)
-        return 130
-    print(f"best epoch {state['best_epoch']} (validation accuracy {state['best_val']:.4f}); "
-          f"model {os.path.join(args.out, 'best.safetensors')}, "
-          f"log {os.path.join(args.out, 'log.jsonl')}, plot {os.path.join(args.out, 'curves.png')}")
-    return 0
+    comm = dist.make_comm(force=args.dist)  # SerialComm unless an MPI launcher started us
+
+    def train():
+        say = print if comm.rank == 0 else (lambda *a, **k: None)
+        dist.use_local_device(comm, args.backend)
+        be = get_backend(args.backend)
+        if not args.resume and dist.run_exists(comm, args.out):
+            raise ValueError(f"{args.out} already holds a training run: pass --resume to "
+                             f"continue it, or choose another --out")
+        cfg = _train_config(args)
+        cache = dist.build_cache_on_ranks(comm, args.data, args.cache
+                                          or os.path.join(args.out, "cache"), spec)
+        table = dist.rank_table(comm)
+        parallel = dist.DataParallel(comm, be, args.micro_batches, args.deterministic)
+        say(f"{len(cache.labels)} images of {len(cache.identities)} identities "
+            f"({len(cache.skipped)} skipped); {_threads_note(be)}"
+            + (" per rank" if comm.size > 1 else ""))
+        G = parallel.groups
+        if G > 1 or comm.size > 1:
+            say(f"data-parallel: {comm.size} rank(s) ({comm.kind}), {G} micro-batch(es) of "
+                f"{cfg.batch // G} images, "
+                + ("deterministic (all-gather, fixed order)" if args.deterministic else
+                   "fast (all-reduce)") + f"; ranks: {table}", flush=True)
+        trainer = Trainer(cache, args.out, cfg, be, parallel=parallel)
+        try:
+            state = trainer.run(resume=args.resume)
+        except KeyboardInterrupt:
+            if comm.size > 1:
+                raise
+            print(f"\ninterrupted: the last checkpoint in {args.out} is whole; "
+                  f"continue with --resume", file=sys.stderr)
+            return 130
+        red = parallel.reducer
+        if red.calls:
+            say(f"gradient reduction: {red.seconds / red.calls * 1e3:.2f} ms per step, "
+                f"{red.bytes_sent / red.calls / 1e6:.2f} MB sent per rank per step "
+                f"({trainer.grads.size * 4 / 1e6:.2f} MB gradient)")
+        say(f"best epoch {state['best_epoch']} (validation accuracy {state['best_val']:.4f}); "
+            f"model {os.path.join(args.out, 'best.safetensors')}, "
+            f"log {os.path.join(args.out, 'log.jsonl')}, "
+            f"plot {os.path.join(args.out, 'curves.png')}")
+        return 0
+
+    return dist.guard(comm, args.out, train)
 
 
 def cmd_train_landmarks(args):
-    from .landmarks import train_landmarks_main
-    aug = {k: getattr(args, k) for k in ("shift", "scale", "rotate", "target_stats")
+    from .training.landmarks import train_landmarks_main
+    aug = {k: getattr(args, k) for k in ("shift", "scale", "rotate", "fallback_share",
+                                         "central_scale", "target_stats")
            if getattr(args, k) is not None}
     cmd = (f"deepid2 train-landmarks --data {args.data} --out {args.out} --epochs {args.epochs} "
            f"--seed {args.seed} --batch {args.batch} --lr {args.lr} --detector {args.detector}"
@@ -94,7 +113,7 @@ def cmd_train_landmarks(args):
 
 
 def cmd_train_landmark_cascade(args):
-    from .landmarks import cascade_command
+    from .training.cascade import train_cascade_main
     cmd = (f"deepid2 train-landmark-cascade --data {args.data} --out {args.out}"
            + (f" --level1 {args.level1}" if args.level1 else "")
            + f" --levels {args.levels} --epochs {args.epochs} --seed {args.seed} --batch "
@@ -102,7 +121,49 @@ def cmd_train_landmark_cascade(args):
            + (" --displace " + " ".join(str(v) for v in args.displace) if args.displace else "")
            + "".join(f" --{k} {getattr(args, k)}" for k in ("scale", "rotate")
                      if getattr(args, k) is not None))
-    return cascade_command(args, cmd)
+    levels = list(range(2, args.levels + 1))
+    if args.displace and len(args.displace) != len(levels):
+        raise ValueError(f"--displace needs one value per level ({len(levels)})")
+    displace = dict(zip(levels, args.displace)) if args.displace else None
+    try:
+        s = train_cascade_main(args.data, args.out, level1=args.level1, levels=levels,
+                               epochs=args.epochs, seed=args.seed, batch=args.batch, lr=args.lr,
+                               displace=displace, scale=args.scale, rotate=args.rotate,
+                               resume=args.resume, cache_dir=args.cache, command=cmd)
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with --resume", file=sys.stderr)
+        return 130
+    line = (f"model {os.path.join(args.out, 'landmarks.safetensors')}; held-out NME "
+            + " -> ".join(f"{100 * r['nme']:.2f}%" for r in s["val"]))
+    if "test" in s:
+        line += f"; test NME {100 * s['test']['nme']:.2f}%"
+    print(line)
+    return 0
+
+
+def cmd_eval_landmarks(args):
+    import json
+    from .face.landmarks import load_landmark_model
+    from .training.landmarks import TEST_LIST, evaluate, evaluate_yunet, read_mtfl, summarise
+    model = load_landmark_model(args.model, flip_average=not args.no_flip_average,
+                                levels=args.levels)
+    res = {"ours": evaluate(model, args.data, detector=args.detector, limit=args.limit,
+                            progress=True)}
+    if args.yunet:
+        res["yunet"] = evaluate_yunet(args.data, args.yunet, limit=args.limit)
+        # ours on the same images as YuNet's figure: those it found a face in
+        missed = set(res["yunet"]["missed"]) | set(res["ours"]["skipped"])
+        rels = [rel for rel, _ in read_mtfl(args.data, TEST_LIST)[:args.limit]
+                if rel not in res["ours"]["skipped"]]
+        res["ours_on_yunet_images"] = summarise(
+            [e for rel, e in zip(rels, res["ours"]["errors"]) if rel not in missed])
+    for name, r in res.items():
+        print(name, json.dumps({k: v for k, v in r.items()
+                                if k not in ("errors", "missed", "skipped")}, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f)
+    return 0
 
 
 def cmd_align(args):
@@ -173,106 +234,224 @@ def cmd_eval_ident(args):
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None (its help says what happens then) and a
+    flag's False."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _command(sub, name, help):
+    """A subcommand whose --help starts with `help` and shows the defaults."""
+    return sub.add_parser(name, help=help, description=help.replace("%%", "%"),
+                          formatter_class=HelpFormatter)
+
+
+BACKEND_HELP = "where the ops run: cpu, or gpu through CuPy"
+SEED_HELP = "seed of the split, the initial weights and the batches"
+RESUME_HELP = "continue the run in OUT from its last checkpoint"
+MTFL_HELP = "folder with new_training.txt / new_testing.txt (MTFL)"
+BOXES_HELP = ("face boxes: haar (the rule: Haar, then Haar on the padded image, else the "
+              "central box), central (the central box always); auto means haar")
+
+
 def _verifier_parsers(sub):
-    model_help = "verifier model file (default: the shipped deepid2_core/models/verifier.safetensors)"
+    model_help = ("verifier model file (default: the shipped "
+                  "deepid2_core/models/verifier.safetensors)")
     aligned_help = "the images are faces already aligned by `deepid2 align` (no detection)"
-    f = sub.add_parser("fit-verifier", help="fit PCA + Joint Bayesian on a trained network's "
-                                            "features; write a verifier model file")
+    f = _command(sub, "fit-verifier", "fit PCA + Joint Bayesian on a trained network's "
+                                      "features; write a verifier model file")
     f.add_argument("--nets", nargs="+", required=True,
                    help="the trained networks, `deepid2 train` run folders or their model "
                         "files: one whole-face network, or one per patch (`--layout L --patch "
                         "K` runs); each network's own patch is read from its file")
     f.add_argument("--data", required=True, help="identity folders of aligned faces")
     f.add_argument("--out", required=True, help="the verifier file (.safetensors)")
-    f.add_argument("--pca", type=int, default=180, help="PCA dimension (default 180)")
+    f.add_argument("--pca", type=int, default=180, help="PCA dimension")
     f.add_argument("--pairs", type=int, default=3000,
-                   help="training pairs of each kind for the thresholds (default 3000)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--cache", help="feature cache folder")
-    f.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+                   help="training pairs of each kind for the thresholds")
+    f.add_argument("--seed", type=int, default=0, help="seed of the pairs drawn for the thresholds")
+    f.add_argument("--cache", help="feature cache folder (default: no cache)")
+    f.add_argument("--backend", default="cpu", choices=["cpu", "gpu"], help=BACKEND_HELP)
     f.add_argument("--em-iters", type=int, default=None,
-                   help="Joint Bayesian: at most this many EM iterations (default %d)"
+                   help="Joint Bayesian: at most this many EM iterations (default: %d)"
                         % _jb_default("max_iter"))
     f.add_argument("--em-tol", type=float, default=None,
                    help="Joint Bayesian: stop when both covariances change by less than this "
-                        "(relative Frobenius norm; default %g)" % _jb_default("tol"))
+                        "(relative Frobenius norm; default: %g)" % _jb_default("tol"))
     f.set_defaults(func=cmd_fit_verifier)
 
-    v = sub.add_parser("verify", help="are two photographs of the same person?")
-    v.add_argument("image_a", metavar="A")
-    v.add_argument("image_b", metavar="B")
+    v = _command(sub, "verify", "are two photographs of the same person?")
+    v.add_argument("image_a", metavar="A", help="the first photograph")
+    v.add_argument("image_b", metavar="B", help="the second photograph")
     v.add_argument("--model", help=model_help)
     v.add_argument("--aligned", action="store_true", help=aligned_help)
     v.set_defaults(func=cmd_verify)
 
-    e = sub.add_parser("enroll", help="identity folders -> a gallery file")
+    e = _command(sub, "enroll", "identity folders -> a gallery file")
     e.add_argument("folder", metavar="DIR", help="one folder of photographs per identity")
     e.add_argument("--gallery", required=True, help="gallery file to write (.npz or .safetensors)")
     e.add_argument("--model", help=model_help)
     e.add_argument("--aligned", action="store_true", help=aligned_help)
     e.set_defaults(func=cmd_enroll)
 
-    i = sub.add_parser("identify", help="who is in these photographs (or unknown)?")
-    i.add_argument("images", nargs="+", metavar="IMG")
-    i.add_argument("--gallery", required=True)
-    i.add_argument("--top", type=int, default=1, help="matches to list (default 1)")
+    i = _command(sub, "identify", "who is in these photographs (or unknown)?")
+    i.add_argument("images", nargs="+", metavar="IMG", help="the photographs")
+    i.add_argument("--gallery", required=True, help="gallery file written by `deepid2 enroll`")
+    i.add_argument("--top", type=int, default=1, help="matches to list")
     i.add_argument("--model", help=model_help)
     i.add_argument("--aligned", action="store_true", help=aligned_help)
     i.set_defaults(func=cmd_identify)
 
-    l = sub.add_parser("eval-lfw", help="LFW View 2: 10-fold accuracy, ROC, AUC, EER")
+    l = _command(sub, "eval-lfw", "LFW View 2: 10-fold accuracy, ROC, AUC, EER")
     l.add_argument("--lfw", required=True, help="the LFW images (aligned, or deep-funneled)")
     l.add_argument("--pairs", required=True, help="pairs.txt")
     l.add_argument("--model", help=model_help)
     l.add_argument("--out", help="folder for roc.png, roc.csv, metrics.json")
-    l.add_argument("--folds", help="test only these folds, e.g. 6-10 (default all)")
+    l.add_argument("--folds", help="test only these folds, e.g. 6-10 (default: all)")
     l.add_argument("--unaligned", help="read images missing under --lfw from here")
     l.set_defaults(func=cmd_eval_lfw)
-    i = sub.add_parser("eval-ident", help="closed-set rank-1 and open-set DIR at FAR 1%% on "
-                                          "identity folders of aligned faces")
+    i = _command(sub, "eval-ident", "closed-set rank-1 and open-set DIR at FAR 1%% on "
+                                    "identity folders of aligned faces")
     i.add_argument("--data", required=True, help="identity folders of aligned faces")
     i.add_argument("--model", help=model_help)
     i.add_argument("--pairs", help="with --folds: only the people of these View 2 folds")
     i.add_argument("--folds", help="e.g. 6-10 (needs --pairs)")
     i.add_argument("--known-fraction", type=float, default=0.5,
-                   help="share of the people with 2+ images put in the gallery (default 0.5)")
+                   help="share of the people with 2+ images put in the gallery")
     i.add_argument("--far", type=float, default=0.01, help="open-set false alarm rate")
     i.add_argument("--seed", type=int, default=0, help="seed of the gallery / probe split")
     i.add_argument("--out", help="folder for identification.json (the split and results)")
     i.set_defaults(func=cmd_eval_ident)
 
 
+def _landmark_parsers(sub):
+    from .training.cascade import RefineTrainConfig
+    from .training.landmarks import LandmarkTrainConfig
+    lt, rt = LandmarkTrainConfig, RefineTrainConfig   # defaults of the options left unset
+    lm = _command(sub, "train-landmarks", "train the 5-point landmark ConvNet on MTFL")
+    lm.add_argument("--data", required=True, help=MTFL_HELP)
+    lm.add_argument("--out", required=True,
+                    help="run folder: landmarks.safetensors, eval.json, checkpoint, log, plot")
+    lm.add_argument("--epochs", type=int, default=120, help="passes over the training images")
+    lm.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    lm.add_argument("--batch", type=int, default=64, help="crops per step")
+    lm.add_argument("--lr", type=float, default=0.02,
+                    help="base learning rate (cosine decay to 0)")
+    lm.add_argument("--detector", default="auto", choices=["auto", "haar", "central"],
+                    help=BOXES_HELP)
+    lm.add_argument("--cache", help="where the training cache is kept (default: OUT/cache)")
+    lm.add_argument("--backend", default="cpu", choices=["cpu", "gpu"], help=BACKEND_HELP)
+    lm.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    lm.add_argument("--shift", type=float, help="box shift jitter, a fraction of the box "
+                    f"(default: {lt.shift})")
+    lm.add_argument("--scale", type=float, help="box scale jitter (log-uniform 1/(1+s)..1+s; "
+                    f"default: {lt.scale})")
+    lm.add_argument("--rotate", type=float,
+                    help=f"rotation jitter in degrees (default: {lt.rotate})")
+    lm.add_argument("--fallback-share", type=float,
+                    help="share of the training samples cut from the central box even where "
+                         f"Haar found the face (default: {lt.fallback_share})")
+    lm.add_argument("--central-scale", type=float,
+                    help="scale jitter of those central-box samples (log-uniform "
+                         f"1/(1+s)..1+s; default: {lt.central_scale})")
+    lm.add_argument("--target-stats", choices=["crops", "augmented"],
+                    help="standardise the targets by the plain crops or by augmented samples "
+                         f"(default: {lt.target_stats})")
+    lm.set_defaults(func=cmd_train_landmarks)
+
+    lc = _command(sub, "train-landmark-cascade", "train the landmark cascade's refinement "
+                                                 "levels (2, 3) on MTFL on top of a level-1 "
+                                                 "model")
+    lc.add_argument("--data", required=True, help=MTFL_HELP)
+    lc.add_argument("--out", required=True,
+                    help="run folder: landmarks.safetensors (level 1 and the levels), "
+                         "eval.json, levelL/ checkpoints and logs")
+    lc.add_argument("--level1", help="the level-1 model (default: the shipped one); its "
+                    "held-out split is kept")
+    lc.add_argument("--levels", type=int, default=3, choices=[2, 3],
+                    help="the last level to train: 3 (levels 2 and 3) or 2")
+    lc.add_argument("--epochs", type=int, default=30, help="passes over the training images, "
+                                                           "per level")
+    lc.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    lc.add_argument("--batch", type=int, default=64, help="faces per step")
+    lc.add_argument("--lr", type=float, default=0.02,
+                    help="base learning rate (cosine decay to 0)")
+    lc.add_argument("--displace", type=float, nargs="+", metavar="S",
+                    help="training displacement std of each level, in units of r "
+                         "(default: 0.12 for level 2, 0.06 for level 3)")
+    lc.add_argument("--scale", type=float, help="frame scale jitter (log-uniform "
+                    f"1/(1+s)..1+s; default: {rt.scale})")
+    lc.add_argument("--rotate", type=float,
+                    help=f"frame rotation jitter in degrees (default: {rt.rotate})")
+    lc.add_argument("--cache", help="where level 1's training cache is kept (default: "
+                    "OUT/cache)")
+    lc.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    lc.set_defaults(func=cmd_train_landmark_cascade)
+
+    ev = _command(sub, "eval-landmarks", "NME and failure rate of a landmark model on MTFL's "
+                                         "test list")
+    ev.add_argument("--data", required=True, help=MTFL_HELP)
+    ev.add_argument("--model", help="landmark model file or level-1 training checkpoint "
+                    "(default: the shipped one)")
+    ev.add_argument("--detector", default="auto", choices=["auto", "haar", "central"],
+                    help=BOXES_HELP)
+    ev.add_argument("--limit", type=int, help="only the first N test images (default: all)")
+    ev.add_argument("--yunet", metavar="ONNX",
+                    help="also evaluate this YuNet ONNX model on the same images "
+                         "(and ours on the images YuNet finds)")
+    ev.add_argument("--no-flip-average", action="store_true",
+                    help="one pass on the crop, not the mean of the crop and its mirror")
+    ev.add_argument("--levels", type=int, help="use the first N levels of the model's cascade "
+                    "(1: level 1 alone; default: all it holds)")
+    ev.add_argument("--json", metavar="PATH",
+                    help="write every result, per-image errors included, to this JSON file")
+    ev.set_defaults(func=cmd_eval_landmarks)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="deepid2", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="draw procedural faces into LFW-style identity folders")
-    s.add_argument("out")
-    s.add_argument("--identities", type=int, default=100)
-    s.add_argument("--images-per-identity", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
+    s = _command(sub, "synth", "draw procedural faces into LFW-style identity folders")
+    s.add_argument("out", help="the folder to write: OUT/synthNNNNN/synthNNNNN_0001.jpg ...")
+    s.add_argument("--identities", type=int, default=100, help="identities to draw")
+    s.add_argument("--images-per-identity", type=int, default=20, help="images of each")
+    s.add_argument("--seed", type=int, default=0, help="the same seed draws the same files")
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", help="train a DeepID2 network (Algorithm 1)")
+    t = _command(sub, "train", "train a DeepID2 network (Algorithm 1)")
     t.add_argument("--data", required=True, help="folder of identity folders (root/<id>/*.jpg)")
     t.add_argument("--out", required=True, help="run folder: checkpoints, log, plot")
-    t.add_argument("--cache", help="patch cache folder (default OUT/cache)")
-    t.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--lambda", dest="lam", type=float, default=0.05)
+    t.add_argument("--cache", help="patch cache folder (default: OUT/cache)")
+    t.add_argument("--backend", default="cpu", choices=["cpu", "gpu"], help=BACKEND_HELP)
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training images")
+    t.add_argument("--batch", type=int, default=128, help="images per step, in batch / 2 pairs")
+    t.add_argument("--lr", type=float, default=0.01, help="base learning rate (cosine decay to 0)")
+    t.add_argument("--lambda", dest="lam", type=float, default=0.05,
+                   help="weight lambda of the verification loss")
     t.add_argument("--ident-weight", type=float, default=1.0,
                    help="weight of the identification loss: ident_weight * ident + lambda * "
                         "verif (0: the verification loss alone)")
-    t.add_argument("--verif", default="l2", choices=["l2", "l2_pos", "l1", "cosine"])
-    t.add_argument("--margin", type=float, default=1.0)
-    t.add_argument("--learn-margin", action="store_true")
-    t.add_argument("--same-share", type=float, default=0.5)
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--verif", default="l2", choices=["l2", "l2_pos", "l1", "cosine"],
+                   help="verification loss: l2 (the paper's: same pairs 1/2 d^2, different "
+                        "1/2 max(0, m - d)^2), l2_pos (same pairs only), l1 (l2 with the L1 "
+                        "distance), cosine (sigmoid of a scaled cosine)")
+    t.add_argument("--margin", type=float, default=1.0,
+                   help="the margin m of l2 / l2_pos / l1; cosine: the initial scale w")
+    t.add_argument("--learn-margin", action="store_true",
+                   help="let SGD move the margin too (clamped to at least 0.1)")
+    t.add_argument("--same-share", type=float, default=0.5,
+                   help="share of the pairs of a batch that are of one identity")
+    t.add_argument("--warmup-steps", type=int, default=0,
+                   help="first steps that train the identification loss alone")
+    t.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of each identity's images held out for validation")
+    t.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    t.add_argument("--resume", action="store_true", help=RESUME_HELP)
     t.add_argument("--layout", choices=["deepid2", "deepid"],
                    help="train on one patch of this layout (faces aligned by `deepid2 align`) "
                         "instead of the fixed whole-face crop")
@@ -291,43 +470,19 @@ def build_parser():
     t.add_argument("--dist", action="store_true", help="data-parallel path even without mpiexec")
     t.set_defaults(func=cmd_train)
 
-    lm = sub.add_parser("train-landmarks", help="train the 5-point landmark ConvNet on MTFL")
-    lm.add_argument("--data", required=True,
-                    help="folder with new_training.txt / new_testing.txt (MTFL)")
-    lm.add_argument("--out", required=True)
-    lm.add_argument("--epochs", type=int, default=120)
-    lm.add_argument("--seed", type=int, default=0)
-    lm.add_argument("--batch", type=int, default=64)
-    lm.add_argument("--lr", type=float, default=0.02)
-    lm.add_argument("--detector", default="auto", choices=["auto", "haar", "central"])
-    lm.add_argument("--cache")
-    lm.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
-    lm.add_argument("--resume", action="store_true")
-    lm.add_argument("--shift", type=float, help="box shift jitter, a fraction of the box")
-    lm.add_argument("--scale", type=float, help="box scale jitter (log-uniform 1/(1+s)..1+s)")
-    lm.add_argument("--rotate", type=float, help="rotation jitter in degrees")
-    lm.add_argument("--target-stats", choices=["crops", "augmented"],
-                    help="standardise the targets by the plain crops or by augmented samples")
-    lm.set_defaults(func=cmd_train_landmarks)
+    _landmark_parsers(sub)
 
-    from .landmarks import cascade_arguments
-    lc = sub.add_parser("train-landmark-cascade",
-                        help="train the landmark cascade's refinement levels (2, 3) on MTFL on "
-                             "top of a level-1 model")
-    cascade_arguments(lc)
-    lc.set_defaults(func=cmd_train_landmark_cascade)
-
-    al = sub.add_parser("align", help="detect, find landmarks and align every face of a "
-                                      "folder; write OUT_DIR/landmarks.csv")
+    al = _command(sub, "align", "detect, find landmarks and align every face of a folder; "
+                                "write OUT_DIR/landmarks.csv")
     al.add_argument("in_dir", metavar="IN_DIR",
                     help="folder of identity folders (root/<id>/*.jpg) or a flat folder of images")
     al.add_argument("out_dir", metavar="OUT_DIR",
                     help="aligned faces under the same relative paths, and landmarks.csv")
     al.add_argument("--detector", default="haar", choices=["haar", "yunet"],
-                    help="haar: Haar boxes + the landmark ConvNet (default); yunet: YuNet's "
-                         "boxes and its own landmarks (needs --model)")
+                    help="haar: Haar boxes + the landmark ConvNet; yunet: YuNet's boxes and "
+                         "its own landmarks (needs --model)")
     al.add_argument("--model", help="the YuNet ONNX model, with --detector yunet")
-    al.add_argument("--size", default="250", help="aligned size, N or WxH (default 250)")
+    al.add_argument("--size", default="250", help="aligned size, N or WxH")
     al.add_argument("--all-faces", action="store_true",
                     help="every face, written as NAME_1.jpg, NAME_2.jpg, ... largest first "
                          "(default: the largest face only, as NAME.jpg)")
@@ -338,11 +493,12 @@ def build_parser():
     al.add_argument("--workers", type=int, help="threads (default: the usable CPUs, at most 8)")
     al.set_defaults(func=cmd_align)
 
-    d = sub.add_parser("demo", help="synthetic identities: train, then verify unseen ones")
-    d.add_argument("--out", default=os.path.join(os.getcwd(), "deepid2-demo"))
+    d = _command(sub, "demo", "synthetic identities: train, then verify unseen ones")
+    d.add_argument("--out", default=os.path.join(os.getcwd(), "deepid2-demo"),
+                   help="folder for the data, the run and the result")
     d.add_argument("--seconds", type=float, default=120.0, help="training time budget")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--backend", default="cpu", choices=["cpu", "gpu"])
+    d.add_argument("--seed", type=int, default=0, help="seed of the data and the run")
+    d.add_argument("--backend", default="cpu", choices=["cpu", "gpu"], help=BACKEND_HELP)
     d.set_defaults(func=cmd_demo)
     _verifier_parsers(sub)
     return p

@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from .backends.cpu_batch import assemble_batch as cpu_assemble_batch
-
 FORMAT_VERSION = 1
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 _FILES = ("index.json", "patches.npy", "labels.npy", "flipped.npy")
@@ -452,8 +450,3 @@ def split_train_val(labels, val_fraction=0.1, seed=0):
     rank = np.arange(len(labels)) - np.repeat(start, count)  # position within its identity
     is_val = rank < np.repeat(n_val, count)
     return np.sort(order[~is_val]).astype(np.int64), np.sort(order[is_val]).astype(np.int64)
-
-
-def assemble_batch(patches, indices, flip=None, out=None, mean=127.5, scale=1 / 128.0):
-    """The cpu backend's assemble_batch (docs/ops.md); callers move to be.assemble_batch."""
-    return cpu_assemble_batch(patches, indices, flip, out, mean, scale)

@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from .backends import get_backend
-from .data import PatchSpec, assemble_batch, build_cache
+from .data import PatchSpec, build_cache
 from .synth import make_dataset
-from .train import Trainer, TrainConfig
+from .training.deepid2 import Trainer, TrainConfig
 
 TRAIN_IDS, UNSEEN_IDS, IMAGES = 200, 50, 16
 MIN_EPOCHS = 20  # below this the features are not yet good (~74% at 5 epochs, ~96% at 25)
@@ -22,11 +22,14 @@ PAIRS = 1000  # same and as many different pairs, for threshold and test
 
 
 def features(trainer, params, cache, batch=256):
+    be = trainer.be
+    patches, params = be.to_device(np.ascontiguousarray(cache.patches)), trainer.to_device(
+        dict(params=params))["params"]
     out = []
     for i in range(0, len(cache.labels), batch):
         idx = np.arange(i, min(i + batch, len(cache.labels)))
-        x = assemble_batch(cache.patches, idx, np.zeros(len(idx), bool))
-        out.append(trainer.net.features(params, x))
+        x = be.assemble_batch(patches, idx, np.zeros(len(idx), bool))
+        out.append(be.to_host(trainer.net.features(params, x)))
     f = np.concatenate(out).astype(np.float64)
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
@@ -68,14 +71,12 @@ def run_demo(out, seed=0, seconds=120.0, backend="cpu"):
 
     # Size the run to the time budget from the speed of a few real steps.
     probe = Trainer(seen, run_dir, TrainConfig(epochs=1, seed=seed), be, progress=False)
-    state = probe.fresh_state()
-    h, w, c = seen.patches.shape[1:]
-    xbuf = np.empty((128, c, h, w), np.float32)
+    state = probe.to_device(probe.fresh_state())
     for s in range(2):  # warm-up: numba cache load, first-touch of buffers
-        probe.step(state, 0, s, xbuf)
+        probe.step(state, 0, s)
     t0 = time.perf_counter()
     for s in range(2, 6):
-        probe.step(state, 0, s, xbuf)
+        probe.step(state, 0, s)
     step_s = (time.perf_counter() - t0) / 4
     budget = seconds - (time.perf_counter() - t_start) - 10.0  # leave time to evaluate
     epochs = max(MIN_EPOCHS, int(budget / (step_s * probe.steps_per_epoch * 1.1)))

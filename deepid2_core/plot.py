@@ -3,10 +3,10 @@
 import cv2
 import numpy as np
 
-_COLOURS = [(200, 80, 30), (40, 140, 230), (60, 170, 60), (160, 60, 180)]  # BGR
+COLOURS = [(200, 80, 30), (40, 140, 230), (60, 170, 60), (160, 60, 180)]  # BGR
 
 
-def _panel(img, x0, y0, w, h, title, series):
+def panel(img, x0, y0, w, h, title, series):
     cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), (0, 0, 0), 1)
     cv2.putText(img, title, (x0 + 5, y0 - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                 cv2.LINE_AA)
@@ -20,7 +20,7 @@ def _panel(img, x0, y0, w, h, title, series):
     for k, (name, ys) in enumerate(series):
         pts = [(x0 + int(w * (i / max(n - 1, 1))), y0 + h - int(h * (v - lo) / (hi - lo)))
                for i, v in enumerate(ys) if v is not None and np.isfinite(v)]
-        colour = _COLOURS[k % len(_COLOURS)]
+        colour = COLOURS[k % len(COLOURS)]
         if len(pts) > 1:
             cv2.polylines(img, [np.array(pts, np.int32)], False, colour, 2, cv2.LINE_AA)
         for p in pts:
@@ -36,9 +36,9 @@ def plot_history(history, path):
     """history: list of epoch dicts from the JSONL log. Writes a PNG to path."""
     img = np.full((360, 900, 3), 255, np.uint8)
     get = lambda key: [h.get(key) for h in history]  # noqa: E731
-    _panel(img, 60, 30, 360, 290, "loss per epoch",
+    panel(img, 60, 30, 360, 290, "loss per epoch",
            [("train total", get("loss")), ("ident", get("ident")), ("verif", get("verif"))])
-    _panel(img, 510, 30, 360, 290, "top-1 accuracy per epoch",
+    panel(img, 510, 30, 360, 290, "top-1 accuracy per epoch",
            [("train", get("train_acc")), ("validation", get("val_acc"))])
     if not cv2.imwrite(str(path), img):
         raise OSError(f"could not write the plot to {path}")

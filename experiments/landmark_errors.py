@@ -5,8 +5,8 @@ YuNet's (an independent model), on the test list and on MTFL's training images.
     python experiments/landmark_errors.py --data ../shared/data/mtfl80 \
         [--yunet ../shared/data/models/face_detection_yunet_2026may.onnx] [--model M]
 
-For each level of the model (1; 1-2; 1-3; flip-averaged, Haar boxes as `landmarks
-eval`): NME, failure rate, NME on the images where Haar finds the face and on those
+For each level of the model (1; 1-2; 1-3; flip-averaged, Haar boxes as `deepid2
+eval-landmarks`): NME, failure rate, NME on the images where Haar finds the face and on those
 with the central box, by head yaw (|nose x - eye midpoint x| / IOD below 0.1 and above
 0.35), the median image's error, and the mean signed offset prediction - annotation
 per point (x, y) in % of the IOD and in pixels of the 80x80 images. With --yunet, YuNet's
@@ -27,8 +27,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from deepid2_core import landmarks as L  # noqa: E402
-from deepid2_core.landmark_cascade import LandmarkCascade  # noqa: E402
+from deepid2_core.face import landmarks as FL  # noqa: E402
+from deepid2_core.face.box import face_box  # noqa: E402
+from deepid2_core.face.landmark_cascade import LandmarkCascade  # noqa: E402
+from deepid2_core.training import landmarks as TL  # noqa: E402
 
 
 def ours(model, data, rows):
@@ -37,11 +39,11 @@ def ours(model, data, rows):
     found = []
     for rel, _ in rows:
         gray = cv2.imread(os.path.join(data, rel), cv2.IMREAD_GRAYSCALE)
-        box, hit = L.face_box(gray, "haar")
+        box, hit = face_box(gray, "haar")
         found.append(hit)
-        base = L.LandmarkModel(model.params, model.cfg, model.meta, model.be,
+        base = FL.LandmarkModel(model.params, model.cfg, model.meta, model.be,
                                model.flip_average, None)
-        p = L.predict_landmarks(base, gray, box).astype(np.float64)
+        p = FL.predict_landmarks(base, gray, box).astype(np.float64)
         preds[0].append(p[0])
         for k, lv in enumerate(levels[1:], 1):
             p = LandmarkCascade([lv]).refine(gray, p, model.flip_average)
@@ -50,11 +52,11 @@ def ours(model, data, rows):
 
 
 def report(name, p, gt, found):
-    e = L.nme(p, gt)
+    e = TL.nme(p, gt)
     iod = np.linalg.norm(gt[:, 1] - gt[:, 0], axis=1)
     yaw = np.abs(gt[:, 2, 0] - gt[:, :2, 0].mean(1)) / iod
     off = p - gt
-    s = L.summarise(e)
+    s = TL.summarise(e)
     pct = lambda v: round(100 * float(v), 2)  # noqa: E731
     return dict(levels=name, n=s["n"], nme=pct(s["nme"]), failure_rate=pct(s["failure_rate"]),
                 per_point={k: pct(v) for k, v in s["per_point"].items()},
@@ -81,7 +83,7 @@ def yunet_offsets(data, onnx, rows):
             if faces is not None and len(faces):
                 f = faces[np.argmax(faces[:, -1])]
                 p = (f[4:14].reshape(5, 2).astype(np.float64) - pad + 0.5) / k - 0.5
-                if L.nme(p[None], pts[None]).mean() < 0.3:
+                if TL.nme(p[None], pts[None]).mean() < 0.3:
                     offs.append(p - pts)
                 break
     o = np.array(offs)
@@ -98,15 +100,15 @@ def main(argv=None):
     p.add_argument("--yunet")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    model = L.load_landmark_model(a.model)
-    rows = L.read_mtfl(a.data, L.TEST_LIST)
+    model = FL.load_landmark_model(a.model)
+    rows = TL.read_mtfl(a.data, TL.TEST_LIST)
     gt = np.stack([pts for _, pts in rows])
     preds, found = ours(model, a.data, rows)
     for k, pk in enumerate(preds):
         print(json.dumps(report("1" if k == 0 else f"1-{k + 1}", pk, gt, found)))
     if a.yunet:
-        train = [r for r in L.read_mtfl(a.data, L.TRAIN_LIST)
-                 if not L.known_bad_annotation(r[0], r[1], (80, 80))]
+        train = [r for r in TL.read_mtfl(a.data, TL.TRAIN_LIST)
+                 if not TL.known_bad_annotation(r[0], r[1], (80, 80))]
         pick = np.sort(np.random.default_rng(0).choice(len(train), 1500, replace=False))
         train = [train[i] for i in pick]
         for name, sub in (("yunet test AFLW", rows),

@@ -1,5 +1,5 @@
-// Batch assembly on the device (the same as deepid2_core/data.py's
-// assemble_batch): uint8 patches N x H x W x C, indices (int64), flip flags
+// Batch assembly on the device (the same as the cpu backend's assemble_batch,
+// deepid2_core/backends/cpu_batch.py): uint8 patches N x H x W x C, indices (int64), flip flags
 // (one byte each) -> float32 B x C x H x W, out = (v - mean) * scale in
 // float32, each image mirrored left-right where flip[b] != 0. Rounded
 // exactly as numpy's float32 expression (no fused multiply-add).

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from deepid2_core import landmarks as lmk
+from deepid2_core.face import landmarks as lmk
+from deepid2_core.face.box import face_box
 from deepid2_core.face import pipeline
 from deepid2_core.face.align import CANONICAL, alignment_matrix, to_pixels, transform_points
 from deepid2_core.face.pipeline import CSV_COLUMNS, CSV_NAME, TMP_SUFFIX, align_main
@@ -125,7 +126,7 @@ def test_boxes_follow_the_landmark_models_training_rule(run, data):
     for r in rows:
         # the rule on the grey of the colour image (a grey JPEG decode may differ by a level)
         gray = cv2.cvtColor(cv2.imread(str(data / r["path"])), cv2.COLOR_BGR2GRAY)
-        box, found = lmk.face_box(gray, "haar")
+        box, found = face_box(gray, "haar")
         assert found and r["source"] in ("haar", "haar_padded")
         np.testing.assert_allclose([float(r[k]) for k in ("box_x", "box_y", "box_w", "box_h")],
                                    box)

@@ -1,4 +1,4 @@
-"""Data-parallel training (deepid2_core/dist.py): `mpiexec -n 2 deepid2 train`
+"""Data-parallel training (deepid2_core/training/dist.py): `mpiexec -n 2 deepid2 train`
 on the cpu backend against one process, faults, resume on another rank count.
 
 The MPI tests start real `mpiexec -n 2` jobs (OMP_NUM_THREADS=1 per rank) and
@@ -19,9 +19,10 @@ import pytest
 import deepid2_core
 from deepid2_core import cli, safetensors
 from deepid2_core.data import PatchSpec, build_cache
-from deepid2_core.dist import DistTrainer, micro_batch
+from deepid2_core.training.dist import DataParallel, SerialComm
 from deepid2_core.synth import make_dataset
-from deepid2_core.train import CHECKPOINT, BEST, PairSampler, TrainConfig
+from deepid2_core.training.deepid2 import (CHECKPOINT, BEST, PairSampler, Trainer, TrainConfig,
+                                          micro_batch)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(deepid2_core.__file__)))
 ARGS = ["--epochs", "2", "--batch", "8", "--lr", "0.02", "--seed", "3", "--val-fraction", "0.25",
@@ -125,7 +126,7 @@ def test_pair_term_of_micro_batches_is_the_batch_pair_term(be):
 
 
 def test_one_micro_batch_is_the_plain_trainer_bit_for_bit(data, tmp_path, be):
-    """DistTrainer without MPI and G = 1 computes exactly what Trainer does,
+    """The data-parallel hook without MPI and G = 1 computes exactly what Trainer does,
     and a plain `deepid2 train` never imports MPI."""
     had_mpi = "mpi4py" in sys.modules
     assert cli.main(train_args(data, tmp_path / "plain")) == 0
@@ -134,7 +135,8 @@ def test_one_micro_batch_is_the_plain_trainer_bit_for_bit(data, tmp_path, be):
     cache = build_cache(data / "faces", data / "cache", PatchSpec(), progress=False)
     cfg = TrainConfig(epochs=2, batch=8, lr=0.02, seed=3, val_fraction=0.25, learn_margin=True,
                       warmup_steps=2)
-    DistTrainer(cache, tmp_path / "g1", cfg, be, log=lambda *a: None, progress=False).run()
+    Trainer(cache, tmp_path / "g1", cfg, be, log=lambda *a: None, progress=False,
+            parallel=DataParallel(SerialComm(), be)).run()
     assert ckpt(tmp_path / "g1") == ckpt(tmp_path / "plain")
 
 

@@ -204,7 +204,7 @@ def test_gpu_backend_error_is_clean_from_the_command_line(tmp_path):
 
 def test_package_and_cpu_backend_never_import_cupy(tmp_path):
     code = ("import sys\n"
-            "import deepid2_core, deepid2_core.backends, deepid2_core.nets.deepid2, deepid2_core.train\n"
+            "import deepid2_core, deepid2_core.backends, deepid2_core.nets.deepid2, deepid2_core.training.deepid2\n"
             "from deepid2_core.backends import get_backend\n"
             "get_backend('cpu')\n"
             "bad = sorted(m for m in sys.modules if m == 'cupy' or m.startswith('cupy.'))\n"

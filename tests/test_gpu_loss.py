@@ -1,5 +1,5 @@
 """gpu backend vs the float64 oracle and the cpu backend: joint_loss,
-regression_loss, sgd_update, and assemble_batch vs deepid2_core.data.
+regression_loss, sgd_update, and assemble_batch vs the cpu backend's.
 
 Runs on the GPU ("cuda") and in the kernels' CPU emulator ("emu"); see
 tests/gpu_support.py. Tolerances are the cpu tests' (tests/test_cpu_loss.py).
@@ -190,10 +190,10 @@ def test_sgd_update(gpu, be, shape, lr, momentum, wd):
 
 
 # ----------------------------------------------------------------------------
-# batch assembly: bit-identical to deepid2_core.data.assemble_batch
+# batch assembly: bit-identical to the cpu backend's assemble_batch
 @pytest.mark.parametrize("channels", [3, 1])
 def test_assemble_batch(gpu, channels):
-    from deepid2_core.data import assemble_batch
+    from deepid2_core.backends.cpu import assemble_batch
     gpu.be.set_debug(True)
     rng = np.random.default_rng(40)
     patches = rng.integers(0, 256, (11, 55, 47, channels), dtype=np.uint8)

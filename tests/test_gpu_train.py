@@ -10,7 +10,7 @@ import pytest
 from gpu_support import MODES, gpu_fixture, restore
 from deepid2_core import safetensors
 from deepid2_core.backends import get_backend
-from deepid2_core.train import CHECKPOINT, Trainer, TrainConfig
+from deepid2_core.training.deepid2 import CHECKPOINT, Trainer, TrainConfig
 
 
 @pytest.fixture(params=MODES)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from deepid2_core import safetensors
-from deepid2_core.data import PatchSpec, assemble_batch, build_cache
+from deepid2_core.backends.cpu import assemble_batch
+from deepid2_core.data import PatchSpec, build_cache
 from deepid2_core.synth import make_dataset
-from deepid2_core.train import CHECKPOINT, BEST, Trainer, TrainConfig, weigh_ident
+from deepid2_core.training.deepid2 import CHECKPOINT, BEST, Trainer, TrainConfig, weigh_ident
 
 # the fields a checkpoint's "train" config held before ident_weight existed
 FIELDS_BEFORE = {"epochs", "batch", "lr", "momentum", "weight_decay", "lam", "verif", "margin",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from deepid2_core import data
-from deepid2_core.data import PatchCache, PatchSpec, assemble_batch, build_cache, scan_identities
+from deepid2_core.backends.cpu import assemble_batch
+from deepid2_core.data import PatchCache, PatchSpec, build_cache, scan_identities
 from deepid2_core.data import split_train_val
 from deepid2_core.synth import make_dataset
 

@@ -2,13 +2,12 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from deepid2_core import safetensors
 from deepid2_core.data import PatchSpec, build_cache
 from deepid2_core.synth import make_dataset
-from deepid2_core.train import CHECKPOINT, BEST, LOG, PLOT, Trainer, TrainConfig
+from deepid2_core.training.deepid2 import CHECKPOINT, BEST, LOG, PLOT, Trainer, TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,15 @@ import pytest
 
 from deepid2_core import safetensors
 from deepid2_core.cli import main
-from deepid2_core.data import (LayoutPatch, PatchCache, PatchSpec, assemble_batch, build_cache,
+from deepid2_core.backends.cpu import assemble_batch
+from deepid2_core.data import (LayoutPatch, PatchCache, PatchSpec, build_cache,
                                normalise_lighting)
 from deepid2_core.face.align import MEAN_SHAPE, to_pixels
 from deepid2_core.face.patches import (DEEPID, DEEPID2, cut_flipped, cut_patch, flip_partner,
                                        patch_name, resolve_patch)
 from deepid2_core.face.pipeline import CSV_COLUMNS, POINT_NAMES
 from deepid2_core.synth import make_dataset
-from deepid2_core.train import BEST, Trainer, TrainConfig
+from deepid2_core.training.deepid2 import BEST, Trainer, TrainConfig
 
 LEFT_EYE = DEEPID2.index("left_eye", 2, "gray")       # landmark-centred, scale 1
 RIGHT_EYE = DEEPID2.index("right_eye", 2, "gray")
@@ -108,8 +109,8 @@ def test_trainer_uses_the_stored_counterpart_for_flipped_samples(faces, tmp_path
     tr = Trainer(cache, tmp_path / "run", cfg, be, log=lambda *a: None, progress=False)
     images = np.array([0, 1, 2, 3, 4, 5])
     flips = np.array([True, False, True, False, False, True])
-    buf = tr.xp.empty((6, 1, 47, 47), np.float32)
-    x = getattr(tr.xp, "asnumpy", np.asarray)(tr._assemble_pairs(images, flips, buf))
+    buf = be.xp.empty((6, 1, 47, 47), np.float32)
+    x = be.to_host(tr.task.assemble(images, flips, buf))
     np.testing.assert_array_equal(x[~flips], assemble_batch(cache.patches, images[~flips]))
     np.testing.assert_array_equal(x[flips], assemble_batch(cache.flipped, images[flips]))
     state = tr.run()

@@ -1,5 +1,7 @@
-"""The face pipeline: detect (Haar or YuNet), align (similarity on eyes and
-mouth), cut multi-patch layouts (DeepID's 60, DeepID2's 200)."""
+"""The face pipeline: detect (Haar or YuNet), the face-box rule of the landmark nets
+(box.py), the 5 landmarks (landmarks.py: level 1 and the cascade), align (similarity on
+eyes and mouth), cut multi-patch layouts (DeepID's 60, DeepID2's 200), and `deepid2
+align` over a folder (pipeline.py)."""
 from .align import (CANONICAL, DEFAULT_SIZE, MEAN_SHAPE, align_face, alignment_matrix,
                     alignment_points, mirror_landmarks, similarity_transform, to_pixels,
                     transform_points)

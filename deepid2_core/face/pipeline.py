@@ -16,13 +16,13 @@ batch):
 2. detect, landmarks:
 
    * ``detector="haar"`` (default): the box rule the shipped landmark model was trained
-     on (`deepid2_core.landmarks.face_box`): OpenCV's frontal-face Haar cascade with
+     on (`deepid2_core.face.box.face_boxes`): OpenCV's frontal-face Haar cascade with
      ``detectMultiScale``'s defaults (scale 1.1, 3 neighbours, 24 px), and where it finds
      nothing, a second try on the image padded by 25% of its smaller side (faces cut by
      the edge). The largest box (or, with ``all_faces``, every box, largest first) goes
-     to the landmark ConvNet (`landmarks.predict_landmarks`). Detection and landmarks
+     to the landmark ConvNet (`face.landmarks.predict_landmarks`). Detection and landmarks
      see the grey of the colour image as read (``cv2.COLOR_BGR2GRAY``); libjpeg's own
-     grey decode, which `landmarks.evaluate` uses, can differ by a grey level and so
+     grey decode, which `training.landmarks.evaluate` uses, can differ by a grey level and so
      move a Haar box by a pixel. Where both tries find
      nothing the image is ``no_face``; with ``central_fallback`` it is still ``no_face``
      but aligned on the rule's fixed central box (a square of 0.56 min(H, W) centred at
@@ -81,7 +81,9 @@ import cv2
 import numpy as np
 
 from .align import align_face
+from .box import face_boxes, haar_detector
 from .detect import YuNetDetector, detect_image, read_image
+from .landmarks import LandmarkModel, load_landmark_model, predict_landmarks
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .tif .tiff .webp .pgm .ppm .pbm .pnm .pxm .sr "
@@ -198,15 +200,13 @@ class _Aligner:
 
     def __init__(self, out_dir, detector, model, size, all_faces, central_fallback,
                  landmark_model):
-        from .. import landmarks as lmk
-        self.lmk = lmk
         self.out_dir, self.size, self.all_faces = out_dir, size, all_faces
         self.central_fallback = central_fallback
         self.kind = detector
         if detector == "haar":
-            self.det = lmk.haar_detector()     # the training rule's detector (3 neighbours)
-            self.model = (landmark_model if isinstance(landmark_model, lmk.LandmarkModel)
-                          else lmk.load_landmark_model(landmark_model))
+            self.det = haar_detector()     # the training rule's detector (3 neighbours)
+            self.model = (landmark_model if isinstance(landmark_model, LandmarkModel)
+                          else load_landmark_model(landmark_model))
         else:
             self.det = YuNetDetector(model)
             self.model = None
@@ -214,23 +214,19 @@ class _Aligner:
 
     def _detect(self, img):
         """(status, reason, [ _Face ]) for a readable image."""
+        if self.kind == "haar":
+            fb = face_boxes(img, "haar", all_faces=self.all_faces, max_side=MAX_SIDE)
+            if fb.found:
+                return "ok", "", [_Face(b, float(s), fb.source)
+                                  for b, s in zip(fb.boxes, fb.scores)]
+            if self.central_fallback and min(img.shape[:2]) >= self.det.min_face:
+                faces = [_Face(fb.boxes[0], 0.0, "central")]
+                return "no_face", fb.reason + "; aligned on the central box", faces
+            return "no_face", fb.reason, []
         r = detect_image(img, self.det, all_faces=self.all_faces, max_side=MAX_SIDE)
-        source = self.kind
-        if self.kind == "haar" and r.status == "no_face" and not r.reason.startswith("detector"):
-            h, w = img.shape[:2]
-            p = int(round(self.lmk.HAAR_PAD * min(h, w)))
-            padded = cv2.copyMakeBorder(img, p, p, p, p, cv2.BORDER_REPLICATE)
-            r2 = detect_image(padded, self.det, all_faces=self.all_faces, max_side=MAX_SIDE)
-            if r2.ok:
-                r2.boxes = r2.boxes - np.float32([p, p, 0, 0])
-                r, source = r2, "haar_padded"
         if not r.ok:
-            if self.kind == "haar" and self.central_fallback \
-                    and min(img.shape[:2]) >= self.det.min_face:
-                faces = [_Face(self.lmk.central_box(img.shape), 0.0, "central")]
-                return "no_face", r.reason + "; aligned on the central box", faces
             return r.status, r.reason, []
-        faces = [_Face(np.asarray(b, np.float64), float(s), source)
+        faces = [_Face(np.asarray(b, np.float64), float(s), self.kind)
                  for b, s in zip(r.boxes, r.scores)]
         if r.landmarks is not None:
             for f, lm in zip(faces, r.landmarks):
@@ -244,8 +240,7 @@ class _Aligner:
         try:
             status, reason, faces = self._detect(img)
             if faces and faces[0].points is None:
-                pts = self.lmk.predict_landmarks(self.model, img,
-                                                 np.stack([f.box for f in faces]))
+                pts = predict_landmarks(self.model, img, np.stack([f.box for f in faces]))
                 for f, p in zip(faces, pts):
                     f.points = p.astype(np.float64)
             out = []
@@ -275,7 +270,7 @@ def align_image(img, detector="haar", landmark_model=None, size=250, aligner=Non
         return None, reason or status
     f = faces[0]
     if f.points is None:
-        f.points = a.lmk.predict_landmarks(a.model, img, f.box[None])[0].astype(np.float64)
+        f.points = predict_landmarks(a.model, img, f.box[None])[0].astype(np.float64)
     aligned, _ = align_face(img, f.points, a.size)
     return aligned, ""
 

@@ -1,0 +1,1 @@
+"""Training: the one loop (loop.py), its tasks and the data-parallel hook."""

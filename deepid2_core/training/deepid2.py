@@ -1,0 +1,392 @@
+"""Algorithm 1 of DeepID2: joint identification-verification training, a task
+on the one loop (training/loop.py).
+
+Every mini-batch is made of image pairs: images [a_0 .. a_{P-1}, b_0 ..
+b_{P-1}] with pairs (a_i, b_i), a share `same_share` of them of one identity.
+The loss is ident_weight * ident (softmax cross-entropy on every image) +
+lambda * verif (on the pairs); ident_weight is 1 by default (the paper's loss),
+0 gives the verification loss alone. The first `warmup_steps` steps train the
+ident term alone.
+
+Reproducibility: the batch of step s of epoch e is drawn from
+np.random.default_rng([seed, e, s]), and every op is deterministic, so a run
+is a pure function of its seed, data and config. A checkpoint is written
+after every epoch; resuming from it continues exactly (bit for bit on the CPU).
+
+Margin: fixed by default. With learn_margin, m follows its gradient, which
+always points down (a smaller margin only lowers the loss of different
+pairs), so left alone m collapses to 0 and the verification signal with it.
+Safeguard: m is clamped to at least margin_min. The margin (or the cosine
+variant's w, b) is an SGD parameter group of its own: momentum 0, no weight
+decay.
+
+Learning rate: cosine decay from lr to 0 over the whole run. Weight decay
+applies to weights (.w), not biases.
+
+Micro-batches (data parallelism, training/dist.py): the batch of a step is cut
+into G micro-batches of whole pairs (micro_batch); each runs forward, loss and
+backward on its own images, and the loop averages their gradients.
+
+Backends: the patch cache is moved to the backend once (be.to_device: the same
+array on the cpu), and parameters, velocities and batches stay there for the
+whole run: the host only draws the batch indices and reads back the loss.
+Checkpoints and models are written from host copies, so files do not depend
+on the backend.
+"""
+
+import json
+import os
+from collections import namedtuple
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import safetensors
+from ..data import split_train_val
+from ..nets.deepid2 import DeepID2, NetConfig, init_params
+from ..plot import plot_history
+from .loop import Group, Loop, load_checkpoint, read_log, save_checkpoint
+
+CHECKPOINT, BEST, LOG, PLOT = "checkpoint.safetensors", "best.safetensors", "log.jsonl", "curves.png"
+FORMAT = "deepid2-checkpoint/1"
+
+StepLoss = namedtuple("StepLoss", "total ident verif correct")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lam: float = 0.05
+    ident_weight: float = 1.0    # weight of the identification term; 0: verification alone
+    verif: str = "l2"
+    margin: float = 1.0          # l2/l2_pos/l1: m; cosine: initial w (b starts at 0)
+    learn_margin: bool = False
+    margin_min: float = 0.1
+    same_share: float = 0.5
+    warmup_steps: int = 0
+    val_fraction: float = 0.1
+    flip: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.batch < 2:
+            raise ValueError(f"batch must be at least 2 (one pair), got {self.batch}")
+        if self.verif not in ("l2", "l2_pos", "l1", "cosine"):
+            raise ValueError(f"verif must be l2, l2_pos, l1 or cosine, got {self.verif!r}")
+        if not 0.0 <= self.same_share <= 1.0:
+            raise ValueError(f"same_share must be in [0, 1], got {self.same_share}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.ident_weight >= 0.0:
+            raise ValueError(f"ident_weight must be at least 0, got {self.ident_weight}")
+        if self.ident_weight == 0.0 and self.lam == 0.0:
+            raise ValueError("ident_weight 0 and lambda 0 leave no loss to train")
+        if self.ident_weight == 0.0 and self.warmup_steps > 0:
+            raise ValueError("warmup steps train the ident term alone: none with ident_weight 0")
+
+    # fields added after checkpoints were first written, with the value that
+    # reproduces the older runs: left out of the stored dict at that value, so
+    # such a run's files are byte-identical to before and old checkpoints resume
+    LATER_FIELDS = {"ident_weight": 1.0}
+
+    def to_dict(self):
+        """The config as stored in checkpoints and models."""
+        d = asdict(self)
+        for k, v in self.LATER_FIELDS.items():
+            if d[k] == v:
+                del d[k]
+        return d
+
+
+def weigh_ident(loss, ident_weight):
+    """loss (a backend's JointLoss, ident + lam * verif) as ident_weight *
+    ident + lam * verif: dlogits, which only the ident term reaches, and total
+    scaled. 1.0 returns loss itself, untouched."""
+    if ident_weight == 1.0:
+        return loss
+    w = np.float32(ident_weight)
+    return loss._replace(total=loss.total - (1.0 - ident_weight) * loss.ident,
+                         dlogits=loss.dlogits * w)  # numpy and CuPy alike
+
+
+class PairSampler:
+    """Draws pair batches from the training images, by identity."""
+
+    def __init__(self, labels, train_idx):
+        self.idx = np.asarray(train_idx, np.int64)
+        lab = labels[self.idx]
+        order = np.argsort(lab, kind="stable")
+        self.by_label = self.idx[order]
+        self.lab_sorted = lab[order]
+        ids, starts, counts = np.unique(self.lab_sorted, return_index=True, return_counts=True)
+        self.start = dict(zip(ids.tolist(), starts.tolist()))
+        self.count = dict(zip(ids.tolist(), counts.tolist()))
+        self.labels = labels
+        if len(ids) < 2:
+            raise ValueError("training needs at least 2 identities with images")
+
+    def batch(self, rng, size, same_share):
+        p = size // 2
+        a = rng.choice(self.idx, p)
+        want_same = rng.random(p) < same_share
+        b = rng.choice(self.idx, p)
+        for i in range(p):
+            la = int(self.labels[a[i]])
+            n = self.count[la]
+            if want_same[i] and n >= 2:  # another image of the same identity
+                k = int(rng.integers(n - 1))
+                cand = self.by_label[self.start[la] + k]
+                b[i] = cand if cand != a[i] else self.by_label[self.start[la] + n - 1]
+            else:
+                while self.labels[b[i]] == la:
+                    b[i] = rng.choice(self.idx)
+        extra = rng.choice(self.idx, size - 2 * p)
+        images = np.concatenate([a, b, extra])
+        pair_y = np.where(self.labels[a] == self.labels[b], 1, -1).astype(np.int32)
+        return images, np.arange(p, dtype=np.int32), np.arange(p, 2 * p, dtype=np.int32), pair_y
+
+
+def micro_batch(images, flips, pair_y, groups, g):
+    """Micro-batch g of G of a pair batch [a_0..a_{P-1}, b_0..b_{P-1}]: the
+    images of pairs [g P/G, (g+1) P/G) as (images, flips, pair_a, pair_b,
+    pair_y), laid out [a.., b..]. Every pair stays whole; the G micro-batches
+    together hold every image of the batch exactly once."""
+    p = len(pair_y)
+    if len(images) != 2 * p or p % groups:
+        raise ValueError(f"a batch of {len(images)} images ({p} pairs) cannot be cut into "
+                         f"{groups} equal micro-batches of whole pairs")
+    q = p // groups
+    rows = np.concatenate([np.arange(g * q, (g + 1) * q), p + np.arange(g * q, (g + 1) * q)])
+    return (images[rows], flips[rows], np.arange(q, dtype=np.int32),
+            np.arange(q, 2 * q, dtype=np.int32), pair_y[g * q:(g + 1) * q])
+
+
+def initial_verif_params(cfg):
+    return np.array([cfg.margin, 0.0] if cfg.verif == "cosine" else [cfg.margin], np.float32)
+
+
+class DeepID2Task:
+    """DeepID2 on a patch cache: its state, batches, loss and gradients,
+    validation and files. micro_batches: G, the cut of every batch (1: whole)."""
+    checkpoint_name, log_name, n_stats, label = CHECKPOINT, LOG, 4, ""
+    device_keys = ("params", "velocity", "verif")
+
+    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=print,
+                 progress=True, micro_batches=1, comm=None):
+        self.cache, self.run_dir, self.cfg, self.be = cache, str(run_dir), train_cfg, backend
+        h, w, c = cache.patches.shape[1:]
+        self.net_cfg = net_cfg or NetConfig(n_classes=len(cache.identities), height=h, width=w,
+                                            channels=c)
+        if (self.net_cfg.height, self.net_cfg.width, self.net_cfg.channels) != (h, w, c):
+            raise ValueError(f"the cache holds {h}x{w}x{c} patches, the network expects "
+                             f"{self.net_cfg.height}x{self.net_cfg.width}x{self.net_cfg.channels}")
+        G = micro_batches
+        if G > 1 and train_cfg.batch % (2 * G):
+            raise ValueError(f"batch {train_cfg.batch} must be a multiple of 2 x micro-batches "
+                             f"= {2 * G}: every micro-batch holds the same number of whole pairs")
+        self.groups, self.comm, self.verif_scratch = G, comm, None
+        self.net = DeepID2(self.net_cfg, backend)
+        be = backend
+        # the whole cache on the backend, once; batches are cut there
+        self.patches = be.to_device(np.ascontiguousarray(cache.patches))
+        # a layout patch's flipped counterpart is cut, not mirrored (data.LayoutPatch)
+        flipped = getattr(cache, "flipped", None)
+        self.flipped = None if flipped is None else be.to_device(np.ascontiguousarray(flipped))
+        self.labels = be.to_device(np.asarray(cache.labels, np.int32))
+        self.log, self.progress = log, progress
+        self.log_path = os.path.join(self.run_dir, LOG)
+        labels = np.asarray(cache.labels)
+        self.train_idx, self.val_idx = split_train_val(labels, train_cfg.val_fraction,
+                                                       train_cfg.seed)
+        self.sampler = PairSampler(labels, self.train_idx)
+        self.epochs, self.batch, self.lr = train_cfg.epochs, train_cfg.batch, train_cfg.lr
+        self.steps_per_epoch = max(1, len(self.train_idx) // train_cfg.batch)
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        self.xbuf = be.xp.empty((train_cfg.batch // G, self.net_cfg.channels,
+                                 self.net_cfg.height, self.net_cfg.width), np.float32)
+        os.makedirs(self.run_dir, exist_ok=True)
+
+    # -- state -------------------------------------------------------------
+    def fresh_state(self):
+        params = init_params(self.net_cfg, self.cfg.seed)
+        return dict(params=params, velocity={k: np.zeros_like(v) for k, v in params.items()},
+                    verif=initial_verif_params(self.cfg), epoch=0, best_epoch=-1, best_val=-1.0,
+                    history=[])
+
+    def param_groups(self, state):
+        """The network (momentum, weight decay), then the verification
+        parameters (momentum 0, no weight decay; learned for cosine or with
+        learn_margin, the margin then clamped to margin_min)."""
+        cfg = self.cfg
+        verif = state["verif"]
+        if self.verif_scratch is None:  # momentum 0: the velocity is scratch, not saved
+            self.verif_scratch = self.be.xp.zeros_like(verif)
+        cosine = cfg.verif == "cosine"
+        return [Group(state["params"], state["velocity"], cfg.momentum, cfg.weight_decay),
+                Group({"verif": verif}, {"verif": self.verif_scratch}, 0.0,
+                      min_value=None if cosine else cfg.margin_min,
+                      trainable=cosine or cfg.learn_margin)]
+
+    # -- one micro-batch: forward, loss, backward ----------------------------
+    def batches(self, epoch, step, parts):
+        """The batch of (epoch, step), as the micro-batches `parts` of G."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, epoch, step])
+        images, pa, pb, py = self.sampler.batch(rng, cfg.batch, cfg.same_share)
+        flips = rng.random(len(images)) < 0.5 if cfg.flip else np.zeros(len(images), bool)
+        if self.groups == 1:
+            return [(images, flips, pa, pb, py)]
+        return [micro_batch(images, flips, py, self.groups, g) for g in parts]
+
+    def loss_and_grads(self, state, batch, global_step, grads):
+        cfg, be, p = self.cfg, self.be, state["params"]
+        images, flips, pa, pb, py = batch
+        x = self.assemble(images, flips, self.xbuf)
+        labels = self.labels[be.to_device(images)]
+        lam = 0.0 if global_step < cfg.warmup_steps else cfg.lam
+        acts = self.net.forward(p, x)
+        loss = be.joint_loss(acts["logits"], labels, acts["deepid"], be.to_device(pa),
+                             be.to_device(pb), be.to_device(py), variant=cfg.verif, lam=lam,
+                             params=state["verif"])
+        loss = weigh_ident(loss, cfg.ident_weight)
+        self.net.backward(p, acts, loss.dlogits, loss.dfeatures, grads)
+        grads["verif"][...] = loss.dparams
+        return loss.total, loss.ident, loss.verif, loss.correct
+
+    def assemble(self, images, flips, out=None):
+        """The float32 batch of these cache images; flipped ones of a layout
+        patch take the stored counterpart."""
+        be = self.be
+        if self.flipped is None:
+            return be.assemble_batch(self.patches, images, flips, out=out)
+        none = np.zeros(len(images), bool)
+        x = be.assemble_batch(self.patches, images, none, out=out)
+        if flips.any():
+            x[be.to_device(np.nonzero(flips)[0])] = be.assemble_batch(
+                self.flipped, images[flips], none[flips])
+        return x
+
+    def step_loss(self, sums, groups):
+        """The batch's loss from its micro-batches' sums: the mean of the micro-batch
+        losses (equal micro-batches), every correct count."""
+        return StepLoss(sums[0] / groups, sums[1] / groups, sums[2] / groups, int(sums[3]))
+
+    def running_values(self, loss):
+        return loss.total, loss.ident, loss.verif, loss.correct / self.cfg.batch
+
+    # -- an epoch ------------------------------------------------------------
+    def progress_text(self, sums, steps):
+        return f"loss {sums[0] / steps:.4f} acc {sums[3] / steps:.3f}"
+
+    def validation(self, state, batch=256):
+        """Held-out ident accuracy; under data parallelism each rank counts its
+        share and the counts (integers: exact) are summed."""
+        if len(self.val_idx) == 0:
+            return None
+        size, rank = (1, 0) if self.comm is None else (self.comm.size, self.comm.rank)
+        mine = np.array_split(self.val_idx, size)[rank]
+        correct = self.count_correct(state["params"], mine, batch)
+        if self.comm is not None:
+            correct = sum(self.comm.allgather(correct))
+        return correct / len(self.val_idx)
+
+    def count_correct(self, params, images, batch=256):
+        """How many of these cache images the ident layer puts in their class."""
+        correct = 0
+        for i in range(0, len(images), batch):
+            idx = images[i:i + batch]
+            x = self.be.assemble_batch(self.patches, idx, np.zeros(len(idx), bool))
+            truth = self.labels[self.be.to_device(idx)]
+            logits = self.net.forward(params, x)["logits"]
+            correct += int((logits.argmax(1) == truth).sum())
+        return correct
+
+    def epoch_row(self, sums, k, val, state):
+        return dict(loss=sums[0] / k, ident=sums[1] / k, verif=sums[2] / k,
+                    train_acc=sums[3] / k, val_acc=val,
+                    verif_params=[float(v) for v in state["verif"]])
+
+    def score(self, row, val, epoch):
+        if self.cfg.ident_weight == 0.0:  # the classifier is not trained: keep the latest net
+            return float(epoch + 1)
+        return val if val is not None else row["train_acc"]
+
+    @staticmethod
+    def improves(score, best):
+        return score > best
+
+    def epoch_line(self, row):
+        val = row["val_acc"]
+        return (f"epoch {row['epoch']}: loss {row['loss']:.4f} train acc "
+                f"{row['train_acc']:.3f} val acc {val if val is None else round(val, 4)} "
+                f"({row['images_per_s']:.0f} img/s)")
+
+    # -- files ---------------------------------------------------------------
+    def meta(self, state):
+        meta = {"format": FORMAT, "net": json.dumps(self.net_cfg.to_dict(), sort_keys=True),
+                "train": json.dumps(self.cfg.to_dict(), sort_keys=True),
+                "identities": json.dumps(list(self.cache.identities)),
+                "epoch": str(state["epoch"]), "best_epoch": str(state["best_epoch"]),
+                "best_val": repr(state["best_val"])}
+        spec = getattr(self.cache, "spec", None)
+        if spec is not None and spec.to_dict().get("kind") == "layout" \
+                or getattr(spec, "lighting", "none") != "none":
+            meta["input"] = json.dumps(spec.to_dict(), sort_keys=True)  # the patch trained on
+        return meta
+
+    def save_checkpoint(self, state):
+        save_checkpoint(os.path.join(self.run_dir, CHECKPOINT), state["params"],
+                        state["velocity"], {"verif/params": state["verif"]}, self.meta(state))
+
+    def load_checkpoint(self):
+        params, velocity, tensors, meta = load_checkpoint(
+            os.path.join(self.run_dir, CHECKPOINT), FORMAT, self.net_cfg.to_dict(),
+            asdict(self.cfg), "training", defaults=TrainConfig.LATER_FIELDS)
+        epoch = int(meta["epoch"])
+        return dict(params=params, velocity=velocity, verif=tensors["verif/params"], epoch=epoch,
+                    best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
+                    history=read_log(self.log_path, epoch))
+
+    def save_best(self, state):
+        self.save_model(state, os.path.join(self.run_dir, BEST))
+
+    def save_model(self, state, path):
+        meta = self.meta(state)
+        meta["format"] = "deepid2-model/1"
+        tensors = dict(state["params"])
+        tensors["verif/params"] = state["verif"]
+        safetensors.save(path, tensors, meta)
+
+    def plot(self, history):
+        plot_history(history, os.path.join(self.run_dir, PLOT))
+
+
+class Trainer(Loop):
+    """The DeepID2 task on the loop: Trainer(cache, run_dir, cfg, backend).run().
+    parallel: the data-parallel hook (training/dist.DataParallel; None: one
+    process, the whole batch)."""
+
+    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=print,
+                 progress=True, parallel=None):
+        quiet = parallel is not None and parallel.rank != 0
+        task = DeepID2Task(cache, run_dir, train_cfg, backend, net_cfg,
+                           log=(lambda *a: None) if quiet else log,
+                           progress=progress and not quiet,
+                           micro_batches=1 if parallel is None else parallel.groups,
+                           comm=None if parallel is None else parallel)
+        super().__init__(task, parallel)
+        self.cfg, self.net_cfg, self.net = train_cfg, task.net_cfg, task.net
+        self.sampler, self.steps_per_epoch = task.sampler, task.steps_per_epoch
+        self.train_idx, self.val_idx = task.train_idx, task.val_idx
+
+    def fresh_state(self):
+        return self.task.fresh_state()
+
+    def step(self, state, epoch, step):
+        """One SGD step: (StepLoss of the batch, images in it)."""
+        return self.train_step(state, epoch, step), self.cfg.batch
+
