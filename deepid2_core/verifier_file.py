@@ -1,7 +1,7 @@
 """The verifier model file ("deepid2-verifier/1" and "/2",
-docs/verifier_model.md): write it, read it back, and compute what the C++
-library computes from it (raw features, the Joint Bayesian score) for
-comparisons.
+docs/verifier_model.md): write it and read it back, checked. What a file
+computes (features, scores, decisions) is verifier.model.Verifier's, which
+`Verifier.load` builds from `read_verifier_file`'s contents.
 
 One file holds P patch networks (net.py parameters without ident.*), the PCA
 projection and the Joint Bayesian matrices A, G with the decision threshold.
@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from . import safetensors
-from .nets.deepid2 import DeepID2, NetConfig, param_shapes
+from .nets.deepid2 import NetConfig, param_shapes
 
 FORMAT = "deepid2-verifier/1"     # metadata "net": one config shared by all patches
 FORMAT_V2 = "deepid2-verifier/2"  # metadata "nets": a list of P configs
@@ -154,8 +154,9 @@ def _read_configs(path, meta, n_patches):
         raise ValueError(f"{path}: {e}") from None
 
 
-def load_verifier(path):
-    """Read and check a verifier file (format 1 or 2). Returns a dict: nets
+def read_verifier_file(path):
+    """Read and check a verifier file (format 1 or 2). Returns its contents
+    (a record of the file, not a verifier: `Verifier.load` makes one): nets
     (list of P NetConfigs, one per patch), net (nets[0], as before),
     patch_names, layout, metadata (all strings), patch_params (list of
     dicts), pca_mean, pca_components, jb_A, jb_G, threshold (float) and,
@@ -181,54 +182,3 @@ def load_verifier(path):
         if name in tensors:
             out[key] = float(tensors[name][0])
     return out
-
-
-def raw_features(backend, patch_params_list, net_cfg, patches):
-    """Raw features N x D of faces, D = 2P * feature_dim. net_cfg: one
-    NetConfig or one per patch network. patches, in file order [p0, p0
-    flipped, p1, ...]: either an array N x 2P x C x H x W (all patches of one
-    shape) or a list of 2P arrays, entry q of shape N x C x H x W of network
-    q // 2's config. Patches 2i and 2i+1 go through network i, and the 2P
-    vectors are concatenated in that order."""
-    P = len(patch_params_list)
-    cfgs = _configs(net_cfg, P)
-    if isinstance(patches, (list, tuple)):
-        if len(patches) != 2 * P:
-            raise ValueError(f"{len(patches)} patch arrays for {P} networks (expected {2 * P})")
-        per_patch = [np.ascontiguousarray(a, np.float32) for a in patches]
-    else:
-        patches = np.ascontiguousarray(patches, np.float32)
-        if patches.ndim != 5 or patches.shape[1] != 2 * P:
-            raise ValueError(f"patches have shape {patches.shape}, expected N x {2 * P} x C x H x W "
-                             f"for {P} networks")
-        if len({(c.channels, c.height, c.width) for c in cfgs}) > 1:
-            raise ValueError("the patch networks take inputs of different shapes: give patches "
-                             f"as a list of {2 * P} arrays, not one N x {2 * P} x C x H x W array")
-        per_patch = [patches[:, q] for q in range(2 * P)]
-    n = len(per_patch[0])
-    for q, a in enumerate(per_patch):
-        c = cfgs[q // 2]
-        if a.shape != (n, c.channels, c.height, c.width):
-            raise ValueError(f"patch {q} (network {q // 2}) has shape {a.shape}, expected "
-                             f"({n}, {c.channels}, {c.height}, {c.width}) from its net config")
-    F = cfgs[0].feature_dim
-    nets = {}
-    out = np.empty((n, 2 * P * F), np.float32)
-    for i, (cfg, params) in enumerate(zip(cfgs, patch_params_list)):
-        if cfg not in nets:
-            nets[cfg] = DeepID2(cfg, backend)
-        # face-major pairs, [face0 p, face0 flipped, face1 p, ...], as the C++ batch
-        x = np.stack((per_patch[2 * i], per_patch[2 * i + 1]), 1).reshape(2 * n, *per_patch[2 * i].shape[1:])
-        out[:, 2 * i * F:(2 * i + 2) * F] = nets[cfg].features(params, x).reshape(n, 2 * F)
-    return out
-
-
-def jb_score(model, feature_a, feature_b):
-    """r(z1, z2) = z1'A z1 + z2'A z2 - 2 z1'G z2 with z = (x - mean) @ components,
-    in float64, for one pair or rows of pairs; model as load_verifier returns."""
-    mean = np.float64(model["pca_mean"])
-    comp, A, G = (np.float64(model[k]) for k in ("pca_components", "jb_A", "jb_G"))
-    z1 = (np.float64(feature_a) - mean) @ comp
-    z2 = (np.float64(feature_b) - mean) @ comp
-    return (np.sum((z1 @ A) * z1, -1) + np.sum((z2 @ A) * z2, -1)
-            - 2 * np.sum((z1 @ G) * z2, -1))

@@ -1,25 +1,32 @@
-"""The C++ inference library (cpp/, deepid2::Model) against the Python side:
-Python writes a random verifier file (format 1, or 2 with one net config per
-patch), C++ tools built from cpp/ print features and scores, and they must
-agree to 1e-5 relative; malformed files are refused by both.
+"""The C++ inference library (cpp/, deepid2::Model) against the production
+Python path, the one `deepid2 verify` runs: Python writes a random verifier
+file (format 1, or 2 with one net config per patch), `Verifier.load` reads
+it, cuts the patches of random aligned faces and computes their features and
+Joint Bayesian scores; the C++ tools built from cpp/ get the same patches and
+must agree to 1e-5 relative; malformed files are refused by both.
 
-The tools come from an up-to-date CMake build (build/cpp or .ci-build, if
-newer than every source in cpp/), else they are built into a temporary
-folder; without cmake or a compiler the tests skip, saying so.
+The tools come from DEEPID2_CPP_TOOLS, or an up-to-date CMake build (build/cpp
+or .ci-build, if newer than every source in cpp/), else they are built into a
+temporary folder; without cmake or a compiler the tests skip, saying so.
 """
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from deepid2_core import safetensors
-from deepid2_core.backends import get_backend
+from deepid2_core.data import PatchSpec
+from deepid2_core.face.detect import read_image
 from deepid2_core.nets.deepid2 import NetConfig, init_params
-from deepid2_core.verifier_file import jb_score, load_verifier, raw_features, save_verifier
+from deepid2_core.synth import make_dataset
+from deepid2_core.verifier.features import PatchInputs
+from deepid2_core.verifier.model import DEFAULT_MODEL, Verifier
+from deepid2_core.verifier_file import read_verifier_file, save_verifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPP = os.path.join(REPO, "cpp")
@@ -65,16 +72,53 @@ def _random_verifier(path, cfg, n_patches, d, seed):
     D = 2 * n_patches * cfgs[0].feature_dim
     A = rng.standard_normal((d, d)) * 0.1
     G = rng.standard_normal((d, d)) * 0.1
+    # the whole-face crop at each network's input size: the patches Verifier.load cuts
+    inputs = PatchInputs(tuple(PatchSpec(c.height, c.width, c.channels) for c in cfgs))
     save_verifier(path, params, cfg, [f"patch{i}" for i in range(n_patches)], "test",
                   rng.uniform(0, 0.2, D), rng.standard_normal((D, d)) / np.sqrt(D),
-                  (A + A.T) / 2, (G + G.T) / 2, 0.0, extra_meta={"note": "random test model"})
+                  (A + A.T) / 2, (G + G.T) / 2, 0.0,
+                  extra_meta={"note": "random test model",
+                              "patch_inputs": json.dumps(inputs.to_dict())})
     return params
 
 
-def _jb_magnitude(model, a, b):
-    mean, comp = np.float64(model["pca_mean"]), np.float64(model["pca_components"])
-    z1, z2 = (np.float64(a) - mean) @ comp, (np.float64(b) - mean) @ comp
-    A, G = np.float64(model["jb_A"]), np.float64(model["jb_G"])
+def _faces(n, seed):
+    """n random aligned "faces": uint8 250 x 250 x 3 BGR, smooth enough that
+    resizing keeps structure, never constant."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, 25, 25, 3)).astype(np.uint8)
+    return [np.ascontiguousarray(np.repeat(np.repeat(f, 10, 0), 10, 1)
+                                 + rng.integers(0, 8, (250, 250, 3), dtype=np.uint8))
+            for f in small]
+
+
+def _cpp_input(verifier, faces):
+    """What the C++ tools take: per face its 2P cut patches (the production
+    cut), each C x H x W planar, back to back; uint8 (n x input_size)."""
+    return np.stack([np.concatenate([q.transpose(2, 0, 1).reshape(-1)
+                                     for q in verifier.cut_patches(f)]) for f in faces])
+
+
+def _normalised(u8):
+    return ((u8.astype(np.float32) - np.float32(127.5)) / np.float32(128)).astype(np.float32)
+
+
+def _check_pair_lines(verifier, stdout, feats):
+    lines = [ln.split() for ln in stdout.splitlines() if ln.startswith("pair ")]
+    n = len(feats)
+    assert len(lines) == n * (n - 1) // 2
+    for _, i, j, score, same in lines:
+        i, j = int(i), int(j)
+        ref = float(verifier.score(feats[i:i + 1], feats[j:j + 1])[0])
+        # 1e-5 relative to the size of the score's three terms (they may cancel)
+        assert abs(float(score) - ref) <= 1e-5 * _jb_magnitude(verifier, feats[i], feats[j]), \
+            (i, j, score, ref)
+        assert int(same) == int(bool(verifier.same(feats[i:i + 1], feats[j:j + 1])[0]))
+
+
+def _jb_magnitude(verifier, a, b):
+    z1, z2 = verifier.project(np.atleast_2d(a))[0], verifier.project(np.atleast_2d(b))[0]
+    A, G = verifier.jb.A, verifier.jb.G
     return abs(z1 @ A @ z1) + abs(z2 @ A @ z2) + 2 * abs(z1 @ G @ z2)
 
 
@@ -88,51 +132,38 @@ CASES = [  # (config, patch networks, PCA dim): the paper's net, and a small one
 @pytest.mark.parametrize("cfg,n_patches,d", CASES)
 def test_cpp_features_and_scores_match_python(tools, tmp_path, cfg, n_patches, d):
     model_path = str(tmp_path / "model.safetensors")
-    params = _random_verifier(model_path, cfg, n_patches, d, seed=3)
+    _random_verifier(model_path, cfg, n_patches, d, seed=3)
+    verifier = Verifier.load(model_path, progress=False)
     n = 5
-    rng = np.random.default_rng(1)
-    patches = rng.uniform(-1, 1, (n, 2 * n_patches, cfg.channels, cfg.height, cfg.width)).astype(np.float32)
-    patches.tofile(tmp_path / "patches.f32")
-    r = subprocess.run([tools["deepid2_dump"], model_path, str(tmp_path / "patches.f32"), str(n),
-                        str(tmp_path / "features.f32")], capture_output=True, text=True)
+    faces = _faces(n, seed=1)
+    want = verifier.features(faces)
+    r = _dump(tools, model_path, tmp_path, _normalised(_cpp_input(verifier, faces)), n)
     assert r.returncode == 0, r.stderr
     got = np.fromfile(tmp_path / "features.f32", np.float32).reshape(n, -1)
-
-    want = raw_features(get_backend("cpu"), params, cfg, patches)
     assert got.shape == want.shape == (n, 2 * n_patches * cfg.feature_dim)
     assert np.count_nonzero(want) > want.size // 4  # the ReLUs did not kill everything
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-    model = load_verifier(model_path)
-    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("pair ")]
-    assert len(lines) == n * (n - 1) // 2
-    for _, i, j, score, same in lines:
-        i, j = int(i), int(j)
-        ref = jb_score(model, want[i], want[j])
-        # 1e-5 relative to the size of the score's three terms (they may cancel)
-        assert abs(float(score) - ref) <= 1e-5 * _jb_magnitude(model, want[i], want[j]), (i, j, score, ref)
-        assert int(same) == int(float(score) >= model["threshold"])
+    _check_pair_lines(verifier, r.stdout, want)
 
 
 def test_cpp_example_verify_agrees_with_python(tools, tmp_path):
     cfg, n_patches = CASES[1][0], CASES[1][1]
     model_path = str(tmp_path / "model.safetensors")
-    params = _random_verifier(model_path, cfg, n_patches, 20, seed=8)
-    rng = np.random.default_rng(2)
-    u8 = rng.integers(0, 256, (2, 2 * n_patches, cfg.channels, cfg.height, cfg.width), dtype=np.uint8)
-    u8[0].tofile(tmp_path / "a.u8")
-    faces = ((u8.astype(np.float32) - 127.5) / 128).astype(np.float32)
-    faces[1].tofile(tmp_path / "b.f32")
+    _random_verifier(model_path, cfg, n_patches, 20, seed=8)
+    verifier = Verifier.load(model_path, progress=False)
+    faces = _faces(2, seed=2)
+    u8 = _cpp_input(verifier, faces)
+    u8[0].tofile(tmp_path / "a.u8")                  # normalised by the example itself
+    _normalised(u8[1]).tofile(tmp_path / "b.f32")
     r = subprocess.run([tools["deepid2_verify"], model_path, str(tmp_path / "a.u8"),
                         str(tmp_path / "b.f32")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     words = r.stdout.split()
-    model = load_verifier(model_path)
-    f = raw_features(get_backend("cpu"), params, cfg, faces)
-    ref = jb_score(model, f[0], f[1])
+    f = verifier.features(faces)
+    ref = float(verifier.score(f[:1], f[1:2])[0])
     # the example prints 6 significant digits
-    assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(model, f[0], f[1])
-    assert words[2] == ("same" if ref >= model["threshold"] else "different")
+    assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(verifier, f[0], f[1])
+    assert words[2] == ("same" if ref >= verifier.threshold else "different")
 
     # a bad file: a clear message, exit status 1, no crash
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
@@ -146,7 +177,7 @@ def test_python_reads_the_cpp_fixture(tools, tmp_path):
     path = str(tmp_path / "fixture.safetensors")
     subprocess.run([tools["deepid2_write_fixture"], path, "--patches", "2"], check=True,
                    capture_output=True)
-    model = load_verifier(path)
+    model = read_verifier_file(path)
     assert len(model["patch_params"]) == 2 and model["net"].height == 31
     assert model["pca_components"].shape == (2 * 2 * 8, 6)
 
@@ -169,33 +200,43 @@ def test_save_verifier_rejects_bad_shapes(tmp_path):
                       extra_meta={"format": "x"}, **ok)
 
 
+@pytest.fixture(scope="module")
+def synth_faces():
+    """The three procedural faces cpp/examples/faces/make_faces.py cuts (synth
+    seed 0; a and b one identity, c another), as aligned BGR arrays."""
+    with tempfile.TemporaryDirectory() as tmp:
+        make_dataset(tmp, 2, 2, seed=0, progress=False, workers=1)
+        ids = sorted(os.listdir(tmp))
+        out = {}
+        for name, (person, k) in {"synth_a": (ids[0], 0), "synth_b": (ids[0], 1),
+                                  "synth_c": (ids[1], 0)}.items():
+            files = sorted(os.listdir(os.path.join(tmp, person)))
+            out[name], why = read_image(os.path.join(tmp, person, files[k]))
+            assert why is None, why
+    return out
+
+
 @pytest.mark.parametrize("other", ["synth_b", "synth_c"])
-def test_cpp_example_on_the_shipped_model(tools, other):
-    """The example with the model `deepid2 verify` ships, on two faces (the
-    patches of procedural faces that cpp/examples/faces/make_faces.py cuts for
-    that model), agrees with the Python package."""
+def test_cpp_example_on_the_shipped_model(tools, synth_faces, other):
+    """The example with the model `deepid2 verify` ships, on two procedural
+    faces: its patch files are the production cut of those faces, and its
+    score and verdict are the production `features` + `score`'s."""
     root = Path(__file__).resolve().parents[1]
-    model_path = str(root / "deepid2_core" / "models" / "verifier.safetensors")
+    verifier = Verifier.load(DEFAULT_MODEL, progress=False)
     files = [root / "cpp" / "examples" / "faces" / f"{n}.u8" for n in ("synth_a", other)]
-    r = subprocess.run([tools["deepid2_verify"], model_path, *map(str, files)],
+    faces = [synth_faces["synth_a"], synth_faces[other]]
+    for path, cut in zip(files, _cpp_input(verifier, faces)):
+        assert np.fromfile(path, np.uint8).tobytes() == cut.tobytes(), \
+            f"{path} is not the current cut of its face: rerun cpp/examples/faces/make_faces.py"
+    r = subprocess.run([tools["deepid2_verify"], DEFAULT_MODEL, *map(str, files)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     words = r.stdout.split()
-    model = load_verifier(model_path)
-    shapes = [(c.channels, c.height, c.width) for c in model["nets"] for _ in (0, 1)]
-    sizes = [int(np.prod(sh)) for sh in shapes]
-    patches = [[] for _ in shapes]                    # 2P arrays of 2 faces x C x H x W
-    for path in files:
-        raw = np.fromfile(path, np.uint8)
-        assert raw.size == sum(sizes), f"{path}: {raw.size} bytes, the model takes {sum(sizes)}"
-        for k, part in enumerate(np.split(raw, np.cumsum(sizes)[:-1])):
-            patches[k].append(part.reshape(shapes[k]))
-    patches = [((np.stack(q).astype(np.float32) - 127.5) / 128).astype(np.float32)
-               for q in patches]
-    f = raw_features(get_backend("cpu"), model["patch_params"], model["nets"], patches)
-    ref = jb_score(model, f[0], f[1])
-    assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(model, f[0], f[1])
-    assert words[2] == ("same" if ref >= model["threshold"] else "different")
+    f = verifier.features(faces)
+    ref = float(verifier.score(f[:1], f[1:2])[0])
+    assert words[0] == "score" and abs(float(words[1]) - ref) <= 1e-5 * _jb_magnitude(verifier, f[0], f[1])
+    assert words[2] == ("same" if ref >= verifier.threshold else "different")
+    assert (words[2] == "same") == (other == "synth_b")
 
 
 # ---------------------------------------------------------------------------
@@ -203,19 +244,6 @@ def test_cpp_example_on_the_shipped_model(tools, other):
 # 55x47 and 47x47).
 MIXED = [NetConfig(n_classes=10), NetConfig(n_classes=10, height=47, width=47, channels=1),
          NetConfig(n_classes=10, height=47, width=47, channels=3)]
-
-
-def _mixed_faces(n, seed):
-    """2P arrays N x C_i x H_i x W_i (file order), uniform in [-1, 1), never all zero."""
-    rng = np.random.default_rng(seed)
-    return [rng.uniform(-1, 1, (n, c.channels, c.height, c.width)).astype(np.float32)
-            for c in MIXED for _ in range(2)]
-
-
-def _cpp_layout(faces):
-    """The C++ input: per face, its 2P patches back to back (sum_i 2 C_i H_i W_i floats)."""
-    n = len(faces[0])
-    return np.concatenate([a.reshape(n, -1) for a in faces], axis=1)
 
 
 def _dump(tools, model_path, tmp_path, x, n):
@@ -226,30 +254,24 @@ def _dump(tools, model_path, tmp_path, x, n):
 
 def test_cpp_mixed_shapes_match_python(tools, tmp_path):
     model_path = str(tmp_path / "mixed.safetensors")
-    params = _random_verifier(model_path, MIXED, 3, 40, seed=5)
-    model = load_verifier(model_path)
+    _random_verifier(model_path, MIXED, 3, 40, seed=5)
+    model = read_verifier_file(model_path)
     assert model["metadata"]["format"] == "deepid2-verifier/2" and "net" not in model["metadata"]
     assert model["nets"] == MIXED and model["net"] == MIXED[0]
     assert [json.loads(model["metadata"]["nets"])[i]["channels"] for i in range(3)] == [3, 1, 3]
 
+    verifier = Verifier.load(model_path, progress=False)
     n = 4
-    faces = _mixed_faces(n, seed=7)
-    r = _dump(tools, model_path, tmp_path, _cpp_layout(faces), n)
+    faces = _faces(n, seed=7)
+    r = _dump(tools, model_path, tmp_path, _normalised(_cpp_input(verifier, faces)), n)
     assert r.returncode == 0, r.stderr
     got = np.fromfile(tmp_path / "features.f32", np.float32).reshape(n, -1)
-    want = raw_features(get_backend("cpu"), params, MIXED, faces)
+    want = verifier.features(faces)
     assert got.shape == want.shape == (n, 2 * 3 * 160)
     for q in range(6):  # every network's block is alive, not only the first
         assert np.count_nonzero(want[:, q * 160:(q + 1) * 160]) > n * 160 // 4, q
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("pair ")]
-    assert len(lines) == n * (n - 1) // 2
-    for _, i, j, score, same in lines:
-        i, j = int(i), int(j)
-        ref = jb_score(model, want[i], want[j])
-        assert abs(float(score) - ref) <= 1e-5 * _jb_magnitude(model, want[i], want[j]), (i, j, score, ref)
-        assert int(same) == int(float(score) >= model["threshold"])
+    _check_pair_lines(verifier, r.stdout, want)
 
     # a patch buffer sized as 2P x patch 0's shape is refused, not over-read
     r = _dump(tools, model_path, tmp_path, np.ones((n, 6, 3, 55, 47), np.float32), n)
@@ -261,22 +283,22 @@ def test_equal_configs_write_format_1(tools, tmp_path):
     and such a file reads back with nets = [net] * P on both sides."""
     cfg = CASES[1][0]
     one, many = str(tmp_path / "one.safetensors"), str(tmp_path / "many.safetensors")
-    params = _random_verifier(one, cfg, 3, 20, seed=4)
+    _random_verifier(one, cfg, 3, 20, seed=4)
     _random_verifier(many, [cfg] * 3, 3, 20, seed=4)
     assert open(one, "rb").read() == open(many, "rb").read()
-    model = load_verifier(many)
+    model = read_verifier_file(many)
     assert model["metadata"]["format"] == "deepid2-verifier/1" and "nets" not in model["metadata"]
     assert model["nets"] == [cfg] * 3 and model["net"] == cfg
-    rng = np.random.default_rng(3)
-    x = rng.uniform(-1, 1, (2, 6, cfg.channels, cfg.height, cfg.width)).astype(np.float32)
-    r = _dump(tools, many, tmp_path, x, 2)
+    verifier = Verifier.load(many, progress=False)
+    faces = _faces(2, seed=3)
+    r = _dump(tools, many, tmp_path, _normalised(_cpp_input(verifier, faces)), 2)
     assert r.returncode == 0, r.stderr
     got = np.fromfile(tmp_path / "features.f32", np.float32).reshape(2, -1)
-    want = raw_features(get_backend("cpu"), params, cfg, x)
+    want = verifier.features(faces)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    # the array form and the list form of the same patches agree
-    as_list = raw_features(get_backend("cpu"), params, [cfg] * 3, [x[:, q] for q in range(6)])
-    np.testing.assert_array_equal(as_list, want)
+    # features of the cut patches are the features of the faces
+    np.testing.assert_array_equal(
+        verifier.patch_features([verifier.cut_patches(f) for f in faces]), want)
 
 
 def _edited(tmp_path, src, name, meta_edit=None, tensor_edit=None):
@@ -328,14 +350,16 @@ def test_malformed_format_2_refused_by_both(tools, tmp_path, name, meta_edit, te
     _random_verifier(good, MIXED, 3, 12, seed=1)
     bad = _edited(tmp_path, good, name.replace(" ", "_"), meta_edit, tensor_edit)
     with pytest.raises(ValueError, match=py_says):
-        load_verifier(bad)
+        read_verifier_file(bad)
+    with pytest.raises(ValueError, match=py_says):
+        Verifier.load(bad)
     r = subprocess.run([tools["deepid2_dump"], bad, str(tmp_path / "none.f32"), "1",
                         str(tmp_path / "f.f32")], capture_output=True, text=True)
     assert r.returncode == 1 and cpp_says in r.stderr, r.stderr
 
 
 def test_format_2_argument_checks(tmp_path):
-    """save_verifier and raw_features refuse inconsistent configs and patches,
+    """save_verifier and the verifier's patch_features refuse inconsistent configs and patches,
     naming the problem."""
     params = [init_params(c, i) for i, c in enumerate(MIXED)]
     D, d = 2 * 3 * 160, 8
@@ -353,15 +377,18 @@ def test_format_2_argument_checks(tmp_path):
     with pytest.raises(ValueError, match="reserved key 'nets'"):
         save_verifier(path, params, MIXED, names, "test", extra_meta={"nets": "[]"}, **ok)
 
-    backend = get_backend("cpu")
-    faces = _mixed_faces(1, seed=2)
-    with pytest.raises(ValueError, match="5 patch arrays for 3 networks"):
-        raw_features(backend, params, MIXED, faces[:5])
-    swapped = faces[:2] + [faces[4], faces[3]] + faces[4:]
-    with pytest.raises(ValueError, match=r"patch 2 \(network 1\) has shape \(1, 3, 47, 47\)"):
-        raw_features(backend, params, MIXED, swapped)
-    with pytest.raises(ValueError, match="inputs of different shapes: give patches as a list of 6"):
-        raw_features(backend, params, MIXED, np.zeros((1, 6, 3, 55, 47), np.float32))
-    cfg = CASES[1][0]
-    with pytest.raises(ValueError, match=r"patch 0 \(network 0\) has shape \(1, 3, 33, 31\)"):
-        raw_features(backend, [init_params(cfg, 0)], cfg, np.zeros((1, 2, 3, 33, 31), np.float32))
+    path = str(tmp_path / "m.safetensors")
+    _random_verifier(path, MIXED, 3, 8, seed=2)
+    verifier = Verifier.load(path, progress=False)
+    patches = verifier.cut_patches(_faces(1, seed=2)[0])
+    assert [q.shape for q in patches] == [(55, 47, 3)] * 2 + [(47, 47, 1)] * 2 + [(47, 47, 3)] * 2
+    with pytest.raises(ValueError, match="face 0 has 5 patches, this model takes 6"):
+        verifier.patch_features([patches[:5]])
+    swapped = patches[:2] + [patches[4], patches[3]] + patches[4:]
+    with pytest.raises(ValueError, match=r"face 0, patch 2: expected a uint8 array of shape "
+                                         r"\(47, 47, 1\) \(h, w, c\), got uint8 \(47, 47, 3\)"):
+        verifier.patch_features([swapped])
+    with pytest.raises(ValueError, match="patch 0: expected a uint8 array.*got float32"):
+        verifier.patch_features([[q.astype(np.float32) for q in patches]])
+    with pytest.raises(ValueError, match="fitted on features and has no patch networks"):
+        Verifier(verifier.pca, verifier.jb, 0.0).features(_faces(1, seed=2))

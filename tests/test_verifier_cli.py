@@ -11,7 +11,7 @@ from deepid2_core.cli import main
 from deepid2_core.face.detect import read_image
 from deepid2_core.face.pipeline import align_image, new_aligner
 from deepid2_core.synth import make_dataset
-from deepid2_core.verifier_file import load_verifier
+from deepid2_core.verifier_file import read_verifier_file
 
 IDS, IMGS = 10, 8
 
@@ -45,7 +45,7 @@ def detectable(faces, n):
 
 
 def test_fit_verifier_writes_a_loadable_file(world):
-    m = load_verifier(str(world["model"]))
+    m = read_verifier_file(str(world["model"]))
     assert m["layout"] == "whole" and m["pca_components"].shape == (320, 24)
     assert np.isfinite(m["threshold"]) and "l2_threshold" in m
     assert json.loads(m["metadata"]["trained_on"])["identities"] == IDS
@@ -193,10 +193,10 @@ def test_eval_lfw_on_synthetic_pairs(world, tmp_path, capsys):
 
 
 def test_verify_defaults_to_the_shipped_model(world, capsys):
-    from deepid2_core.verifier.commands import DEFAULT_MODEL
+    from deepid2_core.verifier.model import DEFAULT_MODEL
     assert os.path.isfile(DEFAULT_MODEL), "deepid2_core/models/verifier.safetensors is missing"
     assert os.path.getsize(DEFAULT_MODEL) < 20 << 20
-    shipped = load_verifier(DEFAULT_MODEL)
+    shipped = read_verifier_file(DEFAULT_MODEL)
     assert shipped["layout"] == "deepid2" and len(shipped["patch_names"]) == 6
     face = str(world["faces"] / "synth00001" / "synth00001_0001.jpg")
     assert main(["verify", face, face, "--aligned"]) == 0      # a face matches itself
@@ -248,7 +248,7 @@ def test_eval_ident_split_and_rates(world, tmp_path, capsys):
             if p in gallery:
                 continue
             x = m.features([p])
-            s = m.verifier.score(np.repeat(x, len(g), 0), g)
+            s = m.score(np.repeat(x, len(g), 0), g)
             hits += person(gallery[int(np.argmax(s))]) == d
             total += 1
     assert total == res["genuine_probes"] and abs(hits / total - res["rank1"]) < 1e-12

@@ -59,3 +59,36 @@ def test_sample_pairs_are_valid_and_reproducible():
     # only 71 matched pairs exist: asking for more gives each of them once
     _, _, same = sample_pairs(labels, 200, seed=5)
     assert same.sum() == 71 and (~same).sum() == 200
+
+
+def test_fitted_verifier_with_networks_saves_what_load_reads(tmp_path):
+    """fit-verifier's output path: Verifier.fit on raw features, with_networks,
+    save; Verifier.load gives the same networks, scores and threshold."""
+    from deepid2_core.backends import get_backend
+    from deepid2_core.data import PatchSpec
+    from deepid2_core.nets.deepid2 import NetConfig, init_params
+    from deepid2_core.verifier.features import FeatureExtractor, WholeFace
+    cfg = NetConfig(n_classes=4, height=33, width=31, channels=1, feature_dim=12)
+    rng = np.random.default_rng(5)
+    params = init_params(cfg, 3)
+    ext = FeatureExtractor(WholeFace(PatchSpec(33, 31, 1)), [(params, cfg)], get_backend("cpu"),
+                           progress=False)
+    s_mu, s_eps = random_covariance(rng, 24, 1.0), random_covariance(rng, 24, 0.5)
+    x, labels, _, _ = draw_identities(rng, s_mu, s_eps, 30)
+    v = Verifier.fit(x, labels, d=8, n_pairs=200)
+    with pytest.raises(ValueError, match="the networks give 24-d features"):
+        Verifier.fit(x[:, :20], labels, d=8, n_pairs=200).with_networks(ext)
+    with pytest.raises(ValueError, match="fitted on features and has no patch networks"):
+        v.save(str(tmp_path / "nothing.safetensors"))
+    path = str(tmp_path / "v.safetensors")
+    v.with_networks(ext).save(path, extra_meta={"note": "test"})
+    back = Verifier.load(path, progress=False)
+    assert back.threshold == float(np.float32(v.threshold)) and back.metadata["note"] == "test"
+    assert back.layout == ext.layout and back.key() != ""
+    faces = [rng.integers(0, 256, (80, 70, 3), dtype=np.uint8) for _ in range(3)]
+    np.testing.assert_array_equal(back.features(faces), ext.extract(faces))
+    ref = Verifier.from_tensors(v.export_tensors())
+    np.testing.assert_array_equal(back.score(x[:5], x[5:10]), ref.score(x[:5], x[5:10]))
+    np.testing.assert_allclose(back.score(x[:5], x[5:10]), v.score(x[:5], x[5:10]), rtol=1e-4)
+    np.testing.assert_allclose(back.score_matrix(x[:3], x[3:7])[1],
+                               back.score(np.repeat(x[1:2], 4, 0), x[3:7]), rtol=1e-12)

@@ -9,13 +9,14 @@ import pytest
 
 from deepid2_core.backends import get_backend
 from deepid2_core.cli import main
-from deepid2_core.data import LayoutPatch, assemble_batch, cut_layout_patch
+from deepid2_core.backends.cpu import assemble_batch
+from deepid2_core.data import LayoutPatch, cut_layout_patch
 from deepid2_core.face.detect import read_image
 from deepid2_core.synth import make_dataset
 from deepid2_core.verifier.commands import fit_layout, load_model
 from deepid2_core.verifier.features import PatchInputs, load_patch_network
 from deepid2_core.nets.deepid2 import DeepID2
-from deepid2_core.verifier_file import load_verifier, save_verifier
+from deepid2_core.verifier_file import read_verifier_file, save_verifier
 
 IDS, IMGS = 8, 6
 PATCHES = ("inner_face@1/gray", "face@1/rgb", "left_eye_cheek@1.2/rgb")
@@ -41,7 +42,7 @@ def world(tmp_path_factory):
 
 
 def test_model_file_describes_every_patch(world):
-    m = load_verifier(str(world["model"]))
+    m = read_verifier_file(str(world["model"]))
     assert m["layout"] == "deepid2" and m["patch_names"] == list(PATCHES)
     inputs = PatchInputs.from_dict(json.loads(m["metadata"]["patch_inputs"]))
     assert [s.name for s in inputs.specs] == list(PATCHES)
@@ -93,7 +94,7 @@ def test_errors(world, tmp_path):
     runs = [str(r) for r in world["runs"]]
     with pytest.raises(ValueError, match="more than one network"):
         fit_layout([runs[0], runs[1], runs[0]])
-    m = load_verifier(str(world["model"]))
+    m = read_verifier_file(str(world["model"]))
     meta = {k: v for k, v in m["metadata"].items()
             if k not in ("format", "net", "nets", "patches", "layout", "verifier")}
     inputs = json.loads(meta["patch_inputs"])

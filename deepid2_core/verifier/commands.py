@@ -14,33 +14,13 @@ import time
 
 import numpy as np
 
-from ..data import LayoutPatch, PatchSpec, scan_identities, spec_from_dict
+from ..data import PatchSpec, scan_identities, spec_from_dict
+from ..errors import BadImage, NoFace
 from ..progress import Progress
 from .features import FeatureExtractor, PatchInputs, WholeFace, load_patch_network, patch_names
-from .joint_bayesian import JointBayesian
 from .lfw import flatten, missing_images, read_pairs
 from .metrics import auc, eer, kfold_accuracy, roc_curve, tar_at_far
 from .model import Verifier, sample_pairs
-from .pca import PCA
-
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "models", "verifier.safetensors")
-
-
-class NoFace(ValueError):
-    """An input photograph in which no face was found (exit code 2)."""
-
-
-class LoadedModel:
-    def __init__(self, path, verifier, extractor, meta):
-        self.path, self.verifier, self.extractor, self.meta = path, verifier, extractor, meta
-
-    def features(self, faces):
-        return self.extractor.extract(faces)
-
-    def key(self):
-        """Identifies the model for gallery files: its extractor key + threshold."""
-        return f"{self.extractor.key}/{self.verifier.threshold!r}"
 
 
 def _backend(name="cpu"):
@@ -49,47 +29,8 @@ def _backend(name="cpu"):
 
 
 def load_model(path=None, backend="cpu", progress=True, cache_dir=None):
-    """A verifier file -> LoadedModel; None = the shipped model."""
-    from ..verifier_file import load_verifier
-    if path is None:
-        path = DEFAULT_MODEL
-        if not os.path.isfile(path):
-            raise ValueError(f"no --model given and the shipped model {path} is missing: "
-                             "pass --model (a file written by `deepid2 fit-verifier`)")
-    if not os.path.isfile(path):
-        raise ValueError(f"model file {path} does not exist")
-    try:
-        m = load_verifier(path)
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a verifier model file ({type(e).__name__}: {e})") from None
-    layout = _model_layout(path, m)
-    ver = Verifier(PCA(m["pca_mean"], m["pca_components"]),
-                   JointBayesian.from_score_matrices(m["jb_A"], m["jb_G"]), m["threshold"],
-                   {k.split("_")[0]: m[k] for k in ("l2_threshold", "cosine_threshold")
-                    if k in m})
-    nets = m.get("nets") or [m["net"]] * len(m["patch_params"])
-    ext = FeatureExtractor(layout, list(zip(m["patch_params"], nets)), _backend(backend),
-                           cache_dir=cache_dir, progress=progress)
-    return LoadedModel(path, ver, ext, m["metadata"])
-
-
-def _model_layout(path, m):
-    """The patches a model file's networks take: "patch_inputs" metadata (one
-    input spec per network), else the v1 whole-face "patch_spec"."""
-    meta, n = m["metadata"], len(m["patch_params"])
-    if "patch_inputs" in meta:
-        try:
-            layout = PatchInputs.from_dict(json.loads(meta["patch_inputs"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: unreadable patch_inputs metadata ({e})") from None
-        if len(layout) != n:
-            raise ValueError(f"{path}: patch_inputs lists {len(layout)} patches for {n} networks")
-        return layout
-    if m["layout"] != "whole" or n != 1:
-        raise ValueError(f"{path}: layout {m['layout']!r} with {n} patches and no "
-                         "patch_inputs metadata: cannot tell which patches its networks take")
-    spec = meta.get("patch_spec")
-    return WholeFace(PatchSpec.from_dict(json.loads(spec)) if spec else PatchSpec())
+    """A verifier model file -> Verifier (with its networks); None = the shipped model."""
+    return Verifier.load(path, backend=backend, progress=progress, cache_dir=cache_dir)
 
 
 def prepare_faces(paths, aligned=False, progress=True):
@@ -189,7 +130,6 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
     """Features of every image under data (identity folders of aligned faces)
     -> PCA + Joint Bayesian, thresholds on training pairs -> verifier file.
     em_iters, em_tol: JointBayesian.fit's max_iter and tol (None: its defaults)."""
-    from ..verifier_file import save_verifier
     layout_obj, networks = fit_layout(nets)
     ids = scan_identities(data)
     paths = [p for _, ps in ids for p in ps]
@@ -216,23 +156,11 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
     fit_s = time.perf_counter() - t0
     a, b, same = sample_pairs(labels, n_pairs, seed + 1)
     train_acc = float(np.mean((ver.score(feats[a], feats[b]) >= ver.threshold) == same))
-    t = ver.export_tensors()
     meta = {"trained_on": json.dumps({"data": os.path.abspath(data), "images": len(keep),
                                       "identities": int(len(np.unique(labels)))}),
             "train_pair_accuracy": f"{train_acc:.4f}",
             "net_files": json.dumps([os.path.abspath(n) for n in nets])}
-    if isinstance(layout_obj, WholeFace):
-        meta["patch_spec"] = json.dumps(layout_obj.spec.to_dict())
-        layout_name = "whole"
-    else:
-        meta["patch_inputs"] = json.dumps(layout_obj.to_dict())
-        layouts = {s.layout if isinstance(s, LayoutPatch) else "whole" for s in layout_obj.specs}
-        layout_name = layouts.pop() if len(layouts) == 1 else "mixed"
-    save_verifier(out, [n.params for n in networks], [n.cfg for n in networks],
-                  patch_names(layout_obj), layout_name, t["pca/mean"], t["pca/components"],
-                  t["jb/A"], t["jb/G"], ver.threshold, extra_meta=meta,
-                  l2_threshold=ver.baseline_thresholds.get("l2"),
-                  cosine_threshold=ver.baseline_thresholds.get("cosine"))
+    ver.with_networks(ext).save(out, extra_meta=meta)
     log(f"PCA {pca}, Joint Bayesian after {ver.jb.iterations} EM iterations ({fit_s:.0f} s); "
         f"threshold "
         f"{ver.threshold:.3f} (accuracy {train_acc:.4f} on other training pairs); wrote {out}")
@@ -244,12 +172,12 @@ def verify_main(a, b, model=None, aligned=False, log=print):
     faces, problems = prepare_faces([a, b], aligned=aligned, progress=False)
     for p in (a, b):
         if p in problems:
-            raise (NoFace if "no face" in problems[p] else ValueError)(problems[p])
-    score = float(m.verifier.score(*np.split(m.features([faces[a], faces[b]]), 2))[0])
-    same = score >= m.verifier.threshold
+            raise (NoFace if "no face" in problems[p] else BadImage)(problems[p])
+    score = float(m.score(*np.split(m.features([faces[a], faces[b]]), 2))[0])
+    same = score >= m.threshold
     log(f"{'same person' if same else 'different people'}: score {score:.3f}, "
-        f"threshold {m.verifier.threshold:.3f}")
-    return dict(same=same, score=score, threshold=m.verifier.threshold)
+        f"threshold {m.threshold:.3f}")
+    return dict(same=same, score=score, threshold=m.threshold)
 
 
 def parse_folds(text, n):
@@ -300,7 +228,7 @@ def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, 
     i1 = [index[p.path1] for p in pair_list]
     i2 = [index[p.path2] for p in pair_list]
     same = np.array([p.same for p in pair_list])
-    scores = {meth: m.verifier.score(feats[i1], feats[i2], meth)
+    scores = {meth: m.score(feats[i1], feats[i2], meth)
               for meth in ("joint_bayesian", "l2", "cosine")}
     res = kfold_accuracy(scores["joint_bayesian"], same, np.array(fold_of))
     roc = roc_curve(scores["joint_bayesian"], same)

@@ -12,8 +12,8 @@ patch `deepid2 train` learns on, data.PatchSpec; its flipped counterpart is
 its mirror image), or `PatchInputs` (one input spec per network, exactly what
 each network was trained on: `deepid2 train --layout L --patch K` patches,
 data.LayoutPatch, or the whole face; the multi-patch verifier's layout).
-Patches are normalised as in training (data.assemble_batch: (u - 127.5) /
-128, NCHW float32).
+Patches are normalised as in training (the backend's assemble_batch:
+(u - 127.5) / 128, NCHW float32).
 
 Cache: with cache_dir, each face's 2 x 160 vector of one patch network is
 kept in cache_dir/<network key>/<xx>/<image key>.npy, the network key a sha1
@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import safetensors
-from ..data import LayoutPatch, PatchSpec, assemble_batch, cut_layout_patch, spec_from_dict
+from ..data import LayoutPatch, PatchSpec, cut_layout_patch, spec_from_dict
 from ..data import cut_patch as cut_fixed_patch
 from ..face.align import MEAN_SHAPE, to_pixels
 from ..face.detect import read_image
@@ -215,9 +215,9 @@ class FeatureExtractor:
         self.cache_dirs = [None if cache_dir is None else
                            os.path.join(os.fspath(cache_dir), network_key(layout, k, n)[:20])
                            for k, n in enumerate(networks)]
-        self._to_device = _device_converter(backend)
+        self.networks = networks
         self.nets = [(DeepID2(cfg, backend),
-                      {k: self._to_device(np.ascontiguousarray(v, np.float32))
+                      {k: backend.to_device(np.ascontiguousarray(v, np.float32))
                        for k, v in params.items() if not k.startswith("ident.")})
                      for params, cfg in networks]
 
@@ -243,6 +243,42 @@ class FeatureExtractor:
             bar.close()
         return out
 
+    def cut(self, face, landmarks=None):
+        """The 2P uint8 patches of one aligned BGR face that the networks take,
+        in the feature order [p0, p0 flipped, p1, ...] (cut_face_patches)."""
+        return cut_face_patches(face, self.layout, landmarks)
+
+    def patch_features(self, patches):
+        """Raw features N x D of faces given by their cut patches: patches[i] is
+        face i's 2P uint8 H x W x C patches in the feature order (as `cut`
+        gives them). `extract` runs this after cutting."""
+        patches = [list(p) for p in patches]
+        for i, p in enumerate(patches):
+            if len(p) != 2 * len(self.nets):
+                raise ValueError(f"face {i} has {len(p)} patches, this model takes "
+                                 f"{2 * len(self.nets)} (2 per network)")
+            for q, a in enumerate(p):
+                want = patch_shape(self.layout, q // 2)
+                if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.shape == want):
+                    got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                    raise ValueError(f"face {i}, patch {q}: expected a uint8 array of shape "
+                                     f"{want} (h, w, c), got {got}")
+        out = np.empty((len(patches), self.dim), np.float32)
+        span = 2 * self.feature_dim
+        if patches:
+            for k in range(len(self.nets)):
+                out[:, k * span:(k + 1) * span] = self._network_features(
+                    k, [p[2 * k] for p in patches], [p[2 * k + 1] for p in patches])
+        return out
+
+    def _network_features(self, k, plain, flipped):
+        """b x 2F: network k's features of each plain patch, then of its flipped counterpart."""
+        net, params = self.nets[k]
+        b = len(plain)
+        stack = self.be.to_device(np.stack(plain + flipped))
+        f = self.be.to_host(net.features(params, self.be.assemble_batch(stack, np.arange(2 * b))))
+        return np.concatenate([f[:b], f[b:]], 1)
+
     def _compute(self, todo, out):
         cut = []
         for _, _, image, lm, _ in todo:
@@ -251,21 +287,18 @@ class FeatureExtractor:
                 image, why = read_image(path)
                 if image is None:
                     raise ValueError(f"cannot read face image {path}: {why}")
-            cut.append(cut_face_patches(image, self.layout, lm))
+            cut.append(self.cut(image, lm))
         span = 2 * self.feature_dim
-        for k, (net, params) in enumerate(self.nets):
+        for k in range(len(self.nets)):
             rows = [j for j, t in enumerate(todo) if k in t[4]]
             if not rows:
                 continue
-            b = len(rows)
-            # the plain patches, then their flipped counterparts
-            stack = np.stack([cut[j][2 * k] for j in rows] + [cut[j][2 * k + 1] for j in rows])
-            x = self._to_device(assemble_batch(stack, np.arange(2 * b)))
-            f = _to_host(net.features(params, x))
+            f = self._network_features(k, [cut[j][2 * k] for j in rows],
+                                       [cut[j][2 * k + 1] for j in rows])
             for r, j in enumerate(rows):
                 i, key = todo[j][:2]
                 v = out[i, k * span:(k + 1) * span]
-                v[:span // 2], v[span // 2:] = f[r], f[b + r]
+                v[:] = f[r]
                 self._store(k, key, v)
 
     def _path(self, k, key):
@@ -320,14 +353,3 @@ def _image_key(face, landmarks):
     if landmarks is not None:
         h.update(np.ascontiguousarray(landmarks, np.float64).tobytes())
     return h.hexdigest(), path
-
-
-def _device_converter(backend):
-    if getattr(backend, "name", "cpu") == "gpu":
-        import cupy
-        return cupy.asarray
-    return lambda a: a
-
-
-def _to_host(a):
-    return a if isinstance(a, np.ndarray) else a.get()

@@ -18,7 +18,8 @@ import numpy as np
 
 from .. import safetensors
 from ..data import scan_identities
-from .commands import NoFace, extract_paths, load_model, prepare_faces
+from ..errors import BadGalleryFile, BadImage, NoFace
+from .commands import extract_paths, load_model, prepare_faces
 
 FAR = 0.01
 
@@ -39,8 +40,8 @@ def open_set_threshold(m, feats, labels, far=FAR):
     ids, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     sums = np.zeros((len(ids), feats.shape[1]))
     np.add.at(sums, index, feats)
-    z = m.verifier.project(feats)
-    s = m.verifier.jb.score_matrix(z, m.verifier.project(sums / counts[:, None]))
+    z = m.project(feats)
+    s = m.jb.score_matrix(z, m.project(sums / counts[:, None]))
     s[np.arange(len(z)), index] = -np.inf
     impostor = np.sort(s.max(1))[::-1]
     allowed = int(np.floor(far * len(impostor)))
@@ -50,7 +51,7 @@ def open_set_threshold(m, feats, labels, far=FAR):
     if not multi.any():
         return t, None
     loo = (sums[index[multi]] - feats[multi]) / (counts[index[multi]] - 1)[:, None]
-    genuine = m.verifier.jb.score(z[multi], m.verifier.project(loo))
+    genuine = m.jb.score(z[multi], m.project(loo))
     return t, float(np.mean(genuine >= t))
 
 
@@ -66,12 +67,12 @@ def save_gallery(path, names, means, counts, threshold, key):
                  meta=np.array(json.dumps(meta)))
         os.replace(tmp, path)
     else:
-        raise ValueError(f"gallery file {path} must end in .npz or .safetensors")
+        raise BadGalleryFile(f"gallery file {path} must end in .npz or .safetensors")
 
 
 def load_gallery(path):
     if not os.path.isfile(path):
-        raise ValueError(f"gallery file {path} does not exist (make it with `deepid2 enroll`)")
+        raise BadGalleryFile(f"gallery file {path} does not exist (make it with `deepid2 enroll`)")
     try:
         if path.endswith(".safetensors"):
             t, meta = safetensors.load(path)
@@ -82,7 +83,31 @@ def load_gallery(path):
         return dict(names=json.loads(meta["names"]), means=t["means"], counts=t["counts"],
                     threshold=float(meta["threshold"]), model_key=meta["model_key"])
     except (OSError, ValueError, KeyError, AssertionError) as e:
-        raise ValueError(f"{path} is not a deepid2 gallery file ({type(e).__name__})") from None
+        raise BadGalleryFile(f"{path} is not a deepid2 gallery file ({type(e).__name__})") \
+            from None
+
+
+def enrol(m, feats, labels, where):
+    """A gallery of labelled raw features: (sorted names, means float64 K x D,
+    counts, open-set threshold, true accept rate at it or None). where: what
+    the error names when there are fewer than 2 identities."""
+    names = sorted(set(labels.tolist()))
+    if len(names) < 2:
+        raise ValueError(f"{where}: enrolment needs at least 2 identities with a usable image "
+                         "(the open-set threshold is set on impostor scores between them)")
+    index = np.searchsorted(names, labels)
+    counts = np.bincount(index, minlength=len(names))
+    means = np.zeros((len(names), feats.shape[1]))
+    np.add.at(means, index, feats)
+    means /= counts[:, None]
+    t, tar = open_set_threshold(m, feats, labels)
+    return names, means, counts, t, tar
+
+
+def best_candidates(scores, names, top):
+    """[(name, score)] of the top identities of one probe's scores, best first."""
+    order = np.argsort(-scores, kind="stable")[:top]
+    return [(names[j], float(scores[j])) for j in order]
 
 
 def enroll_main(folder, gallery, model=None, aligned=False, log=print):
@@ -94,16 +119,7 @@ def enroll_main(folder, gallery, model=None, aligned=False, log=print):
     for why in problems:
         log(f"skipped: {why}")
     labels = np.array([owner[p] for p in kept])
-    names = sorted(set(labels.tolist()))
-    if len(names) < 2:
-        raise ValueError(f"{folder}: enrolment needs at least 2 identities with a usable image "
-                         "(the open-set threshold is set on impostor scores between them)")
-    index = np.searchsorted(names, labels)
-    counts = np.bincount(index, minlength=len(names))
-    means = np.zeros((len(names), feats.shape[1]))
-    np.add.at(means, index, feats)
-    means /= counts[:, None]
-    t, tar = open_set_threshold(m, feats, labels)
+    names, means, counts, t, tar = enrol(m, feats, labels, folder)
     save_gallery(gallery, names, means, counts, t, m.key())
     log(f"enrolled {len(names)} identities from {len(kept)} images ({len(problems)} skipped); "
         f"open-set threshold {t:.3f} at FAR {FAR:.0%}"
@@ -118,15 +134,14 @@ def identify_main(images, gallery, model=None, top=1, aligned=False, log=print):
     g = load_gallery(gallery)
     m = load_model(model, progress=False)
     if g["model_key"] != m.key():
-        raise ValueError(f"{gallery} was enrolled with another model than {m.path}: enrol again")
+        raise BadGalleryFile(f"{gallery} was enrolled with another model than {m.path}: "
+                             "enrol again")
     feats, kept, problems = _features_of_faces(m, list(images), aligned)
     results = {}
     if kept:
-        s = m.verifier.jb.score_matrix(m.verifier.project(feats),
-                                       m.verifier.project(g["means"]))
+        s = m.score_matrix(feats, g["means"])
         for p, row in zip(kept, s):
-            order = np.argsort(-row, kind="stable")[:top]
-            best = [(g["names"][j], float(row[j])) for j in order]
+            best = best_candidates(row, g["names"], top)
             known = best[0][1] >= g["threshold"]
             results[p] = best[0][0] if known else "unknown"
             alts = ", ".join(f"{n} {v:.3f}" for n, v in best)
@@ -135,6 +150,6 @@ def identify_main(images, gallery, model=None, top=1, aligned=False, log=print):
         log(f"error: {why}")
     if problems:
         first = problems[0]
-        raise (NoFace if "no face" in first else ValueError)(
+        raise (NoFace if "no face" in first else BadImage)(
             f"{len(problems)} of {len(images)} images could not be identified: {first}")
     return results

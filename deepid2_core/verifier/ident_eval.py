@@ -40,8 +40,8 @@ def eval_ident_main(data, model=None, pairs=None, folds=None, known_fraction=0.5
         log(f"skipped: {why}")
     labels = labels[keep]
     split = split_gallery_probe(labels, seed=seed, known_fraction=known_fraction)
-    z = m.verifier.project(feats)
-    s = m.verifier.jb.score_matrix(z[split.probes], z[split.gallery])
+    z = m.project(feats)       # all rows at once, then the split: as the figures were made
+    s = m.jb.score_matrix(z[split.probes], z[split.gallery])
     pl, gl = labels[split.probes], labels[split.gallery]
     rank1 = rank1_accuracy(s, pl, gl)
     dir_, threshold, reached = open_set_dir(s, pl, gl, far)

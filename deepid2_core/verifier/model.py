@@ -1,13 +1,30 @@
-"""The trained verifier: PCA to d dimensions, then Joint Bayesian, with the
-"same" threshold chosen on training pairs; L2 and cosine thresholds on the
-same PCA output come along as baselines. `export_tensors` gives the pca/*,
-jb/*, l2/* and cosine/* tensors of the verifier file (float32)."""
+"""The verifier: the one object that holds a model and gives raw features,
+scores and "same" decisions. PCA to d dimensions, then Joint Bayesian, with
+the "same" threshold chosen on training pairs; L2 and cosine thresholds on
+the same PCA output come along as baselines. A verifier loaded from a model
+file (`Verifier.load`, docs/verifier_model.md) also holds its patch networks
+(a features.FeatureExtractor), so `features` turns aligned faces into the raw
+features that `score` compares; one fitted on features (`Verifier.fit`) gets
+them with `with_networks` before `save` writes the file. `export_tensors`
+gives the pca/*, jb/*, l2/* and cosine/* tensors of the file (float32).
+
+Every command (verify, enroll, identify, eval-lfw, eval-ident, fit-verifier),
+the Python API and the C++ agreement tests use this object."""
+import json
+import os
+
 import numpy as np
 
+from ..data import LayoutPatch, PatchSpec
+from ..errors import BadModelFile
 from .baselines import CosineScorer, L2Scorer
+from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names
 from .joint_bayesian import JointBayesian
 from .metrics import best_threshold
 from .pca import DEFAULT_DIM, PCA
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "models", "verifier.safetensors")
 
 
 def sample_pairs(labels, n_pairs, seed=0):
@@ -41,10 +58,86 @@ def sample_pairs(labels, n_pairs, seed=0):
 
 
 class Verifier:
-    def __init__(self, pca, jb, threshold, baseline_thresholds=None):
+    """pca, jb (the score), threshold ("same" iff Joint Bayesian score >=
+    threshold), baseline_thresholds {"l2": t, "cosine": t}; extractor (the
+    patch networks, None for a verifier fitted on features alone), path and
+    metadata of the file it was loaded from."""
+
+    def __init__(self, pca, jb, threshold, baseline_thresholds=None, extractor=None, path=None,
+                 metadata=None):
         self.pca, self.jb, self.threshold = pca, jb, float(threshold)
         self.baseline_thresholds = dict(baseline_thresholds or {})
         self.scorers = {"joint_bayesian": jb, "l2": L2Scorer(), "cosine": CosineScorer()}
+        self.extractor, self.path, self.metadata = extractor, path, dict(metadata or {})
+
+    @classmethod
+    def load(cls, path=None, backend="cpu", progress=True, cache_dir=None):
+        """A verifier model file (None: the shipped model) with its networks on
+        `backend` ("cpu", "gpu" or a backend module). cache_dir: where raw
+        features are kept between runs (features.FeatureExtractor)."""
+        from ..verifier_file import read_verifier_file
+        if path is None:
+            path = DEFAULT_MODEL
+            if not os.path.isfile(path):
+                raise BadModelFile(f"no --model given and the shipped model {path} is missing: "
+                                   "pass --model (a file written by `deepid2 fit-verifier`)")
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise BadModelFile(f"model file {path} does not exist")
+        try:
+            m = read_verifier_file(path)
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise BadModelFile(f"{path} is not a verifier model file ({type(e).__name__}: {e})") \
+                from None
+        except ValueError as e:
+            raise BadModelFile(str(e)) from None
+        layout = _model_layout(path, m)
+        if isinstance(backend, str):
+            from ..backends import get_backend
+            backend = get_backend(backend)
+        ext = FeatureExtractor(layout, list(zip(m["patch_params"], m["nets"])), backend,
+                               cache_dir=cache_dir, progress=progress)
+        return cls(PCA(m["pca_mean"], m["pca_components"]),
+                   JointBayesian.from_score_matrices(m["jb_A"], m["jb_G"]), m["threshold"],
+                   {k.split("_")[0]: m[k] for k in ("l2_threshold", "cosine_threshold") if k in m},
+                   ext, path, m["metadata"])
+
+    def with_networks(self, extractor):
+        """This verifier with the patch networks (a FeatureExtractor) whose raw
+        features it was fitted on: what `save` writes and `features` runs."""
+        if extractor.dim != self.pca.input_dim:
+            raise ValueError(f"the networks give {extractor.dim}-d features, the PCA was fitted "
+                             f"on {self.pca.input_dim}-d")
+        self.extractor = extractor
+        return self
+
+    def _networks(self):
+        if self.extractor is None:
+            raise ValueError("this verifier was fitted on features and has no patch networks "
+                             "(load a model file, or give them with with_networks)")
+        return self.extractor
+
+    @property
+    def layout(self):
+        return self._networks().layout
+
+    def features(self, faces, landmarks=None):
+        """Raw features N x D (float32) of aligned faces: uint8 H x W x 3 BGR
+        arrays or image paths (features.FeatureExtractor.extract)."""
+        return self._networks().extract(faces, landmarks)
+
+    def cut_patches(self, face, landmarks=None):
+        """The 2P uint8 patches of one aligned BGR face, in the feature order."""
+        return self._networks().cut(face, landmarks)
+
+    def patch_features(self, patches):
+        """Raw features of faces given by their cut patches (`cut_patches`'
+        lists): what `features` computes after cutting."""
+        return self._networks().patch_features(patches)
+
+    def key(self):
+        """Identifies the model for gallery files: its networks' key + threshold."""
+        return f"{self._networks().key}/{self.threshold!r}"
 
     @classmethod
     def fit(cls, features, labels, d=DEFAULT_DIM, n_pairs=3000, seed=0, **jb_options):
@@ -69,8 +162,37 @@ class Verifier:
         """Scores of raw feature pairs (rows of x1 with rows of x2)."""
         return self.scorers[method].score(self.project(x1), self.project(x2))
 
+    def score_matrix(self, probes, gallery, method="joint_bayesian"):
+        """Scores of every raw probe feature against every raw gallery feature."""
+        return self.scorers[method].score_matrix(self.project(probes), self.project(gallery))
+
     def same(self, x1, x2):
         return self.score(x1, x2) >= self.threshold
+
+    def save(self, path, extra_meta=None):
+        """Write the verifier file: the networks, PCA, Joint Bayesian and the
+        thresholds (verifier_file.save_verifier), with the patches the networks
+        take as metadata ("patch_spec" for one whole-face network, else
+        "patch_inputs") after extra_meta."""
+        from ..verifier_file import save_verifier
+        ext = self._networks()
+        layout, meta = ext.layout, dict(extra_meta or {})
+        if isinstance(layout, WholeFace):
+            meta["patch_spec"] = json.dumps(layout.spec.to_dict())
+            layout_name = "whole"
+        elif isinstance(layout, PatchInputs):
+            meta["patch_inputs"] = json.dumps(layout.to_dict())
+            layouts = {s.layout if isinstance(s, LayoutPatch) else "whole" for s in layout.specs}
+            layout_name = layouts.pop() if len(layouts) == 1 else "mixed"
+        else:
+            raise ValueError(f"a verifier file stores a WholeFace or PatchInputs layout, not "
+                             f"{type(layout).__name__}")
+        t = self.export_tensors()
+        save_verifier(path, [n.params for n in ext.networks], [n.cfg for n in ext.networks],
+                      patch_names(layout), layout_name, t["pca/mean"], t["pca/components"],
+                      t["jb/A"], t["jb/G"], self.threshold, extra_meta=meta,
+                      l2_threshold=self.baseline_thresholds.get("l2"),
+                      cosine_threshold=self.baseline_thresholds.get("cosine"))
 
     def export_tensors(self):
         """The verifier file's pca/*, jb/* and baseline tensors, float32. The
@@ -100,3 +222,23 @@ class Verifier:
         base = {k.split("/")[0]: float(v[0]) for k, v in tensors.items()
                 if k in ("l2/threshold", "cosine/threshold")}
         return cls(pca, jb, float(tensors["jb/threshold"][0]), base)
+
+
+def _model_layout(path, m):
+    """The patches a model file's networks take: "patch_inputs" metadata (one
+    input spec per network), else the v1 whole-face "patch_spec"."""
+    meta, n = m["metadata"], len(m["patch_params"])
+    if "patch_inputs" in meta:
+        try:
+            layout = PatchInputs.from_dict(json.loads(meta["patch_inputs"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadModelFile(f"{path}: unreadable patch_inputs metadata ({e})") from None
+        if len(layout) != n:
+            raise BadModelFile(f"{path}: patch_inputs lists {len(layout)} patches for {n} "
+                               "networks")
+        return layout
+    if m["layout"] != "whole" or n != 1:
+        raise BadModelFile(f"{path}: layout {m['layout']!r} with {n} patches and no "
+                           "patch_inputs metadata: cannot tell which patches its networks take")
+    spec = meta.get("patch_spec")
+    return WholeFace(PatchSpec.from_dict(json.loads(spec)) if spec else PatchSpec())

@@ -12,7 +12,7 @@ import numpy as np
 DEFAULT_DIM = 180
 # a direction whose variance is below this fraction of the largest one is
 # numerical noise: it does not count towards the rank
-_RANK_TOL = 1e-10
+RANK_TOL = 1e-10
 
 
 def as_feature_matrix(x, what="features"):
@@ -68,7 +68,7 @@ class PCA:
         else:
             _, s, vt = np.linalg.svd(xc, full_matrices=False)
             var, vec = s ** 2 / (n - 1), vt.T
-        rank = int(np.sum(var > _RANK_TOL * max(var[0], 0.0))) if var[0] > 0 else 0
+        rank = int(np.sum(var > RANK_TOL * max(var[0], 0.0))) if var[0] > 0 else 0
         if d > rank:
             raise ValueError(
                 f"PCA dimension d={d} exceeds the rank {rank} of the training features "

@@ -4,7 +4,7 @@ import csv
 import cv2
 import numpy as np
 
-from ..plot import _COLOURS
+from ..plot import COLOURS
 
 _BLACK, _GREY = (0, 0, 0), (215, 215, 215)
 
@@ -51,7 +51,7 @@ def plot_roc(path, curves, title="ROC", min_far=1e-4):
     cv2.putText(img, "TAR", (8, y0 + h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _BLACK, 1,
                 cv2.LINE_AA)
     for k, (name, roc) in enumerate(curves.items()):
-        colour = _COLOURS[k % len(_COLOURS)]
+        colour = COLOURS[k % len(COLOURS)]
         cv2.polylines(img, [px(roc.far, roc.tar)], False, colour, 2, cv2.LINE_AA)
         cv2.putText(img, name, (x0 + 10, y0 + 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                     colour, 1, cv2.LINE_AA)
