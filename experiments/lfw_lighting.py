@@ -15,10 +15,10 @@ unchanged to the 1,000 DevTest pairs. AUC is on DevTest.
     done; wait
     python experiments/lfw_lighting.py eval --seed 0       # ~1.5 min a mode
 
-Everything goes under --runs (default /work/runs/lighting), never into the
-repository: data/ (symlink folders), cache/<mode>, <mode>/ (the training run,
-eval-pcaD.json, devtest_scores-pcaD.npz; <mode>-seedN/ for --seed N),
-summary-seedN-pcaD.json.
+Everything goes under --runs (default $DEEPID2_RUNS/lighting; DEEPID2_RUNS
+defaults to ./runs, relative to the current directory): data/ (symlink
+folders), cache/<mode>, <mode>/ (the training run, eval-pcaD.json,
+devtest_scores-pcaD.npz; <mode>-seedN/ for --seed N), summary-seedN-pcaD.json.
 """
 import argparse
 import json
@@ -30,8 +30,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from deepid2_core.verifier.pca import RANK_TOL  # noqa: E402
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
                                                    "shared", "data"))
+# where the studies write: ./runs of the current directory unless DEEPID2_RUNS is set
+RUNS = os.environ.get("DEEPID2_RUNS", "runs")
 MODES = ("none", "hist", "clahe")
 
 
@@ -79,7 +82,7 @@ def evaluate(run, data, a):
     from deepid2_core.verifier.joint_bayesian import JointBayesian
     from deepid2_core.verifier.lfw import read_pairs
     from deepid2_core.verifier.metrics import accuracy, auc, best_threshold, eer, roc_curve
-    from deepid2_core.verifier.pca import _RANK_TOL, PCA
+    from deepid2_core.verifier.pca import PCA
     net_path = os.path.join(run, "best.safetensors")
     _, meta = safetensors.load(net_path)
     spec = PatchSpec.from_dict(json.loads(meta["input"])) if "input" in meta else PatchSpec()
@@ -92,7 +95,7 @@ def evaluate(run, data, a):
     feats, keep, _ = extract_paths(ext, paths)
     labels = labels[keep]
     var = np.linalg.eigvalsh(np.cov(feats, rowvar=False))[::-1]
-    rank = int(np.sum(var > _RANK_TOL * max(var[0], 0.0)))
+    rank = int(np.sum(var > RANK_TOL * max(var[0], 0.0)))
     pca = PCA.fit(feats, min(a.pca, rank))       # an early network can have dead features
     tr = pair_features(ext, a.lfw, read_pairs(a.pairs_train))
     te = pair_features(ext, a.lfw, read_pairs(a.pairs_test))
@@ -130,7 +133,7 @@ def main():
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--lam", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--runs", default="/work/runs/lighting")
+    p.add_argument("--runs", default=os.path.join(RUNS, "lighting"))
     p.add_argument("--lfw", default=os.path.join(DATA, "lfw"))
     p.add_argument("--celeba", default=os.path.join(DATA, "celeba-lfwstyle"),
                    help="extra training identities ('' for none)")

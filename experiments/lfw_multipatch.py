@@ -19,6 +19,10 @@ selected subset, fitted on all training identities. `eval` takes the subset
 with the best validation score (or --patches) through the real files:
 `deepid2 fit-verifier` with those networks, `deepid2 eval-lfw` on the test
 folds of each half.
+
+Runs go under --runs (default $DEEPID2_RUNS/lfw_protocol); --lfw and --celeba
+default to $DEEPID2_RUNS/lfw_aligned and $DEEPID2_RUNS/celeba_aligned.
+DEEPID2_RUNS defaults to ./runs, relative to the current directory.
 """
 import argparse
 import json
@@ -28,7 +32,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from lfw_protocol import DATA, HALVES  # noqa: E402
+from lfw_protocol import DATA, HALVES, RUNS  # noqa: E402
+from deepid2_core.verifier.pca import RANK_TOL  # noqa: E402
 
 CANDIDATES = (14, 25, 56, 64, 35, 44, 125, 2)
 
@@ -118,10 +123,9 @@ def stack(feats, subset, key):
 def pca_dim(x, want):
     """want, or the features' rank where it is lower (dead ReLU units: one
     patch's 320-d features have rank ~180)."""
-    from deepid2_core.verifier.pca import _RANK_TOL
     xc = x - x.mean(0)
     var = np.linalg.eigvalsh(xc.T @ xc / (len(x) - 1))
-    return min(want, int(np.sum(var > _RANK_TOL * var[-1])))
+    return min(want, int(np.sum(var > RANK_TOL * var[-1])))
 
 
 def select(a):
@@ -252,9 +256,10 @@ def train(a):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("stage", choices=["train", "features", "select", "eval", "ship"])
-    p.add_argument("--runs", default="/work/runs/lfw_protocol")
-    p.add_argument("--lfw", default="/work/runs/lfw_aligned", help="faces from `deepid2 align`")
-    p.add_argument("--celeba", default="/work/runs/celeba_aligned",
+    p.add_argument("--runs", default=os.path.join(RUNS, "lfw_protocol"))
+    p.add_argument("--lfw", default=os.path.join(RUNS, "lfw_aligned"),
+                   help="faces from `deepid2 align`")
+    p.add_argument("--celeba", default=os.path.join(RUNS, "celeba_aligned"),
                    help="celeba-lfwstyle aligned by `deepid2 align`")
     p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))
     p.add_argument("--extra", help="more training identity folders (aligned faces), e.g. "

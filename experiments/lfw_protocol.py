@@ -9,8 +9,8 @@ together give the 10-fold figure.
     python experiments/lfw_protocol.py train --variant a --lam 0 --halves half1      # ident alone
     python experiments/lfw_protocol.py train --variant c --lam 1 --ident-weight 0 --halves half1
 
-Everything is written under --runs (default /work/runs/lfw_protocol), never
-into the repository. --images: raw (LFW's deep-funneled images as they are,
+Everything is written under --runs (default $DEEPID2_RUNS/lfw_protocol;
+DEEPID2_RUNS defaults to ./runs, relative to the current directory). --images: raw (LFW's deep-funneled images as they are,
 the geometry the patch crop was measured on) or a folder made by `deepid2 align`.
 """
 import argparse
@@ -24,6 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
                                                    "shared", "data"))
+# where the studies write: ./runs of the current directory unless DEEPID2_RUNS is set
+RUNS = os.environ.get("DEEPID2_RUNS", "runs")
 HALVES = {"half1": (range(0, 5), range(5, 10)), "half2": (range(5, 10), range(0, 5))}
 
 
@@ -58,7 +60,7 @@ def main():
                    help="weight of the identification loss (0: verification alone)")
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--lr", type=float, default=0.03)
-    p.add_argument("--runs", default="/work/runs/lfw_protocol")
+    p.add_argument("--runs", default=os.path.join(RUNS, "lfw_protocol"))
     p.add_argument("--lfw", default=os.path.join(DATA, "lfw"))
     p.add_argument("--celeba", default=os.path.join(DATA, "celeba-lfwstyle"))
     p.add_argument("--pairs", default=os.path.join(DATA, "pairs.txt"))

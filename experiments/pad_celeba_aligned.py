@@ -16,7 +16,7 @@ DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), ".
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         raise SystemExit(__doc__)
     src, dst = os.path.join(DATA, "celeba-aligned"), sys.argv[1]
     n = 0
