@@ -34,10 +34,11 @@ def model():
 
 def cli_features(path):
     """The features `deepid2 verify` computes for one photograph."""
-    from deepid2_core.verifier.commands import load_model, prepare_faces
+    from deepid2_core.verifier.commands import prepare_faces
+    from deepid2_core.verifier.model import Verifier
     faces, problems = prepare_faces([str(path)], progress=False)
     assert not problems
-    return load_model(progress=False).features([faces[str(path)]])[0]
+    return Verifier.load(progress=False).features([faces[str(path)]])[0]
 
 
 def test_detect_finds_the_one_face(model):

@@ -224,7 +224,7 @@ def test_fit_verifier_cuts_the_patch_the_network_was_trained_on(tmp_path):
 
 
 def test_eval_ident_split_and_rates(world, tmp_path, capsys):
-    from deepid2_core.verifier.commands import load_model
+    from deepid2_core.verifier.model import Verifier
     out = tmp_path / "ident"
     assert main(["eval-ident", "--data", str(world["faces"]), "--model", str(world["model"]),
                  "--out", str(out), "--seed", "4"]) == 0
@@ -235,7 +235,7 @@ def test_eval_ident_split_and_rates(world, tmp_path, capsys):
         (known, known * (IMGS - 1), (IDS - known) * IMGS)
     assert f"closed-set rank-1: {res['rank1']:.4f}" in text
     # brute force: each genuine probe's best gallery image, by the model's own pair score
-    m = load_model(str(world["model"]), progress=False)
+    m = Verifier.load(str(world["model"]), progress=False)
     gallery = res["gallery_images"]
     g = m.features(gallery)
     person = lambda p: os.path.basename(os.path.dirname(p))

@@ -13,7 +13,8 @@ from deepid2_core.backends.cpu import assemble_batch
 from deepid2_core.data import LayoutPatch, cut_layout_patch
 from deepid2_core.face.detect import read_image
 from deepid2_core.synth import make_dataset
-from deepid2_core.verifier.commands import fit_layout, load_model
+from deepid2_core.verifier.commands import fit_layout
+from deepid2_core.verifier.model import Verifier
 from deepid2_core.verifier.features import PatchInputs, load_patch_network
 from deepid2_core.nets.deepid2 import DeepID2
 from deepid2_core.verifier_file import read_verifier_file, save_verifier
@@ -52,7 +53,7 @@ def test_model_file_describes_every_patch(world):
 
 
 def test_features_are_each_network_on_its_own_patch(world):
-    model = load_model(str(world["model"]), progress=False)
+    model = Verifier.load(str(world["model"]), progress=False)
     path = str(world["faces"] / "synth00003" / "synth00003_0002.jpg")
     got = model.features([path])[0]
     face, _ = read_image(path)
@@ -105,4 +106,4 @@ def test_errors(world, tmp_path):
                   m["pca_mean"], m["pca_components"], m["jb_A"], m["jb_G"], m["threshold"],
                   extra_meta=meta)
     with pytest.raises(ValueError, match="patch_inputs lists 2 patches for 3 networks"):
-        load_model(str(bad), progress=False)
+        Verifier.load(str(bad), progress=False)

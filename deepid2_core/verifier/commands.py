@@ -28,11 +28,6 @@ def _backend(name="cpu"):
     return get_backend(name)
 
 
-def load_model(path=None, backend="cpu", progress=True, cache_dir=None):
-    """A verifier model file -> Verifier (with its networks); None = the shipped model."""
-    return Verifier.load(path, backend=backend, progress=progress, cache_dir=cache_dir)
-
-
 def prepare_faces(paths, aligned=False, progress=True):
     """Image paths -> (faces: aligned BGR arrays or, when aligned, the paths,
     problems: {path: reason}) for unreadable images and images without a face."""
@@ -168,7 +163,7 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
 
 
 def verify_main(a, b, model=None, aligned=False, log=print):
-    m = load_model(model, progress=False)
+    m = Verifier.load(model, progress=False)
     faces, problems = prepare_faces([a, b], aligned=aligned, progress=False)
     for p in (a, b):
         if p in problems:
@@ -220,7 +215,7 @@ def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, 
         raise ValueError(f"{len(still)} images of the pairs are missing under {lfw}, e.g. "
                          f"{still[0]}" + ("" if unaligned else " (--unaligned DIR reads them "
                                           "from another folder)"))
-    m = load_model(model, cache_dir=cache_dir)
+    m = Verifier.load(model, cache_dir=cache_dir)
     rels = sorted({p for pr in pair_list for p in pr[:2]})
     index = {r: i for i, r in enumerate(rels)}
     paths = [os.path.join(unaligned if r in missing else lfw, *r.split("/")) for r in rels]

@@ -19,7 +19,8 @@ import numpy as np
 from .. import safetensors
 from ..data import scan_identities
 from ..errors import BadGalleryFile, BadImage, NoFace
-from .commands import extract_paths, load_model, prepare_faces
+from .commands import extract_paths, prepare_faces
+from .model import Verifier
 
 FAR = 0.01
 
@@ -112,7 +113,7 @@ def best_candidates(scores, names, top):
 
 def enroll_main(folder, gallery, model=None, aligned=False, log=print):
     ids = scan_identities(folder)
-    m = load_model(model)
+    m = Verifier.load(model)
     paths = [p for _, ps in ids for p in ps]
     owner = {p: name for name, ps in ids for p in ps}
     feats, kept, problems = _features_of_faces(m, paths, aligned)
@@ -132,7 +133,7 @@ def identify_main(images, gallery, model=None, top=1, aligned=False, log=print):
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     g = load_gallery(gallery)
-    m = load_model(model, progress=False)
+    m = Verifier.load(model, progress=False)
     if g["model_key"] != m.key():
         raise BadGalleryFile(f"{gallery} was enrolled with another model than {m.path}: "
                              "enrol again")

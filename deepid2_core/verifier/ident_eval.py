@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from ..data import scan_identities
-from .commands import extract_paths, load_model, parse_folds
+from .commands import extract_paths, parse_folds
+from .model import Verifier
 from .identification import open_set_dir, rank1_accuracy, split_gallery_probe
 from .lfw import people_of_folds, read_pairs
 
@@ -32,7 +33,7 @@ def eval_ident_main(data, model=None, pairs=None, folds=None, known_fraction=0.5
     if not ids:
         raise ValueError(f"{data}: no identity folders" + (" of those folds' people"
                                                             if pairs else ""))
-    m = load_model(model, cache_dir=cache_dir)
+    m = Verifier.load(model, cache_dir=cache_dir)
     paths = [p for _, ps in ids for p in ps]
     labels = np.array([k for k, (_, ps) in enumerate(ids) for _ in ps])
     feats, keep, problems = extract_paths(m.extractor, paths)

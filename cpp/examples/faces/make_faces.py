@@ -14,7 +14,7 @@ import numpy as np
 
 from deepid2_core.face.detect import read_image
 from deepid2_core.synth import make_dataset
-from deepid2_core.verifier.commands import load_model
+from deepid2_core.verifier.model import Verifier
 from deepid2_core.verifier.features import cut_face_patches
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,7 +24,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", help="verifier file (default: the shipped model)")
     a = p.parse_args()
-    layout = load_model(a.model, progress=False).extractor.layout
+    layout = Verifier.load(a.model, progress=False).layout
     with tempfile.TemporaryDirectory() as tmp:
         make_dataset(tmp, 2, 2, seed=0, progress=False, workers=1)
         ids = sorted(os.listdir(tmp))
