@@ -45,7 +45,8 @@ from ..face.landmark_cascade import (CASCADE_FORMAT, CascadeLevel, LandmarkCasca
                                      points_to_offsets, refine_flip_averaged, shape_frame)
 from ..face.landmarks import LandmarkModel, load_landmark_model, save_model
 from ..nets.refine import RefineLevelConfig, RefineNet, init_refine_params, unit_rms_init
-from .landmarks import EVAL, FINAL, TEST_LIST, TRAIN_LIST, build_cache, evaluate, nme, summarise
+from .landmarks import (EVAL, FINAL, TEST_LIST, TRAIN_LIST, LandmarkRegression, build_cache,
+                        evaluate, nme, summarise)
 from .loop import Group, Loop, load_checkpoint, read_log, save_checkpoint
 
 CHECKPOINT_FORMAT = "deepid2-landmark-cascade-checkpoint/1"
@@ -121,7 +122,7 @@ def make_samples(data, idx, rng, cfg, level_cfg):
     return patches, points_to_offsets(est, a, side, truth)
 
 
-class CascadeTask:
+class CascadeTask(LandmarkRegression):
     """The nets of one level (5 x len(patches)), all on the same batches: a task
     on the one loop (training/loop.py)."""
     checkpoint_name, n_stats = "checkpoint.safetensors", 1
@@ -234,19 +235,7 @@ class CascadeTask:
             total += float(loss)
         return (total / len(self.nets),)
 
-    @staticmethod
-    def step_loss(sums, groups):
-        return sums[0] / groups
-
-    @staticmethod
-    def running_values(loss):
-        return (loss,)
-
     # -- an epoch ------------------------------------------------------------
-    @staticmethod
-    def progress_text(sums, steps):
-        return f"loss {sums[0] / steps:.5f}"
-
     def validation(self, state):
         return summarise(self.validate(self.model_level(state))) if len(self.val_idx) else None
 
@@ -255,19 +244,6 @@ class CascadeTask:
         pts = refine_flip_averaged(level, self.data.images, self.data.hw, self.val_idx,
                                    self.val_start, flip_average)
         return nme(pts, self.data.points[self.val_idx])
-
-    @staticmethod
-    def epoch_row(sums, k, val, state):
-        return dict(loss=sums[0] / k, val_nme=val["nme"] if val else None,
-                    val_failure_rate=val["failure_rate"] if val else None)
-
-    @staticmethod
-    def score(row, val, epoch):
-        return row["val_nme"] if val else row["loss"]
-
-    @staticmethod
-    def improves(score, best):
-        return score < best
 
     def epoch_line(self, row):
         nme_ = row["val_nme"]

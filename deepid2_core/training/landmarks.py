@@ -342,7 +342,38 @@ class LandmarkTrainConfig:
             raise ValueError(f"detector must be haar or central, got {self.detector!r}")
 
 
-class LandmarkTask:
+class LandmarkRegression:
+    """What the landmark tasks (level 1 here, the cascade levels in cascade.py)
+    share on the loop: one regression loss per step, NME validation, and the
+    lowest held-out NME (else the lowest loss) as the best epoch."""
+
+    @staticmethod
+    def step_loss(sums, groups):
+        return sums[0] / groups
+
+    @staticmethod
+    def running_values(loss):
+        return (loss,)
+
+    @staticmethod
+    def progress_text(sums, steps):
+        return f"loss {sums[0] / steps:.5f}"
+
+    @staticmethod
+    def epoch_row(sums, k, val, state):
+        return dict(loss=sums[0] / k, val_nme=val["nme"] if val else None,
+                    val_failure_rate=val["failure_rate"] if val else None)
+
+    @staticmethod
+    def score(row, val, epoch):
+        return row["val_nme"] if val else row["loss"]
+
+    @staticmethod
+    def improves(score, best):
+        return score < best
+
+
+class LandmarkTask(LandmarkRegression):
     """The level-1 landmark net on a LandmarkCache: a task on the one loop
     (training/loop.py)."""
     checkpoint_name, n_stats, label = CHECKPOINT, 1, ""
@@ -445,19 +476,7 @@ class LandmarkTask:
         self.net.backward(state["params"], acts, dout, grads)
         return (float(loss),)
 
-    @staticmethod
-    def step_loss(sums, groups):
-        return sums[0] / groups
-
-    @staticmethod
-    def running_values(loss):
-        return (loss,)
-
     # -- an epoch ------------------------------------------------------------
-    @staticmethod
-    def progress_text(sums, steps):
-        return f"loss {sums[0] / steps:.5f}"
-
     def validation(self, state):
         return self.validate(self.model_params(state))
 
@@ -468,19 +487,6 @@ class LandmarkTask:
         model = LandmarkModel(params, self.net_cfg, backend=self.be, flip_average=False)
         pred = model.predict_crops(self.cache.crop[idx], self.cache.crop_inv[idx])
         return summarise(nme(pred, self.cache.points[idx]))
-
-    @staticmethod
-    def epoch_row(sums, k, val, state):
-        return dict(loss=sums[0] / k, val_nme=val["nme"] if val else None,
-                    val_failure_rate=val["failure_rate"] if val else None)
-
-    @staticmethod
-    def score(row, val, epoch):
-        return row["val_nme"] if val else row["loss"]
-
-    @staticmethod
-    def improves(score, best):
-        return score < best
 
     @staticmethod
     def epoch_line(row):
