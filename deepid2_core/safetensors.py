@@ -5,11 +5,21 @@ Layout: 8 bytes little-endian header length n, n bytes of JSON header
 {str: str}}), then the raw little-endian tensor bytes. Writes are atomic: a
 temporary file in the same folder, fsync, then rename, so an interrupted
 write never leaves a broken file under the final name.
+
+Checksum: save() puts "sha256" in the metadata, the hex SHA-256 of the data
+section (every byte after the header, as written); load() recomputes it and
+refuses a file whose bytes differ. Files written before checksums (no
+"sha256") still load, with a one-line warning on stderr, once per path. The key
+is the container's own: load() does not return it and save() refuses it in
+the caller's metadata.
 """
 
+import hashlib
 import json
 import os
+import re
 import struct
+import sys
 import tempfile
 
 import numpy as np
@@ -18,6 +28,9 @@ _DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int6
            "U8": np.uint8, "I8": np.int8, "F16": np.float16}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+CHECKSUM_KEY = "sha256"
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_unchecked_noted = set()  # paths already told "no checksum"
 
 
 class SafetensorsError(ValueError):
@@ -36,10 +49,16 @@ def save(path, tensors, metadata=None):
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         arrays.append(a)
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise TypeError("metadata must map str to str")
-        header["__metadata__"] = dict(metadata)
+    metadata = dict(metadata or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("metadata must map str to str")
+    if CHECKSUM_KEY in metadata:
+        raise ValueError(f"metadata key {CHECKSUM_KEY!r} is reserved for the checksum save() writes")
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(a.reshape(-1).view(np.uint8))
+    metadata[CHECKSUM_KEY] = digest.hexdigest()
+    header["__metadata__"] = metadata
     blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
     folder = os.path.dirname(os.path.abspath(path))
@@ -79,6 +98,12 @@ def load(path):
         if not isinstance(header, dict):
             raise SafetensorsError(f"{path}: header is not a JSON object")
         metadata = header.pop("__metadata__", {}) or {}
+        if not isinstance(metadata, dict):
+            raise SafetensorsError(f"{path}: __metadata__ is not a JSON object")
+        stored = metadata.pop(CHECKSUM_KEY, None)
+        if stored is not None and not (isinstance(stored, str) and _HEX64.fullmatch(stored)):
+            raise SafetensorsError(f"{path}: metadata {CHECKSUM_KEY} is not a hex SHA-256 "
+                                   f"(64 hex digits): {str(stored)[:80]!r}")
         data_size = size - 8 - n
         out, spans = {}, []
         for name, info in header.items():
@@ -99,7 +124,26 @@ def load(path):
             if b1 < e0:
                 raise SafetensorsError(f"{path}: tensors {n0!r} and {n1!r} overlap")
         body = f.read(data_size)
+        if len(body) != data_size:
+            raise SafetensorsError(f"{path}: truncated while reading ({len(body)} of "
+                                   f"{data_size} data bytes)")
+        _check_sum(path, body, stored)
         for begin, end, name, dtype, shape, native in spans:
             out[name] = np.frombuffer(body, dtype, count=(end - begin) // dtype.itemsize,
                                       offset=begin).astype(native).reshape(shape)
     return out, metadata
+
+
+def _check_sum(path, body, stored):
+    """Refuse data whose SHA-256 differs from the stored one; note a missing one."""
+    if stored is None:
+        key = os.path.abspath(path)
+        if key not in _unchecked_noted:
+            _unchecked_noted.add(key)
+            print(f"warning: {path}: no {CHECKSUM_KEY} checksum (written before checksums); "
+                  f"tensor data not verified", file=sys.stderr)
+        return
+    computed = hashlib.sha256(body).hexdigest()
+    if computed != stored.lower():
+        raise SafetensorsError(f"{path}: tensor data damaged ({CHECKSUM_KEY} mismatch: stored "
+                               f"{stored.lower()[:16]}..., computed {computed[:16]}...)")

@@ -3,10 +3,16 @@
 // built in memory (tests/fixture.h; too big to commit). Each run applies 1-4
 // mutations: byte flips and sets, truncation, insertion, deletion, chunk
 // copies, JSON-token splices in the header, and (half the time) a header
-// length fixed up to match, so the parser gets past the first check.
+// length fixed up to match, so the parser gets past the first check. The
+// seeds carry a "sha256" of their data section, so a mutated weight is
+// refused by the checksum (the mismatch path); half the time the stored
+// checksum is then fixed up too, so the checks behind it (non-finite values,
+// shapes) stay reachable. One seed has no checksum (a file written before
+// checksums).
 //   deepid2_fuzz_model_reader [--seconds 60] [--seed 1] [--corpus DIR]...
 //   deepid2_fuzz_model_reader --write-seeds DIR   (valid models, for libFuzzer)
 // On a sanitizer error the input is written to fuzz-crash.bin first.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "../src/infer/sha256.h"
 #include "fixture.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
@@ -59,6 +66,7 @@ std::vector<std::vector<uint8_t>> builtin_seeds() {
     fixture::Spec mixed = fixture::Spec::mixed();  // format 2
     mixed.projected = 3;
     seeds.push_back(fixture::verifier_bytes(mixed));
+    seeds.push_back(fixture::verifier_bytes(fixture::Spec{}, false));  // no checksum
     return seeds;
 }
 
@@ -78,6 +86,19 @@ const char* const kTokens[] = {
     "\\u0000", "\\ud800", "\"__metadata__\"", "\"data_offsets\"", "\"shape\"", "[0,0]",
     "\"conv3_region\"", "[1,1]", "[0,1]", "\"deepid2-verifier/1\"", "\"patch1/conv1.w\"",
     "\"deepid2-verifier/2\"", "\"nets\"", "\"net\""};
+
+// Rewrites the 64 hex digits after "sha256":" in the header (if any) to the
+// SHA-256 of the bytes after the header, as the mutated input stands.
+void fix_checksum(std::vector<uint8_t>& b) {
+    const uint64_t n = header_length(b);
+    if (b.size() < 8 || n > b.size() - 8) return;
+    const std::string key = "\"sha256\":\"";
+    const auto end = b.begin() + long(8 + n);
+    const auto at = std::search(b.begin() + 8, end, key.begin(), key.end());
+    if (at == end || end - at < long(key.size() + 64)) return;
+    const std::string sum = deepid2::sha256_hex(b.data() + 8 + n, size_t(b.size() - 8 - n));
+    std::copy(sum.begin(), sum.end(), at + long(key.size()));
+}
 
 void mutate(std::vector<uint8_t>& b, std::mt19937_64& g) {
     const uint64_t hdr = std::min<uint64_t>(header_length(b), b.size() > 8 ? b.size() - 8 : 0);
@@ -151,6 +172,7 @@ int main(int argc, char** argv) {
         current = seeds[g() % seeds.size()];
         const int n = 1 + int(g() % 4);
         for (int k = 0; k < n; ++k) mutate(current, g);
+        if (g() % 2) fix_checksum(current);
         LLVMFuzzerTestOneInput(current.data(), current.size());
         ++execs;
     }

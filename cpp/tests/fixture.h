@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "../src/infer/sha256.h"  // the library's SHA-256 (tested on known vectors in test_model)
+
 namespace fixture {
 
 struct Tensor {
@@ -24,12 +26,21 @@ struct Tensor {
     std::vector<float> values;  // float32 only: all the verifier needs
 };
 
-// Header JSON by hand, sorted names, padded with spaces to 8 bytes (as the
-// Python writer does).
+// Header JSON by hand, sorted names, padded with spaces to 8 bytes, with
+// "sha256" of the data section in the metadata (as the Python writer does);
+// checksum = false writes an older file without it.
 inline std::vector<uint8_t> safetensors_bytes(std::vector<Tensor> tensors,
-                                              const std::map<std::string, std::string>& meta) {
+                                              std::map<std::string, std::string> meta,
+                                              bool checksum = true) {
     std::sort(tensors.begin(), tensors.end(),
               [](const Tensor& a, const Tensor& b) { return a.name < b.name; });
+    std::vector<uint8_t> data;
+    for (const Tensor& t : tensors) {
+        const size_t at = data.size();
+        data.resize(at + 4 * t.values.size());
+        if (!t.values.empty()) std::memcpy(data.data() + at, t.values.data(), 4 * t.values.size());
+    }
+    if (checksum) meta["sha256"] = deepid2::sha256_hex(data.data(), data.size());
     auto quote = [](const std::string& s) {
         std::string o = "\"";
         for (char c : s) {
@@ -58,11 +69,7 @@ inline std::vector<uint8_t> safetensors_bytes(std::vector<Tensor> tensors,
     std::vector<uint8_t> out(8 + h.size());
     for (int k = 0; k < 8; ++k) out[k] = uint8_t(uint64_t(h.size()) >> (8 * k));
     std::memcpy(out.data() + 8, h.data(), h.size());
-    for (const Tensor& t : tensors) {
-        const size_t at = out.size();
-        out.resize(at + 4 * t.values.size());
-        if (!t.values.empty()) std::memcpy(out.data() + at, t.values.data(), 4 * t.values.size());
-    }
+    out.insert(out.end(), data.begin(), data.end());
     return out;
 }
 
@@ -171,8 +178,8 @@ inline std::map<std::string, std::string> verifier_metadata(const Spec& s) {
     return meta;
 }
 
-inline std::vector<uint8_t> verifier_bytes(const Spec& s) {
-    return safetensors_bytes(verifier_tensors(s), verifier_metadata(s));
+inline std::vector<uint8_t> verifier_bytes(const Spec& s, bool checksum = true) {
+    return safetensors_bytes(verifier_tensors(s), verifier_metadata(s), checksum);
 }
 
 inline void write_file(const std::string& path, const void* data, size_t size) {

@@ -46,6 +46,21 @@ int main(int argc, char** argv) {
                error_mentions("header length"),
            "junk bytes");
     expect(deepid2_model_load_memory(nullptr, 10, &m) == DEEPID2_ERROR_ARGUMENT, "NULL bytes");
+    {  // one flipped weight byte: refused by its checksum, the file named
+        auto damaged = bytes;
+        damaged.back() ^= 0x01;
+        const std::string bad_path = dir + "/damaged.safetensors";
+        fixture::write_file(bad_path, damaged.data(), damaged.size());
+        expect(deepid2_model_load(bad_path.c_str(), &m) == DEEPID2_ERROR_FORMAT && m == nullptr &&
+                   error_mentions(bad_path.c_str()) &&
+                   error_mentions("tensor data damaged (sha256 mismatch: stored "),
+               "damaged weights: DEEPID2_ERROR_FORMAT naming the file and the checksum");
+        const auto old = fixture::verifier_bytes(spec, false);  // written before checksums
+        expect(deepid2_model_load_memory(old.data(), old.size(), &m) == DEEPID2_OK && m,
+               "a file without a checksum loads");
+        deepid2_model_free(m);
+        m = nullptr;
+    }
 
     expect(deepid2_model_load(path.c_str(), &m) == DEEPID2_OK && m, "good file loads");
     expect(std::strlen(deepid2_last_error()) == 0, "success clears the error message");

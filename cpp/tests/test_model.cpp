@@ -1,6 +1,8 @@
 // deepid2::Model on fixture files written here (tests/fixture.h): features
 // against a plain double-precision forward, the Joint Bayesian score against
 // the formula, and the reader on truncated, corrupted and hostile files.
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../src/infer/sha256.h"
 #include "deepid2/model.h"
 #include "fixture.h"
 
@@ -452,10 +455,95 @@ static void test_random_flips() {
             expect(false, std::string("byte flip: unexpected error type: ") + e.what());
         }
     }
-    std::printf("random flips: %d of 300 still loaded (flips in weights)\n", loaded);
+    // every flip in the weights is caught by the checksum; one in the header may still load
+    std::printf("random flips: %d of 300 still loaded\n", loaded);
+}
+
+// ---------------------------------------------------------------------------
+// SHA-256 on the FIPS 180-2 vectors, whole and fed in uneven pieces.
+static void test_sha256() {
+    auto hex = [](const std::string& s) {
+        return deepid2::sha256_hex(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+    };
+    expect(hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "sha256(\"\")");
+    expect(hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "sha256(abc)");
+    const std::string two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";  // 56 bytes: 2 blocks
+    expect(hex(two) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1", "sha256(448 bits)");
+    const std::string million(1000000, 'a');
+    const std::string want = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
+    expect(hex(million) == want, "sha256(10^6 x a)");
+    deepid2::Sha256 h;  // pieces of 1, 2, ..., crossing every block boundary position
+    const auto* p = reinterpret_cast<const uint8_t*>(million.data());
+    size_t at = 0;
+    for (size_t len = 1; at < million.size(); ++len) {
+        const size_t take = std::min(len % 131, million.size() - at);
+        h.update(p + at, take);
+        at += take;
+    }
+    expect(h.hex_digest() == want, "sha256(10^6 x a) in pieces");
+    for (size_t n = 54; n <= 66; ++n) {  // the padding edge cases, against one-byte feeding
+        const std::string s(n, 'x');
+        deepid2::Sha256 one;
+        for (char c : s) one.update(reinterpret_cast<const uint8_t*>(&c), 1);
+        expect(one.hex_digest() == hex(s), "sha256 of " + std::to_string(n) + " bytes, bytewise");
+    }
+}
+
+// The "sha256" metadata: checked against the data section, malformed values
+// refused, older files without it accepted.
+static void test_checksum() {
+    const fixture::Spec spec;
+    const auto ts = fixture::verifier_tensors(spec);
+    const auto meta = fixture::verifier_metadata(spec);
+    const auto good = fixture::safetensors_bytes(ts, meta);
+    size_t header_end = 8;
+    for (int k = 0; k < 8; ++k) header_end += size_t(good[k]) << (8 * k);
+    const Model m = Model::load_memory(good.data(), good.size());
+    expect(m.metadata("sha256") ==
+               deepid2::sha256_hex(good.data() + header_end, good.size() - header_end),
+           "the checksum is of exactly the data section");
+    for (size_t at : {header_end, header_end + 37, good.size() - 1}) {
+        auto b = good;
+        b[at] ^= 0x20;
+        expect_rejected(b, "safetensors: tensor data damaged (sha256 mismatch: stored ",
+                        "a flipped data byte at " + std::to_string(at));
+    }
+    {  // from disk: the message names the file
+        auto b = good;
+        b.back() ^= 0x01;
+        const std::string path = "checksum_damaged.safetensors";
+        fixture::write_file(path, b.data(), b.size());
+        expect_format_error([&] { Model::load(path); }, path + ": safetensors: tensor data damaged",
+                            "damaged file on disk");
+        std::remove(path.c_str());
+    }
+    const auto old = fixture::safetensors_bytes(ts, meta, false);
+    const Model o = Model::load_memory(old.data(), old.size());
+    expect(o.metadata("sha256").empty(), "an older file without a checksum loads");
+    const std::string right = m.metadata("sha256");
+    std::string upper = right;
+    for (char& c : upper) c = char(std::toupper(static_cast<unsigned char>(c)));
+    auto with_sum = [&](const std::string& v) {
+        auto mm = meta;
+        mm["sha256"] = v;
+        return fixture::safetensors_bytes(ts, mm, false);
+    };
+    const auto up = with_sum(upper);
+    Model::load_memory(up.data(), up.size());  // upper-case hex is read
+    for (const std::string v : {std::string(), std::string("abc"), std::string(64, 'g'),
+                                right.substr(1), right + "0", " " + right.substr(1)})
+        expect_rejected(with_sum(v), "metadata sha256 is not a hex SHA-256 (64 hex digits)",
+                        "malformed checksum \"" + v + "\"");
+    std::string wrong = right;
+    wrong[0] = wrong[0] == '0' ? '1' : '0';
+    expect_rejected(with_sum(wrong), "stored " + wrong.substr(0, 16) + "..., computed " +
+                                         right.substr(0, 16) + "...)",
+                    "a well-formed but wrong checksum");
 }
 
 int main() {
+    test_sha256();
+    test_checksum();
     test_features_and_scores();
     test_truncated();
     test_corrupted();

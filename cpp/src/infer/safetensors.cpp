@@ -5,6 +5,7 @@
 
 #include "deepid2/model.h"
 #include "json.h"
+#include "sha256.h"
 
 namespace deepid2 {
 namespace safetensors {
@@ -50,6 +51,31 @@ Tensor read_entry(const std::string& name, const json::Value& e, uint64_t data_s
     if (t.end < t.begin || t.end - t.begin != count * uint64_t(dtype_size(t.dtype)))
         bad("\"" + name + "\": data_offsets do not match dtype x shape");
     return t;
+}
+
+bool is_hex64(const std::string& s) {
+    if (s.size() != 64) return false;
+    for (char c : s)
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return false;
+    return true;
+}
+
+// The "sha256" metadata against the data section's bytes (a file without
+// one is accepted: written before checksums; see File::checksum).
+void check_sum(File& f) {
+    auto it = f.metadata.find(kChecksumKey);
+    if (it == f.metadata.end()) return;
+    std::string stored = it->second;
+    if (!is_hex64(stored))
+        bad(std::string("metadata ") + kChecksumKey + " is not a hex SHA-256 (64 hex digits): \"" +
+            stored.substr(0, 80) + "\"");
+    for (char& c : stored)
+        if (c >= 'A' && c <= 'F') c = char(c - 'A' + 'a');
+    const std::string computed = sha256_hex(f.data, size_t(f.data_size));
+    if (computed != stored)
+        bad(std::string("tensor data damaged (") + kChecksumKey + " mismatch: stored " +
+            stored.substr(0, 16) + "..., computed " + computed.substr(0, 16) + "...)");
+    f.checksum = File::Checksum::Verified;
 }
 
 }  // namespace
@@ -113,6 +139,7 @@ File parse(const uint8_t* bytes, uint64_t size) {
     }
     if (covered != f.data_size)
         bad(std::to_string(f.data_size - covered) + " bytes after the last tensor");
+    check_sum(f);
     return f;
 }
 
