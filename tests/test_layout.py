@@ -36,12 +36,27 @@ def _is_package(mods, name):
 
 
 def _exists(root, mods, name):
-    """A module of the package: a .py file, a package, or a compiled extension."""
+    """A module of the package: a .py file, a package, or a compiled extension,
+    built or not (a name its package's __init__.py does not bind can only be
+    imported as a submodule)."""
     if name in mods:
         return True
-    parts = name.split(".")
-    folder = Path(root).joinpath(*parts[1:-1])
-    return any(folder.glob(parts[-1] + ".*.so")) or any(folder.glob(parts[-1] + ".*.pyd"))
+    owner, last = name.rsplit(".", 1)
+    return _is_package(mods, owner) and last not in _bound_names(mods[owner])
+
+
+def _bound_names(path):
+    """Names a module binds at its top level (defs, classes, assignments, imports)."""
+    names = set()
+    for node in ast.parse(Path(path).read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
 
 
 def imports(root):
