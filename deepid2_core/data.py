@@ -42,7 +42,10 @@ LANDMARKS_CSV = "landmarks.csv"   # what `deepid2 align` writes next to the alig
 
 def scan_identities(root):
     """[(identity, [image paths, sorted])], identities sorted by name; folders
-    without images are left out. ValueError when there is nothing to read."""
+    without images are left out. ValueError when there is nothing to read.
+    Symbolic links are followed, as `deepid2 align` follows them: a linked identity
+    folder is an identity, a linked image an image; a broken link to an image is
+    listed (the reader then gives it the reason "broken symbolic link")."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ValueError(f"dataset folder {root!r} does not exist or is not a folder")
@@ -52,13 +55,18 @@ def scan_identities(root):
         if name.startswith(".") or not os.path.isdir(d):
             continue
         files = sorted(f for f in os.listdir(d)
-                       if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(d, f)))
+                       if f.lower().endswith(IMAGE_EXTS) and not f.startswith(".")
+                       and _file_or_broken_link(os.path.join(d, f)))
         if files:
             out.append((name, [os.path.join(d, f) for f in files]))
     if not out:
         raise ValueError(f"dataset folder {root!r} has no identity folders with images "
                          f"(expected {root}/<identity>/*.jpg|*.jpeg|*.png)")
     return out
+
+
+def _file_or_broken_link(path):
+    return os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path))
 
 
 @dataclass(frozen=True)
@@ -222,12 +230,11 @@ def read_aligned_landmarks(root):
 def _decode(path, spec, landmarks=None):
     """(patch, None) or (None, reason): a bad file is a reason, never an exception.
     For a LayoutPatch the patch is the pair (patch, flipped counterpart)."""
+    from .face.image import read_image     # the reader every command uses
+    img, why = read_image(path)
+    if img is None:
+        return None, why
     try:
-        if os.path.getsize(path) == 0:
-            return None, "empty file"
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            return None, "not a decodable image"
         if isinstance(spec, LayoutPatch):
             return cut_layout_patch(img, spec, landmarks), None
         return cut_patch(img, spec), None
@@ -240,7 +247,7 @@ def fingerprint(root, identities):
     h = hashlib.sha256()
     for _, paths in identities:
         for p in paths:
-            st = os.stat(p)
+            st = os.stat(p) if os.path.exists(p) else os.lstat(p)   # lstat: a broken link
             h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 

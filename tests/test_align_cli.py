@@ -15,7 +15,7 @@ from deepid2_core.face import landmarks as lmk
 from deepid2_core.face.box import face_box
 from deepid2_core.face import pipeline
 from deepid2_core.face.align import CANONICAL, alignment_matrix, to_pixels, transform_points
-from deepid2_core.face.pipeline import CSV_COLUMNS, CSV_NAME, TMP_SUFFIX, align_main
+from deepid2_core.face.pipeline import CSV_COLUMNS, CSV_NAME, JOURNAL_NAME, TMP_SUFFIX, align_main
 
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
                                                    "shared", "data"))
@@ -69,7 +69,9 @@ def points(row, prefix=""):
 
 
 def files_under(d):
-    return sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs)
+    """The files under d, the resume journal left out."""
+    return sorted(p for p in (os.path.relpath(os.path.join(r, f), d)
+                              for r, _, fs in os.walk(d) for f in fs) if p != JOURNAL_NAME)
 
 
 def test_statuses_and_summary_counts(run):
@@ -200,7 +202,10 @@ def test_an_interrupted_run_leaves_whole_files_only(data, tmp_path, monkeypatch)
         align_main(data, out, workers=2, progress=False, log=None)
     monkeypatch.undo()
     assert len(calls) >= 4
-    assert (out / CSV_NAME).read_bytes() == before          # the CSV is the last whole one
+    # the CSV is whole: the header and whole rows of the final one, in its order
+    partial = (out / CSV_NAME).read_bytes().decode().splitlines()
+    assert partial[0] == before.decode().splitlines()[0]
+    assert set(partial) <= set(before.decode().splitlines())
     assert not [f for f in files_under(out) if f.endswith(TMP_SUFFIX)]
     for f in files_under(out):
         if f != CSV_NAME:
@@ -267,3 +272,153 @@ def test_cli_align_when_wired(data, tmp_path, capsys):
     assert all(r["output"].endswith(("_1.jpg", "_1.png", "_2.jpg", "_2.png"))
                for r in rows if r["output"])
     assert cli.main(["align", str(data), str(tmp_path / "p"), "--detector", "yunet"]) == 2
+
+
+# ----------------------------------------------------------------------------
+# resuming, symbolic links, bad YuNet models, the pixel limit (issue 15)
+
+def test_a_rerun_skips_the_images_done_and_redoes_changed_ones(data, tmp_path, capsys):
+    from deepid2_core import cli
+    out = tmp_path / "r"
+    assert cli.main(["align", str(data), str(out), "--workers", "1"]) == 0
+    first, listed = (out / CSV_NAME).read_bytes(), files_under(out)
+    capsys.readouterr()
+    assert cli.main(["align", str(data), str(out), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    n_done = sum(1 for r in read_csv(out) if r["status"] in ("ok", "no_face"))
+    assert f"{n_done} of 18 images already done" in err          # unreadable ones are retried
+    assert (out / CSV_NAME).read_bytes() == first and files_under(out) == listed
+    # an aligned file cut short is redone; so is a changed input
+    (out / FACE).write_bytes((out / FACE).read_bytes()[:100])
+    s = align_main(data, out, workers=1, progress=False, log=None)
+    assert s["resumed"] == n_done - 1 and (out / CSV_NAME).read_bytes() == first
+    assert cv2.imread(str(out / FACE)) is not None
+
+
+def test_keyboard_interrupt_midway_then_rerun_gives_the_uninterrupted_csv(data, tmp_path,
+                                                                           monkeypatch):
+    whole = tmp_path / "whole"
+    align_main(data, whole, workers=1, progress=False, log=None)
+    out = tmp_path / "cut"
+    real, seen = pipeline._Aligner.process, []
+
+    def process(self, rel, in_path):      # Ctrl-C while the 7th image is being aligned
+        seen.append(rel)
+        if len(seen) == 7:
+            raise KeyboardInterrupt
+        return real(self, rel, in_path)
+
+    monkeypatch.setattr(pipeline._Aligner, "process", process)
+    with pytest.raises(KeyboardInterrupt):
+        align_main(data, out, workers=1, progress=False, log=None)
+    monkeypatch.undo()
+    rows = read_csv(out)                  # whole, and lists the 6 images done
+    assert len({r["path"] for r in rows}) == 6
+    s = align_main(data, out, workers=1, progress=False, log=None)
+    assert s["resumed"] == sum(1 for r in {r["path"]: r for r in rows}.values()
+                               if r["status"] != "unreadable")
+    assert (out / CSV_NAME).read_bytes() == (whole / CSV_NAME).read_bytes()
+    assert files_under(out) == files_under(whole)
+    for f in files_under(whole):
+        assert (out / f).read_bytes() == (whole / f).read_bytes(), f
+
+
+def test_a_killed_process_then_rerun_gives_the_uninterrupted_csv(data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    whole = tmp_path / "whole"
+    align_main(data, whole, workers=1, progress=False, log=None)
+    out = tmp_path / "killed"
+    slow = ("import sys, time\n"
+            "from deepid2_core.face import pipeline\n"
+            "real = pipeline._Aligner.process\n"
+            "def process(self, rel, p):\n"
+            "    time.sleep(0.3)\n"
+            "    return real(self, rel, p)\n"
+            "pipeline._Aligner.process = process\n"
+            "pipeline.align_main(sys.argv[1], sys.argv[2], workers=1, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow, str(data), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal, t0 = out / JOURNAL_NAME, time.time()
+    try:
+        while time.time() - t0 < 60:
+            if journal.is_file() and len(journal.read_bytes().splitlines()) >= 6:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / CSV_NAME).exists() or read_csv(out) is not None   # never half-written
+    s = align_main(data, out, workers=1, progress=False, log=None)
+    assert s["resumed"] >= 4
+    assert (out / CSV_NAME).read_bytes() == (whole / CSV_NAME).read_bytes()
+    assert files_under(out) == files_under(whole)
+
+
+def test_symlinked_identity_folders_and_images_are_aligned(data, tmp_path):
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    shutil.copy(data / FACE, src / "real" / "a.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(data / FACE, tmp_path / "elsewhere" / "b.jpg")
+    (src / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (src / "real" / "c.jpg").symlink_to(data / FACE)
+    (src / "real" / "gone.jpg").symlink_to(tmp_path / "nothing.jpg")
+    (src / "real" / "loop").symlink_to(src, target_is_directory=True)   # not walked twice
+    s = align_main(src, tmp_path / "o", workers=1, progress=False, log=None)
+    rows = {r["path"]: r for r in read_csv(tmp_path / "o")}
+    assert sorted(rows) == ["linked/b.jpg", "real/a.jpg", "real/c.jpg", "real/gone.jpg"]
+    assert s["faces"] == 3 and (tmp_path / "o" / "linked" / "b.jpg").is_file()
+    assert rows["real/gone.jpg"]["status"] == "unreadable"
+    assert "broken symbolic link" in rows["real/gone.jpg"]["reason"]
+    # train's cache and enroll (data.scan_identities) see the same identities and files
+    from deepid2_core.data import scan_identities
+    ids = {name: [os.path.basename(p) for p in ps] for name, ps in scan_identities(src)}
+    assert ids == {"linked": ["b.jpg"], "real": ["a.jpg", "c.jpg", "gone.jpg"]}
+
+
+def test_a_yunet_model_that_is_not_onnx_is_one_line_exit_2(data, tmp_path, capsys):
+    from deepid2_core import cli
+    bad = tmp_path / "model.onnx"
+    bad.write_text("this is a text file, not a network\n")
+    rc = cli.main(["align", str(data), str(tmp_path / "o"), "--detector", "yunet",
+                   "--model", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{bad}: not a YuNet ONNX model (cv2: " in err
+    assert not (tmp_path / "o").exists()                     # checked before any work
+
+
+def test_images_over_the_pixel_limit_are_refused_from_their_header(data, tmp_path, capsys):
+    import struct
+    import zlib
+    from deepid2_core import cli
+    src = tmp_path / "src" / "p"
+    src.mkdir(parents=True)
+    shutil.copy(data / FACE, src / "small.jpg")
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", 30000, 30000)          # IHDR says 30000 x 30000
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    (src / "huge.png").write_bytes(bytes(png))
+    assert cli.main(["align", str(tmp_path / "src"), str(tmp_path / "o")]) == 0
+    rows = {r["path"]: r for r in read_csv(tmp_path / "o")}
+    assert rows["p/huge.png"]["status"] == "unreadable"
+    assert rows["p/huge.png"]["reason"] == (
+        "30000x30000 image (900 megapixels) is over the 50 megapixel limit "
+        "(--max-pixels N or DEEPID2_MAX_PIXELS=N raises it)")
+    assert rows["p/small.jpg"]["status"] == "ok"
+    # --max-pixels lowers (or raises) it
+    try:
+        assert cli.main(["align", str(tmp_path / "src"), str(tmp_path / "o2"),
+                         "--max-pixels", "1000"]) == 0
+    finally:
+        from deepid2_core.face.image import set_max_pixels
+        set_max_pixels(None)
+    rows = {r["path"]: r for r in read_csv(tmp_path / "o2")}
+    assert "over the 0.001 megapixel limit" in rows["p/small.jpg"]["reason"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["align", str(tmp_path / "src"), str(tmp_path / "o3"), "--max-pixels", "0"])
+    assert e.value.code == 2 and "--max-pixels" in capsys.readouterr().err

@@ -158,7 +158,8 @@ def test_cache_reuse_and_rebuild(dirty_root, tmp_path, monkeypatch):
     first = build_cache(dirty_root, cdir, progress=False)
     before = np.array(first.patches)
     calls = []
-    monkeypatch.setattr(data.cv2, "imread", lambda *a, **k: calls.append(a) or None)
+    from deepid2_core.face import image
+    monkeypatch.setattr(image.cv2, "imdecode", lambda *a, **k: calls.append(a) or None)
     again = build_cache(dirty_root, cdir, progress=False)
     assert again.reused and calls == []
     np.testing.assert_array_equal(np.asarray(again.patches), before)
@@ -272,3 +273,22 @@ def test_assemble_batch_from_cache_and_errors(synth_root, tmp_path):
             assemble_batch(cache.patches, bad_idx, None)
     with pytest.raises(ValueError, match="uint8"):
         assemble_batch(np.zeros((2, 55, 47, 3), np.float32), [0], None)
+
+
+def test_scan_identities_follows_symbolic_links(tmp_path):
+    """Linked identity folders and linked images are read, as `deepid2 align` reads them;
+    a broken link is listed so the cache names it as skipped."""
+    root, other = tmp_path / "root", tmp_path / "other"
+    (root / "real").mkdir(parents=True)
+    other.mkdir()
+    img = np.full((120, 120, 3), 128, np.uint8)
+    cv2.imwrite(str(root / "real" / "a.jpg"), img)
+    cv2.imwrite(str(other / "b.jpg"), img)
+    (root / "linked").symlink_to(other, target_is_directory=True)
+    (root / "real" / "c.jpg").symlink_to(other / "b.jpg")
+    (root / "real" / "gone.jpg").symlink_to(tmp_path / "nothing.jpg")
+    got = {n: [os.path.basename(p) for p in ps] for n, ps in scan_identities(root)}
+    assert got == {"linked": ["b.jpg"], "real": ["a.jpg", "c.jpg", "gone.jpg"]}
+    cache = build_cache(root, tmp_path / "cache", progress=False)
+    assert len(cache) == 3 and cache.identities == ["linked", "real"]
+    assert dict(cache.skipped)[os.path.join("real", "gone.jpg")].startswith("broken symbolic")

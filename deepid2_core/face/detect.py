@@ -1,16 +1,17 @@
 """Face detection: OpenCV's Haar cascade by default, YuNet when given its model.
 
-Every image goes through `read_image` (or `to_bgr8` for arrays), which never
-raises and normalises what it decodes to 8-bit BGR:
+Every image goes through `read_image` (face/image.py: the one reader of every
+command; the header's size is checked against a pixel limit before decoding) or
+`to_bgr8` for arrays; neither raises, and both normalise to 8-bit BGR:
 
 =====================  ====================================================
 input                  result
 =====================  ====================================================
 missing / empty file   ``None``, reason "file not found" / "empty file"
 text, garbage          ``None``, reason "not a decodable image"
-truncated JPEG         ``None``, reason "truncated JPEG ..." (no end-of-image
-                       marker after the last scan; OpenCV 4 would otherwise
-                       hand back a half-grey image)
+truncated JPEG / PNG   ``None``, reason "truncated JPEG ..." / "truncated PNG ..."
+over the pixel limit   ``None``, reason "30000x30000 image (900 megapixels) is
+                       over the 50 megapixel limit (...)", nothing decoded
 16-bit (PNG, TIFF)     8-bit by v / 257, rounded (0..65535 -> 0..255)
 float images           clipped to [0, 1] and scaled by 255
 RGBA / grey+alpha      alpha dropped (no compositing)
@@ -49,58 +50,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..errors import BadModelFile
 from . import haar
-
-_READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR     # keeps depth, drops alpha
-
-
-def to_bgr8(img):
-    """Decoded array -> (uint8 H x W x 3 BGR, None) or (None, reason)."""
-    if not isinstance(img, np.ndarray) or img.ndim not in (2, 3) or img.size == 0:
-        return None, "not an image array"
-    if img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4):
-        return None, f"unsupported channel count {img.shape[2]}"
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif img.dtype in (np.float32, np.float64):
-        img = np.rint(np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        return None, f"unsupported sample type {img.dtype}"
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, :3]                         # BGRA -> BGR: alpha dropped
-    elif img.ndim == 3 and img.shape[2] in (1, 2):
-        img = img[:, :, 0]                          # grey (+ alpha) -> grey
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    return np.ascontiguousarray(img), None
-
-
-def _jpeg_truncated(data):
-    """A JPEG whose last scan (SOS marker) is not followed by an EOI marker."""
-    sos = data.rfind(b"\xff\xda")
-    return sos < 0 or data.find(b"\xff\xd9", sos + 2) < 0
-
-
-def read_image(path):
-    """Image file -> (uint8 H x W x 3 BGR, None) or (None, reason). Never raises."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, "file not found"
-    except OSError as e:
-        return None, f"cannot read file: {e.strerror or e}"
-    if not data:
-        return None, "empty file"
-    if data[:3] == b"\xff\xd8\xff" and _jpeg_truncated(data):
-        return None, "truncated JPEG (no end-of-image marker after the last scan)"
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS)
-    except Exception as e:  # noqa: BLE001 - e.g. cv2.error for a too-large image
-        return None, f"not a decodable image ({type(e).__name__}: {str(e).strip()[-200:]})"
-    if img is None:
-        return None, "not a decodable image"
-    return to_bgr8(img)
+from .image import read_image, to_bgr8  # the one reader (re-exported: face.read_image)
 
 
 @dataclass
@@ -178,8 +130,14 @@ class YuNetDetector:
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"YuNet model {model_path!r} does not exist")
         self.model_path = model_path
-        self._net = cv2.FaceDetectorYN.create(model_path, "", (320, 320), float(score_threshold),
-                                              float(nms_threshold), int(top_k))
+        try:    # a text file, another network: refused here, not on every image
+            self._net = cv2.FaceDetectorYN.create(model_path, "", (320, 320),
+                                                  float(score_threshold), float(nms_threshold),
+                                                  int(top_k))
+            self._net.detect(np.zeros((320, 320, 3), np.uint8))
+        except cv2.error as e:
+            raise BadModelFile(f"{model_path}: not a YuNet ONNX model (cv2: "
+                               f"{cv2_message(e)})") from None
         self._lock = threading.Lock()           # setInputSize + detect must stay together
 
     def detect(self, bgr):
@@ -188,6 +146,16 @@ class YuNetDetector:
             _, faces = self._net.detect(bgr)
         faces = np.zeros((0, 15), np.float32) if faces is None else np.asarray(faces, np.float32)
         return faces[:, :4].copy(), faces[:, 14].copy(), faces[:, 4:14].reshape(-1, 5, 2).copy()
+
+
+def cv2_message(err):
+    """The one line of a cv2.error that says what went wrong ("... in function ...")."""
+    text = str(err).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith(">") or "error:" in ln:
+            return ln.lstrip("> ").split("error: ", 1)[-1][:300]
+    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 def make_detector(model_path=None, **kwargs):

@@ -63,15 +63,32 @@ is nearly all in code that drops the GIL: the numba Haar scan (``nogil=True``), 
 
 Safe writing: each aligned image is written to a hidden temporary file in its folder
 and renamed over the target, so an interrupted run leaves only whole images (and
-temporary files of a killed run are removed by the next run); the CSV is written at
-the end, the same way. A re-run overwrites; aligned files that an earlier run listed in
-OUT_DIR/landmarks.csv and this run did not write again (a face no longer found, a
-different ``all_faces``) are removed after the new CSV is in place, so OUT_DIR matches
-its CSV. One run at a time per OUT_DIR.
+temporary files of a killed run are removed by the next run). landmarks.csv is written
+the same way (never half-written): every `CSV_EVERY` images, when a run is interrupted,
+and at the end, each time listing the images done so far in input order.
+
+Resuming: after each image its CSV rows, the input's size and mtime, and the aligned
+files' sizes are appended to the journal OUT_DIR/.align-journal.jsonl (flushed per
+image; its first line holds the run's settings). A re-run with the same settings skips
+every image whose journal entry still holds: the input unchanged, each aligned file
+there with its size (files are renamed into place whole, so that is a whole file); it
+says on stderr how many it skipped. Unreadable images and failures are tried again.
+Other settings (detector, model, size, all_faces, central_fallback, landmark model)
+start over. A killed run, re-run, gives the same landmarks.csv and files as one
+uninterrupted run. Delete the journal to force a full re-run. Aligned files that an
+earlier run listed and this run did not write again (a face no longer found, a
+different ``all_faces``) are removed at the end, after the new CSV is in place, so
+OUT_DIR matches its CSV. One run at a time per OUT_DIR.
+
+Symbolic links under IN_DIR are followed (linked identity folders and linked images
+are inputs like the others; a link back to a folder above it is not walked twice), as
+`deepid2 train` and `deepid2 enroll` follow them (`data.scan_identities`).
 """
 import csv
 import io
+import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -83,7 +100,8 @@ import numpy as np
 from .align import align_face
 from .box import face_boxes, haar_detector
 from .detect import YuNetDetector, detect_image, read_image
-from .landmarks import LandmarkModel, load_landmark_model, predict_landmarks
+from .image import pixel_limit
+from .landmarks import DEFAULT_MODEL, LandmarkModel, load_landmark_model, predict_landmarks
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .tif .tiff .webp .pgm .ppm .pbm .pnm .pxm .sr "
@@ -97,6 +115,9 @@ CSV_COLUMNS = (["path", "face", "status", "reason", "output", "source",
 # written in the input's own format; the others are written as PNG with ".png" appended
 _ENCODABLE = frozenset(".jpg .jpeg .jpe .png .bmp .tif .tiff .webp .ppm".split())
 TMP_SUFFIX = ".align-tmp"
+JOURNAL_NAME = ".align-journal.jsonl"
+JOURNAL_FORMAT = 1
+CSV_EVERY = 500               # landmarks.csv is rewritten (whole) after this many images
 JPEG_QUALITY = 95
 MAX_SIDE = 1024               # images larger than this are shrunk for detection only
 
@@ -144,9 +165,11 @@ def list_images(in_dir, out_dir=None):
     in_dir = os.path.abspath(os.fspath(in_dir))
     skip = os.path.realpath(out_dir) if out_dir is not None else None
     found, others = [], 0
-    for root, dirs, files in os.walk(in_dir):
+    for root, dirs, files in os.walk(in_dir, followlinks=True):
+        real_root = os.path.realpath(root)
         dirs[:] = [d for d in dirs if not d.startswith(".")
-                   and os.path.realpath(os.path.join(root, d)) != skip]
+                   and os.path.realpath(os.path.join(root, d)) != skip
+                   and not _is_ancestor(os.path.realpath(os.path.join(root, d)), real_root)]
         rel_root = os.path.relpath(root, in_dir)
         parts = () if rel_root == "." else tuple(rel_root.split(os.sep))
         for f in files:
@@ -158,6 +181,11 @@ def list_images(in_dir, out_dir=None):
                 others += 1
     found.sort()
     return ["/".join(p) for p in found], others
+
+
+def _is_ancestor(a, b):
+    """Whether folder a is b or holds it (a link to it would loop)."""
+    return b == a or b.startswith(a.rstrip(os.sep) + os.sep)
 
 
 def output_name(rel, face, all_faces):
@@ -296,13 +324,97 @@ def _rows(res):
     return rows
 
 
-def _csv_bytes(results):
+def _record(res, in_path, out_dir):
+    """One image's journal entry: its CSV rows and what a re-run checks to skip it."""
+    return dict(path=res.rel, input=_stat(in_path), read=res.read, status=res.status,
+                rows=_rows(res),
+                outputs={f.output: os.path.getsize(os.path.join(out_dir, *f.output.split("/")))
+                         for f in res.faces if f.output})
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _still_done(rec, in_path, out_dir):
+    """Whether a journal entry can stand for this run: a result worth keeping, the input
+    unchanged and every aligned file there, whole (the size written)."""
+    if rec.get("status") not in ("ok", "no_face") or rec.get("input") != _stat(in_path):
+        return False
+    for o, size in rec.get("outputs", {}).items():
+        try:
+            if os.path.getsize(os.path.join(out_dir, *o.split("/"))) != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _csv_bytes(records):
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    for res in results:
-        w.writerows(_rows(res))
+    for rec in records:
+        w.writerows(rec["rows"])
     return buf.getvalue().encode("utf-8")
+
+
+def _file_key(path):
+    st = _stat(path)
+    return [os.path.abspath(path)] + (st or [])
+
+
+def _settings(detector, model, size, all_faces, central_fallback, landmark_model):
+    """What a run's results depend on besides the inputs: a journal is resumed only
+    under the same settings. A LandmarkModel object (API) is never taken for an earlier
+    one: such runs start over."""
+    if detector == "haar":
+        lm = (f"object {id(landmark_model)} {time.time_ns()}"
+              if isinstance(landmark_model, LandmarkModel)
+              else _file_key(os.fspath(landmark_model) if landmark_model else DEFAULT_MODEL))
+    else:
+        lm = None
+    return dict(detector=detector, model=_file_key(model) if model else None, size=list(size),
+                all_faces=bool(all_faces), central_fallback=bool(central_fallback),
+                landmark_model=lm)
+
+
+def _read_journal(path):
+    """(header, {rel: entry}) of a journal; a line cut short by a kill ends it. None when
+    there is no readable journal."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    entries, header = {}, None
+    for k, line in enumerate(lines):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(obj, dict):
+            break
+        if k == 0:
+            if obj.get("journal") != JOURNAL_FORMAT:
+                return None
+            header = obj
+        elif isinstance(obj.get("path"), str) and isinstance(obj.get("rows"), list):
+            entries[obj["path"]] = obj
+    return None if header is None else (header, entries)
+
+
+def _journal_lines(header, records):
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in [header, *records])
+
+
+def _safe_outputs(names):
+    return {o for o in names if isinstance(o, str) and o and not os.path.isabs(o)
+            and ".." not in o.split("/")}
 
 
 def _previous_outputs(out_dir):
@@ -313,12 +425,7 @@ def _previous_outputs(out_dir):
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error):
         return set()
-    outs = set()
-    for r in rows:
-        o = (r.get("output") or "").strip()
-        if o and not os.path.isabs(o) and ".." not in o.split("/"):
-            outs.add(o)
-    return outs
+    return _safe_outputs((r.get("output") or "").strip() for r in rows)
 
 
 def _sweep_temporaries(out_dir):
@@ -350,6 +457,7 @@ def align_main(in_dir, out_dir, detector="haar", model=None, size=250, all_faces
     out_dir/landmarks.csv. detector "haar" (landmarks from the landmark ConvNet,
     `landmark_model`: a path or LandmarkModel, default the shipped one) or "yunet"
     (needs `model`, the YuNet ONNX file; YuNet's own landmarks). size: N or (W, H).
+    Resumes an interrupted run into the same out_dir (module docstring).
     Returns the summary dict (also printed through `log` unless log is None)."""
     from ..progress import Progress
     t0 = time.perf_counter()
@@ -370,48 +478,99 @@ def align_main(in_dir, out_dir, detector="haar", model=None, size=250, all_faces
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    pixel_limit()                    # a bad DEEPID2_MAX_PIXELS: refused before any work
 
     rels, skipped = list_images(in_dir, out_dir)
     aligner = _Aligner(out_dir, detector, model, size, all_faces, central_fallback,
                        landmark_model)
     os.makedirs(out_dir, exist_ok=True)
-    previous = _previous_outputs(out_dir)
     _sweep_temporaries(out_dir)
 
+    def in_path(rel):
+        return os.path.join(in_dir, *rel.split("/"))
+
+    # the journal: what an earlier run did, and every aligned file any run left here
+    settings = _settings(detector, model, size, all_faces, central_fallback, landmark_model)
+    journal_path = os.path.join(out_dir, JOURNAL_NAME)
+    old = _read_journal(journal_path)
+    previous = _previous_outputs(out_dir)
+    done = {}
+    if old is not None:
+        header, entries = old
+        previous |= _safe_outputs(header.get("previous", []))
+        previous |= _safe_outputs(o for e in entries.values() for o in e.get("outputs", {}))
+        if header.get("settings") == settings:
+            wanted = set(rels)
+            done = {rel: e for rel, e in entries.items()
+                    if rel in wanted and _still_done(e, in_path(rel), out_dir)}
+    records = {rel: done[rel] for rel in rels if rel in done}
+    todo = [rel for rel in rels if rel not in done]
+    header = dict(journal=JOURNAL_FORMAT, settings=settings, previous=sorted(previous))
+    _write_atomic(journal_path, _journal_lines(header, records.values()).encode("utf-8"))
+    if done:
+        print(f"align: {len(done)} of {len(rels)} images already done in {out_dir}, skipped "
+              f"(delete {JOURNAL_NAME} there to align them again)", file=sys.stderr, flush=True)
+
+    def write_csv():
+        _write_atomic(os.path.join(out_dir, CSV_NAME),
+                      _csv_bytes(records[r] for r in rels if r in records))
+
     def task(rel):
-        return aligner.process(rel, os.path.join(in_dir, *rel.split("/")))
+        res = aligner.process(rel, in_path(rel))
+        return _record(res, in_path(rel), out_dir)
 
     bar = Progress(len(rels), "aligning", enabled=progress)
-    results, counts = [], dict(ok=0, no_face=0, unreadable=0, error=0, faces=0)
-    pool = ThreadPoolExecutor(workers) if workers > 1 and len(rels) > 1 else None
+    counts = dict(ok=0, no_face=0, unreadable=0, error=0, faces=0)
+
+    def count(rec):
+        counts[rec["status"]] += 1
+        counts["faces"] += len(rec["rows"]) if rec["status"] == "ok" else 0
+
+    for rec in records.values():
+        count(rec)
+    if records:
+        bar.update(len(records))
+    pool = ThreadPoolExecutor(workers) if workers > 1 and len(todo) > 1 else None
+    finished = False
     try:
-        it = pool.map(task, rels) if pool else map(task, rels)
-        for res in it:
-            results.append(res)
-            counts[res.status] += 1
-            counts["faces"] += res.status == "ok" and len(res.faces)
-            bar.update(1, f"{counts['faces']} faces, {counts['no_face']} without, "
-                          f"{counts['unreadable']} unreadable")
+        with open(journal_path, "a", encoding="utf-8") as journal:
+            it = pool.map(task, todo) if pool else map(task, todo)
+            for k, rec in enumerate(it, 1):
+                records[rec["path"]] = rec
+                journal.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                journal.flush()
+                count(rec)
+                bar.update(1, f"{counts['faces']} faces, {counts['no_face']} without, "
+                              f"{counts['unreadable']} unreadable")
+                if k % CSV_EVERY == 0:
+                    write_csv()
+        finished = True
     finally:
         if pool is not None:     # on an interrupt: drop queued images, let running ones end
             pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
+        if not finished:         # what is done so far, whole; the journal resumes the rest
+            write_csv()
 
-    _write_atomic(os.path.join(out_dir, CSV_NAME), _csv_bytes(results))
-    written = {f.output for r in results for f in r.faces if f.output}
+    write_csv()
+    written = {o for r in records.values() for o in r["outputs"]}
     removed = 0
     for o in sorted(previous - written):
         p = os.path.join(out_dir, *o.split("/"))
         if os.path.isfile(p):
             os.remove(p)
             removed += 1
+    header["previous"] = []          # every file left here is now one this CSV lists
+    _write_atomic(journal_path,
+                  _journal_lines(header, [records[r] for r in rels]).encode("utf-8"))
 
+    ordered = [records[r] for r in rels]
     summary = dict(
-        images=len(rels), read=sum(r.read for r in results), faces=counts["faces"],
+        images=len(rels), read=sum(bool(r["read"]) for r in ordered), faces=counts["faces"],
         with_face=counts["ok"], no_face=counts["no_face"], unreadable=counts["unreadable"],
         errors=counts["error"], aligned=len(written),
-        central=sum(1 for r in results for f in r.faces if f.source == "central"),
-        skipped_non_images=skipped, stale_removed=removed,
+        central=sum(1 for r in ordered for row in r["rows"] if row[5] == "central"),
+        skipped_non_images=skipped, stale_removed=removed, resumed=len(done),
         seconds=round(time.perf_counter() - t0, 2), workers=workers, detector=detector,
         landmarks="landmark ConvNet" if detector == "haar" else "YuNet",
         size=list(size), all_faces=bool(all_faces), in_dir=in_dir, out_dir=out_dir,
