@@ -148,8 +148,9 @@ class Model:
 
 class Gallery:
     """Known people, each the mean raw feature of their enrolment images, with
-    the open-set threshold set on those images (false accept rate 1%, as
-    `deepid2 enroll`). Saved in the gallery file format of `deepid2 enroll`
+    the open-set threshold of `deepid2 enroll` (false accept rate 1%, from the
+    model's impostor score distribution; for a model file without one, from
+    the enrolment images, with a note on stderr). Saved in the gallery file format of `deepid2 enroll`
     (.npz or .safetensors), tied to its model."""
 
     def __init__(self, model, names, means, counts, threshold):
@@ -175,7 +176,8 @@ class Gallery:
         if not faces:
             raise ValueError("enrolment needs images: people is empty")
         feats = model.verifier.features(faces)
-        names, means, counts, t, _ = enrol(model.verifier, feats, np.array(labels), "the gallery")
+        names, means, counts, t, _, _ = enrol(model.verifier, feats, np.array(labels),
+                                              "the gallery")
         return cls(model, names, means, counts, t)
 
     def identify(self, image, top=1):

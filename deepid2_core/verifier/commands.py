@@ -10,10 +10,12 @@ Bayesian. Faces go in either as plain photographs
 """
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
+from ..checks import output_file
 from ..data import PatchSpec, scan_identities, spec_from_dict
 from ..errors import BadImage, NoFace
 from ..progress import Progress
@@ -120,11 +122,19 @@ def fit_layout(nets):
     return layout, networks
 
 
+def _to_stderr(text):
+    print(text, file=sys.stderr)
+
+
 def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
-                      backend="cpu", cache_dir=None, log=print, em_iters=None, em_tol=None):
+                      backend="cpu", cache_dir=None, log=print, em_iters=None, em_tol=None,
+                      warn=_to_stderr):
     """Features of every image under data (identity folders of aligned faces)
-    -> PCA + Joint Bayesian, thresholds on training pairs -> verifier file.
-    em_iters, em_tol: JointBayesian.fit's max_iter and tol (None: its defaults)."""
+    -> PCA + Joint Bayesian, thresholds on training pairs, the best scores of
+    outsider probes over simulated galleries (impostor.py) -> verifier file. em_iters, em_tol:
+    JointBayesian.fit's max_iter and tol (None: its defaults). log: the result
+    line (stdout); warn: progress and skipped images (stderr)."""
+    output_file(out, (".safetensors",), "--out")   # before any work
     layout_obj, networks = fit_layout(nets)
     ids = scan_identities(data)
     paths = [p for _, ps in ids for p in ps]
@@ -132,15 +142,16 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
     ext = FeatureExtractor(layout_obj, networks, _backend(backend), cache_dir=cache_dir)
     feats, keep, problems = extract_paths(ext, paths)
     for why in problems[:5]:
-        log(f"skipped: {why}")
+        warn(f"skipped: {why}")
     if len(keep) < len(paths):
-        log(f"{len(paths) - len(keep)} images skipped")
+        warn(f"{len(paths) - len(keep)} images skipped")
     labels = labels[keep]
     multi = np.sum(np.bincount(labels) >= 2) if len(labels) else 0
     if multi < 2:
         raise ValueError(f"{data}: fitting needs at least 2 identities with 2 or more readable "
                          f"images, found {multi}")
-    log(f"{len(keep)} images of {len(np.unique(labels))} identities, features {feats.shape[1]}-d")
+    warn(f"{len(keep)} images of {len(np.unique(labels))} identities, features "
+         f"{feats.shape[1]}-d")
     rank = min(len(feats) - 1, feats.shape[1])
     if pca > rank:
         raise ValueError(f"--pca {pca} exceeds what {len(feats)} images of {feats.shape[1]}-d "
@@ -158,7 +169,10 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
     ver.with_networks(ext).save(out, extra_meta=meta)
     log(f"PCA {pca}, Joint Bayesian after {ver.jb.iterations} EM iterations ({fit_s:.0f} s); "
         f"threshold "
-        f"{ver.threshold:.3f} (accuracy {train_acc:.4f} on other training pairs); wrote {out}")
+        f"{ver.threshold:.3f} (accuracy {train_acc:.4f} on other training pairs); impostor "
+        f"scores of {ver.impostor.trials} outsider probes per simulated gallery size "
+        f"({', '.join(map(str, ver.impostor.sizes(1)))} people; means of "
+        f"1-{max(ver.impostor.tables)} images); wrote {out}")
     return dict(threshold=ver.threshold, train_pair_accuracy=train_acc, images=len(keep))
 
 
@@ -173,6 +187,77 @@ def verify_main(a, b, model=None, aligned=False, log=print):
     log(f"{'same person' if same else 'different people'}: score {score:.3f}, "
         f"threshold {m.threshold:.3f}")
     return dict(same=same, score=score, threshold=m.threshold)
+
+
+def read_pair_lines(path):
+    """[(line number, path A, path B, None) or (line number, the line, "", why)]
+    of a --pairs file: two paths a line, split at a tab when the line holds
+    one (paths with spaces), else at whitespace; blank lines and lines
+    starting with # are skipped."""
+    if os.path.isdir(path):
+        raise ValueError(f"--pairs {path} is a folder, not a file of image pairs")
+    if not os.path.isfile(path):
+        raise ValueError(f"--pairs {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--pairs {path} is not UTF-8 text ({e.reason} at byte {e.start})") \
+            from None
+    out = []
+    for k, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [x for x in line.split("\t") if x.strip()] if "\t" in line else line.split()
+        fields = [x.strip() for x in fields]
+        if len(fields) == 2:
+            out.append((k, fields[0], fields[1], None))
+        else:
+            out.append((k, line.strip(), "", f"line {k}: expected two image paths, got "
+                        f"{len(fields)} (separate them by a tab when a path holds a space)"))
+    if not out:
+        raise ValueError(f"--pairs {path} holds no pairs (one line per pair: A B, or A<TAB>B)")
+    return out
+
+
+def verify_pairs_main(pairs_file, model=None, aligned=False, log=print, warn=_to_stderr,
+                      chunk=256):
+    """`deepid2 verify --pairs FILE`: one line per pair on stdout, in the
+    file's order: A, B, same/different (or "error: why"), score, tab-separated
+    ("-" for the score of a pair that failed). The model loads once; each
+    image is read and embedded once. Returns (pairs scored, pairs failed)."""
+    lines = read_pair_lines(pairs_file)
+    m = Verifier.load(model, progress=False)
+    feats, problems = {}, {}
+    bar = Progress(len(lines), "pairs", enabled=len(lines) > 1)
+    scored = failed = 0
+    for s in range(0, len(lines), chunk):
+        part = lines[s:s + chunk]
+        new = sorted({p for _, a, b, why in part if why is None for p in (a, b)}
+                     - set(feats) - set(problems))
+        if new:
+            faces, bad = prepare_faces(new, aligned=aligned, progress=False)
+            problems.update(bad)
+            good = [p for p in new if p in faces]
+            if good:
+                feats.update(zip(good, m.features([faces[p] for p in good])))
+        ok = [(a, b) for _, a, b, why in part if why is None and a in feats and b in feats]
+        score = dict(zip(ok, m.score(np.array([feats[a] for a, _ in ok]),
+                                     np.array([feats[b] for _, b in ok])))) if ok else {}
+        for _, a, b, why in part:
+            why = why or problems.get(a) or problems.get(b)
+            if why is None:
+                v = float(score[(a, b)])
+                log(f"{a}\t{b}\t{'same' if v >= m.threshold else 'different'}\t{v:.3f}")
+                scored += 1
+            else:
+                log(f"{a}\t{b}\terror: {why}\t-")
+                failed += 1
+        bar.update(len(part))
+    bar.close()
+    warn(f"{scored} of {len(lines)} pairs scored (threshold {m.threshold:.3f})"
+         + (f"; {failed} failed (error lines above)" if failed else ""))
+    return scored, failed
 
 
 def parse_folds(text, n):

@@ -1,26 +1,36 @@
 """`deepid2 enroll` and `deepid2 identify`: a gallery of identities, each the
 mean raw feature of its enrolment images, scored by the model's Joint Bayesian.
 
-Open-set threshold: on the enrolment images themselves, each image's best
-score against the *other* identities is an impostor score (it plays a person
-not in the gallery); the threshold is the lowest at which at most 1% of those
-reach it (FAR = 1%), as identification.open_set_dir defines it. Genuine scores
-(each image against its identity's mean of the other images) give the true
-accept rate reported at that threshold.
+Open-set threshold (FAR = 1%: at most 1% of the probes of people not in the
+gallery are taken for someone in it): from the model's impostor statistics,
+the best score of an outsider probe over galleries that `fit-verifier`
+simulated from its training people (impostor.ImpostorScores.threshold, for
+this gallery's number of people and images each). A model file without them
+(or with the older single-pair format) falls back, with a note on stderr, to
+the enrolment images themselves: each
+image's best score against the *other* identities is an impostor score, and
+the threshold is the lowest at which at most 1% of those reach it (few
+pairs: a rough estimate). Genuine scores (each image against its identity's
+mean of the other images) give the true accept rate reported at the
+threshold.
 
 Gallery file (.npz or .safetensors): names, means (float32 K x D), counts,
 threshold, far and the model key, so a gallery is never scored by another model.
 """
 import json
 import os
+import sys
+import zipfile
 
 import numpy as np
 
 from .. import safetensors
+from ..checks import output_file
 from ..data import scan_identities
 from ..errors import BadGalleryFile, BadImage, NoFace
 from .commands import extract_paths, prepare_faces
-from .model import Verifier
+from .impostor import stored_format
+from .model import IMPOSTOR_KEY, Verifier
 
 FAR = 0.01
 
@@ -36,24 +46,48 @@ def _features_of_faces(m, paths, aligned):
     return feats, kept, list(problems.values())
 
 
-def open_set_threshold(m, feats, labels, far=FAR):
-    """(threshold, true accept rate at it) from enrolment features."""
+def open_set_threshold(m, feats, labels, far=FAR, note=None):
+    """(threshold, true accept rate at it on the enrolment images, how it was
+    set) from enrolment features. note: where the fallback says so (stderr)."""
     ids, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     sums = np.zeros((len(ids), feats.shape[1]))
     np.add.at(sums, index, feats)
     z = m.project(feats)
-    s = m.jb.score_matrix(z, m.project(sums / counts[:, None]))
-    s[np.arange(len(z)), index] = -np.inf
-    impostor = np.sort(s.max(1))[::-1]
-    allowed = int(np.floor(far * len(impostor)))
-    t = float(np.nextafter(impostor[allowed], np.inf)) if allowed < len(impostor) \
-        else float(impostor[-1])
+    if m.impostor is not None:
+        t, extrapolated = m.impostor.threshold(counts, far)
+        how = (f"from the model's impostor scores (best scores of {m.impostor.trials} outsider "
+               f"probes against simulated galleries per size"
+               + (", extrapolated past the measured ones" if extrapolated else "") + ")")
+    else:
+        s = m.jb.score_matrix(z, m.project(sums / counts[:, None]))
+        s[np.arange(len(z)), index] = -np.inf
+        impostor = np.sort(s.max(1))[::-1]
+        allowed = int(np.floor(far * len(impostor)))
+        t = float(np.nextafter(impostor[allowed], np.inf)) if allowed < len(impostor) \
+            else float(impostor[-1])
+        how = f"from the {len(impostor)} enrolment images"
+        old = stored_format(m.metadata.get(IMPOSTOR_KEY, ""))
+        holds = (f"holds impostor scores of the older format {old!r} (single pairs, not "
+                 f"galleries: refit it with `deepid2 fit-verifier`)" if old else
+                 "holds no impostor score distribution (written before `deepid2 fit-verifier` "
+                 "stored one)")
+        (note or (lambda text: print(text, file=sys.stderr)))(
+            f"note: {m.path or 'the model'} {holds}: the open-set threshold is estimated "
+            f"from the {len(impostor)} enrolment images alone, and rejects many genuine probes")
     multi = counts[index] >= 2                 # leave-one-out mean needs another image
     if not multi.any():
-        return t, None
+        return t, None, how
     loo = (sums[index[multi]] - feats[multi]) / (counts[index[multi]] - 1)[:, None]
     genuine = m.jb.score(z[multi], m.project(loo))
-    return t, float(np.mean(genuine >= t))
+    return t, float(np.mean(genuine >= t)), how
+
+
+def check_gallery_path(path):
+    """A gallery path enroll can write (checked before any face work)."""
+    try:
+        output_file(path, (".npz", ".safetensors"), "gallery file")
+    except ValueError as e:
+        raise BadGalleryFile(str(e)) from None
 
 
 def save_gallery(path, names, means, counts, threshold, key):
@@ -64,14 +98,22 @@ def save_gallery(path, names, means, counts, threshold, key):
                                 "counts": counts.astype(np.int64)}, meta)
     elif path.endswith(".npz"):
         tmp = path + ".tmp.npz"
-        np.savez(tmp, means=means.astype(np.float32), counts=counts.astype(np.int64),
-                 meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
+        try:
+            np.savez(tmp, means=means.astype(np.float32), counts=counts.astype(np.int64),
+                     meta=np.array(json.dumps(meta)))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):      # a failed write leaves nothing half-written
+                os.remove(tmp)
     else:
         raise BadGalleryFile(f"gallery file {path} must end in .npz or .safetensors")
 
 
 def load_gallery(path):
+    """names, means (K x D), counts, threshold and model_key of a gallery
+    file; BadGalleryFile, one line, when it is missing, truncated or damaged."""
+    if os.path.isdir(path):
+        raise BadGalleryFile(f"gallery file {path} is a folder, not a gallery file")
     if not os.path.isfile(path):
         raise BadGalleryFile(f"gallery file {path} does not exist (make it with `deepid2 enroll`)")
     try:
@@ -80,29 +122,39 @@ def load_gallery(path):
         else:
             with np.load(path, allow_pickle=False) as z:
                 t, meta = {k: z[k] for k in ("means", "counts")}, json.loads(str(z["meta"]))
-        assert meta["format"] == "deepid2-gallery/1"
-        return dict(names=json.loads(meta["names"]), means=t["means"], counts=t["counts"],
-                    threshold=float(meta["threshold"]), model_key=meta["model_key"])
-    except (OSError, ValueError, KeyError, AssertionError) as e:
-        raise BadGalleryFile(f"{path} is not a deepid2 gallery file ({type(e).__name__})") \
-            from None
+        if not isinstance(meta, dict) or meta.get("format") != "deepid2-gallery/1":
+            raise ValueError("format is not deepid2-gallery/1")
+        names = json.loads(meta["names"])
+        means, counts = np.asarray(t["means"]), np.asarray(t["counts"])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("names is not a list of strings")
+        if means.ndim != 2 or len(means) != len(names) or counts.shape != (len(names),):
+            raise ValueError(f"{len(names)} names, means {means.shape}, counts {counts.shape}")
+        threshold = float(meta["threshold"])
+        if not (np.isfinite(threshold) and np.all(np.isfinite(means))):
+            raise ValueError("non-finite values")
+        return dict(names=names, means=means, counts=counts, threshold=threshold,
+                    model_key=str(meta["model_key"]))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        detail = f"{type(e).__name__}: {e}".replace(path, "").replace("\n", " ").strip()
+        raise BadGalleryFile(f"{path}: not a deepid2 gallery file ({detail})") from None
 
 
 def enrol(m, feats, labels, where):
     """A gallery of labelled raw features: (sorted names, means float64 K x D,
-    counts, open-set threshold, true accept rate at it or None). where: what
-    the error names when there are fewer than 2 identities."""
+    counts, open-set threshold, true accept rate at it or None, how the
+    threshold was set). where: what the error names when there are fewer
+    than 2 identities."""
     names = sorted(set(labels.tolist()))
     if len(names) < 2:
-        raise ValueError(f"{where}: enrolment needs at least 2 identities with a usable image "
-                         "(the open-set threshold is set on impostor scores between them)")
+        raise ValueError(f"{where}: enrolment needs at least 2 identities with a usable image")
     index = np.searchsorted(names, labels)
     counts = np.bincount(index, minlength=len(names))
     means = np.zeros((len(names), feats.shape[1]))
     np.add.at(means, index, feats)
     means /= counts[:, None]
-    t, tar = open_set_threshold(m, feats, labels)
-    return names, means, counts, t, tar
+    t, tar, how = open_set_threshold(m, feats, labels)
+    return names, means, counts, t, tar, how
 
 
 def best_candidates(scores, names, top):
@@ -111,25 +163,34 @@ def best_candidates(scores, names, top):
     return [(names[j], float(scores[j])) for j in order]
 
 
-def enroll_main(folder, gallery, model=None, aligned=False, log=print):
+def _to_stderr(text):
+    print(text, file=sys.stderr)
+
+
+def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_stderr):
+    """log: the result line (stdout); warn: skipped images and notes (stderr)."""
+    check_gallery_path(gallery)
     ids = scan_identities(folder)
     m = Verifier.load(model)
     paths = [p for _, ps in ids for p in ps]
     owner = {p: name for name, ps in ids for p in ps}
     feats, kept, problems = _features_of_faces(m, paths, aligned)
     for why in problems:
-        log(f"skipped: {why}")
+        warn(f"skipped: {why}")
     labels = np.array([owner[p] for p in kept])
-    names, means, counts, t, tar = enrol(m, feats, labels, folder)
+    names, means, counts, t, tar, how = enrol(m, feats, labels, folder)
     save_gallery(gallery, names, means, counts, t, m.key())
     log(f"enrolled {len(names)} identities from {len(kept)} images ({len(problems)} skipped); "
-        f"open-set threshold {t:.3f} at FAR {FAR:.0%}"
+        f"open-set threshold {t:.3f} at FAR {FAR:.0%} {how}"
         + (f" (true accept rate {tar:.3f} on the enrolment images)" if tar is not None else "")
         + f"; wrote {gallery}")
     return dict(identities=len(names), images=len(kept), threshold=t, tar=tar)
 
 
-def identify_main(images, gallery, model=None, top=1, aligned=False, log=print):
+def identify_main(images, gallery, model=None, top=1, aligned=False, log=print,
+                  warn=_to_stderr):
+    """log: one result line per identified image (stdout); warn: the images
+    that could not be identified (stderr). The summary of those is raised."""
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     g = load_gallery(gallery)
@@ -148,7 +209,7 @@ def identify_main(images, gallery, model=None, top=1, aligned=False, log=print):
             alts = ", ".join(f"{n} {v:.3f}" for n, v in best)
             log(f"{p}: {results[p]} (threshold {g['threshold']:.3f}; best: {alts})")
     for why in problems:
-        log(f"error: {why}")
+        warn(f"error: {why}")
     if problems:
         first = problems[0]
         raise (NoFace if "no face" in first else BadImage)(

@@ -6,9 +6,15 @@ The people: every identity folder under DATA, or, with --pairs and --folds,
 only the people those View 2 folds name (so a model is tested on people it
 never saw, as in eval-lfw). Scores are the model's Joint Bayesian score of a
 probe against each gallery image.
+
+The DIR at FAR uses the threshold set on these impostor probes themselves
+(the best any threshold can do). When the model holds its impostor score
+distribution (impostor.py), the DIR and the false alarm rate reached at the
+threshold `enroll` would set for this gallery are reported too.
 """
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -20,7 +26,8 @@ from .lfw import people_of_folds, read_pairs
 
 
 def eval_ident_main(data, model=None, pairs=None, folds=None, known_fraction=0.5, seed=0,
-                    far=0.01, out=None, cache_dir=None, log=print):
+                    far=0.01, out=None, cache_dir=None, log=print,
+                    warn=lambda text: print(text, file=sys.stderr)):
     if (pairs is None) != (folds is None):
         raise ValueError("--pairs and --folds go together (the people of those folds)")
     ids = scan_identities(data)
@@ -38,7 +45,7 @@ def eval_ident_main(data, model=None, pairs=None, folds=None, known_fraction=0.5
     labels = np.array([k for k, (_, ps) in enumerate(ids) for _ in ps])
     feats, keep, problems = extract_paths(m.extractor, paths)
     for why in problems[:5]:
-        log(f"skipped: {why}")
+        warn(f"skipped: {why}")
     labels = labels[keep]
     split = split_gallery_probe(labels, seed=seed, known_fraction=known_fraction)
     z = m.project(feats)       # all rows at once, then the split: as the figures were made
@@ -53,12 +60,24 @@ def eval_ident_main(data, model=None, pairs=None, folds=None, known_fraction=0.5
                known_fraction=known_fraction, seed=seed, rank1=rank1, far=far,
                dir=dir_, threshold=threshold, far_reached=reached,
                model=os.path.abspath(m.path), folds=folds)
+    if m.impostor is not None:
+        t, _ = m.impostor.threshold([1] * len(split.gallery), far)
+        best = s.max(1)
+        hit = gl[np.argmax(s, 1)] == pl
+        known = split.probe_known
+        res.update(model_threshold=t, model_threshold_far=float(np.mean(best[~known] >= t)),
+                   model_threshold_dir=float(np.mean(hit[known] & (best[known] >= t))))
     log(f"{res['identities']} people, {res['images']} images: gallery {res['gallery']} "
         f"(one image of each known person), {res['genuine_probes']} genuine probes, "
         f"{res['impostor_probes']} impostor probes of {res['impostor_identities']} people "
         f"not in the gallery (split seed {seed})")
     log(f"closed-set rank-1: {rank1:.4f}")
-    log(f"open-set DIR at FAR {far:g}: {dir_:.4f} (threshold {threshold:.3f})")
+    log(f"open-set DIR at FAR {far:g}: {dir_:.4f} (threshold {threshold:.3f}, set on these "
+        f"impostor probes)")
+    if "model_threshold" in res:
+        log(f"at the threshold enroll sets from the model's impostor scores "
+            f"({res['model_threshold']:.3f}): DIR {res['model_threshold_dir']:.4f}, false "
+            f"alarm rate {res['model_threshold_far']:.4f}")
     if out:
         os.makedirs(out, exist_ok=True)
         names = [ids[k][0] for k in range(len(ids))]

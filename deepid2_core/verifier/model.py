@@ -19,12 +19,15 @@ from ..data import LayoutPatch, PatchSpec
 from ..errors import BadModelFile
 from .baselines import CosineScorer, L2Scorer
 from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names
+from .impostor import DEFAULT_PAIRS, ImpostorScores
 from .joint_bayesian import JointBayesian
 from .metrics import best_threshold
 from .pca import DEFAULT_DIM, PCA
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "models", "verifier.safetensors")
+
+IMPOSTOR_KEY = "impostor_scores"   # metadata: impostor.ImpostorScores as JSON
 
 
 def sample_pairs(labels, n_pairs, seed=0):
@@ -61,14 +64,17 @@ class Verifier:
     """pca, jb (the score), threshold ("same" iff Joint Bayesian score >=
     threshold), baseline_thresholds {"l2": t, "cosine": t}; extractor (the
     patch networks, None for a verifier fitted on features alone), path and
-    metadata of the file it was loaded from."""
+    metadata of the file it was loaded from; impostor (impostor.ImpostorScores
+    of its training people, for open-set thresholds; None in files written
+    before it was stored)."""
 
     def __init__(self, pca, jb, threshold, baseline_thresholds=None, extractor=None, path=None,
-                 metadata=None):
+                 metadata=None, impostor=None):
         self.pca, self.jb, self.threshold = pca, jb, float(threshold)
         self.baseline_thresholds = dict(baseline_thresholds or {})
         self.scorers = {"joint_bayesian": jb, "l2": L2Scorer(), "cosine": CosineScorer()}
         self.extractor, self.path, self.metadata = extractor, path, dict(metadata or {})
+        self.impostor = impostor
 
     @classmethod
     def load(cls, path=None, backend="cpu", progress=True, cache_dir=None):
@@ -95,12 +101,18 @@ class Verifier:
         if isinstance(backend, str):
             from ..backends import get_backend
             backend = get_backend(backend)
+        impostor = None
+        if IMPOSTOR_KEY in m["metadata"]:
+            try:
+                impostor = ImpostorScores.from_json(m["metadata"][IMPOSTOR_KEY], path)
+            except ValueError as e:
+                raise BadModelFile(str(e)) from None
         ext = FeatureExtractor(layout, list(zip(m["patch_params"], m["nets"])), backend,
                                cache_dir=cache_dir, progress=progress)
         return cls(PCA(m["pca_mean"], m["pca_components"]),
                    JointBayesian.from_score_matrices(m["jb_A"], m["jb_G"]), m["threshold"],
                    {k.split("_")[0]: m[k] for k in ("l2_threshold", "cosine_threshold") if k in m},
-                   ext, path, m["metadata"])
+                   ext, path, m["metadata"], impostor)
 
     def with_networks(self, extractor):
         """This verifier with the patch networks (a FeatureExtractor) whose raw
@@ -140,10 +152,12 @@ class Verifier:
         return f"{self._networks().key}/{self.threshold!r}"
 
     @classmethod
-    def fit(cls, features, labels, d=DEFAULT_DIM, n_pairs=3000, seed=0, **jb_options):
+    def fit(cls, features, labels, d=DEFAULT_DIM, n_pairs=3000, seed=0,
+            impostor_pairs=DEFAULT_PAIRS, **jb_options):
         """PCA and Joint Bayesian on raw training features (N x D) with identity
         labels; thresholds maximise accuracy on n_pairs matched + n_pairs
-        mismatched training pairs (`sample_pairs`)."""
+        mismatched training pairs (`sample_pairs`); the impostor score
+        distribution on impostor_pairs pairs per gallery size (0: none)."""
         pca = PCA.fit(features, d)
         z = pca.transform(features)
         jb = JointBayesian.fit(z, labels, **jb_options)
@@ -153,6 +167,8 @@ class Verifier:
                       for name, s in self.scorers.items()}
         self.threshold = thresholds.pop("joint_bayesian")
         self.baseline_thresholds = thresholds
+        if impostor_pairs:
+            self.impostor = ImpostorScores.measure(self, features, labels, impostor_pairs, seed)
         return self
 
     def project(self, features):
@@ -187,6 +203,8 @@ class Verifier:
         else:
             raise ValueError(f"a verifier file stores a WholeFace or PatchInputs layout, not "
                              f"{type(layout).__name__}")
+        if self.impostor is not None:
+            meta[IMPOSTOR_KEY] = self.impostor.to_json()
         t = self.export_tensors()
         save_verifier(path, [n.params for n in ext.networks], [n.cfg for n in ext.networks],
                       patch_names(layout), layout_name, t["pca/mean"], t["pca/components"],
