@@ -685,3 +685,76 @@ def test_shipped_cascade_refines_level_1_on_the_first_200_test_images():
             errs[k].append(TL.nme(FL.predict_landmarks(m, gray, box), pts[None])[0])
     e1, e3 = np.mean(errs[1]), np.mean(errs[3])
     assert e3 < e1 - 0.003, (e1, e3)
+
+
+# -- issue 15, point 2: arguments checked before any work; damaged checkpoints ------------
+def cli_error(capsys, args):
+    from deepid2_core.cli import main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("--lr", "-1", "learning rate (--lr) must be a finite number above 0, got -1.0"),
+    ("--lr", "0", "learning rate (--lr) must be a finite number above 0, got 0.0"),
+    ("--epochs", "0", "epochs and batch must be at least 1, got 0, 4"),
+    ("--batch", "0", "epochs and batch must be at least 1, got 1, 0"),
+    ("--shift", "-1", "shift must be at least 0, got -1.0"),
+    ("--fallback-share", "2", "fallback_share must be in [0, 1], got 2.0"),
+    ("--seed", "-1", "seed (--seed) must be at least 0, got -1"),
+])
+def test_train_landmarks_refuses_bad_arguments_before_any_work(tmp_path, capsys, option, value,
+                                                               named):
+    root, out = tiny_mtfl(tmp_path / "mtfl"), tmp_path / "run"
+    err = cli_error(capsys, ["train-landmarks", "--data", str(root), "--out", str(out),
+                             "--epochs", "1", "--batch", "4", option, value])
+    assert len(err) == 1 and named in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("--lr", "-1", "learning rate (--lr) must be a finite number above 0, got -1.0"),
+    ("--epochs", "0", "epochs and batch must be at least 1, got 0, 4"),
+    ("--scale", "-0.1", "scale must be at least 0, got -0.1"),
+    ("--displace", "-1", "displace must be at least 0, got -1.0"),
+])
+def test_train_landmark_cascade_refuses_bad_arguments_before_any_work(tmp_path, capsys, option,
+                                                                      value, named):
+    root, out = tiny_mtfl(tmp_path / "mtfl"), tmp_path / "run"
+    err = cli_error(capsys, ["train-landmark-cascade", "--data", str(root), "--out", str(out),
+                             "--levels", "2", "--epochs", "1", "--batch", "4", option, value])
+    assert len(err) == 1 and named in err[0], err
+    assert not out.exists()
+
+
+def flip_tensor_bytes(path):
+    raw = bytearray(path.read_bytes())
+    raw[-200:-100] = bytes(b ^ 0xFF for b in raw[-200:-100])
+    path.write_bytes(bytes(raw))
+
+
+def test_resume_of_a_damaged_landmark_checkpoint_exits_2_with_one_line(tmp_path, capsys):
+    from deepid2_core.cli import main
+    root = tiny_mtfl(tmp_path / "mtfl", n=24)
+    l1 = ["train-landmarks", "--data", str(root), "--out", str(tmp_path / "l1"), "--epochs",
+          "1", "--batch", "4", "--detector", "central"]
+    assert main(l1) == 0
+    ckpt = tmp_path / "l1" / TL.CHECKPOINT
+    flip_tensor_bytes(ckpt)
+    capsys.readouterr()
+    line = cli_error(capsys, l1 + ["--resume", "--epochs", "2"])[-1]
+    assert line.startswith(f"deepid2 train-landmarks: error: {ckpt}: tensor data damaged"), line
+
+    cas = ["train-landmark-cascade", "--data", str(root), "--out", str(tmp_path / "cas"),
+           "--level1", str(tmp_path / "l1" / TL.FINAL), "--levels", "2", "--epochs", "1",
+           "--batch", "4"]
+    assert main(cas) == 0
+    ckpt = tmp_path / "cas" / "level2" / TL.CHECKPOINT
+    flip_tensor_bytes(ckpt)
+    capsys.readouterr()
+    line = cli_error(capsys, cas + ["--resume", "--epochs", "2"])[-1]
+    assert line.startswith(f"deepid2 train-landmark-cascade: error: {ckpt}: tensor data "
+                           f"damaged"), line
+    assert not (tmp_path / "cas" / ".lock").exists() and not (tmp_path / "l1" / ".lock").exists()

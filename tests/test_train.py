@@ -82,3 +82,115 @@ def test_bad_settings_are_named():
         TrainConfig(verif="l3")
     with pytest.raises(ValueError, match="batch"):
         TrainConfig(batch=1)
+
+
+# -- issue 15, point 2: divergence, arguments, damaged checkpoints ------------------------
+def test_a_diverging_loss_keeps_the_last_good_checkpoint(cache, tmp_path, be):
+    from deepid2_core.training.loop import TrainingDiverged
+    trainer = train(cache, tmp_path, be, epochs=3)
+    task, saved = trainer.task, {}
+    good = task.loss_and_grads
+
+    def nan_in_epoch_2(state, batch, global_step, grads):
+        loss = good(state, batch, global_step, grads)
+        return (float("nan"),) + loss[1:] if global_step == task.steps_per_epoch + 1 else loss
+
+    task.loss_and_grads = nan_in_epoch_2
+    with pytest.raises(TrainingDiverged) as e:
+        trainer.run(on_epoch_end=lambda s: saved.update(
+            {n: (tmp_path / n).read_bytes() for n in (CHECKPOINT, BEST, LOG)}))
+    assert str(e.value) == (f"loss became nan at epoch 2 step 2; the last good checkpoint "
+                            f"(epoch 1) is kept in {tmp_path}; lower --lr (a new run: --resume "
+                            f"keeps the learning rate)")
+    for name in (CHECKPOINT, BEST, LOG):  # nothing of the diverged epoch written
+        assert (tmp_path / name).read_bytes() == saved[name], name
+
+
+def test_weights_that_overflow_with_a_finite_loss_are_never_saved(cache, tmp_path, be):
+    from deepid2_core.training.loop import TrainingDiverged
+    trainer = train(cache, tmp_path, be)
+    task = trainer.task
+    good = task.loss_and_grads
+
+    def overflow_on_the_last_step(state, batch, global_step, grads):
+        loss = good(state, batch, global_step, grads)
+        if global_step == task.steps_per_epoch - 1:  # the loss is finite, the weights not
+            next(iter(state["params"].values()))[...] = float("inf")
+        return loss
+
+    task.loss_and_grads = overflow_on_the_last_step
+    with pytest.raises(TrainingDiverged, match="weights became non-finite in epoch 1; no "
+                                               "checkpoint was written; lower --lr"):
+        trainer.run()
+    assert not (tmp_path / CHECKPOINT).exists() and not (tmp_path / BEST).exists()
+
+
+def last_error_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "faces"
+    make_dataset(root, identities=4, images_per_identity=6, seed=5, progress=False)
+    return root
+
+
+def cli_train(faces, out, *extra):
+    from deepid2_core.cli import main
+    return main(["train", "--data", str(faces), "--out", str(out), "--epochs", "1",
+                 "--batch", "8", *extra])
+
+
+def test_train_with_a_huge_learning_rate_exits_2_with_one_line(faces, tmp_path, capsys):
+    assert cli_train(faces, tmp_path / "run", "--lr", "1e6") == 2
+    line = last_error_line(capsys)
+    assert line.startswith("deepid2 train: error: ") and line.endswith("lower --lr (a new run: "
+                                                                       "--resume keeps the "
+                                                                       "learning rate)")
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("--lr", "-1", "learning rate (--lr) must be a finite number above 0, got -1.0"),
+    ("--lr", "0", "learning rate (--lr) must be a finite number above 0, got 0.0"),
+    ("--lr", "inf", "learning rate (--lr) must be a finite number above 0, got inf"),
+    ("--epochs", "0", "epochs must be at least 1, got 0"),
+    ("--batch", "1", "batch must be at least 2 (one pair), got 1"),
+    ("--val-fraction", "1", "validation fraction (--val-fraction) must be in [0, 1), got 1.0"),
+    ("--val-fraction", "-0.5", "(--val-fraction) must be in [0, 1), got -0.5"),
+    ("--same-share", "2", "same_share must be in [0, 1], got 2.0"),
+    ("--lambda", "-1", "lambda must be at least 0, got -1.0"),
+    ("--margin", "0", "margin must be above 0, got 0.0"),
+    ("--warmup-steps", "-1", "warmup_steps must be at least 0, got -1"),
+    ("--seed", "-3", "seed (--seed) must be at least 0, got -3"),
+    ("--micro-batches", "0", "--micro-batches 0 must be a positive multiple"),
+    ("--micro-batches", "3", "batch 8 must be a multiple of 2 x micro-batches = 6"),
+])
+def test_bad_arguments_are_refused_before_any_work(faces, tmp_path, capsys, option, value,
+                                                   named):
+    out = tmp_path / "run"
+    assert cli_train(faces, out, option, value) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "Traceback" not in err[0], err
+    assert not out.exists()  # no cache built, no folder made
+
+
+def flip_tensor_bytes(path):
+    raw = bytearray(path.read_bytes())
+    raw[-200:-100] = bytes(b ^ 0xFF for b in raw[-200:-100])
+    path.write_bytes(bytes(raw))
+
+
+def test_resume_of_a_damaged_checkpoint_exits_2_with_one_line(faces, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_train(faces, out) == 0
+    flip_tensor_bytes(out / CHECKPOINT)
+    damaged = (out / CHECKPOINT).read_bytes()
+    capsys.readouterr()
+    assert cli_train(faces, out, "--resume", "--epochs", "2") == 2
+    line = last_error_line(capsys)
+    assert line.startswith(f"deepid2 train: error: {out / CHECKPOINT}: tensor data damaged")
+    assert (out / CHECKPOINT).read_bytes() == damaged  # left as it was, for a look

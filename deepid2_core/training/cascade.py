@@ -33,9 +33,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-import cv2
 import numpy as np
 
 from .. import safetensors
@@ -43,35 +42,17 @@ from ..face.box import resolve_detector
 from ..face.landmark_cascade import (CASCADE_FORMAT, CascadeLevel, LandmarkCascade,
                                      cascade_from, level_patches, mirror_points, net_name,
                                      points_to_offsets, refine_flip_averaged, shape_frame)
+from ..face.image import read_image
 from ..face.landmarks import LandmarkModel, load_landmark_model, save_model
 from ..nets.refine import RefineLevelConfig, RefineNet, init_refine_params, unit_rms_init
 from .landmarks import (EVAL, FINAL, TEST_LIST, TRAIN_LIST, LandmarkRegression, build_cache,
-                        evaluate, nme, summarise)
+                        evaluate, nme, read_mtfl, summarise)
+from .lock import RunLock
+from ..progress import note
+from .landmark_configs import RefineTrainConfig
 from .loop import Group, Loop, load_checkpoint, read_log, save_checkpoint
 
 CHECKPOINT_FORMAT = "deepid2-landmark-cascade-checkpoint/1"
-
-
-@dataclass
-class RefineTrainConfig:
-    epochs: int = 30
-    batch: int = 64
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    flip: bool = True
-    displace: float = 0.12        # std of each coordinate's displacement, units of r
-    max_displace: float = 0.45    # displacements clipped to +- this, units of r
-    scale: float = 0.1            # frame scale, log-uniform in [1 / (1 + s), 1 + s]
-    rotate: float = 10.0          # frame angle, uniform in +- this many degrees
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch < 1:
-            raise ValueError(f"epochs and batch must be at least 1, got {self.epochs}, "
-                             f"{self.batch}")
-        if self.displace < 0 or self.max_displace < 0 or self.scale < 0 or self.rotate < 0:
-            raise ValueError("displace, max_displace, scale and rotate must be >= 0")
 
 
 class TrainImages:
@@ -88,7 +69,7 @@ class TrainImages:
     def read(cls, data_dir, rel_paths, points):
         imgs = []
         for rel in rel_paths:
-            g = cv2.imread(os.path.join(os.fspath(data_dir), rel), cv2.IMREAD_GRAYSCALE)
+            g = read_image(os.path.join(os.fspath(data_dir), rel), grey=True)[0]
             if g is None:
                 raise ValueError(f"cannot read {rel}")
             imgs.append(g)
@@ -129,7 +110,7 @@ class CascadeTask(LandmarkRegression):
     device_keys = ()  # the samples are cut on the host
 
     def __init__(self, data, train_idx, val_idx, val_start, run_dir, number, level_cfg, cfg,
-                 backend, log=print, progress=True):
+                 backend, log=note, progress=True):
         self.data, self.number, self.level_cfg, self.cfg, self.be = data, number, level_cfg, \
             cfg, backend
         self.train_idx, self.val_idx = np.asarray(train_idx), np.asarray(val_idx)
@@ -313,7 +294,7 @@ def level1_split(n, model_meta):
 def train_cascade_main(data_dir, out_dir, level1=None, levels=(2,), epochs=30, seed=0, batch=64,
                        lr=0.02, displace=None, scale=None, rotate=None, patches=None,
                        rotate_frame=None, resume=False, cache_dir=None, backend="cpu",
-                       progress=True, log=print, command=None, evaluate_test=True):
+                       progress=True, log=note, command=None, evaluate_test=True):
     """`deepid2 train-landmark-cascade --data DIR --out DIR [--level1 MODEL]`: train the
     refinement levels on DIR/new_training.txt on top of the level-1 model (default: the
     shipped one), write OUT/landmarks.safetensors (level 1 and the levels, with their configs,
@@ -330,7 +311,32 @@ def train_cascade_main(data_dir, out_dir, level1=None, levels=(2,), epochs=30, s
         raise ValueError(f"levels must be 2, or 2 and 3, ...; got {levels}")
     displace = {int(k): float(v) for k, v in (displace or {}).items()}
     patches = {int(k): tuple(v) for k, v in (patches or {}).items()}
+    level_cfgs, cfgs_of = {}, {}  # every level's settings checked before any work
+    for number in levels:
+        lc = dict(DEFAULT_LEVELS.get(number, DEFAULT_LEVELS[3]))
+        if number in patches:
+            lc["patches"] = tuple(patches[number])
+        if rotate_frame is not None:
+            lc["rotate_frame"] = bool(rotate_frame)
+        level_cfgs[number] = RefineLevelConfig(**lc)
+        d = displace.get(number, DEFAULT_DISPLACE.get(number, DEFAULT_DISPLACE[3]))
+        cfgs_of[number] = RefineTrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed,
+                                            displace=d, **{k: v for k, v in dict(
+                                                scale=scale, rotate=rotate).items()
+                                                if v is not None})
+    read_mtfl(data_dir, TRAIN_LIST)  # a wrong --data is named before OUT is made
     base = load_landmark_model(level1, backend=be, levels=1)
+    with RunLock(out_dir):
+        return _train_cascade(data_dir, out_dir, base, be, levels, level_cfgs, cfgs_of,
+                              resume, cache_dir, progress, log, command, evaluate_test,
+                              dict(level1=level1, levels=levels, epochs=epochs, seed=seed,
+                                   batch=batch, lr=lr, displace=displace, scale=scale,
+                                   rotate=rotate, patches=patches, rotate_frame=rotate_frame))
+
+
+def _train_cascade(data_dir, out_dir, base, be, levels, level_cfgs, cfgs_of, resume, cache_dir,
+                   progress, log, command, evaluate_test, settings):
+    """train_cascade_main's work, under the lock on out_dir."""
     det = resolve_detector(base.meta.get("detector", "haar"))
     t0 = time.perf_counter()
     cache = build_cache(data_dir, TRAIN_LIST, cache_dir or os.path.join(out_dir, "cache"),
@@ -344,16 +350,7 @@ def train_cascade_main(data_dir, out_dir, level1=None, levels=(2,), epochs=30, s
         f"{100 * val_rows[0]['nme']:.2f}%")
     trained, cfgs, times = [], {}, {}
     for number in levels:
-        lc = dict(DEFAULT_LEVELS.get(number, DEFAULT_LEVELS[3]))
-        if number in patches:
-            lc["patches"] = tuple(patches[number])
-        if rotate_frame is not None:
-            lc["rotate_frame"] = bool(rotate_frame)
-        level_cfg = RefineLevelConfig(**lc)
-        d = displace.get(number, DEFAULT_DISPLACE.get(number, DEFAULT_DISPLACE[3]))
-        cfg = RefineTrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed, displace=d,
-                                **{k: v for k, v in dict(scale=scale, rotate=rotate).items()
-                                   if v is not None})
+        level_cfg, cfg = level_cfgs[number], cfgs_of[number]
         tr = CascadeTrainer(data, train_idx, val_idx, start_pts, out_dir, number, level_cfg, cfg,
                             be, log=log, progress=progress)
         t1 = time.perf_counter()
@@ -372,10 +369,7 @@ def train_cascade_main(data_dir, out_dir, level1=None, levels=(2,), epochs=30, s
             and not k.startswith("cascade")}
     meta.update(cascade_command=command or "train_cascade_main(" + ", ".join(
         f"{k}={v!r}" for k, v in dict(data_dir=os.fspath(data_dir), out_dir=os.fspath(out_dir),
-                                      level1=level1, levels=levels, epochs=epochs, seed=seed,
-                                      batch=batch, lr=lr, displace=displace, scale=scale,
-                                      rotate=rotate, patches=patches,
-                                      rotate_frame=rotate_frame).items()) + ")",
+                                      **settings).items()) + ")",
                 cascade_train=json.dumps(cfgs, sort_keys=True),
                 cascade_level1_params_sha256=params_sha256(base.params),
                 cascade_val=json.dumps([dict(levels=i + 1, nme=r["nme"],

@@ -35,6 +35,7 @@ on the backend.
 """
 
 import json
+import math
 import os
 from collections import namedtuple
 from dataclasses import asdict, dataclass
@@ -45,7 +46,8 @@ from .. import safetensors
 from ..data import split_train_val
 from ..nets.deepid2 import DeepID2, NetConfig, init_params
 from ..plot import plot_history
-from .loop import Group, Loop, load_checkpoint, read_log, save_checkpoint
+from ..progress import note
+from .loop import Group, Loop, check_rate_and_split, load_checkpoint, read_log, save_checkpoint
 
 CHECKPOINT, BEST, LOG, PLOT = "checkpoint.safetensors", "best.safetensors", "log.jsonl", "curves.png"
 FORMAT = "deepid2-checkpoint/1"
@@ -81,6 +83,16 @@ class TrainConfig:
             raise ValueError(f"same_share must be in [0, 1], got {self.same_share}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        check_rate_and_split(self.lr, self.momentum, self.weight_decay, self.val_fraction,
+                             self.seed)
+        if not (math.isfinite(self.lam) and self.lam >= 0.0):
+            raise ValueError(f"lambda must be at least 0, got {self.lam}")
+        if not (math.isfinite(self.margin) and self.margin > 0.0):
+            raise ValueError(f"margin must be above 0, got {self.margin}")
+        if not (math.isfinite(self.margin_min) and self.margin_min >= 0.0):
+            raise ValueError(f"margin_min must be at least 0, got {self.margin_min}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
         if not self.ident_weight >= 0.0:
             raise ValueError(f"ident_weight must be at least 0, got {self.ident_weight}")
         if self.ident_weight == 0.0 and self.lam == 0.0:
@@ -175,7 +187,7 @@ class DeepID2Task:
     checkpoint_name, log_name, n_stats, label = CHECKPOINT, LOG, 4, ""
     device_keys = ("params", "velocity", "verif")
 
-    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=print,
+    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=note,
                  progress=True, micro_batches=1, comm=None):
         self.cache, self.run_dir, self.cfg, self.be = cache, str(run_dir), train_cfg, backend
         h, w, c = cache.patches.shape[1:]
@@ -370,7 +382,7 @@ class Trainer(Loop):
     parallel: the data-parallel hook (training/dist.DataParallel; None: one
     process, the whole batch)."""
 
-    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=print,
+    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=note,
                  progress=True, parallel=None):
         quiet = parallel is not None and parallel.rank != 0
         task = DeepID2Task(cache, run_dir, train_cfg, backend, net_cfg,

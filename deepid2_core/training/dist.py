@@ -79,6 +79,7 @@ import time
 import numpy as np
 
 from ..data import build_cache
+from .lock import RunLock, RunLocked
 
 # environment variables an MPI launcher sets in the processes it starts
 # (MPICH/Hydra, Open MPI, PMIx-based launchers such as srun --mpi=pmix)
@@ -265,6 +266,33 @@ def use_local_device(comm, backend_name):
     use(comm.local_rank)
 
 
+def check_micro_batches(micro_batches, ranks, batch):
+    """--micro-batches against the ranks and the batch, before any work."""
+    G = ranks if micro_batches is None else micro_batches
+    if G < 1 or G % ranks:
+        raise ValueError(f"--micro-batches {G} must be a positive multiple of the number of "
+                         f"ranks ({ranks})")
+    if G > 1 and batch % (2 * G):
+        raise ValueError(f"batch {batch} must be a multiple of 2 x micro-batches = {2 * G}: "
+                         f"every micro-batch holds the same number of whole pairs")
+
+
+def hold_run_lock(comm, out):
+    """Rank 0 takes the lock on out (training/lock.py) and holds it; every
+    rank hears whether it got it. Returns the lock on rank 0, else None."""
+    lock, refused = None, None
+    if comm.rank == 0:
+        lock = RunLock(out)
+        try:
+            lock.acquire()
+        except RunLocked as e:
+            refused = str(e)
+    refused = comm.bcast(refused)
+    if refused:
+        raise RunLocked(refused)
+    return lock
+
+
 def run_exists(comm, out):
     """Does out hold a training run? (rank 0 looks, every rank hears)"""
     return comm.bcast(os.path.exists(os.path.join(out, "checkpoint.safetensors"))
@@ -305,5 +333,5 @@ def guard(comm, out, train):
               file=sys.stderr, flush=True)
         comm.abort(130 if isinstance(e, KeyboardInterrupt) else 1)
     finally:
-        if comm.rank != 0:  # one "done in" line (cli.main's), from rank 0
-            sys.stdout = open(os.devnull, "w")
+        if comm.rank != 0:  # one "done in" line (cli.main's, on stderr), from rank 0
+            sys.stdout = sys.stderr = open(os.devnull, "w")

@@ -45,7 +45,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -53,13 +53,16 @@ import numpy as np
 from .. import safetensors
 from ..face.box import CENTRAL_BOX, central_box, context_box, face_box, haar_detector, \
     resolve_detector
+from ..face.image import read_image
 from ..face.landmarks import (CHECKPOINT_FORMAT, FLIP_ORDER, POINTS, LandmarkModel,
                               apply_affine, crop_matrix, flip_points, fold_target_stats,
                               invert_affine, load_landmark_model, predict_landmarks, save_model,
                               standardise, warp)
 from ..nets.landmark import LandmarkNet, LandmarkNetConfig, init_params, unit_rms_init
-from ..plot import panel
-from ..progress import Progress
+from ..plot import two_panels
+from ..progress import Progress, note
+from .lock import RunLock
+from .landmark_configs import LandmarkTrainConfig
 from .loop import Group, Loop, load_checkpoint, read_log, save_checkpoint
 
 CACHE_FORMAT = "deepid2-landmarks-cache/3"
@@ -129,7 +132,7 @@ class LandmarkCache:
 
 
 def build_cache(data_dir, list_file, cache_dir, net_cfg, detector, drop_bad=True, progress=True,
-                log=print):
+                log=note):
     """The LandmarkCache of data_dir/list_file; reused while the list, the rule and the crop
     are unchanged. detector: "haar" or "central" (resolved)."""
     data_dir = os.fspath(data_dir)
@@ -154,7 +157,7 @@ def build_cache(data_dir, list_file, cache_dir, net_cfg, detector, drop_bad=True
     bar = Progress(len(rows), f"caching {list_file} ({detector} boxes)", enabled=progress)
     for rel, pts in rows:
         bar.update(1)
-        gray = cv2.imread(os.path.join(data_dir, rel), cv2.IMREAD_GRAYSCALE)
+        gray = read_image(os.path.join(data_dir, rel), grey=True)[0]
         if gray is None:
             skipped.append(rel)
             continue
@@ -253,7 +256,7 @@ def evaluate(model, data_dir, list_file=TEST_LIST, detector="auto", limit=None, 
     bar = Progress(len(rows), f"evaluating on {list_file}", enabled=progress)
     for rel, pts in rows:
         bar.update(1)
-        gray = cv2.imread(os.path.join(os.fspath(data_dir), rel), cv2.IMREAD_GRAYSCALE)
+        gray = read_image(os.path.join(os.fspath(data_dir), rel), grey=True)[0]
         if gray is None:
             skipped.append(rel)
             continue
@@ -279,7 +282,7 @@ def evaluate_yunet(data_dir, onnx_path, list_file=TEST_LIST, limit=None, score_t
                                     5000)
     errs, how, missed = [], {"native": 0, "upscaled": 0, "padded": 0}, []
     for rel, pts in rows:
-        img = cv2.imread(os.path.join(os.fspath(data_dir), rel))
+        img = read_image(os.path.join(os.fspath(data_dir), rel))[0]
         if img is None:
             missed.append(rel)
             continue
@@ -310,38 +313,6 @@ def evaluate_yunet(data_dir, onnx_path, list_file=TEST_LIST, limit=None, score_t
 
 
 # -- training --------------------------------------------------------------------------------
-@dataclass
-class LandmarkTrainConfig:
-    epochs: int = 120
-    batch: int = 64
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    flip: bool = True
-    shift: float = 0.05           # box centre shift, uniform in +- this fraction of the box
-    scale: float = 0.1            # box scale, log-uniform in [1 / (1 + s), 1 + s]
-    rotate: float = 10.0          # degrees, uniform in +- this
-    fallback_share: float = 0.25  # samples that use the central box instead of Haar's
-    central_scale: float = 0.4    # their scale jitter, log-uniform in [1 / (1 + s), 1 + s]
-    val_fraction: float = 0.05
-    target_stats: str = "crops"   # standardise targets by the plain crops' mean/std (the
-    #                               shipped model), or "augmented": by augmented samples'
-    detector: str = "haar"        # the resolved box rule
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch < 1:
-            raise ValueError(f"epochs and batch must be at least 1, got {self.epochs}, "
-                             f"{self.batch}")
-        if not 0.0 <= self.fallback_share <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError("fallback_share must be in [0, 1] and val_fraction in [0, 1)")
-        if self.target_stats not in ("augmented", "crops"):
-            raise ValueError(f"target_stats must be augmented or crops, got "
-                             f"{self.target_stats!r}")
-        if self.detector not in ("haar", "central"):
-            raise ValueError(f"detector must be haar or central, got {self.detector!r}")
-
-
 class LandmarkRegression:
     """What the landmark tasks (level 1 here, the cascade levels in cascade.py)
     share on the loop: one regression loss per step, NME validation, and the
@@ -379,7 +350,7 @@ class LandmarkTask(LandmarkRegression):
     checkpoint_name, n_stats, label = CHECKPOINT, 1, ""
     device_keys = ()  # the batches are made on the host
 
-    def __init__(self, cache, run_dir, cfg, backend, net_cfg=None, log=print, progress=True):
+    def __init__(self, cache, run_dir, cfg, backend, net_cfg=None, log=note, progress=True):
         self.cache, self.run_dir, self.cfg, self.be = cache, os.fspath(run_dir), cfg, backend
         self.net_cfg = net_cfg or LandmarkNetConfig()
         if cache.crop.shape[1:] != (self.net_cfg.size, self.net_cfg.size):
@@ -513,7 +484,7 @@ class LandmarkTrainer(Loop):
     """The landmark task on the loop: LandmarkTrainer(cache, run_dir, cfg, backend).run()."""
     model_params = staticmethod(LandmarkTask.model_params)
 
-    def __init__(self, cache, run_dir, cfg, backend, net_cfg=None, log=print, progress=True):
+    def __init__(self, cache, run_dir, cfg, backend, net_cfg=None, log=note, progress=True):
         task = LandmarkTask(cache, run_dir, cfg, backend, net_cfg, log, progress)
         super().__init__(task)
         self.cfg, self.net_cfg, self.net, self.run_dir = cfg, task.net_cfg, task.net, task.run_dir
@@ -524,17 +495,16 @@ class LandmarkTrainer(Loop):
 
 
 def plot_history(history, path):
-    img = np.full((360, 900, 3), 255, np.uint8)
     get = lambda key: [h.get(key) for h in history]  # noqa: E731
-    panel(img, 60, 30, 360, 290, "training loss per epoch", [("train", get("loss"))])
-    panel(img, 510, 30, 360, 290, "validation NME per epoch", [("val NME", get("val_nme"))])
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"could not write the plot to {path}")
+    two_panels(path, ("training loss per epoch", [("train", get("loss"))],
+                      "loss (1/2 squared error, std units)", 1.0),
+               ("validation NME per epoch", [("val NME", get("val_nme"))],
+                "NME (% of inter-ocular distance)", 100.0))
 
 
 def train_landmarks_main(data_dir, out_dir, epochs=120, seed=0, batch=64, lr=0.02,
                          detector="auto", resume=False, cache_dir=None, backend="cpu",
-                         progress=True, log=print, command=None, evaluate_test=True,
+                         progress=True, log=note, command=None, evaluate_test=True,
                          **augment):
     """`deepid2 train-landmarks --data DIR --out DIR`: train F1 on DIR/new_training.txt
     (MTFL), evaluate on DIR/new_testing.txt, write OUT/landmarks.safetensors (the best
@@ -548,6 +518,16 @@ def train_landmarks_main(data_dir, out_dir, epochs=120, seed=0, batch=64, lr=0.0
             f"only (detector=central)")
     cfg = LandmarkTrainConfig(epochs=epochs, batch=batch, lr=lr, seed=seed, detector=det,
                               **{k: v for k, v in augment.items() if v is not None})
+    read_mtfl(data_dir, TRAIN_LIST)  # a wrong --data is named before OUT is made
+    with RunLock(out_dir):
+        return _train_landmarks(data_dir, out_dir, cfg, be, det, resume, cache_dir, progress,
+                                log, command, evaluate_test, epochs, seed, batch, lr, detector,
+                                augment)
+
+
+def _train_landmarks(data_dir, out_dir, cfg, be, det, resume, cache_dir, progress, log,
+                     command, evaluate_test, epochs, seed, batch, lr, detector, augment):
+    """train_landmarks_main's work, under the lock on out_dir."""
     net_cfg = LandmarkNetConfig()
     t0 = time.perf_counter()
     cache = build_cache(data_dir, TRAIN_LIST, cache_dir or os.path.join(out_dir, "cache"),

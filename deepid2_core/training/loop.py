@@ -29,6 +29,10 @@ broadcast of the start state; rank 0 alone writes files. OneProcess is the
 hook of a plain run: one part, no reduction.
 
 Checkpoints are written after every epoch; resuming continues exactly.
+Divergence: a non-finite loss (checked every step) or non-finite weights
+(checked before an epoch's files are written) stop the run with
+TrainingDiverged, a ValueError naming the epoch and the checkpoint kept; no
+file is overwritten by a diverged state.
 """
 
 import json
@@ -41,6 +45,39 @@ import numpy as np
 
 from .. import safetensors
 from ..progress import Progress
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became non-finite. Raised before anything of
+    the diverged epoch is written: the checkpoint on disk (if any) is the
+    last good one."""
+
+    def __init__(self, what, run_dir, saved_epoch):
+        kept = (f"the last good checkpoint (epoch {saved_epoch}) is kept in {run_dir}"
+                if saved_epoch else "no checkpoint was written")
+        super().__init__(f"{what}; {kept}; lower --lr (a new run: --resume keeps the "
+                         f"learning rate)")
+        self.saved_epoch = saved_epoch
+
+
+def all_finite(arrays):
+    """Whether every value of {name: numpy array} is finite."""
+    return all(bool(np.isfinite(a).all()) for a in arrays.values())
+
+
+def check_rate_and_split(lr, momentum, weight_decay, val_fraction, seed):
+    """The settings every training config shares, checked before any work."""
+    if not (math.isfinite(lr) and lr > 0.0):
+        raise ValueError(f"the learning rate (--lr) must be a finite number above 0, got {lr}")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
+        raise ValueError(f"weight_decay must be at least 0, got {weight_decay}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"the validation fraction (--val-fraction) must be in [0, 1), got "
+                         f"{val_fraction}")
+    if seed < 0:
+        raise ValueError(f"the seed (--seed) must be at least 0, got {seed}")
 
 
 def cosine_lr(base_lr, step, total_steps):
@@ -165,19 +202,21 @@ class Loop:
         if rank0:
             write_log(task.log_path, state["history"])
         state = self.to_device(state)
+        saved_epoch = state["epoch"]  # the epoch of the checkpoint on disk (0: none)
         k = task.steps_per_epoch
         for epoch in range(state["epoch"], task.epochs):
             t0 = time.perf_counter()
             sums = None
+            # off a terminal the epoch line (task.log) is the bar's final line
             bar = Progress(k, f"{task.label}epoch {epoch + 1}/{task.epochs}",
-                           enabled=task.progress)
+                           enabled=task.progress, final_line=False)
             for s in range(k):
                 values = task.running_values(self.train_step(state, epoch, s))
                 sums = np.zeros(len(values)) if sums is None else sums
                 sums += values
                 if not np.isfinite(values[0]):
-                    raise FloatingPointError(f"loss became {values[0]} at epoch {epoch + 1} "
-                                             f"step {s}: lower the learning rate")
+                    raise TrainingDiverged(f"loss became {values[0]} at epoch {epoch + 1} "
+                                           f"step {s + 1}", task.run_dir, saved_epoch)
                 bar.update(1, task.progress_text(sums, s + 1))
             bar.close()
             secs = time.perf_counter() - t0
@@ -189,6 +228,9 @@ class Loop:
             state["history"].append(row)
             score = task.score(row, val, epoch)
             host = self.to_host(state)
+            if not all_finite(host["params"]):  # a finite loss can still end in inf weights
+                raise TrainingDiverged(f"the weights became non-finite in epoch {epoch + 1}",
+                                       task.run_dir, saved_epoch)
             if task.improves(score, state["best_val"]):
                 state["best_epoch"], state["best_val"] = epoch + 1, score
                 host["best_epoch"], host["best_val"] = epoch + 1, score
@@ -197,6 +239,7 @@ class Loop:
             if rank0:
                 task.save_checkpoint(host)
                 write_log(task.log_path, state["history"])
+            saved_epoch = epoch + 1
             task.log(task.epoch_line(row))
             if on_epoch_end:
                 on_epoch_end(host)
