@@ -46,6 +46,11 @@ setup(
     entry_points={"console_scripts": ["deepid2=deepid2_core.cli:main"]},
     # dist: data-parallel training under mpiexec (deepid2_core/dist.py); the
     # mpich wheel brings libmpi and mpiexec (Hydra) from the package index
-    extras_require={"test": ["pytest>=7"], "dist": ["mpi4py>=4.0", "mpich>=4.2"]},
+    # gpu: CuPy for CUDA 13, what the kernels target (kernels/check_compile.sh: sm_90;
+    # bench/RESULTS.md: H200, CUDA 13.0, CuPy 14.2.0). [ctk] brings NVRTC (the kernels
+    # are compiled at run time) and cuBLAS from the package index: no CUDA Toolkit
+    # needed, only an NVIDIA driver for CUDA 13 (R580 or newer).
+    extras_require={"test": ["pytest>=7"], "dist": ["mpi4py>=4.0", "mpich>=4.2"],
+                    "gpu": ["cupy-cuda13x[ctk]>=14.2"]},
     zip_safe=False,
 )

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from . import checks
 from .backends import BackendUnavailable, get_backend
 
 
@@ -15,6 +16,7 @@ def _threads_note(be):
 
 
 def cmd_synth(args):
+    checks.synth_args(args)
     from .synth import make_dataset
     stats = make_dataset(args.out, args.identities, args.images_per_identity, args.seed)
     print(f"wrote {stats} to {args.out}")
@@ -43,29 +45,40 @@ def cmd_train(args):
         raise ValueError("--patch needs --layout deepid2|deepid")
     else:
         spec = PatchSpec(lighting=args.lighting)
+    cfg = _train_config(args)  # every setting checked before any work
+    if not os.path.isdir(args.data):
+        raise ValueError(f"dataset folder {args.data!r} does not exist or is not a folder")
     comm = dist.make_comm(force=args.dist)  # SerialComm unless an MPI launcher started us
+    dist.check_micro_batches(args.micro_batches, comm.size, cfg.batch)
 
     def train():
         say = print if comm.rank == 0 else (lambda *a, **k: None)
         dist.use_local_device(comm, args.backend)
         be = get_backend(args.backend)
+        lock = dist.hold_run_lock(comm, args.out)  # rank 0 holds OUT/.lock for the run
+        try:
+            return run(say, be)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def run(say, be):
         if not args.resume and dist.run_exists(comm, args.out):
             raise ValueError(f"{args.out} already holds a training run: pass --resume to "
                              f"continue it, or choose another --out")
-        cfg = _train_config(args)
         cache = dist.build_cache_on_ranks(comm, args.data, args.cache
                                           or os.path.join(args.out, "cache"), spec)
         table = dist.rank_table(comm)
         parallel = dist.DataParallel(comm, be, args.micro_batches, args.deterministic)
         say(f"{len(cache.labels)} images of {len(cache.identities)} identities "
             f"({len(cache.skipped)} skipped); {_threads_note(be)}"
-            + (" per rank" if comm.size > 1 else ""))
+            + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
         G = parallel.groups
         if G > 1 or comm.size > 1:
             say(f"data-parallel: {comm.size} rank(s) ({comm.kind}), {G} micro-batch(es) of "
                 f"{cfg.batch // G} images, "
                 + ("deterministic (all-gather, fixed order)" if args.deterministic else
-                   "fast (all-reduce)") + f"; ranks: {table}", flush=True)
+                   "fast (all-reduce)") + f"; ranks: {table}", flush=True, file=sys.stderr)
         trainer = Trainer(cache, args.out, cfg, be, parallel=parallel)
         try:
             state = trainer.run(resume=args.resume)
@@ -79,7 +92,7 @@ def cmd_train(args):
         if red.calls:
             say(f"gradient reduction: {red.seconds / red.calls * 1e3:.2f} ms per step, "
                 f"{red.bytes_sent / red.calls / 1e6:.2f} MB sent per rank per step "
-                f"({trainer.grads.size * 4 / 1e6:.2f} MB gradient)")
+                f"({trainer.grads.size * 4 / 1e6:.2f} MB gradient)", file=sys.stderr)
         say(f"best epoch {state['best_epoch']} (validation accuracy {state['best_val']:.4f}); "
             f"model {os.path.join(args.out, 'best.safetensors')}, "
             f"log {os.path.join(args.out, 'log.jsonl')}, "
@@ -142,6 +155,7 @@ def cmd_train_landmark_cascade(args):
 
 
 def cmd_eval_landmarks(args):
+    checks.eval_landmarks_args(args)
     import json
     from .face.landmarks import load_landmark_model
     from .training.landmarks import TEST_LIST, evaluate, evaluate_yunet, read_mtfl, summarise
@@ -160,9 +174,11 @@ def cmd_eval_landmarks(args):
     for name, r in res.items():
         print(name, json.dumps({k: v for k, v in r.items()
                                 if k not in ("errors", "missed", "skipped")}, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json:                     # whole or absent, never half-written
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(res, f)
+        os.replace(tmp, args.json)
     return 0
 
 
@@ -174,10 +190,31 @@ def cmd_align(args):
                    central_fallback=args.central_fallback,
                    landmark_model=args.landmark_model)
     except KeyboardInterrupt:
-        print("\ninterrupted: the aligned files written so far are whole; run again to "
-              "finish (landmarks.csv is written at the end)", file=sys.stderr)
+        print("\ninterrupted: the aligned files and landmarks.csv list the images done so "
+              "far, whole; run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+class MaxPixelsAction(argparse.Action):
+    """--max-pixels N: the image reader's pixel limit for this process."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from .face.image import set_max_pixels
+        try:
+            set_max_pixels(value)
+        except ValueError as e:
+            parser.error(f"{option_string}: {e}")
+        setattr(namespace, self.dest, int(float(value)))
+
+
+def add_max_pixels_option(parser):
+    """The reader's pixel limit option, for a command that reads images."""
+    from .face.image import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
+    parser.add_argument("--max-pixels", action=MaxPixelsAction, metavar="N",
+                        help="refuse images of more than N pixels, from their header, before "
+                             f"decoding (default: {MAX_PIXELS_ENV} when set, else "
+                             f"{DEFAULT_MAX_PIXELS})")
 
 
 def cmd_demo(args):
@@ -193,6 +230,7 @@ def _jb_default(name):
 
 
 def cmd_fit_verifier(args):
+    checks.fit_verifier_args(args)
     from .verifier.commands import fit_verifier_main
     fit_verifier_main(args.nets, args.data, args.out, pca=args.pca,
                       n_pairs=args.pairs, seed=args.seed, backend=args.backend,
@@ -201,18 +239,30 @@ def cmd_fit_verifier(args):
 
 
 def cmd_verify(args):
+    checks.verify_args(args)
+    if args.pairs is not None:
+        if args.image_a is not None:
+            raise ValueError("give two images A B or --pairs FILE, not both")
+        checks.existing_file(args.pairs, "--pairs", "file of image pairs")
+        from .verifier.commands import verify_pairs_main
+        _, failed = verify_pairs_main(args.pairs, model=args.model, aligned=args.aligned)
+        return 2 if failed else 0
+    if args.image_b is None:
+        raise ValueError("give two images A B (or --pairs FILE)")
     from .verifier.commands import verify_main
     verify_main(args.image_a, args.image_b, model=args.model, aligned=args.aligned)
     return 0
 
 
 def cmd_enroll(args):
+    checks.enroll_args(args)
     from .verifier.gallery import enroll_main
     enroll_main(args.folder, args.gallery, model=args.model, aligned=args.aligned)
     return 0
 
 
 def cmd_identify(args):
+    checks.identify_args(args)
     from .verifier.gallery import identify_main
     identify_main(args.images, args.gallery, model=args.model, top=args.top,
                   aligned=args.aligned)
@@ -220,6 +270,7 @@ def cmd_identify(args):
 
 
 def cmd_eval_lfw(args):
+    checks.eval_lfw_args(args)
     from .verifier.commands import eval_lfw_main
     eval_lfw_main(args.lfw, args.pairs, model=args.model, out=args.out, folds=args.folds,
                   unaligned=args.unaligned)
@@ -227,6 +278,7 @@ def cmd_eval_lfw(args):
 
 
 def cmd_eval_ident(args):
+    checks.eval_ident_args(args)
     from .verifier.ident_eval import eval_ident_main
     eval_ident_main(args.data, model=args.model, pairs=args.pairs, folds=args.folds,
                     known_fraction=args.known_fraction, seed=args.seed, far=args.far,
@@ -282,13 +334,23 @@ def _verifier_parsers(sub):
     f.add_argument("--em-tol", type=float, default=None,
                    help="Joint Bayesian: stop when both covariances change by less than this "
                         "(relative Frobenius norm; default: %g)" % _jb_default("tol"))
+    add_max_pixels_option(f)
     f.set_defaults(func=cmd_fit_verifier)
 
-    v = _command(sub, "verify", "are two photographs of the same person?")
-    v.add_argument("image_a", metavar="A", help="the first photograph")
-    v.add_argument("image_b", metavar="B", help="the second photograph")
+    v = _command(sub, "verify", "are two photographs of the same person? (or, with --pairs, "
+                                "many pairs)")
+    v.add_argument("image_a", metavar="A", nargs="?", help="the first photograph")
+    v.add_argument("image_b", metavar="B", nargs="?", help="the second photograph")
+    v.add_argument("--pairs", metavar="FILE",
+                   help="score every pair of FILE instead: one pair a line, two image paths "
+                        "separated by whitespace, or by a tab when a path holds a space (blank "
+                        "lines and # lines are skipped). Prints one tab-separated line per "
+                        "pair on stdout, in order: A, B, same/different and the score, or "
+                        "'error: WHY' and '-' for a pair that failed; the run goes on past a "
+                        "bad pair. Exit status 0 when every pair was scored, 2 when any failed")
     v.add_argument("--model", help=model_help)
     v.add_argument("--aligned", action="store_true", help=aligned_help)
+    add_max_pixels_option(v)
     v.set_defaults(func=cmd_verify)
 
     e = _command(sub, "enroll", "identity folders -> a gallery file")
@@ -296,6 +358,7 @@ def _verifier_parsers(sub):
     e.add_argument("--gallery", required=True, help="gallery file to write (.npz or .safetensors)")
     e.add_argument("--model", help=model_help)
     e.add_argument("--aligned", action="store_true", help=aligned_help)
+    add_max_pixels_option(e)
     e.set_defaults(func=cmd_enroll)
 
     i = _command(sub, "identify", "who is in these photographs (or unknown)?")
@@ -304,6 +367,7 @@ def _verifier_parsers(sub):
     i.add_argument("--top", type=int, default=1, help="matches to list")
     i.add_argument("--model", help=model_help)
     i.add_argument("--aligned", action="store_true", help=aligned_help)
+    add_max_pixels_option(i)
     i.set_defaults(func=cmd_identify)
 
     l = _command(sub, "eval-lfw", "LFW View 2: 10-fold accuracy, ROC, AUC, EER")
@@ -313,6 +377,7 @@ def _verifier_parsers(sub):
     l.add_argument("--out", help="folder for roc.png, roc.csv, metrics.json")
     l.add_argument("--folds", help="test only these folds, e.g. 6-10 (default: all)")
     l.add_argument("--unaligned", help="read images missing under --lfw from here")
+    add_max_pixels_option(l)
     l.set_defaults(func=cmd_eval_lfw)
     i = _command(sub, "eval-ident", "closed-set rank-1 and open-set DIR at FAR 1%% on "
                                     "identity folders of aligned faces")
@@ -325,12 +390,12 @@ def _verifier_parsers(sub):
     i.add_argument("--far", type=float, default=0.01, help="open-set false alarm rate")
     i.add_argument("--seed", type=int, default=0, help="seed of the gallery / probe split")
     i.add_argument("--out", help="folder for identification.json (the split and results)")
+    add_max_pixels_option(i)
     i.set_defaults(func=cmd_eval_ident)
 
 
 def _landmark_parsers(sub):
-    from .training.cascade import RefineTrainConfig
-    from .training.landmarks import LandmarkTrainConfig
+    from .training.landmark_configs import LandmarkTrainConfig, RefineTrainConfig
     lt, rt = LandmarkTrainConfig, RefineTrainConfig   # defaults of the options left unset
     lm = _command(sub, "train-landmarks", "train the 5-point landmark ConvNet on MTFL")
     lm.add_argument("--data", required=True, help=MTFL_HELP)
@@ -361,6 +426,7 @@ def _landmark_parsers(sub):
     lm.add_argument("--target-stats", choices=["crops", "augmented"],
                     help="standardise the targets by the plain crops or by augmented samples "
                          f"(default: {lt.target_stats})")
+    add_max_pixels_option(lm)
     lm.set_defaults(func=cmd_train_landmarks)
 
     lc = _command(sub, "train-landmark-cascade", "train the landmark cascade's refinement "
@@ -390,6 +456,7 @@ def _landmark_parsers(sub):
     lc.add_argument("--cache", help="where level 1's training cache is kept (default: "
                     "OUT/cache)")
     lc.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    add_max_pixels_option(lc)
     lc.set_defaults(func=cmd_train_landmark_cascade)
 
     ev = _command(sub, "eval-landmarks", "NME and failure rate of a landmark model on MTFL's "
@@ -409,6 +476,7 @@ def _landmark_parsers(sub):
                     "(1: level 1 alone; default: all it holds)")
     ev.add_argument("--json", metavar="PATH",
                     help="write every result, per-image errors included, to this JSON file")
+    add_max_pixels_option(ev)
     ev.set_defaults(func=cmd_eval_landmarks)
 
 
@@ -468,12 +536,14 @@ def build_parser():
     t.add_argument("--deterministic", action="store_true", help="data-parallel: fixed gradient "
                    "reduction order, bit-identical to 1 process with the same --micro-batches")
     t.add_argument("--dist", action="store_true", help="data-parallel path even without mpiexec")
+    add_max_pixels_option(t)
     t.set_defaults(func=cmd_train)
 
     _landmark_parsers(sub)
 
     al = _command(sub, "align", "detect, find landmarks and align every face of a folder; "
-                                "write OUT_DIR/landmarks.csv")
+                                "write OUT_DIR/landmarks.csv (a re-run resumes: images already "
+                                "done are skipped; symbolic links are followed)")
     al.add_argument("in_dir", metavar="IN_DIR",
                     help="folder of identity folders (root/<id>/*.jpg) or a flat folder of images")
     al.add_argument("out_dir", metavar="OUT_DIR",
@@ -491,6 +561,7 @@ def build_parser():
                          "(still listed as no_face)")
     al.add_argument("--landmark-model", help="landmark model file (default: the shipped one)")
     al.add_argument("--workers", type=int, help="threads (default: the usable CPUs, at most 8)")
+    add_max_pixels_option(al)
     al.set_defaults(func=cmd_align)
 
     d = _command(sub, "demo", "synthetic identities: train, then verify unseen ones")
@@ -505,15 +576,23 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
+    """Results on stdout; errors, notes and the time taken on stderr. Exit
+    status 2 for a bad input (one line), 130 for Ctrl-C (one line)."""
+    command = "deepid2"
     try:
+        args = build_parser().parse_args(argv)
+        command = f"deepid2 {args.command}"
+        t0 = time.perf_counter()
         rc = args.func(args) or 0
     except (ValueError, OSError, BackendUnavailable) as e:
-        print(f"deepid2 {args.command}: error: {e}", file=sys.stderr)
+        print(f"{command}: error: {e}", file=sys.stderr)
         return 2
-    if args.command not in ("synth", "eval-lfw"):      # eval-lfw ends on its accuracy line
-        print(f"done in {time.perf_counter() - t0:.1f}s")
+    except KeyboardInterrupt:     # a terminal's bar or ^C may hold the line: start a new one
+        print(("\n" if sys.stderr.isatty() else "") + f"{command}: interrupted",
+              file=sys.stderr)
+        return 130
+    if rc != 130 and args.command not in ("synth", "eval-lfw"):   # eval-lfw ends on its result
+        print(f"done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return rc
 
 

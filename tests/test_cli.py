@@ -13,8 +13,9 @@ def test_synth_then_train_then_resume(tmp_path, capsys):
     args = ["train", "--data", str(tmp_path / "faces"), "--out", str(tmp_path / "run"),
             "--epochs", "2", "--batch", "16", "--seed", "1"]
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "48 images of 6 identities" in out and "best epoch" in out
+    cap = capsys.readouterr()
+    assert "48 images of 6 identities" in cap.err and "epoch 2:" in cap.err  # diagnostics
+    assert "best epoch" in cap.out and "epoch 2:" not in cap.out           # the result
     rows = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
     before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
