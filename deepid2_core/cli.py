@@ -19,7 +19,8 @@ def cmd_synth(args):
     checks.synth_args(args)
     from .synth import make_dataset
     stats = make_dataset(args.out, args.identities, args.images_per_identity, args.seed)
-    print(f"wrote {stats} to {args.out}")
+    print(f"wrote {stats['images']} images of {stats['identities']} identities "
+          f"({stats['bytes'] / 1e6:.1f} MB) to {args.out}")
 
 
 def _train_config(args):
@@ -156,6 +157,9 @@ def cmd_train_landmark_cascade(args):
 
 def cmd_eval_landmarks(args):
     checks.eval_landmarks_args(args)
+    if args.yunet:
+        from .face.detect import YuNetDetector
+        YuNetDetector(args.yunet)  # a file that is not a YuNet model: one line, before the work
     import json
     from .face.landmarks import load_landmark_model
     from .training.landmarks import TEST_LIST, evaluate, evaluate_yunet, read_mtfl, summarise

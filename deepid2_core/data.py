@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from .progress import Progress
+
 FORMAT_VERSION = 1
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 _FILES = ("index.json", "patches.npy", "labels.npy", "flipped.npy")
@@ -351,7 +353,8 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(cache_dir) + ".tmp-", dir=parent)
     try:
-        t0, tenths = time.perf_counter(), 0
+        t0 = time.perf_counter()
+        bar = Progress(len(files), "patch cache: images", enabled=progress, final_line=False)
         shape = (spec.height, spec.width, spec.channels)
         big = np.lib.format.open_memmap(os.path.join(tmp, "all.npy"), "w+", np.uint8,
                                         (len(files),) + shape)
@@ -381,10 +384,7 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
                             big[n] = patch
                         rows.append((k, os.path.relpath(path, root)))
                         n += 1
-                done = s + len(chunk)
-                if done * 10 // len(files) > tenths:        # a line per 10% at most
-                    tenths = done * 10 // len(files)
-                    say(f"patch cache: {done}/{len(files)} images ({time.perf_counter() - t0:.1f}s)")
+                bar.update(len(chunk))
         if n == 0:
             raise ValueError(f"no image under {root!r} could be decoded ({len(skipped)} skipped)")
         # drop identities without any decoded image and renumber labels 0..K-1 in name order

@@ -12,12 +12,13 @@ fixed-seed numpy, so the same seed writes byte-identical JPEGs.
 """
 import multiprocessing
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import cv2
 import numpy as np
+
+from .progress import Progress
 
 _SHIFT = 4                      # cv2 fixed-point bits: sub-pixel antialiased shapes
 _ONE = 1 << _SHIFT
@@ -288,7 +289,7 @@ def make_dataset(out_dir, identities, images_per_identity, seed, size=250, progr
     total = identities * images_per_identity
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if total >= 1000 else 1
-    t0, nbytes, every = time.perf_counter(), 0, max(1, identities // 10)
+    t0, nbytes = time.perf_counter(), 0
     args = [(str(out_dir), seed, i, images_per_identity, size, quality) for i in range(identities)]
     pool = None
     if workers > 1:   # spawn, not fork: forking a process with live thread pools can hang
@@ -296,12 +297,12 @@ def make_dataset(out_dir, identities, images_per_identity, seed, size=250, progr
         results = pool.map(_write_identity, *zip(*args), chunksize=4)
     else:
         results = (_write_identity(*a) for a in args)
+    bar = Progress(identities, "synth: identities", enabled=progress)
     try:
-        for i, nb in enumerate(results):
+        for nb in results:
             nbytes += nb
-            if progress and ((i + 1) % every == 0 or i + 1 == identities):
-                print(f"synth: {i + 1}/{identities} identities ({time.perf_counter() - t0:.1f}s)",
-                      file=sys.stderr, flush=True)
+            bar.update(1)
+        bar.close()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

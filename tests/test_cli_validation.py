@@ -176,3 +176,20 @@ def test_results_on_stdout_time_on_stderr(tmp_path, capsys):
     assert out.splitlines()[0].startswith("same person: score")
     assert len(out.splitlines()) == 1, out                      # the verdict alone
     assert err.strip().splitlines()[-1].startswith("done in "), err
+
+
+def test_eval_landmarks_refuses_a_yunet_model_that_is_not_onnx(tmp_path, no_images, capsys):
+    (tmp_path / "mtfl").mkdir()
+    bad = tmp_path / "yunet.onnx"
+    bad.write_text("not a model\n")
+    assert main(["eval-landmarks", "--data", str(tmp_path / "mtfl"), "--yunet", str(bad)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "not a YuNet ONNX model" in lines[0], err
+
+
+def test_the_api_names_a_folder_given_as_model(tmp_path):
+    import deepid2_core as deepid2
+    from deepid2_core.errors import BadModelFile
+    with pytest.raises(BadModelFile, match="is a folder, not a model file"):
+        deepid2.load(str(tmp_path))

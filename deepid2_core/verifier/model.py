@@ -88,6 +88,8 @@ class Verifier:
                 raise BadModelFile(f"no --model given and the shipped model {path} is missing: "
                                    "pass --model (a file written by `deepid2 fit-verifier`)")
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise BadModelFile(f"model file {path} is a folder, not a model file")
         if not os.path.isfile(path):
             raise BadModelFile(f"model file {path} does not exist")
         try:
