@@ -16,6 +16,7 @@ from deepid2_core.face.box import face_box
 from deepid2_core.face import pipeline
 from deepid2_core.face.align import CANONICAL, alignment_matrix, to_pixels, transform_points
 from deepid2_core.face.pipeline import CSV_COLUMNS, CSV_NAME, JOURNAL_NAME, TMP_SUFFIX, align_main
+from package_home import PACKAGE_HOME
 
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
                                                    "shared", "data"))
@@ -339,7 +340,7 @@ def test_a_killed_process_then_rerun_gives_the_uninterrupted_csv(data, tmp_path)
             "    return real(self, rel, p)\n"
             "pipeline._Aligner.process = process\n"
             "pipeline.align_main(sys.argv[1], sys.argv[2], workers=1, progress=False)\n")
-    proc = subprocess.Popen([sys.executable, "-c", slow, str(data), str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", slow, str(data), str(out)], cwd=PACKAGE_HOME,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal, t0 = out / JOURNAL_NAME, time.time()
     try:

@@ -15,10 +15,9 @@ import pytest
 
 import deepid2_core as deepid2
 from deepid2_core.errors import BadGalleryFile, BadImage, BadModelFile, NoFace
+from package_home import PACKAGE_HOME
 
 REPO = Path(__file__).resolve().parents[1]
-# the folder holding the deepid2_core these tests import (the source tree, or site-packages)
-PACKAGE_HOME = Path(deepid2.__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DEEPID2_DATA", REPO.parent / "shared" / "data"))
 LFW = DATA / "lfw"
 # fold 6: a matched pair (A1, A4), a mismatched one (A1 vs C), and a second person with 2 images
@@ -198,7 +197,8 @@ def test_import_is_cheap():
     """`import deepid2_core` loads neither OpenCV, numba nor the C++ extension."""
     code = ("import sys, deepid2_core; "
             "print([m for m in ('cv2', 'numba', 'deepid2_core._cpu') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE_HOME)
     assert out.stdout.strip() == "[]"
 
 
@@ -220,7 +220,7 @@ def test_readme_snippet_runs(tmp_path):
     for name, src in (("a.jpg", A[0]), ("b.jpg", A[3]), ("c.jpg", C)):
         shutil.copy(src, tmp_path / name)
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(PACKAGE_HOME)})
+                       text=True, env={**os.environ, "PYTHONPATH": PACKAGE_HOME})
     assert r.returncode == 0, f"the README's snippet failed:\n{code}\n{r.stderr[-3000:]}"
     assert r.stdout.strip(), "the README's snippet printed nothing"
     # a.jpg and b.jpg are one person, c.jpg another: the verdicts it prints say so

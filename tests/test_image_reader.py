@@ -15,9 +15,7 @@ import pytest
 from deepid2_core.face import image as reader
 from deepid2_core.face.image import (DEFAULT_MAX_PIXELS, check_encoded, header_size,
                                      pixel_limit, read_image, set_max_pixels)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from package_home import PACKAGE_HOME
 
 @pytest.fixture(autouse=True)
 def default_limit(monkeypatch):
@@ -147,7 +145,7 @@ def test_train_cache_skips_what_verify_refuses(tmp_path):
 def run_cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("DEEPID2_MAX_PIXELS", None)
-    return subprocess.run([sys.executable, "-m", "deepid2_core.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "deepid2_core.cli", *args], cwd=PACKAGE_HOME,
                           capture_output=True, text=True, env=env, timeout=300)
 
 

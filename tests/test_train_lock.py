@@ -15,6 +15,7 @@ from deepid2_core.cli import main
 from deepid2_core.synth import make_dataset
 from deepid2_core.training import deepid2 as T
 from deepid2_core.training.lock import LOCK_NAME, RunLock, RunLocked
+from package_home import PACKAGE_HOME
 
 HOLDER = """
 import sys
@@ -37,7 +38,7 @@ def holder(tmp_path):
     """A real second process holding tmp_path/run's lock."""
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True, cwd=PACKAGE_HOME)
     assert p.stdout.readline().strip() == "held"
     yield out, p.pid
     p.stdin.close()
@@ -69,7 +70,7 @@ def test_a_second_training_run_into_the_same_out_is_refused_at_once(faces, holde
 def test_the_refusal_from_the_command_line(faces, holder):
     out, pid = holder
     r = subprocess.run([sys.executable, "-m", "deepid2_core.cli", *train_args(faces, out)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=PACKAGE_HOME)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == (f"deepid2 train: error: {out} is in use by another training "
                                 f"run (pid {pid} on host {socket.gethostname()}, since "
