@@ -50,7 +50,7 @@ from .landmarks import (EVAL, FINAL, TEST_LIST, TRAIN_LIST, LandmarkRegression, 
 from .lock import RunLock
 from ..progress import note
 from .landmark_configs import RefineTrainConfig
-from .loop import Group, Loop, load_checkpoint, read_log, save_checkpoint
+from .loop import Loop, load_checkpoint, read_log, save_checkpoint
 
 CHECKPOINT_FORMAT = "deepid2-landmark-cascade-checkpoint/1"
 
@@ -187,10 +187,6 @@ class CascadeTask(LandmarkRegression):
                     epoch=epoch, best_epoch=int(meta["best_epoch"]),
                     best_val=float(meta["best_val"]),
                     history=read_log(self.log_path, epoch))
-
-    def param_groups(self, state):
-        cfg = self.cfg
-        return [Group(state["params"], state["velocity"], cfg.momentum, cfg.weight_decay)]
 
     # -- one batch: forward, loss, backward of every net ---------------------------
     def batches(self, epoch, step, parts):

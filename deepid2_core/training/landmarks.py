@@ -316,7 +316,12 @@ def evaluate_yunet(data_dir, onnx_path, list_file=TEST_LIST, limit=None, score_t
 class LandmarkRegression:
     """What the landmark tasks (level 1 here, the cascade levels in cascade.py)
     share on the loop: one regression loss per step, NME validation, and the
-    lowest held-out NME (else the lowest loss) as the best epoch."""
+    lowest held-out NME (else the lowest loss) as the best epoch; one SGD group
+    of every net parameter."""
+
+    def param_groups(self, state):
+        cfg = self.cfg
+        return [Group(state["params"], state["velocity"], cfg.momentum, cfg.weight_decay)]
 
     @staticmethod
     def step_loss(sums, groups):
@@ -427,10 +432,6 @@ class LandmarkTask(LandmarkRegression):
                     target_std=tensors["target/std"], epoch=epoch,
                     best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
                     history=read_log(self.log_path, epoch))
-
-    def param_groups(self, state):
-        cfg = self.cfg
-        return [Group(state["params"], state["velocity"], cfg.momentum, cfg.weight_decay)]
 
     # -- one batch: forward, loss, backward ------------------------------------
     def batches(self, epoch, step, parts):
