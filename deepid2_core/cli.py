@@ -485,7 +485,10 @@ def _landmark_parsers(sub):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="deepid2", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="deepid2", description="Face verification with DeepID2: verify, enroll and identify "
+        "faces in photographs, align folders of faces, and train your own models. "
+        "`deepid2 COMMAND --help` tells each command's options.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = _command(sub, "synth", "draw procedural faces into LFW-style identity folders")
