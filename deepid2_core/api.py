@@ -85,8 +85,7 @@ class Model:
 
     def __init__(self, verifier):
         self.verifier = verifier
-        self._aligner = None
-        self._landmarks = None
+        self._aligner = None    # the face pipeline's models, loaded on first use
 
     @property
     def threshold(self):
@@ -97,26 +96,29 @@ class Model:
         ([] when there is none). Faces are found by the box rule the landmark
         nets were trained on (Haar, then Haar on the padded image)."""
         from .face.box import face_boxes
-        from .face.landmarks import load_landmark_model, predict_landmarks
+        from .face.landmarks import predict_landmarks
         from .face.pipeline import MAX_SIDE
         img, _ = _image(image)
         r = face_boxes(img, "haar", all_faces=True, max_side=MAX_SIDE)
         if not r.found:
             return []
-        if self._landmarks is None:
-            self._landmarks = load_landmark_model()
-        points = predict_landmarks(self._landmarks, img, r.boxes)
+        points = predict_landmarks(self._pipeline().model, img, r.boxes)
         return [Face(tuple(float(v) for v in box), pts, float(score))
                 for box, pts, score in zip(r.boxes, points, r.scores)]
 
     def _aligned(self, image):
         """(the largest face aligned as `deepid2 align` does it, or None, why, name)."""
-        from .face.pipeline import align_image, new_aligner
+        from .face.pipeline import align_image
         img, name = _image(image)
+        face, why = align_image(img, aligner=self._pipeline())
+        return face, why, name
+
+    def _pipeline(self):
+        """The aligner (Haar + the landmark cascade) that detect and embed share."""
+        from .face.pipeline import new_aligner
         if self._aligner is None:
             self._aligner = new_aligner()
-        face, why = align_image(img, aligner=self._aligner)
-        return face, why, name
+        return self._aligner
 
     def embed(self, image):
         """The raw features (1-d float32, the model's feature size) of the

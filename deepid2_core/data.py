@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from .progress import Progress
+from .progress import Progress, note
 
 FORMAT_VERSION = 1
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -245,11 +244,19 @@ def _decode(path, spec, landmarks=None):
 
 
 def fingerprint(root, identities):
-    """sha256 over sorted (relative path, size, mtime): changes when any file does."""
+    """sha256 over sorted (relative path, size, mtime): changes when any file does,
+    and when the reader's pixel limit is not the default (it decides which images
+    are skipped; default caches keep their fingerprint)."""
+    from .face.image import DEFAULT_MAX_PIXELS, pixel_limit
     h = hashlib.sha256()
+    if pixel_limit() != DEFAULT_MAX_PIXELS:
+        h.update(f"max_pixels={pixel_limit()}\n".encode())
     for _, paths in identities:
         for p in paths:
-            st = os.stat(p) if os.path.exists(p) else os.lstat(p)   # lstat: a broken link
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:   # a broken link: its own size and time
+                st = os.lstat(p)
             h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
@@ -317,7 +324,7 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
     Unreadable images are skipped and listed, identities left
     without images are dropped. The cache appears atomically (temp dir, rename)."""
     root, cache_dir = os.path.abspath(root), os.path.abspath(cache_dir)
-    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    say = note if progress else (lambda m: None)
     ids = scan_identities(root)
     fp = fingerprint(root, ids)
     lm_table = {}

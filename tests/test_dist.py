@@ -19,7 +19,6 @@ import pytest
 import deepid2_core
 from deepid2_core import cli, safetensors
 from deepid2_core.data import PatchSpec, build_cache
-from deepid2_core.training.dist import DataParallel, SerialComm
 from deepid2_core.synth import make_dataset
 from deepid2_core.training.deepid2 import (CHECKPOINT, BEST, PairSampler, Trainer, TrainConfig,
                                           micro_batch)
@@ -135,8 +134,7 @@ def test_one_micro_batch_is_the_plain_trainer_bit_for_bit(data, tmp_path, be):
     cache = build_cache(data / "faces", data / "cache", PatchSpec(), progress=False)
     cfg = TrainConfig(epochs=2, batch=8, lr=0.02, seed=3, val_fraction=0.25, learn_margin=True,
                       warmup_steps=2)
-    Trainer(cache, tmp_path / "g1", cfg, be, log=lambda *a: None, progress=False,
-            parallel=DataParallel(SerialComm(), be)).run()
+    Trainer(cache, tmp_path / "g1", cfg, be, log=lambda *a: None, progress=False).run()  # OneProcess
     assert ckpt(tmp_path / "g1") == ckpt(tmp_path / "plain")
 
 

@@ -159,3 +159,22 @@ def test_verify_refuses_the_same_files_in_one_line(tmp_path):
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr and says in r.stderr and name in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_cache_built_under_another_pixel_limit_is_rebuilt(tmp_path):
+    """An image the limit skipped is read once the limit allows it: the cache
+    is not reused across limits."""
+    from deepid2_core.data import build_cache
+    root = tmp_path / "data"
+    for who in ("a", "b"):
+        (root / who).mkdir(parents=True)
+        for k in range(2):
+            cv2.imwrite(str(root / who / f"{k}.jpg"), picture(120, 120))
+    cv2.imwrite(str(root / "a" / "big.jpg"), picture(300, 300))   # 90,000 pixels
+    set_max_pixels(80_000)
+    low = build_cache(root, tmp_path / "cache", progress=False)
+    assert len(low) == 4 and os.path.join("a", "big.jpg") in dict(low.skipped)
+    set_max_pixels(None)
+    default = build_cache(root, tmp_path / "cache", progress=False)
+    assert not default.reused and len(default) == 5 and not default.skipped
+    assert build_cache(root, tmp_path / "cache", progress=False).reused

@@ -209,7 +209,10 @@ def test_fit_verifier_cuts_the_patch_the_network_was_trained_on(tmp_path):
     import json as _json
     from deepid2_core import safetensors
     from deepid2_core.data import LayoutPatch, PatchSpec
-    from deepid2_core.verifier.commands import _trained_input
+    from deepid2_core.verifier.commands import trained_input
+
+    def _trained_input(path):
+        return trained_input(safetensors.load(path)[1])
     spec = PatchSpec(lighting="clahe")
     path = tmp_path / "net.safetensors"
     safetensors.save(path, {"x": np.ones(1, np.float32)},

@@ -84,7 +84,11 @@ def test_fitted_verifier_with_networks_saves_what_load_reads(tmp_path):
     v.with_networks(ext).save(path, extra_meta={"note": "test"})
     back = Verifier.load(path, progress=False)
     assert back.threshold == float(np.float32(v.threshold)) and back.metadata["note"] == "test"
-    assert back.layout == ext.layout and back.key() != ""
+    assert back.layout == ext.layout
+    assert back.key() == Verifier.load(path, progress=False).key()      # a stable identity
+    other = FeatureExtractor(WholeFace(PatchSpec(33, 31, 1)), [(init_params(cfg, 4), cfg)],
+                             get_backend("cpu"), progress=False)
+    assert back.key() != Verifier.load(path, progress=False).with_networks(other).key()
     faces = [rng.integers(0, 256, (80, 70, 3), dtype=np.uint8) for _ in range(3)]
     np.testing.assert_array_equal(back.features(faces), ext.extract(faces))
     ref = Verifier.from_tensors(v.export_tensors())

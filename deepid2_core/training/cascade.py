@@ -45,11 +45,11 @@ from ..face.landmark_cascade import (CASCADE_FORMAT, CascadeLevel, LandmarkCasca
 from ..face.image import read_image
 from ..face.landmarks import LandmarkModel, load_landmark_model, save_model
 from ..nets.refine import RefineLevelConfig, RefineNet, init_refine_params, unit_rms_init
+from .landmark_configs import LandmarkTrainConfig, RefineTrainConfig
 from .landmarks import (EVAL, FINAL, TEST_LIST, TRAIN_LIST, LandmarkRegression, build_cache,
-                        evaluate, nme, read_mtfl, summarise)
+                        evaluate, landmark_split, nme, read_mtfl, summarise)
 from .lock import RunLock
 from ..progress import note
-from .landmark_configs import RefineTrainConfig
 from .loop import Loop, load_checkpoint, read_log, save_checkpoint
 
 CHECKPOINT_FORMAT = "deepid2-landmark-cascade-checkpoint/1"
@@ -280,11 +280,8 @@ def params_sha256(params):
 def level1_split(n, model_meta):
     """(train, val) rows of a cache of n images: level 1's own split (its seed and
     val_fraction), so that the held-out images are unseen by every level."""
-    train = json.loads(model_meta.get("train", "{}"))
-    seed, frac = int(train.get("seed", 0)), float(train.get("val_fraction", 0.05))
-    order = np.random.default_rng([seed, 2**31]).permutation(n)
-    n_val = int(round(frac * n))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    train = {**asdict(LandmarkTrainConfig()), **json.loads(model_meta.get("train", "{}"))}
+    return landmark_split(n, int(train["seed"]), float(train["val_fraction"]))
 
 
 def train_cascade_main(data_dir, out_dir, level1=None, levels=(2,), epochs=30, seed=0, batch=64,

@@ -313,6 +313,14 @@ def evaluate_yunet(data_dir, onnx_path, list_file=TEST_LIST, limit=None, score_t
 
 
 # -- training --------------------------------------------------------------------------------
+def landmark_split(n, seed, val_fraction):
+    """(train, val) rows of a cache of n images, the level-1 split; the cascade
+    keeps it, so that its held-out images are unseen by every level."""
+    order = np.random.default_rng([seed, 2**31]).permutation(n)
+    n_val = int(round(val_fraction * n))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 class LandmarkRegression:
     """What the landmark tasks (level 1 here, the cascade levels in cascade.py)
     share on the loop: one regression loss per step, NME validation, and the
@@ -364,10 +372,7 @@ class LandmarkTask(LandmarkRegression):
         self.net = LandmarkNet(self.net_cfg, backend)
         self.log, self.progress = log, progress
         self.log_path = os.path.join(self.run_dir, LOG)
-        n = len(cache)
-        order = np.random.default_rng([cfg.seed, 2**31]).permutation(n)
-        n_val = int(round(cfg.val_fraction * n))
-        self.val_idx, self.train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        self.train_idx, self.val_idx = landmark_split(len(cache), cfg.seed, cfg.val_fraction)
         if len(self.train_idx) < cfg.batch:
             raise ValueError(f"{len(self.train_idx)} training images, fewer than a batch "
                              f"({cfg.batch})")

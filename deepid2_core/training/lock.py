@@ -12,7 +12,8 @@ import datetime
 import json
 import os
 import socket
-import sys
+
+from ..progress import note as progress_note
 
 LOCK_NAME = ".lock"
 
@@ -37,7 +38,7 @@ class RunLock:
     def __init__(self, out, note=None):
         self.dir = os.fspath(out)
         self.path = os.path.join(self.dir, LOCK_NAME)
-        self.note = note or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.note = note or progress_note
         self.held = False
         self.owner = dict(pid=os.getpid(), host=socket.gethostname(),
                           since=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
@@ -101,19 +102,7 @@ class RunLock:
             os.remove(tmp)
 
     def _read(self):
-        """The lock's owner dict; {} if unreadable; None if there is no lock."""
-        try:
-            with open(self.path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return {}
-        try:
-            owner = json.loads(text)
-        except ValueError:
-            return {}
-        return owner if isinstance(owner, dict) else {}
+        return self._read_file(self.path)
 
     def _take_over(self, other):
         # rename first: of two runs taking over at once only one moves the stale file
@@ -136,11 +125,15 @@ class RunLock:
 
     @staticmethod
     def _read_file(path):
+        """A lock file's owner dict; {} if unreadable; None if there is none."""
         try:
             with open(path) as f:
-                return json.loads(f.read())
+                owner = json.loads(f.read())
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError):
             return {}
+        return owner if isinstance(owner, dict) else {}
 
     def _in_use(self, other):
         if not other:

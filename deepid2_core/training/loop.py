@@ -203,6 +203,7 @@ class Loop:
             write_log(task.log_path, state["history"])
         state = self.to_device(state)
         saved_epoch = state["epoch"]  # the epoch of the checkpoint on disk (0: none)
+        host = None                   # the host copy of the last epoch's state
         k = task.steps_per_epoch
         for epoch in range(state["epoch"], task.epochs):
             t0 = time.perf_counter()
@@ -245,7 +246,7 @@ class Loop:
                 on_epoch_end(host)
         if rank0:
             task.plot(state["history"])
-        return self.to_host(state)
+        return host if host is not None else self.to_host(state)
 
     def initial_state(self, resume):
         """The host state a run starts from: its checkpoint when resuming, else fresh."""

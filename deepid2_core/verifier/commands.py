@@ -19,7 +19,7 @@ from ..checks import output_file
 from ..data import PatchSpec, scan_identities, spec_from_dict
 from ..errors import BadImage, NoFace
 from ..progress import Progress
-from .features import FeatureExtractor, PatchInputs, WholeFace, load_patch_network, patch_names
+from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names, patch_network
 from .lfw import flatten, missing_images, read_pairs
 from .metrics import auc, eer, kfold_accuracy, roc_curve, tar_at_far
 from .model import Verifier, sample_pairs
@@ -93,12 +93,10 @@ def _net_file(path):
     return path
 
 
-def _trained_input(net_file):
-    """The patch the network was trained on (data.PatchSpec: the fixed crop;
+def trained_input(meta):
+    """The patch a network was trained on (data.PatchSpec: the fixed crop;
     data.LayoutPatch: a patch of a layout), from its model file's "input"
     metadata (absent: the default PatchSpec)."""
-    from .. import safetensors
-    _, meta = safetensors.load(net_file)
     if "input" not in meta:
         return PatchSpec()
     return spec_from_dict(json.loads(meta["input"]))
@@ -110,8 +108,10 @@ def fit_layout(nets):
     files = [_net_file(n) for n in nets]
     if not files:
         raise ValueError("fitting a verifier needs at least one trained network")
-    specs = [_trained_input(f) for f in files]
-    networks = [load_patch_network(f) for f in files]
+    from .. import safetensors
+    loaded = [safetensors.load(f) for f in files]   # each file read (and hashed) once
+    specs = [trained_input(meta) for _, meta in loaded]
+    networks = [patch_network(tensors, meta, f) for f, (tensors, meta) in zip(files, loaded)]
     if len(specs) == 1 and isinstance(specs[0], PatchSpec):
         return WholeFace(specs[0]), networks
     layout = PatchInputs(tuple(specs))

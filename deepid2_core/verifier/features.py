@@ -189,7 +189,11 @@ def network_key(layout, k, network):
 
 def load_patch_network(path):
     """A trained network from a `deepid2 train` model file (best.safetensors)."""
-    tensors, meta = safetensors.load(path)
+    return patch_network(*safetensors.load(path), path)
+
+
+def patch_network(tensors, meta, path):
+    """The network of a loaded `deepid2 train` model file (path: for messages)."""
     if "net" not in meta:
         raise ValueError(f"{path} has no 'net' config in its metadata: not a deepid2 model file")
     cfg = NetConfig.from_dict(json.loads(meta["net"]))

@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from ..progress import note
 from .. import safetensors
 from ..checks import output_file
 from ..data import scan_identities
@@ -46,9 +47,9 @@ def _features_of_faces(m, paths, aligned):
     return feats, kept, list(problems.values())
 
 
-def open_set_threshold(m, feats, labels, far=FAR, note=None):
+def open_set_threshold(m, feats, labels, far=FAR):
     """(threshold, true accept rate at it on the enrolment images, how it was
-    set) from enrolment features. note: where the fallback says so (stderr)."""
+    set) from enrolment features; the fallback says so on stderr."""
     ids, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     sums = np.zeros((len(ids), feats.shape[1]))
     np.add.at(sums, index, feats)
@@ -71,7 +72,7 @@ def open_set_threshold(m, feats, labels, far=FAR, note=None):
                  f"galleries: refit it with `deepid2 fit-verifier`)" if old else
                  "holds no impostor score distribution (written before `deepid2 fit-verifier` "
                  "stored one)")
-        (note or (lambda text: print(text, file=sys.stderr)))(
+        note(
             f"note: {m.path or 'the model'} {holds}: the open-set threshold is estimated "
             f"from the {len(impostor)} enrolment images alone, and rejects many genuine probes")
     multi = counts[index] >= 2                 # leave-one-out mean needs another image
