@@ -38,7 +38,7 @@ setup(
     packages=find_packages(include=["deepid2_core", "deepid2_core.*"]) + ["deepid2_core.kernels"],
     package_dir={"deepid2_core.kernels": "kernels"},
     package_data={"deepid2_core.kernels": ["*.cu", "*.cuh"],
-                  "deepid2_core": ["models/*.safetensors"]},
+                  "deepid2_core": ["models/*.safetensors", "models/*.onnx", "models/LICENSE-*"]},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.9",

@@ -30,7 +30,7 @@ from .errors import BadGalleryFile, BadImage, NoFace
 class Face(NamedTuple):
     box: tuple              # (x, y, w, h) in image pixels
     landmarks: np.ndarray   # float32 5 x 2 (x, y): left eye, right eye, nose, mouth corners
-    score: float            # the detector's confidence (Haar: windows merged into the box)
+    score: float            # the detector's confidence (YuNet: 0-1; Haar: windows merged)
 
 
 class Match(NamedTuple):
@@ -94,12 +94,12 @@ class Model:
     def detect(self, image):
         """Every face in the image, largest first: [Face(box, landmarks, score)]
         ([] when there is none). Faces are found by the box rule the landmark
-        nets were trained on (Haar, then Haar on the padded image)."""
+        nets were trained on (YuNet's boxes mapped to Haar's, Haar where it finds none)."""
         from .face.box import face_boxes
         from .face.landmarks import predict_landmarks
         from .face.pipeline import MAX_SIDE
         img, _ = _image(image)
-        r = face_boxes(img, "haar", all_faces=True, max_side=MAX_SIDE)
+        r = face_boxes(img, "yunet", all_faces=True, max_side=MAX_SIDE)
         if not r.found:
             return []
         points = predict_landmarks(self._pipeline().model, img, r.boxes)
@@ -114,7 +114,7 @@ class Model:
         return face, why, name
 
     def _pipeline(self):
-        """The aligner (Haar + the landmark cascade) that detect and embed share."""
+        """The aligner (YuNet + the landmark cascade) that detect and embed share."""
         from .face.pipeline import new_aligner
         if self._aligner is None:
             self._aligner = new_aligner()

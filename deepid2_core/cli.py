@@ -192,7 +192,7 @@ def cmd_align(args):
         align_main(args.in_dir, args.out_dir, detector=args.detector, model=args.model,
                    size=args.size, all_faces=args.all_faces, workers=args.workers,
                    central_fallback=args.central_fallback,
-                   landmark_model=args.landmark_model)
+                   landmark_model=args.landmark_model, pick=args.pick)
     except KeyboardInterrupt:
         print("\ninterrupted: the aligned files and landmarks.csv list the images done so "
               "far, whole; run the same command again to resume", file=sys.stderr)
@@ -210,6 +210,13 @@ class MaxPixelsAction(argparse.Action):
         except ValueError as e:
             parser.error(f"{option_string}: {e}")
         setattr(namespace, self.dest, int(float(value)))
+
+
+def add_pick_option(parser):
+    """Which face of a photograph with several."""
+    parser.add_argument("--pick", default="largest", choices=["largest", "center"],
+                        help="which face of a photograph with several: the largest, or the one "
+                             "nearest the image centre (LFW's convention; default: largest)")
 
 
 def add_max_pixels_option(parser):
@@ -249,12 +256,14 @@ def cmd_verify(args):
             raise ValueError("give two images A B or --pairs FILE, not both")
         checks.existing_file(args.pairs, "--pairs", "file of image pairs")
         from .verifier.commands import verify_pairs_main
-        _, failed = verify_pairs_main(args.pairs, model=args.model, aligned=args.aligned)
+        _, failed = verify_pairs_main(args.pairs, model=args.model, aligned=args.aligned,
+                                      pick=args.pick)
         return 2 if failed else 0
     if args.image_b is None:
         raise ValueError("give two images A B (or --pairs FILE)")
     from .verifier.commands import verify_main
-    verify_main(args.image_a, args.image_b, model=args.model, aligned=args.aligned)
+    verify_main(args.image_a, args.image_b, model=args.model, aligned=args.aligned,
+                pick=args.pick)
     return 0
 
 
@@ -354,6 +363,7 @@ def _verifier_parsers(sub):
                         "bad pair. Exit status 0 when every pair was scored, 2 when any failed")
     v.add_argument("--model", help=model_help)
     v.add_argument("--aligned", action="store_true", help=aligned_help)
+    add_pick_option(v)
     add_max_pixels_option(v)
     v.set_defaults(func=cmd_verify)
 
@@ -468,8 +478,8 @@ def _landmark_parsers(sub):
     ev.add_argument("--data", required=True, help=MTFL_HELP)
     ev.add_argument("--model", help="landmark model file or level-1 training checkpoint "
                     "(default: the shipped one)")
-    ev.add_argument("--detector", default="auto", choices=["auto", "haar", "central"],
-                    help=BOXES_HELP)
+    ev.add_argument("--detector", default="auto", choices=["auto", "haar", "yunet", "central"],
+                    help=BOXES_HELP + "; yunet: the packaged YuNet's boxes mapped to Haar's")
     ev.add_argument("--limit", type=int, help="only the first N test images (default: all)")
     ev.add_argument("--yunet", metavar="ONNX",
                     help="also evaluate this YuNet ONNX model on the same images "
@@ -555,16 +565,18 @@ def build_parser():
                     help="folder of identity folders (root/<id>/*.jpg) or a flat folder of images")
     al.add_argument("out_dir", metavar="OUT_DIR",
                     help="aligned faces under the same relative paths, and landmarks.csv")
-    al.add_argument("--detector", default="haar", choices=["haar", "yunet"],
-                    help="haar: Haar boxes + the landmark ConvNet; yunet: YuNet's boxes and "
-                         "its own landmarks (needs --model)")
-    al.add_argument("--model", help="the YuNet ONNX model, with --detector yunet")
+    al.add_argument("--detector", default="yunet", choices=["yunet", "haar"],
+                    help="yunet (default): YuNet's boxes, Haar where it finds none; haar: the "
+                         "Haar rule alone. The landmark ConvNet gives the points either way")
+    al.add_argument("--model", help="another YuNet ONNX model than the packaged one "
+                                    "(with --detector yunet)")
     al.add_argument("--size", default="250", help="aligned size, N or WxH")
     al.add_argument("--all-faces", action="store_true",
-                    help="every face, written as NAME_1.jpg, NAME_2.jpg, ... largest first "
-                         "(default: the largest face only, as NAME.jpg)")
+                    help="every face, written as NAME_1.jpg, NAME_2.jpg, ... in --pick order "
+                         "(default: the first face only, as NAME.jpg)")
+    add_pick_option(al)
     al.add_argument("--central-fallback", action="store_true",
-                    help="haar: align images without a detection on the fixed central box "
+                    help="align images where no face is found on the fixed central box "
                          "(still listed as no_face)")
     al.add_argument("--landmark-model", help="landmark model file (default: the shipped one)")
     al.add_argument("--workers", type=int, help="threads (default: the usable CPUs, at most 8)")

@@ -51,7 +51,6 @@ import cv2
 import numpy as np
 
 from ..errors import BadModelFile
-from . import haar
 from .image import read_image, to_bgr8  # the one reader (re-exported: face.read_image)
 
 
@@ -101,6 +100,8 @@ class HaarDetector:
                                  "(opencv-python 5); use engine='numba'")
             self._cv = cv2.CascadeClassifier(xml)
         elif engine == "numba":
+            from . import haar      # numba: imported only where the port runs (start-up)
+            self._haar = haar
             self._cascade = haar.default_cascade()
         else:
             raise ValueError(f"engine must be 'auto', 'opencv' or 'numba', got {engine!r}")
@@ -113,7 +114,7 @@ class HaarDetector:
             boxes, counts = self._cv.detectMultiScale2(
                 gray, self.scale_factor, self.min_neighbors, minSize=self.min_size)
         else:
-            boxes, counts = haar.detect_multiscale(gray, self._cascade, self.scale_factor,
+            boxes, counts = self._haar.detect_multiscale(gray, self._cascade, self.scale_factor,
                                                    self.min_neighbors, self.min_size)
         return (np.asarray(boxes, np.float32).reshape(-1, 4),
                 np.asarray(counts, np.float32).reshape(-1), None)
@@ -130,6 +131,9 @@ class YuNetDetector:
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"YuNet model {model_path!r} does not exist")
         self.model_path = model_path
+        log = cv2.utils.logging
+        level = log.getLogLevel()   # OpenCV 5 warns that its new engine ignores targets
+        log.setLogLevel(log.LOG_LEVEL_ERROR)
         try:    # a text file, another network: refused here, not on every image
             self._net = cv2.FaceDetectorYN.create(model_path, "", (320, 320),
                                                   float(score_threshold), float(nms_threshold),
@@ -138,6 +142,8 @@ class YuNetDetector:
         except cv2.error as e:
             raise BadModelFile(f"{model_path}: not a YuNet ONNX model (cv2: "
                                f"{cv2_message(e)})") from None
+        finally:
+            log.setLogLevel(level)
         self._lock = threading.Lock()           # setInputSize + detect must stay together
 
     def detect(self, bgr):

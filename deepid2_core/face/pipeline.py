@@ -15,7 +15,11 @@ batch):
    reason);
 2. detect, landmarks:
 
-   * ``detector="haar"`` (default): the box rule the shipped landmark model was trained
+   * ``detector="yunet"`` (default): OpenCV's YuNet (``cv2.FaceDetectorYN``, the ONNX
+     model the package carries, or ``model``), each box mapped onto the box convention the
+     landmark nets were trained on (`deepid2_core.face.box.face_boxes`, "yunet"); where
+     YuNet finds nothing, the Haar rule below. The landmark ConvNet gives the points.
+   * ``detector="haar"``: the box rule the shipped landmark model was trained
      on (`deepid2_core.face.box.face_boxes`): OpenCV's frontal-face Haar cascade with
      ``detectMultiScale``'s defaults (scale 1.1, 3 neighbours, 24 px), and where it finds
      nothing, a second try on the image padded by 25% of its smaller side (faces cut by
@@ -28,10 +32,8 @@ batch):
      but aligned on the rule's fixed central box (a square of 0.56 min(H, W) centred at
      (0.5 W, 0.47 H), the model was trained on it too), for data sets such as LFW whose
      faces are all centred and every image is wanted.
-   * ``detector="yunet"`` with ``model`` (the ONNX file): ``cv2.FaceDetectorYN`` boxes and
-     **YuNet's own 5 landmarks**. The landmark ConvNet is not run on YuNet's boxes: it
-     was trained on Haar boxes (and the central box), whose extent and centre differ from
-     YuNet's, and YuNet's points come with its box from the same network.
+   * ``pick``: which face is face 1 (and the only one without ``all_faces``): "largest"
+     (default) or "center" (nearest the image centre; LFW's convention).
 
 3. align: the least-squares similarity of the two eyes and the mouth-corner midpoint
    onto the canonical positions (`align.align_face`; default 250 x 250, LFW's
@@ -45,9 +47,10 @@ OUT_DIR/landmarks.csv has one row per face (or one per image without a face): co
 `CSV_COLUMNS`: the input's relative path, the face number (1 = largest; empty without a
 face), status ``ok`` / ``no_face`` / ``unreadable`` (``error`` only for an unexpected
 failure of one image's processing), the reason for the last three, the aligned file
-(relative to OUT_DIR; empty when none was written), where the box came from (``haar``,
-``haar_padded``, ``central``, ``yunet``), the box (x, y, w, h, image pixels), the
-detector's score (Haar: the number of merged windows; YuNet: its confidence), the 5
+(relative to OUT_DIR; empty when none was written), where the box came from (``yunet``,
+``haar``, ``haar_padded``, ``central``), the box given to the landmark nets (x, y, w, h,
+image pixels), the detector's score (Haar: the number of merged windows; YuNet: its
+confidence), the 5
 points (left eye, right eye, nose, left and right mouth corner, as seen in the image)
 in the image as read and in the aligned image. Numbers have 2 decimals. Pixel centres
 are at integer coordinates (OpenCV's convention).
@@ -98,8 +101,8 @@ import cv2
 import numpy as np
 
 from .align import align_face
-from .box import face_boxes, haar_detector
-from .detect import YuNetDetector, detect_image, read_image
+from .box import HAAR_MIN_SIZE, PICKS, YUNET_MODEL, face_boxes, yunet_detector
+from .detect import read_image
 from .image import pixel_limit
 from .landmarks import DEFAULT_MODEL, LandmarkModel, load_landmark_model, predict_landmarks
 
@@ -227,39 +230,28 @@ class _Aligner:
     """Per-run settings and the models; process() is thread-safe."""
 
     def __init__(self, out_dir, detector, model, size, all_faces, central_fallback,
-                 landmark_model):
+                 landmark_model, pick="largest"):
         self.out_dir, self.size, self.all_faces = out_dir, size, all_faces
-        self.central_fallback = central_fallback
+        self.central_fallback, self.pick, self.yunet_model = central_fallback, pick, model
         self.kind = detector
-        if detector == "haar":
-            self.det = haar_detector()     # the training rule's detector (3 neighbours)
-            self.model = (landmark_model if isinstance(landmark_model, LandmarkModel)
-                          else load_landmark_model(landmark_model))
-        else:
-            self.det = YuNetDetector(model)
-            self.model = None
+        if detector == "yunet":
+            yunet_detector(model)          # a bad model file: refused here, once
+        self.min_face = HAAR_MIN_SIZE    # the central fallback's smallest image
+        self.model = (landmark_model if isinstance(landmark_model, LandmarkModel)
+                      else load_landmark_model(landmark_model))
         self._made = set()
 
     def _detect(self, img):
         """(status, reason, [ _Face ]) for a readable image."""
-        if self.kind == "haar":
-            fb = face_boxes(img, "haar", all_faces=self.all_faces, max_side=MAX_SIDE)
-            if fb.found:
-                return "ok", "", [_Face(b, float(s), fb.source)
-                                  for b, s in zip(fb.boxes, fb.scores)]
-            if self.central_fallback and min(img.shape[:2]) >= self.det.min_face:
-                faces = [_Face(fb.boxes[0], 0.0, "central")]
-                return "no_face", fb.reason + "; aligned on the central box", faces
-            return "no_face", fb.reason, []
-        r = detect_image(img, self.det, all_faces=self.all_faces, max_side=MAX_SIDE)
-        if not r.ok:
-            return r.status, r.reason, []
-        faces = [_Face(np.asarray(b, np.float64), float(s), self.kind)
-                 for b, s in zip(r.boxes, r.scores)]
-        if r.landmarks is not None:
-            for f, lm in zip(faces, r.landmarks):
-                f.points = np.asarray(lm, np.float64)
-        return "ok", "", faces
+        fb = face_boxes(img, self.kind, all_faces=self.all_faces, max_side=MAX_SIDE,
+                        pick=self.pick, yunet_model=self.yunet_model)
+        if fb.found:
+            return "ok", "", [_Face(b, float(s), fb.source)
+                              for b, s in zip(fb.boxes, fb.scores)]
+        if self.central_fallback and min(img.shape[:2]) >= self.min_face:
+            faces = [_Face(fb.boxes[0], 0.0, "central")]
+            return "no_face", fb.reason + "; aligned on the central box", faces
+        return "no_face", fb.reason, []
 
     def process(self, rel, in_path):
         img, why = read_image(in_path)
@@ -288,9 +280,9 @@ class _Aligner:
         return _Result(rel, status, reason, faces, read=True)
 
 
-def align_image(img, detector="haar", landmark_model=None, size=250, aligner=None):
-    """One BGR image -> (aligned largest face or None, reason when None): the
-    same detection, landmarks and alignment as `align_main` (haar path)."""
+def align_image(img, detector="yunet", landmark_model=None, size=250, aligner=None):
+    """One BGR image -> (aligned first face or None, reason when None): the
+    same detection, landmarks and alignment as `align_main`."""
     a = aligner or _Aligner(None, detector, None, parse_size(size), False, False,
                             landmark_model)
     status, reason, faces = a._detect(img)
@@ -303,9 +295,10 @@ def align_image(img, detector="haar", landmark_model=None, size=250, aligner=Non
     return aligned, ""
 
 
-def new_aligner(detector="haar", landmark_model=None, size=250):
+def new_aligner(detector="yunet", landmark_model=None, size=250, pick="largest", model=None):
     """An aligner to reuse across `align_image` calls (loads the models once)."""
-    return _Aligner(None, detector, None, parse_size(size), False, False, landmark_model)
+    return _Aligner(None, detector, model, parse_size(size), False, False, landmark_model,
+                    pick)
 
 
 def _fmt(v):
@@ -368,19 +361,16 @@ def _file_key(path):
     return [os.path.abspath(path)] + (st or [])
 
 
-def _settings(detector, model, size, all_faces, central_fallback, landmark_model):
+def _settings(detector, model, size, all_faces, central_fallback, landmark_model, pick):
     """What a run's results depend on besides the inputs: a journal is resumed only
     under the same settings. A LandmarkModel object (API) is never taken for an earlier
     one: such runs start over."""
-    if detector == "haar":
-        lm = (f"object {id(landmark_model)} {time.time_ns()}"
-              if isinstance(landmark_model, LandmarkModel)
-              else _file_key(os.fspath(landmark_model) if landmark_model else DEFAULT_MODEL))
-    else:
-        lm = None
-    return dict(detector=detector, model=_file_key(model) if model else None, size=list(size),
-                all_faces=bool(all_faces), central_fallback=bool(central_fallback),
-                landmark_model=lm)
+    lm = (f"object {id(landmark_model)} {time.time_ns()}"
+          if isinstance(landmark_model, LandmarkModel)
+          else _file_key(os.fspath(landmark_model) if landmark_model else DEFAULT_MODEL))
+    yunet = (_file_key(model or YUNET_MODEL) if detector == "yunet" else None)
+    return dict(detector=detector, model=yunet, size=list(size), all_faces=bool(all_faces),
+                central_fallback=bool(central_fallback), landmark_model=lm, pick=pick)
 
 
 def _read_journal(path):
@@ -450,26 +440,24 @@ def default_workers():
     return max(1, min(8, n))
 
 
-def align_main(in_dir, out_dir, detector="haar", model=None, size=250, all_faces=False,
+def align_main(in_dir, out_dir, detector="yunet", model=None, size=250, all_faces=False,
                workers=None, progress=True, central_fallback=False, landmark_model=None,
-               log=print):
+               log=print, pick="largest"):
     """Align every image under in_dir into out_dir (module docstring) and write
-    out_dir/landmarks.csv. detector "haar" (landmarks from the landmark ConvNet,
-    `landmark_model`: a path or LandmarkModel, default the shipped one) or "yunet"
-    (needs `model`, the YuNet ONNX file; YuNet's own landmarks). size: N or (W, H).
+    out_dir/landmarks.csv. detector "yunet" (`model`: another YuNet ONNX file than the
+    packaged one) or "haar"; the landmark ConvNet (`landmark_model`: a path or
+    LandmarkModel, default the shipped one) gives the points. size: N or (W, H).
     Resumes an interrupted run into the same out_dir (module docstring).
     Returns the summary dict (also printed through `log` unless log is None)."""
     from ..progress import Progress
     t0 = time.perf_counter()
     in_dir, out_dir = os.path.abspath(os.fspath(in_dir)), os.path.abspath(os.fspath(out_dir))
     if detector not in ("haar", "yunet"):
-        raise ValueError(f"detector must be haar or yunet, got {detector!r}")
-    if detector == "yunet" and not model:
-        raise ValueError("--detector yunet needs --model PATH (the YuNet ONNX file)")
+        raise ValueError(f"detector must be yunet or haar, got {detector!r}")
     if detector == "haar" and model:
-        raise ValueError("--model is the YuNet model: pass --detector yunet with it")
-    if central_fallback and detector != "haar":
-        raise ValueError("central_fallback is the Haar box rule's fallback: use it with haar")
+        raise ValueError("--model is a YuNet model: it goes with --detector yunet")
+    if pick not in PICKS:
+        raise ValueError(f"pick must be largest or center, got {pick!r}")
     if not os.path.isdir(in_dir):
         raise ValueError(f"{in_dir} is not a folder")
     if os.path.realpath(in_dir) == os.path.realpath(out_dir):
@@ -482,7 +470,7 @@ def align_main(in_dir, out_dir, detector="haar", model=None, size=250, all_faces
 
     rels, skipped = list_images(in_dir, out_dir)
     aligner = _Aligner(out_dir, detector, model, size, all_faces, central_fallback,
-                       landmark_model)
+                       landmark_model, pick)
     os.makedirs(out_dir, exist_ok=True)
     _sweep_temporaries(out_dir)
 
@@ -490,7 +478,8 @@ def align_main(in_dir, out_dir, detector="haar", model=None, size=250, all_faces
         return os.path.join(in_dir, *rel.split("/"))
 
     # the journal: what an earlier run did, and every aligned file any run left here
-    settings = _settings(detector, model, size, all_faces, central_fallback, landmark_model)
+    settings = _settings(detector, model, size, all_faces, central_fallback, landmark_model,
+                         pick)
     journal_path = os.path.join(out_dir, JOURNAL_NAME)
     old = _read_journal(journal_path)
     previous = _previous_outputs(out_dir)
@@ -572,7 +561,7 @@ def align_main(in_dir, out_dir, detector="haar", model=None, size=250, all_faces
         central=sum(1 for r in ordered for row in r["rows"] if row[5] == "central"),
         skipped_non_images=skipped, stale_removed=removed, resumed=len(done),
         seconds=round(time.perf_counter() - t0, 2), workers=workers, detector=detector,
-        landmarks="landmark ConvNet" if detector == "haar" else "YuNet",
+        landmarks="landmark ConvNet", pick=pick,
         size=list(size), all_faces=bool(all_faces), in_dir=in_dir, out_dir=out_dir,
         csv=os.path.join(out_dir, CSV_NAME))
     if log is not None:

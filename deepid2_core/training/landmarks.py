@@ -247,7 +247,8 @@ def summarise(errors):
 # -- evaluation ------------------------------------------------------------------------------
 def evaluate(model, data_dir, list_file=TEST_LIST, detector="auto", limit=None, progress=False):
     """NME and failure rate of model on the first `limit` images of an MTFL list, boxes by
-    the rule ("auto": Haar where available, else the central box). Returns a dict with nme,
+    the rule ("auto": Haar; "yunet": YuNet's boxes mapped to Haar's, Haar where it finds none;
+    "central": the central box). Returns a dict with nme,
     per_point, failure_rate, point_failure_rate, n, the detector, how often Haar found the
     face, and the per-image errors."""
     detector = resolve_detector(detector)
@@ -256,17 +257,23 @@ def evaluate(model, data_dir, list_file=TEST_LIST, detector="auto", limit=None, 
     bar = Progress(len(rows), f"evaluating on {list_file}", enabled=progress)
     for rel, pts in rows:
         bar.update(1)
-        gray = read_image(os.path.join(os.fspath(data_dir), rel), grey=True)[0]
+        path = os.path.join(os.fspath(data_dir), rel)
+        if detector == "yunet":     # YuNet sees colour; the nets, as in the pipeline, grey
+            img = read_image(path)[0]
+            gray = None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        else:
+            img = gray = read_image(path, grey=True)[0]
         if gray is None:
             skipped.append(rel)
             continue
-        box, hit = face_box(gray, detector)
+        box, hit = face_box(img, detector)
         found += hit
         errs.append(nme(predict_landmarks(model, gray, box), pts[None])[0])
     bar.close()
     res = summarise(errs)
     res.update(detector=detector, list_file=list_file, haar_found=found if detector == "haar"
-               else None, skipped=skipped, errors=np.asarray(errs).tolist())
+               else None, found=found if detector != "central" else None, skipped=skipped,
+               errors=np.asarray(errs).tolist())
     return res
 
 

@@ -30,13 +30,14 @@ def _backend(name="cpu"):
     return get_backend(name)
 
 
-def prepare_faces(paths, aligned=False, progress=True):
+def prepare_faces(paths, aligned=False, progress=True, pick="largest"):
     """Image paths -> (faces: aligned BGR arrays or, when aligned, the paths,
-    problems: {path: reason}) for unreadable images and images without a face."""
+    problems: {path: reason}) for unreadable images and images without a face.
+    pick: which face of a photograph ("largest" or "center")."""
     from ..face.detect import read_image
     from ..face.pipeline import align_image, new_aligner
     faces, problems = {}, {}
-    aligner = None if aligned else new_aligner()
+    aligner = None if aligned else new_aligner(pick=pick)
     bar = Progress(len(paths), "faces", enabled=progress and len(paths) > 1)
     for p in paths:
         img, why = read_image(p)
@@ -176,9 +177,9 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
     return dict(threshold=ver.threshold, train_pair_accuracy=train_acc, images=len(keep))
 
 
-def verify_main(a, b, model=None, aligned=False, log=print):
+def verify_main(a, b, model=None, aligned=False, log=print, pick="largest"):
     m = Verifier.load(model, progress=False)
-    faces, problems = prepare_faces([a, b], aligned=aligned, progress=False)
+    faces, problems = prepare_faces([a, b], aligned=aligned, progress=False, pick=pick)
     for p in (a, b):
         if p in problems:
             raise (NoFace if "no face" in problems[p] else BadImage)(problems[p])
@@ -221,7 +222,7 @@ def read_pair_lines(path):
 
 
 def verify_pairs_main(pairs_file, model=None, aligned=False, log=print, warn=_to_stderr,
-                      chunk=256):
+                      chunk=256, pick="largest"):
     """`deepid2 verify --pairs FILE`: one line per pair on stdout, in the
     file's order: A, B, same/different (or "error: why"), score, tab-separated
     ("-" for the score of a pair that failed). The model loads once; each
@@ -236,7 +237,7 @@ def verify_pairs_main(pairs_file, model=None, aligned=False, log=print, warn=_to
         new = sorted({p for _, a, b, why in part if why is None for p in (a, b)}
                      - set(feats) - set(problems))
         if new:
-            faces, bad = prepare_faces(new, aligned=aligned, progress=False)
+            faces, bad = prepare_faces(new, aligned=aligned, progress=False, pick=pick)
             problems.update(bad)
             good = [p for p in new if p in faces]
             if good:
