@@ -128,6 +128,22 @@ def synth_args(args):
     output_dir(args.out, "output folder")
 
 
+def train_args(args):
+    """`deepid2 train`'s augmentation options."""
+    strength = args.augment_strength
+    if strength is None:
+        return
+    if not args.augment:
+        raise ValueError("--augment-strength needs --augment")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise ValueError(f"--augment-strength must be a number >= 0, got {strength:g}")
+    from .training.augment import AugmentConfig
+    try:
+        AugmentConfig().scaled(strength)
+    except ValueError as e:
+        raise ValueError(f"--augment-strength {strength:g} is too strong: {e}") from None
+
+
 def fit_verifier_args(args):
     for net in args.nets:
         if not os.path.exists(net):

@@ -24,20 +24,25 @@ def cmd_synth(args):
 
 
 def _train_config(args):
+    from .training.augment import AugmentConfig
     from .training.deepid2 import TrainConfig
+    strength = 1.0 if args.augment_strength is None else args.augment_strength
     return TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, lam=args.lam,
                        ident_weight=args.ident_weight, verif=args.verif, margin=args.margin,
                        learn_margin=args.learn_margin,
                        same_share=args.same_share, warmup_steps=args.warmup_steps,
-                       val_fraction=args.val_fraction, seed=args.seed)
+                       val_fraction=args.val_fraction, seed=args.seed,
+                       augment=AugmentConfig().scaled(strength) if args.augment else None)
 
 
 def cmd_train(args):
     """One path for a plain run, --micro-batches and MPI ranks (mpiexec -n N
     deepid2 train ...): the patch spec and the cache are made here, once."""
+    from dataclasses import replace
     from .data import LayoutPatch, PatchSpec
     from .training import dist
     from .training.deepid2 import Trainer
+    checks.train_args(args)
     if args.layout:
         if args.patch is None:
             raise ValueError("--layout needs --patch NAME_OR_INDEX (e.g. 105 or left_eye@1/gray)")
@@ -47,6 +52,8 @@ def cmd_train(args):
     else:
         spec = PatchSpec(lighting=args.lighting)
     cfg = _train_config(args)  # every setting checked before any work
+    if cfg.augment is not None:   # the cache keeps the surround the augmentation samples
+        spec = replace(spec, margin=cfg.augment.margin(spec.height, spec.width))
     if not os.path.isdir(args.data):
         raise ValueError(f"dataset folder {args.data!r} does not exist or is not a folder")
     comm = dist.make_comm(force=args.dist)  # SerialComm unless an MPI launcher started us
@@ -548,6 +555,12 @@ def build_parser():
                         "where the file exists (auto)")
     t.add_argument("--lighting", default="none", choices=["none", "hist", "clahe"],
                    help="illumination normalisation of each patch's luminance")
+    t.add_argument("--augment", action="store_true",
+                   help="augment every training image on the fly: random shift, zoom and "
+                        "rotation, brightness, contrast and colour, some blur and JPEG "
+                        "(training/augment.py; the cache keeps a margin around each patch)")
+    t.add_argument("--augment-strength", type=float, metavar="S",
+                   help="with --augment: scale every augmentation range by S (default 1)")
     t.add_argument("--micro-batches", type=int, help="data-parallel: cut each batch into G "
                    "micro-batches of whole pairs (default: the number of MPI ranks)")
     t.add_argument("--deterministic", action="store_true", help="data-parallel: fixed gradient "

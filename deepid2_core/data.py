@@ -19,15 +19,28 @@ Lighting (both specs): "none", "hist" (histogram equalisation) or "clahe"
 (contrast-limited adaptive histogram equalisation, clip 2, 4 x 4 tiles) of the
 patch's luminance (Y of YCrCb for RGB patches, the grey value for grey ones),
 after the patch is cut.
+
+Margin (both specs, for training augmentation, training/augment.py): with
+margin m > 0 the cache holds (H + 2 py) x (W + 2 px) crops, py = round(m H),
+px = round(m W), of the patch and its surround, and holds them before lighting
+(the patch the network sees is equalised, not its surround: training applies
+lighting to each patch it takes from the crop). A LayoutPatch's margin crop is
+the same sampling grid extended, so its centre H x W is the plain patch bit for
+bit (the flipped counterpart's too). A PatchSpec's plain cut is cv2's
+INTER_AREA resize of the crop, not an affine map: its margin crop is the same
+area-averaging grid extended by py rows and px columns each side (computed in
+numpy, the image border replicated), so its centre equals the plain patch on
+almost every pixel and differs by at most one grey level (float rounding).
 """
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -66,6 +79,21 @@ def scan_identities(root):
     return out
 
 
+def margin_pad(height, width, margin):
+    """(py, px): the pixels a margin crop adds on each side of a height x width patch."""
+    return int(np.floor(margin * height + 0.5)), int(np.floor(margin * width + 0.5))
+
+
+def _check_margin(margin):
+    try:
+        m = float(margin)
+    except (TypeError, ValueError):
+        m = math.nan
+    if not 0 <= m <= 1:
+        raise ValueError(f"the patch margin must be a number in [0, 1], got {margin!r}")
+    return m
+
+
 def _file_or_broken_link(path):
     return os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path))
 
@@ -85,9 +113,11 @@ class PatchSpec:
     channels: int = 3
     crop: tuple = (0.285, 0.30, 0.755, 0.70)
     lighting: str = "none"
+    margin: float = 0.0     # the cache's surround, for augmentation (module docstring)
 
     def __post_init__(self):
         object.__setattr__(self, "crop", tuple(float(c) for c in self.crop))
+        object.__setattr__(self, "margin", _check_margin(self.margin))
         y0, x0, y1, x1 = self.crop
         if self.height < 1 or self.width < 1 or self.channels not in (1, 3):
             raise ValueError(f"PatchSpec needs height, width >= 1 and channels 1 or 3, got {self}")
@@ -100,12 +130,27 @@ class PatchSpec:
         d = {**asdict(self), "crop": list(self.crop)}
         if self.lighting == "none":  # the dict (and every key made from it) as before lighting
             del d["lighting"]
+        if self.margin == 0:         # likewise as before margins
+            del d["margin"]
         return d
 
     @classmethod
     def from_dict(cls, d):
         return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(d["crop"]),
-                   d.get("lighting", "none"))
+                   d.get("lighting", "none"), d.get("margin", 0.0))
+
+    pad = property(lambda self: margin_pad(self.height, self.width, self.margin))
+    cache_shape = property(lambda self: _cache_shape(self))
+
+    def plain(self):
+        """This spec without its margin: the patch the network sees."""
+        return replace(self, margin=0.0)
+
+
+def _cache_shape(spec):
+    """(rows, cols, channels) of one cached crop: the patch plus its margin."""
+    py, px = spec.pad
+    return spec.height + 2 * py, spec.width + 2 * px, spec.channels
 
 
 def _check_lighting(mode):
@@ -125,6 +170,7 @@ class LayoutPatch:
     index: int
     landmarks: str = "auto"
     lighting: str = "none"
+    margin: float = 0.0     # the cache's surround, for augmentation (module docstring)
 
     def __post_init__(self):
         from .face.patches import get_layout, resolve_patch
@@ -132,6 +178,7 @@ class LayoutPatch:
         if self.landmarks not in ("auto", "csv", "mean"):
             raise ValueError(f"landmarks must be auto, csv or mean, got {self.landmarks!r}")
         _check_lighting(self.lighting)
+        object.__setattr__(self, "margin", _check_margin(self.margin))
 
     @property
     def layout_obj(self):
@@ -151,15 +198,25 @@ class LayoutPatch:
         from .face.patches import patch_name
         return patch_name(self.layout_obj, self.index)
 
+    pad = property(lambda self: margin_pad(self.height, self.width, self.margin))
+    cache_shape = property(lambda self: _cache_shape(self))
+
+    def plain(self):
+        """This spec without its margin: the patch the network sees."""
+        return replace(self, margin=0.0)
+
     def to_dict(self):
-        return dict(kind="layout", layout=self.layout, index=self.index, name=self.name,
-                    landmarks=self.landmarks, lighting=self.lighting, height=self.height,
-                    width=self.width, channels=self.channels)
+        d = dict(kind="layout", layout=self.layout, index=self.index, name=self.name,
+                 landmarks=self.landmarks, lighting=self.lighting, height=self.height,
+                 width=self.width, channels=self.channels)
+        if self.margin:              # the dict as before margins when there is none
+            d["margin"] = self.margin
+        return d
 
     @classmethod
     def from_dict(cls, d):
         return cls(d["layout"], int(d["index"]), d.get("landmarks", "auto"),
-                   d.get("lighting", "none"))
+                   d.get("lighting", "none"), d.get("margin", 0.0))
 
 
 def spec_from_dict(d):
@@ -182,17 +239,40 @@ def normalise_lighting(patch, mode):
 
 
 def cut_patch(img, spec):
-    """BGR uint8 image (as cv2.imread gives) -> height x width x channels uint8 (RGB or grey)."""
+    """BGR uint8 image (as cv2.imread gives) -> height x width x channels uint8 (RGB or grey);
+    with a margin, the cache's larger crop before lighting (module docstring)."""
     h, w = img.shape[:2]
     y0, x0, y1, x1 = (int(round(f * n)) for f, n in zip(spec.crop, (h, w, h, w)))
     if y1 - y0 < 1 or x1 - x0 < 1:
         raise ValueError(f"image of {w}x{h} is too small for the crop {spec.crop}")
-    p = cv2.resize(img[y0:y1, x0:x1], (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    margin = getattr(spec, "margin", 0.0)
+    if margin:
+        py, px = spec.pad
+        wy = _area_weights(y0, y1 - y0, spec.height, py, h)
+        wx = _area_weights(x0, x1 - x0, spec.width, px, w)
+        p = np.einsum("yi,ixc,jx->yjc", wy, img.astype(np.float64), wx, optimize=True)
+        p = np.clip(np.rint(p), 0, 255).astype(np.uint8)
+    else:
+        p = cv2.resize(img[y0:y1, x0:x1], (spec.width, spec.height),
+                       interpolation=cv2.INTER_AREA)
     if spec.channels == 1:
         p = cv2.cvtColor(p, cv2.COLOR_BGR2GRAY)[..., None]
     else:
         p = cv2.cvtColor(p, cv2.COLOR_BGR2RGB)
-    return normalise_lighting(p, getattr(spec, "lighting", "none"))
+    return p if margin else normalise_lighting(p, getattr(spec, "lighting", "none"))
+
+
+def _area_weights(start, n_src, n_out, pad, n_img):
+    """(n_out + 2 pad) x n_img weights of INTER_AREA's grid for n_src source pixels from
+    `start` onto n_out, extended by pad outputs each side: output d averages source
+    [start + d s, start + (d + 1) s), s = n_src / n_out, the image border replicated."""
+    s = n_src / n_out
+    lo = start + np.arange(-pad, n_out + pad) * s
+    j = np.arange(int(np.floor(lo[0])), int(np.ceil(lo[-1] + s)) + 1)
+    overlap = np.clip(np.minimum(j + 1, lo[:, None] + s) - np.maximum(j, lo[:, None]), 0, None)
+    out = np.zeros((len(lo), n_img))
+    np.add.at(out, (slice(None), np.clip(j, 0, n_img - 1)), overlap / s)
+    return out
 
 
 def cut_layout_patch(img, spec, landmarks=None):
@@ -204,9 +284,10 @@ def cut_layout_patch(img, spec, landmarks=None):
     from .face.patches import cut_patch as cut_region
     if landmarks is None:
         landmarks = to_pixels(MEAN_SHAPE, (img.shape[1], img.shape[0]))
-    layout = spec.layout_obj
-    return (normalise_lighting(cut_region(img, landmarks, layout, spec.index), spec.lighting),
-            normalise_lighting(cut_flipped(img, landmarks, layout, spec.index), spec.lighting))
+    layout, pad = spec.layout_obj, spec.pad
+    lighting = "none" if spec.margin else spec.lighting   # a margin crop is kept before lighting
+    return (normalise_lighting(cut_region(img, landmarks, layout, spec.index, pad), lighting),
+            normalise_lighting(cut_flipped(img, landmarks, layout, spec.index, pad), lighting))
 
 
 def read_aligned_landmarks(root):
@@ -302,7 +383,7 @@ class PatchCache:
                        if isinstance(spec, LayoutPatch) else None)
         except Exception as e:  # noqa: BLE001 - truncated .npy, missing key, ...
             raise bad(f"{type(e).__name__}: {e}") from None
-        want = (n, spec.height, spec.width, spec.channels)
+        want = (n,) + spec.cache_shape
         if patches.dtype != np.uint8 or patches.shape != want:
             raise bad(f"patches.npy is {patches.dtype} {patches.shape}, expected uint8 {want}")
         if flipped is not None and (flipped.dtype != np.uint8 or flipped.shape != want):
@@ -332,7 +413,8 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
         csv_path = os.path.join(root, LANDMARKS_CSV)
         if spec.landmarks == "auto":
             spec = LayoutPatch(spec.layout, spec.index,
-                               "csv" if os.path.isfile(csv_path) else "mean", spec.lighting)
+                               "csv" if os.path.isfile(csv_path) else "mean", spec.lighting,
+                               spec.margin)
         if spec.landmarks == "csv":
             if not os.path.isfile(csv_path):
                 raise ValueError(f"{csv_path} not found: landmarks='csv' needs the "
@@ -362,7 +444,7 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
     try:
         t0 = time.perf_counter()
         bar = Progress(len(files), "patch cache: images", enabled=progress, final_line=False)
-        shape = (spec.height, spec.width, spec.channels)
+        shape = spec.cache_shape
         big = np.lib.format.open_memmap(os.path.join(tmp, "all.npy"), "w+", np.uint8,
                                         (len(files),) + shape)
         pair = isinstance(spec, LayoutPatch)

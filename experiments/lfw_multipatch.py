@@ -222,11 +222,15 @@ def ship(a):
         "people_list": "experiments/lfw_protocol.py writes half1-people.json"})
     meta["net_files"] = json.dumps([
         f"deepid2 train --layout deepid2 --patch {p} --landmarks mean --epochs 20 --lr 0.03 "
-        f"--lambda 0.05 --seed 0 (half 1)" for p in subset])
+        f"--lambda 0.05 --seed 0{' --augment' if a.augment else ''} (half 1)" for p in subset])
     meta["recipe"] = "experiments/lfw_multipatch.py (README: LFW, honestly split, variant d)"
     meta["lfw_folds_6_10_accuracy"] = a.accuracy
     safetensors.save(a.out, tensors, meta)
     print(f"wrote {a.out}: patches {subset}")
+
+
+def augment_options(a):
+    return ["--augment"] if a.augment else []
 
 
 def train(a):
@@ -248,7 +252,8 @@ def train(a):
             subprocess.run([sys.executable, "-m", "deepid2_core.cli", "train", "--data", data,
                             "--out", out, "--layout", "deepid2", "--patch", str(c),
                             "--landmarks", "mean", "--epochs", "20", "--lr", "0.03",
-                            "--lambda", "0.05", "--seed", "0"] + resume, check=True,
+                            "--lambda", "0.05", "--seed", "0"] + augment_options(a) + resume,
+                           check=True,
                            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
             open(os.path.join(out, "done"), "w").close()
 
@@ -266,6 +271,9 @@ def main():
                                    "celeba-aligned through experiments/pad_celeba_aligned.py + align")
     p.add_argument("--extra-name", default="c2", help="prefix of --extra's identities")
     p.add_argument("--name", default="d", help="run folder under --runs (d: variant (d))")
+    p.add_argument("--augment", action="store_true",
+                   help="train: `deepid2 train --augment`; the runs go under NAME-aug (give "
+                        "--augment to every stage)")
     p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)),
                    help="deepid2 layout patch indices with trained networks")
     p.add_argument("--halves", default="half1,half2")
@@ -278,6 +286,8 @@ def main():
     p.add_argument("--accuracy", default="", help="ship: the measured accuracy line to record")
     a = p.parse_args()
     a.candidates = tuple(int(c) for c in a.candidates.split(","))
+    if a.augment:   # never mixed with the runs without augmentation
+        a.name += "-aug"
     if a.stage == "train":
         train(a)
     elif a.stage == "features":

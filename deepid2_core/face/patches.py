@@ -179,14 +179,15 @@ def region_box(layout, index, landmarks, size):
     return cx, cy, w, w * ph / pw
 
 
-def _taps(centre, length, n_out, n_src):
+def _taps(centre, length, n_out, n_src, pad=0):
     """Per output pixel: source indices (clamped: border replicated) and
     triangle-filter weights. Centres and radius are snapped to 1/1024 px, so
     the weights are integers (in 1/1024 px) and every sum below is exact: a
-    mirrored region gives bit-for-bit mirrored values."""
+    mirrored region gives bit-for-bit mirrored values. pad: that many more
+    output pixels on each side, on the same grid (a margin crop)."""
     step = length / n_out
     radius = np.round(max(1.0, step) * _GRID)
-    off = (np.arange(n_out) + 0.5 - n_out / 2) * step             # symmetric about 0
+    off = (np.arange(-pad, n_out + pad) + 0.5 - n_out / 2) * step  # symmetric about 0
     c = np.round((centre + off) * _GRID)
     lo = np.floor((c - radius) / _GRID).astype(np.int64) + 1
     idx = lo[:, None] + np.arange(int(np.ceil(2 * radius / _GRID)) + 1)
@@ -194,11 +195,12 @@ def _taps(centre, length, n_out, n_src):
     return np.clip(idx, 0, n_src - 1), wts
 
 
-def _sample(img, box, ph, pw):
-    """BGR image, region (cx, cy, w, h) -> float64 ph x pw x 3, RGB order."""
+def _sample(img, box, ph, pw, pad=(0, 0)):
+    """BGR image, region (cx, cy, w, h) -> float64 ph x pw x 3, RGB order
+    (with pad = (py, px): (ph + 2 py) x (pw + 2 px), the region's surround)."""
     cx, cy, w, h = box
-    ix, wx = _taps(cx, w, pw, img.shape[1])                      # (pw, taps)
-    iy, wy = _taps(cy, h, ph, img.shape[0])                      # (ph, taps)
+    ix, wx = _taps(cx, w, pw, img.shape[1], pad[1])              # (pw, taps)
+    iy, wy = _taps(cy, h, ph, img.shape[0], pad[0])              # (ph, taps)
     x0, y0 = ix.min(), iy.min()
     src = img[y0:iy.max() + 1, x0:ix.max() + 1].astype(np.float64)
     rows = np.einsum("yt,ytxc->yxc", wy, src[iy - y0])           # ph x nx x 3, exact
@@ -219,19 +221,21 @@ def _check(aligned):
         raise ValueError("aligned must be a uint8 H x W x 3 BGR image (as align_face gives)")
 
 
-def cut_patch(aligned, landmarks, layout, index):
-    """Patch `index` of the aligned BGR face -> uint8 h x w x C (RGB or grey)."""
+def cut_patch(aligned, landmarks, layout, index, pad=(0, 0)):
+    """Patch `index` of the aligned BGR face -> uint8 h x w x C (RGB or grey).
+    pad = (py, px) pixels: the (h + 2 py) x (w + 2 px) crop around it on the same
+    sampling grid, whose centre h x w is the patch bit for bit (a margin cache)."""
     _check(aligned)
     ph, pw, _ = layout.patch_shape(index)
     box = region_box(layout, index, landmarks, (aligned.shape[1], aligned.shape[0]))
-    return _finish(_sample(aligned, box, ph, pw), layout.patch(index)[2])
+    return _finish(_sample(aligned, box, ph, pw, pad), layout.patch(index)[2])
 
 
-def cut_flipped(aligned, landmarks, layout, index):
+def cut_flipped(aligned, landmarks, layout, index, pad=(0, 0)):
     """The horizontally flipped counterpart of patch `index`: the mirror image
-    of patch flip_partner(layout, index)."""
+    of patch flip_partner(layout, index) (pad: as cut_patch)."""
     return np.ascontiguousarray(cut_patch(aligned, landmarks, layout,
-                                          flip_partner(layout, index))[:, ::-1])
+                                          flip_partner(layout, index), pad)[:, ::-1])
 
 
 def cut_all(aligned, landmarks, layout, flipped=False):

@@ -32,6 +32,14 @@ array on the cpu), and parameters, velocities and batches stay there for the
 whole run: the host only draws the batch indices and reads back the loss.
 Checkpoints and models are written from host copies, so files do not depend
 on the backend.
+
+Augmentation (cfg.augment, training/augment.py): the cache holds margin crops
+(data: PatchSpec / LayoutPatch margin) and stays on the host. The batch's
+augmentation parameters are drawn from np.random.default_rng([seed, e, s,
+augment.STREAM]), a stream of their own (the batch's draws are those of a run
+without augmentation), cut into micro-batches with their images. The host
+flips, augments (training: each image; validation: the plain centre patch) and
+lights the crops, and the backend assembles the uint8 batch as ever.
 """
 
 import json
@@ -39,6 +47,7 @@ import math
 import os
 from collections import namedtuple
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -47,6 +56,7 @@ from ..data import split_train_val
 from ..nets.deepid2 import DeepID2, NetConfig, init_params
 from ..plot import plot_history
 from ..progress import note
+from . import augment as aug
 from .loop import Group, Loop, check_rate_and_split, load_checkpoint, read_log, save_checkpoint
 
 CHECKPOINT, BEST, LOG, PLOT = "checkpoint.safetensors", "best.safetensors", "log.jsonl", "curves.png"
@@ -73,8 +83,14 @@ class TrainConfig:
     val_fraction: float = 0.1
     flip: bool = True
     seed: int = 0
+    augment: Optional[aug.AugmentConfig] = None  # None: no augmentation
 
     def __post_init__(self):
+        if isinstance(self.augment, dict):
+            self.augment = aug.AugmentConfig.from_dict(self.augment)
+        if not (self.augment is None or isinstance(self.augment, aug.AugmentConfig)):
+            raise ValueError(f"augment must be an AugmentConfig or None, got "
+                             f"{type(self.augment).__name__}")
         if self.batch < 2:
             raise ValueError(f"batch must be at least 2 (one pair), got {self.batch}")
         if self.verif not in ("l2", "l2_pos", "l1", "cosine"):
@@ -103,11 +119,17 @@ class TrainConfig:
     # fields added after checkpoints were first written, with the value that
     # reproduces the older runs: left out of the stored dict at that value, so
     # such a run's files are byte-identical to before and old checkpoints resume
-    LATER_FIELDS = {"ident_weight": 1.0}
+    LATER_FIELDS = {"ident_weight": 1.0, "augment": None}
+
+    def full_dict(self):
+        """Every field, JSON-friendly (augment as its to_dict)."""
+        d = asdict(self)
+        d["augment"] = None if self.augment is None else self.augment.to_dict()
+        return d
 
     def to_dict(self):
         """The config as stored in checkpoints and models."""
-        d = asdict(self)
+        d = self.full_dict()
         for k, v in self.LATER_FIELDS.items():
             if d[k] == v:
                 del d[k]
@@ -162,17 +184,23 @@ class PairSampler:
         return images, np.arange(p, dtype=np.int32), np.arange(p, 2 * p, dtype=np.int32), pair_y
 
 
+def micro_rows(n_images, n_pairs, groups, g):
+    """The rows of micro-batch g of G (micro_batch) in its batch."""
+    p = n_pairs
+    if n_images != 2 * p or p % groups:
+        raise ValueError(f"a batch of {n_images} images ({p} pairs) cannot be cut into "
+                         f"{groups} equal micro-batches of whole pairs")
+    q = p // groups
+    return np.concatenate([np.arange(g * q, (g + 1) * q), p + np.arange(g * q, (g + 1) * q)])
+
+
 def micro_batch(images, flips, pair_y, groups, g):
     """Micro-batch g of G of a pair batch [a_0..a_{P-1}, b_0..b_{P-1}]: the
     images of pairs [g P/G, (g+1) P/G) as (images, flips, pair_a, pair_b,
     pair_y), laid out [a.., b..]. Every pair stays whole; the G micro-batches
     together hold every image of the batch exactly once."""
-    p = len(pair_y)
-    if len(images) != 2 * p or p % groups:
-        raise ValueError(f"a batch of {len(images)} images ({p} pairs) cannot be cut into "
-                         f"{groups} equal micro-batches of whole pairs")
-    q = p // groups
-    rows = np.concatenate([np.arange(g * q, (g + 1) * q), p + np.arange(g * q, (g + 1) * q)])
+    rows = micro_rows(len(images), len(pair_y), groups, g)
+    q = len(pair_y) // groups
     return (images[rows], flips[rows], np.arange(q, dtype=np.int32),
             np.arange(q, 2 * q, dtype=np.int32), pair_y[g * q:(g + 1) * q])
 
@@ -190,7 +218,12 @@ class DeepID2Task:
     def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=note,
                  progress=True, micro_batches=1, comm=None):
         self.cache, self.run_dir, self.cfg, self.be = cache, str(run_dir), train_cfg, backend
-        h, w, c = cache.patches.shape[1:]
+        # a margin cache (for augmentation) holds crops of (h + 2 py) x (w + 2 px)
+        spec = getattr(cache, "spec", None)
+        self.pad = getattr(spec, "pad", (0, 0))
+        self.lighting = getattr(spec, "lighting", "none") if any(self.pad) else "none"
+        hb, wb, c = cache.patches.shape[1:]
+        h, w = hb - 2 * self.pad[0], wb - 2 * self.pad[1]
         self.net_cfg = net_cfg or NetConfig(n_classes=len(cache.identities), height=h, width=w,
                                             channels=c)
         if (self.net_cfg.height, self.net_cfg.width, self.net_cfg.channels) != (h, w, c):
@@ -203,11 +236,16 @@ class DeepID2Task:
         self.groups, self.comm, self.verif_scratch = G, comm, None
         self.net = DeepID2(self.net_cfg, backend)
         be = backend
-        # the whole cache on the backend, once; batches are cut there
-        self.patches = be.to_device(np.ascontiguousarray(cache.patches))
         # a layout patch's flipped counterpart is cut, not mirrored (data.LayoutPatch)
         flipped = getattr(cache, "flipped", None)
-        self.flipped = None if flipped is None else be.to_device(np.ascontiguousarray(flipped))
+        # host batches (augmented, or centre crops of a margin cache): the cache stays here
+        self.on_host = train_cfg.augment is not None or any(self.pad)
+        if self.on_host:
+            self.patches, self.flipped = cache.patches, flipped
+        else:   # the whole cache on the backend, once; batches are cut there
+            self.patches = be.to_device(np.ascontiguousarray(cache.patches))
+            self.flipped = (None if flipped is None
+                            else be.to_device(np.ascontiguousarray(flipped)))
         self.labels = be.to_device(np.asarray(cache.labels, np.int32))
         self.log, self.progress = log, progress
         self.log_path = os.path.join(self.run_dir, LOG)
@@ -250,14 +288,21 @@ class DeepID2Task:
         rng = np.random.default_rng([cfg.seed, epoch, step])
         images, pa, pb, py = self.sampler.batch(rng, cfg.batch, cfg.same_share)
         flips = rng.random(len(images)) < 0.5 if cfg.flip else np.zeros(len(images), bool)
+        params = None
+        if cfg.augment is not None:   # a stream of its own: the draws above stay as they were
+            params = aug.draw(np.random.default_rng([cfg.seed, epoch, step, aug.STREAM]),
+                              len(images), cfg.augment, self.net_cfg.channels)
         if self.groups == 1:
-            return [(images, flips, pa, pb, py)]
-        return [micro_batch(images, flips, py, self.groups, g) for g in parts]
+            return [(images, flips, pa, pb, py, params)]
+        return [micro_batch(images, flips, py, self.groups, g)
+                + (None if params is None
+                   else params.take(micro_rows(len(images), len(py), self.groups, g)),)
+                for g in parts]
 
     def loss_and_grads(self, state, batch, global_step, grads):
         cfg, be, p = self.cfg, self.be, state["params"]
-        images, flips, pa, pb, py = batch
-        x = self.assemble(images, flips, self.xbuf)
+        images, flips, pa, pb, py, params = batch
+        x = self.assemble(images, flips, self.xbuf, params)
         labels = self.labels[be.to_device(images)]
         lam = 0.0 if global_step < cfg.warmup_steps else cfg.lam
         acts = self.net.forward(p, x)
@@ -269,10 +314,14 @@ class DeepID2Task:
         grads["verif"][...] = loss.dparams
         return loss.total, loss.ident, loss.verif, loss.correct
 
-    def assemble(self, images, flips, out=None):
+    def assemble(self, images, flips, out=None, params=None):
         """The float32 batch of these cache images; flipped ones of a layout
-        patch take the stored counterpart."""
+        patch take the stored counterpart. params: their augmentation
+        (augment.AugmentParams; None: the plain patches)."""
         be = self.be
+        if self.on_host:
+            batch = self.host_batch(images, flips, params)
+            return be.assemble_batch(be.to_device(batch), np.arange(len(images)), out=out)
         if self.flipped is None:
             return be.assemble_batch(self.patches, images, flips, out=out)
         none = np.zeros(len(images), bool)
@@ -281,6 +330,19 @@ class DeepID2Task:
             x[be.to_device(np.nonzero(flips)[0])] = be.assemble_batch(
                 self.flipped, images[flips], none[flips])
         return x
+
+    def host_batch(self, images, flips, params=None):
+        """uint8 (B, h, w, C) patches of these cache images, made on the host:
+        flipped (the stored counterpart, or a mirror), then augmented (params)
+        or the plain centre, then lit (a margin cache holds crops before lighting)."""
+        big = np.array(self.patches[images])
+        if flips.any():
+            big[flips] = (self.flipped[images[flips]] if self.flipped is not None
+                          else big[flips][:, :, ::-1])
+        hw = (self.net_cfg.height, self.net_cfg.width)
+        if params is None:
+            return aug.light(aug.centre(big, hw), self.lighting)
+        return aug.apply(big, params, hw, self.lighting)
 
     def step_loss(self, sums, groups):
         """The batch's loss from its micro-batches' sums: the mean of the micro-batch
@@ -311,7 +373,7 @@ class DeepID2Task:
         correct = 0
         for i in range(0, len(images), batch):
             idx = images[i:i + batch]
-            x = self.be.assemble_batch(self.patches, idx, np.zeros(len(idx), bool))
+            x = self.assemble(idx, np.zeros(len(idx), bool))  # unaugmented
             truth = self.labels[self.be.to_device(idx)]
             logits = self.net.forward(params, x)["logits"]
             correct += int((logits.argmax(1) == truth).sum())
@@ -345,6 +407,8 @@ class DeepID2Task:
                 "epoch": str(state["epoch"]), "best_epoch": str(state["best_epoch"]),
                 "best_val": repr(state["best_val"])}
         spec = getattr(self.cache, "spec", None)
+        if hasattr(spec, "plain"):
+            spec = spec.plain()   # the patch the network sees, without the cache's margin
         if spec is not None and spec.to_dict().get("kind") == "layout" \
                 or getattr(spec, "lighting", "none") != "none":
             meta["input"] = json.dumps(spec.to_dict(), sort_keys=True)  # the patch trained on
@@ -357,7 +421,7 @@ class DeepID2Task:
     def load_checkpoint(self):
         params, velocity, tensors, meta = load_checkpoint(
             os.path.join(self.run_dir, CHECKPOINT), FORMAT, self.net_cfg.to_dict(),
-            asdict(self.cfg), "training", defaults=TrainConfig.LATER_FIELDS)
+            self.cfg.full_dict(), "training", defaults=TrainConfig.LATER_FIELDS)
         epoch = int(meta["epoch"])
         return dict(params=params, velocity=velocity, verif=tensors["verif/params"], epoch=epoch,
                     best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
