@@ -217,12 +217,14 @@ def ship(a):
     trained = json.loads(meta["trained_on"])
     meta["trained_on"] = json.dumps({
         "data": "LFW people of View 2 folds 1-5 + ../shared/data/celeba-lfwstyle, aligned by "
-                "`deepid2 align` (landmark level 1)", "images": trained["images"],
+                "`deepid2 align --pick center` (YuNet boxes, landmark cascade)",
+        "images": trained["images"],
         "identities": trained["identities"],
         "people_list": "experiments/lfw_protocol.py writes half1-people.json"})
     meta["net_files"] = json.dumps([
-        f"deepid2 train --layout deepid2 --patch {p} --landmarks mean --epochs 20 --lr 0.03 "
-        f"--lambda 0.05 --seed 0{' --augment' if a.augment else ''} (half 1)" for p in subset])
+        f"deepid2 train --layout deepid2 --patch {p} --landmarks mean --epochs {a.epochs} "
+        f"--lr 0.03 --lambda 0.05 --seed 0{' --augment' if a.augment else ''} (half 1)"
+        for p in subset])
     meta["recipe"] = "experiments/lfw_multipatch.py (README: LFW, honestly split, variant d)"
     meta["lfw_folds_6_10_accuracy"] = a.accuracy
     safetensors.save(a.out, tensors, meta)
@@ -251,7 +253,7 @@ def train(a):
             resume = ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.safetensors")) else []
             subprocess.run([sys.executable, "-m", "deepid2_core.cli", "train", "--data", data,
                             "--out", out, "--layout", "deepid2", "--patch", str(c),
-                            "--landmarks", "mean", "--epochs", "20", "--lr", "0.03",
+                            "--landmarks", "mean", "--epochs", str(a.epochs), "--lr", "0.03",
                             "--lambda", "0.05", "--seed", "0"] + augment_options(a) + resume,
                            check=True,
                            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
@@ -274,6 +276,9 @@ def main():
     p.add_argument("--augment", action="store_true",
                    help="train: `deepid2 train --augment`; the runs go under NAME-aug (give "
                         "--augment to every stage)")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="train: epochs per network; other than 20, the runs go under NAME-eN "
+                        "(give it to every stage)")
     p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)),
                    help="deepid2 layout patch indices with trained networks")
     p.add_argument("--halves", default="half1,half2")
@@ -288,6 +293,8 @@ def main():
     a.candidates = tuple(int(c) for c in a.candidates.split(","))
     if a.augment:   # never mixed with the runs without augmentation
         a.name += "-aug"
+    if a.epochs != 20:
+        a.name += f"-e{a.epochs}"
     if a.stage == "train":
         train(a)
     elif a.stage == "features":
