@@ -144,19 +144,20 @@ def select(a):
     def score(subset):
         x = stack(feats, subset, "train")
         ver = Verifier.fit(x[~is_val], labels[~is_val], d=pca_dim(x[~is_val], a.pca),
-                           max_iter=a.em_iters)
+                           max_iter=a.em_iters, impostor_pairs=0)   # the score alone
         xv = x[is_val]
         return best_threshold(ver.score(xv[va], xv[vb]), vsame)[1]
 
     print(f"selection on {half}: {len(ids) - len(val_ids)} fitting identities, "
           f"{len(val_ids)} validation identities ({is_val.sum()} images)", flush=True)
-    best = forward_backward(score, a.candidates, log=lambda m: print("  " + m, flush=True))
+    best = forward_backward(score, a.candidates, max_size=a.max_size,
+                            log=lambda m: print("  " + m, flush=True))
     rels = feats[a.candidates[0]]["lfw_rels"]
     i1, i2, same, fold = test_pairs(a, half, rels)
     curve = []
     for k, (val, subset) in best.items():
         x = stack(feats, subset, "train")
-        ver = Verifier.fit(x, labels, d=pca_dim(x, a.pca), max_iter=a.em_iters)
+        ver = Verifier.fit(x, labels, d=pca_dim(x, a.pca), max_iter=a.em_iters, impostor_pairs=0)
         t = stack(feats, subset, "lfw")
         res = kfold_accuracy(ver.score(t[i1], t[i2]), same, fold)
         curve.append(dict(patches=k, subset=list(subset), validation=val, test_mean=res["mean"],
@@ -284,6 +285,8 @@ def main():
     p.add_argument("--halves", default="half1,half2")
     p.add_argument("--select-half", default="half1")
     p.add_argument("--patches", help="eval: these patches instead of selection.json's")
+    p.add_argument("--max-size", type=int,
+                   help="select: grow subsets up to this many patches (default: all candidates)")
     p.add_argument("--pca", type=int, default=180)
     p.add_argument("--em-iters", type=int, default=30)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
