@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from deepid2_core.face import box as B  # noqa: E402
