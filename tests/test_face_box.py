@@ -125,3 +125,39 @@ def test_no_face_falls_back_to_haar_then_the_central_box():
     np.testing.assert_allclose(r.boxes[0], B.central_box(noise.shape))
     tiny = B.face_boxes(np.full((3, 3, 3), 50, np.uint8), "yunet")
     assert not tiny.found and "smaller than the smallest detectable face" in tiny.reason
+
+
+def two_face_canvas(faces):
+    """A large face top left and a smaller one in the middle (as in the pick test)."""
+    face = faces[1]
+    h, w = face.shape[:2]
+    canvas = np.full((2 * h, 3 * w, 3), 128, np.uint8)
+    canvas[:h, :w] = face
+    small = cv2.resize(faces[4], (w * 2 // 3, h * 2 // 3), interpolation=cv2.INTER_AREA)
+    y0, x0 = h - small.shape[0] // 2, 3 * w // 2 - small.shape[1] // 2
+    canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+    return canvas
+
+
+def test_verify_and_align_take_the_picked_face(faces, tmp_path, capsys):
+    from deepid2_core.cli import main
+    from deepid2_core.face.pipeline import align_image, new_aligner
+    from deepid2_core.verifier.commands import prepare_faces
+    path = str(tmp_path / "two.png")
+    cv2.imwrite(path, two_face_canvas(faces))
+    got = {}
+    for pick in ("largest", "center"):
+        aligned, problems = prepare_faces([path], pick=pick, progress=False)
+        assert not problems
+        want, why = align_image(cv2.imread(path), aligner=new_aligner(pick=pick))
+        assert why == "" and np.array_equal(aligned[path], want)
+        got[pick] = want
+    assert np.abs(got["largest"].astype(int) - got["center"]).mean() > 10   # other faces
+    capsys.readouterr()
+    assert main(["verify", path, path, "--pick", "center"]) == 0
+    assert "same person" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["verify", path, path, "--pick", "left"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "invalid choice: 'left'" in err[-1] and "Traceback" not in "".join(err)
