@@ -13,9 +13,9 @@ import pytest
 from deepid2_core.face import (CANONICAL, DEEPID, DEEPID2, MEAN_SHAPE, HaarDetector,
                                PatchLayout, Region, YuNetDetector, align_face,
                                alignment_points, cut_all, cut_flipped, cut_patch,
-                               detect_faces, detect_image, flip_partner, mirror_landmarks,
-                               read_image, region_box, similarity_transform, to_pixels,
-                               transform_points)
+                               detect_faces, detect_image, flip_partner, make_detector,
+                               mirror_landmarks, read_image, region_box,
+                               similarity_transform, to_pixels, transform_points)
 from deepid2_core.face import haar
 
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
@@ -287,14 +287,15 @@ def test_detection_on_bad_files_never_raises(tmp_path):
 # --------------------------------------------------------------- detection
 
 def test_bundled_haar_cascade_finds_synthetic_faces():
-    """Without the shared data: the default detector on 20 synthetic faces
+    """Without the shared data: the Haar detector on 20 synthetic faces
     (synth.py, drawn where LFW's faces are) finds a face in the middle of
     several (8 of 20 today) and nothing elsewhere."""
     from deepid2_core import synth
     found = []
+    det = make_detector("haar")
     for i in range(20):
         img = synth.render(synth.identity_params(0, i), np.random.default_rng([0, i, 1]))
-        r = detect_image(img)
+        r = detect_image(img, det)
         assert r.status in ("ok", "no_face")
         if r.ok:
             x, y, w, h = r.boxes[0]
@@ -313,11 +314,27 @@ def lfw(name):
 @needs_lfw
 @pytest.mark.parametrize("name", LFW_FILES)
 def test_haar_finds_the_one_face_of_an_lfw_image(name):
-    r = detect_image(os.path.join(LFW, name))
+    r = detect_image(os.path.join(LFW, name), make_detector("haar"))
     assert r.status == "ok" and r.boxes.shape == (1, 4) and r.landmarks is None
     x, y, w, h = r.boxes[0]
     assert 70 <= w <= 170 and abs(x + w / 2 - 125) < 25 and abs(y + h / 2 - 125) < 30
     assert r.size == (250, 250) and r.scores[0] > 5
+
+
+@needs_lfw
+@pytest.mark.parametrize("name", LFW_FILES)
+def test_the_default_yunet_finds_the_face_and_its_points(name):
+    r = detect_image(os.path.join(LFW, name))        # the packaged YuNet
+    assert r.status == "ok" and r.boxes.shape == (1, 4) and r.landmarks.shape == (1, 5, 2)
+    x, y, w, h = r.boxes[0]
+    assert 60 <= w <= 170 and abs(x + w / 2 - 125) < 25 and abs(y + h / 2 - 125) < 30
+    assert 0.6 <= r.scores[0] <= 1.0
+    (le, re, nose, lm, rm) = r.landmarks[0]
+    assert le[0] < nose[0] < re[0] and lm[0] < rm[0] and max(le[1], re[1]) < nose[1] < lm[1]
+    with pytest.raises(ValueError, match="kind must be yunet or haar"):
+        make_detector("dlib")
+    with pytest.raises(ValueError, match="goes with kind='yunet'"):
+        make_detector("haar", "m.onnx")
 
 
 @needs_lfw

@@ -1,4 +1,4 @@
-"""The face pipeline: detect (Haar or YuNet), the face-box rule of the landmark nets
+"""The face pipeline: detect (YuNet, or Haar), the face-box rule of the landmark nets
 (box.py), the 5 landmarks (landmarks.py: level 1 and the cascade), align (similarity on
 eyes and mouth), cut multi-patch layouts (DeepID's 60, DeepID2's 200), and `deepid2
 align` over a folder (pipeline.py)."""

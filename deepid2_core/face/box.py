@@ -30,15 +30,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .detect import HaarDetector, YuNetDetector, detect_image, to_bgr8
+from .detect import YUNET_MODEL, HaarDetector, YuNetDetector, detect_image, to_bgr8
 
 CENTRAL_BOX = (0.5, 0.47, 0.56)  # centre x, centre y (fractions of W, H), side / min(H, W)
 HAAR_MIN_SIZE = 24  # the rule's smallest Haar window (px)
 HAAR_PAD = 0.25  # second Haar try: the image padded by this share of its smaller side
 DETECTORS = ("auto", "haar", "yunet", "central")     # "auto": "haar" (training's rule)
 PICKS = ("largest", "center")
-YUNET_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "models", "face_detection_yunet_2026may.onnx")
 # Haar box from YuNet box (x, y, w, h), s = sqrt(w h): centre + (DX s, DY s), side K s
 # (medians over the 9,515 of MTFL's 10,000 training images where both find the face,
 # IoU > 0.3: experiments/yunet_box_mapping.py).

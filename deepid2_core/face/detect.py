@@ -1,4 +1,5 @@
-"""Face detection: OpenCV's Haar cascade by default, YuNet when given its model.
+"""Face detection: OpenCV's YuNet (the model the package carries) by default, or
+OpenCV's Haar cascade.
 
 Every image goes through `read_image` (face/image.py: the one reader of every
 command; the header's size is checked against a pixel limit before decoding) or
@@ -26,18 +27,20 @@ an image smaller than the detector's smallest face, a 1x1 image say, is
 
 Detectors:
 
-* `HaarDetector` (default): ``haarcascade_frontalface_default``, from
+* `HaarDetector`: ``haarcascade_frontalface_default``, from
   ``cv2.data`` through ``cv2.CascadeClassifier`` when the installed OpenCV has
   them (opencv-python 4.x), else the same cascade carried in this package and
   run by `haar.detect_multiscale` (opencv-python 5 ships neither); the two give
   identical boxes. Score = the number of raw windows merged into the box. No
   landmarks.
-* `YuNetDetector(model_path)`: ``cv2.FaceDetectorYN``; score = its confidence,
+* `YuNetDetector(model_path)` (default: the packaged
+  ``models/face_detection_yunet_2026may.onnx``): ``cv2.FaceDetectorYN``; score = its confidence,
   plus 5 landmarks per face in this project's order: left eye, right eye, nose
   tip, left mouth corner, right mouth corner, left/right as seen in the image
   (MTFL's order; YuNet's output is already in it).
 
-Boxes are float32 (x, y, w, h) in the pixels of the image as read, largest
+Boxes are float32 (x, y, w, h) in the pixels of the image as read, the detector's
+own (face.box maps YuNet's onto the Haar boxes the landmark nets expect), largest
 area first; without ``all_faces`` only the largest is returned. Images whose
 longer side exceeds ``max_side`` are shrunk for detection and the boxes and
 landmarks mapped back.
@@ -164,18 +167,28 @@ def cv2_message(err):
     return (lines[-1] if lines else type(err).__name__)[:300]
 
 
-def make_detector(model_path=None, **kwargs):
-    """YuNetDetector(model_path) when a model path is given, else HaarDetector."""
-    return YuNetDetector(model_path, **kwargs) if model_path else HaarDetector(**kwargs)
+YUNET_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "models", "face_detection_yunet_2026may.onnx")
+
+
+def make_detector(kind="yunet", model_path=None, **kwargs):
+    """YuNetDetector (model_path, default the packaged model) or HaarDetector."""
+    if kind == "yunet":
+        return YuNetDetector(model_path or YUNET_MODEL, **kwargs)
+    if kind == "haar":
+        if model_path:
+            raise ValueError("model_path is a YuNet model: it goes with kind='yunet'")
+        return HaarDetector(**kwargs)
+    raise ValueError(f"detector kind must be yunet or haar, got {kind!r}")
 
 
 _default = {}
 
 
 def _default_detector():
-    if "haar" not in _default:
-        _default["haar"] = HaarDetector()
-    return _default["haar"]
+    if "yunet" not in _default:
+        _default["yunet"] = YuNetDetector(YUNET_MODEL)
+    return _default["yunet"]
 
 
 def detect_image(image, detector=None, all_faces=False, max_side=1024, path=None):
