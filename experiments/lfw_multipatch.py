@@ -173,13 +173,17 @@ def select(a):
     print(f"chosen: {chosen['subset']} (best validation accuracy); wrote {out}")
 
 
+def chosen_patches(a):
+    """--patches, else the subset `select` chose."""
+    if a.patches:
+        return [int(p) for p in a.patches.split(",")]
+    with open(os.path.join(a.runs, a.name, "selection.json")) as f:
+        return json.load(f)["chosen"]
+
+
 def evaluate(a):
     from deepid2_core.verifier.commands import eval_lfw_main, fit_verifier_main
-    if a.patches:
-        subset = [int(p) for p in a.patches.split(",")]
-    else:
-        with open(os.path.join(a.runs, a.name, "selection.json")) as f:
-            subset = json.load(f)["chosen"]
+    subset = chosen_patches(a)
     tag = "-".join(map(str, subset))
     accs, halves = [], {}
     for half in a.halves.split(","):
@@ -211,8 +215,7 @@ def ship(a):
     """Half 1's verifier (people of folds 1-5 + celeba) as the package's model,
     its machine-local provenance replaced by the recipe."""
     from deepid2_core import safetensors
-    with open(os.path.join(a.runs, a.name, "selection.json")) as f:
-        subset = json.load(f)["chosen"]
+    subset = chosen_patches(a)
     tag = "-".join(map(str, subset))
     tensors, meta = safetensors.load(os.path.join(a.runs, a.name, "half1", f"verifier-{tag}.safetensors"))
     trained = json.loads(meta["trained_on"])
@@ -226,7 +229,15 @@ def ship(a):
         f"deepid2 train --layout deepid2 --patch {p} --landmarks mean --epochs {a.epochs} "
         f"--lr 0.03 --lambda 0.05 --seed 0{' --augment' if a.augment else ''} (half 1)"
         for p in subset])
-    meta["recipe"] = "experiments/lfw_multipatch.py (README: LFW, honestly split, variant d)"
+    opts = " ".join(["--name", a.name_given] + augment_options(a)
+                    + ([] if a.epochs == 20 else ["--epochs", str(a.epochs)]))
+    patches = ",".join(map(str, subset))
+    meta["recipe"] = json.dumps([
+        "deepid2 align ../shared/data/lfw runs/lfw_aligned --pick center",
+        "deepid2 align ../shared/data/celeba-lfwstyle runs/celeba_aligned --pick center",
+        f"python experiments/lfw_multipatch.py train {opts} --candidates {patches} --halves half1",
+        f"python experiments/lfw_multipatch.py eval {opts} --patches {patches} --halves half1",
+        f"python experiments/lfw_multipatch.py ship {opts} --patches {patches} --accuracy ..."])
     meta["lfw_folds_6_10_accuracy"] = a.accuracy
     safetensors.save(a.out, tensors, meta)
     print(f"wrote {a.out}: patches {subset}")
@@ -284,7 +295,7 @@ def main():
                    help="deepid2 layout patch indices with trained networks")
     p.add_argument("--halves", default="half1,half2")
     p.add_argument("--select-half", default="half1")
-    p.add_argument("--patches", help="eval: these patches instead of selection.json's")
+    p.add_argument("--patches", help="eval, ship: these patches instead of selection.json's")
     p.add_argument("--max-size", type=int,
                    help="select: grow subsets up to this many patches (default: all candidates)")
     p.add_argument("--pca", type=int, default=180)
@@ -294,6 +305,7 @@ def main():
     p.add_argument("--accuracy", default="", help="ship: the measured accuracy line to record")
     a = p.parse_args()
     a.candidates = tuple(int(c) for c in a.candidates.split(","))
+    a.name_given = a.name
     if a.augment:   # never mixed with the runs without augmentation
         a.name += "-aug"
     if a.epochs != 20:
