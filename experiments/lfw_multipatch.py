@@ -232,12 +232,23 @@ def ship(a):
     opts = " ".join(["--name", a.name_given] + augment_options(a)
                     + ([] if a.epochs == 20 else ["--epochs", str(a.epochs)]))
     patches = ",".join(map(str, subset))
+    stages = [f"python experiments/lfw_multipatch.py train {opts} --candidates {patches} "
+              "--halves half1"]
+    if not a.patches:   # chosen by `select`: its candidates and options
+        with open(os.path.join(a.runs, a.name, "selection.json")) as f:
+            sel = json.load(f)
+        cands = ",".join(map(str, sel["candidates"]))
+        size = len(sel["curve"])
+        stages = [f"python experiments/lfw_multipatch.py train {opts} --candidates {cands} "
+                  "--halves half1",
+                  f"python experiments/lfw_multipatch.py select {opts} --candidates {cands} "
+                  f"--max-size {size}   # chooses {patches}"]
     meta["recipe"] = json.dumps([
         "deepid2 align ../shared/data/lfw runs/lfw_aligned --pick center",
         "deepid2 align ../shared/data/celeba-lfwstyle runs/celeba_aligned --pick center",
-        f"python experiments/lfw_multipatch.py train {opts} --candidates {patches} --halves half1",
+        *stages,
         f"python experiments/lfw_multipatch.py eval {opts} --patches {patches} --halves half1",
-        f"python experiments/lfw_multipatch.py ship {opts} --patches {patches} --accuracy ..."])
+        f"python experiments/lfw_multipatch.py ship {opts} --accuracy ..."])
     meta["lfw_folds_6_10_accuracy"] = a.accuracy
     meta["impostor_scores_from"] = (
         "deepid2 fit-verifier's gallery simulation (deepid2_core/verifier/impostor.py, seed 0, "
