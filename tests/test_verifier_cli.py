@@ -197,7 +197,9 @@ def test_verify_defaults_to_the_shipped_model(world, capsys):
     assert os.path.isfile(DEFAULT_MODEL), "deepid2_core/models/verifier.safetensors is missing"
     assert os.path.getsize(DEFAULT_MODEL) < 20 << 20
     shipped = read_verifier_file(DEFAULT_MODEL)
-    assert shipped["layout"] == "deepid2" and len(shipped["patch_names"]) == 6
+    assert shipped["layout"] == "deepid2" and shipped["patch_names"] == [     # (f) chose these
+        "head@0.8333/rgb", "upper_face@1.44/rgb", "lower_face@1/rgb", "eyes@1/gray",
+        "eyes@1.2/rgb", "nose_mouth@1/rgb", "right_eye_cheek@1/rgb"]
     face = str(world["faces"] / "synth00001" / "synth00001_0001.jpg")
     assert main(["verify", face, face, "--aligned"]) == 0      # a face matches itself
     assert capsys.readouterr().out.startswith("same person")
