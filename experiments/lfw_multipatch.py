@@ -256,6 +256,11 @@ def ship(a):
         f"images of {trained['identities']} identities, the people of trained_on)")
     safetensors.save(a.out, tensors, meta)
     print(f"wrote {a.out}: patches {subset}")
+    # the C++ example's face patches follow the model's patches (ctest example_shipped_model)
+    import subprocess
+    faces = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cpp", "examples",
+                         "faces", "make_faces.py")
+    subprocess.run([sys.executable, faces, "--model", a.out], check=True)
 
 
 def augment_options(a):
