@@ -98,14 +98,21 @@ def test_small_images_are_retried_upscaled(faces):
     assert iou(got.boxes[0] / k, big) > 0.6, (got.boxes[0] / k, big)
 
 
-def test_pick_center_takes_the_face_nearest_the_middle(faces):
+def two_face_canvas(faces):
+    """A large face top left and a smaller one, of another person, in the middle."""
     face = faces[1]
     h, w = face.shape[:2]
     canvas = np.full((2 * h, 3 * w, 3), 128, np.uint8)
-    canvas[:h, :w] = face                                   # large face, top left
-    small = cv2.resize(face, (w * 2 // 3, h * 2 // 3), interpolation=cv2.INTER_AREA)
+    canvas[:h, :w] = face
+    small = cv2.resize(faces[4], (w * 2 // 3, h * 2 // 3), interpolation=cv2.INTER_AREA)
     y0, x0 = h - small.shape[0] // 2, 3 * w // 2 - small.shape[1] // 2
-    canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small   # small face, centre
+    canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+    return canvas
+
+
+def test_pick_center_takes_the_face_nearest_the_middle(faces):
+    h, w = faces[1].shape[:2]
+    canvas = two_face_canvas(faces)
     largest = B.face_boxes(canvas, "yunet", pick="largest")
     center = B.face_boxes(canvas, "yunet", pick="center")
     allf = B.face_boxes(canvas, "yunet", all_faces=True)
@@ -125,18 +132,6 @@ def test_no_face_falls_back_to_haar_then_the_central_box():
     np.testing.assert_allclose(r.boxes[0], B.central_box(noise.shape))
     tiny = B.face_boxes(np.full((3, 3, 3), 50, np.uint8), "yunet")
     assert not tiny.found and "smaller than the smallest detectable face" in tiny.reason
-
-
-def two_face_canvas(faces):
-    """A large face top left and a smaller one in the middle (as in the pick test)."""
-    face = faces[1]
-    h, w = face.shape[:2]
-    canvas = np.full((2 * h, 3 * w, 3), 128, np.uint8)
-    canvas[:h, :w] = face
-    small = cv2.resize(faces[4], (w * 2 // 3, h * 2 // 3), interpolation=cv2.INTER_AREA)
-    y0, x0 = h - small.shape[0] // 2, 3 * w // 2 - small.shape[1] // 2
-    canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
-    return canvas
 
 
 def test_verify_and_align_take_the_picked_face(faces, tmp_path, capsys):

@@ -348,7 +348,7 @@ def test_shipped_model_on_the_first_200_test_images_with_central_boxes():
     assert meta["format"] == FL.MODEL_FORMAT and "command" in meta and "train" in meta
     assert json.loads(meta["test"])["n"] == 2995  # the whole test list, at training time
     res = TL.evaluate(model, DATA, TL.TEST_LIST, detector="central", limit=200)
-    assert res["n"] == 200 and res["haar_found"] is None
+    assert res["n"] == 200 and res["found"] is None
     assert res["nme"] < 0.15, res["per_point"]
 
 

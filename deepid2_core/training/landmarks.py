@@ -271,8 +271,8 @@ def evaluate(model, data_dir, list_file=TEST_LIST, detector="auto", limit=None, 
         errs.append(nme(predict_landmarks(model, gray, box), pts[None])[0])
     bar.close()
     res = summarise(errs)
-    res.update(detector=detector, list_file=list_file, haar_found=found if detector == "haar"
-               else None, found=found if detector != "central" else None, skipped=skipped,
+    res.update(detector=detector, list_file=list_file,
+               found=found if detector != "central" else None, skipped=skipped,
                errors=np.asarray(errs).tolist())
     return res
 
@@ -570,7 +570,7 @@ def _train_landmarks(data_dir, out_dir, cfg, be, det, resume, cache_dir, progres
         extra["test"] = json.dumps({k: v for k, v in res.items()
                                     if k not in ("errors", "skipped")}, sort_keys=True)
         summary["test"] = res
-        log(f"test ({res['n']} images, {det} boxes, Haar found {res['haar_found']}): NME "
+        log(f"test ({res['n']} images, {det} boxes, a face found in {res['found']}): NME "
             f"{100 * res['nme']:.2f}%, failure rate {100 * res['failure_rate']:.2f}%")
     meta = dict(train=json.dumps(asdict(cfg), sort_keys=True), detector=det,
                 epoch=state["best_epoch"], cache_key=cache.meta["key"], **extra)
