@@ -22,7 +22,9 @@ if sys.platform == "darwin":  # Apple clang: OpenMP from libomp
 
 ext = Pybind11Extension(
     "deepid2_core._cpu",
-    sorted(glob.glob("cpp/src/*.cpp")) + ["bindings/module.cpp"],
+    # the ops, the inference library and the face pipeline: Python runs the C++ pipeline
+    sorted(glob.glob("cpp/src/*.cpp") + glob.glob("cpp/src/infer/*.cpp")
+           + glob.glob("cpp/src/face/*.cpp") + glob.glob("bindings/*.cpp")),
     include_dirs=["cpp/include", "cpp/src"],
     extra_compile_args=args,
     extra_link_args=link,

@@ -18,6 +18,11 @@
 namespace py = pybind11;
 using namespace deepid2;
 
+// the face pipeline's stages (bindings/<stage>.cpp)
+void bind_yunet(py::module_& m);
+void bind_landmarks(py::module_& m);
+void bind_geometry(py::module_& m);
+
 namespace {
 
 using Shape = std::vector<py::ssize_t>;
@@ -413,6 +418,9 @@ void py_sgd_update(py::handle p_, py::handle g_, py::handle v_, float lr, float 
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
+    bind_yunet(m);
+    bind_landmarks(m);
+    bind_geometry(m);
     m.doc() = "deepid2 CPU ops (C++17 + OpenMP). See docs/ops.md for the conventions.";
     m.def("lsconv_forward", &py_lsconv_forward, py::arg("x"), py::arg("w"), py::arg("b"),
           py::arg("region"), py::arg("relu") = true);

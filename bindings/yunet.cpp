@@ -1,0 +1,4 @@
+// Test hooks of cpp/src/face/yunet.* for tests/ (deepid2_core._cpu.*).
+#include <pybind11/pybind11.h>
+
+void bind_yunet(pybind11::module_& m) { (void)m; }
