@@ -1,4 +1,5 @@
-/* deepid2 C API: load a trained verifier ("deepid2-verifier/1" or "/2" file,
+/* deepid2 C API: photographs to verdicts (deepid2_pipeline_*, below), and
+ * the verifier alone on pre-cut patches: load a trained verifier ("deepid2-verifier/1" or "/2" file,
  * see docs/verifier_model.md), compute DeepID2 features, verify two faces.
  * Patch network i takes C_i x H_i x W_i patches; in format 1 all alike, in
  * format 2 they may differ (deepid2_model_patch_shape, deepid2_model_input_len).
@@ -31,7 +32,9 @@ enum deepid2_status {
     DEEPID2_ERROR_IO = 2,       /* the file cannot be opened or read */
     DEEPID2_ERROR_FORMAT = 3,   /* not a valid verifier file */
     DEEPID2_ERROR_MEMORY = 4,   /* out of memory */
-    DEEPID2_ERROR_INTERNAL = 5  /* anything else (a bug: please report) */
+    DEEPID2_ERROR_INTERNAL = 5, /* anything else (a bug: please report) */
+    DEEPID2_ERROR_IMAGE = 6,    /* the image view is not an image (null, sizes, stride, channels) */
+    DEEPID2_ERROR_NO_FACE = 7   /* verify: an image in which no face was found */
 };
 
 typedef struct deepid2_model_info {
@@ -68,6 +71,45 @@ int deepid2_features(const deepid2_model* model, const float* patches, size_t pa
  * decision at the model's threshold (same: 1 or 0). score or same may be NULL. */
 int deepid2_verify(const deepid2_model* model, const float* feature_a, size_t a_len,
                    const float* feature_b, size_t b_len, double* score, int* same);
+
+/* ---- The pipeline: photographs to features and verdicts (deepid2/pipeline.h) ---- */
+
+typedef struct deepid2_pipeline deepid2_pipeline; /* opaque */
+
+/* 8-bit pixels the caller owns; row y at pixels + y * stride. */
+typedef struct deepid2_image {
+    const unsigned char* pixels;
+    int width, height;
+    size_t stride;   /* bytes from a row to the next, >= width * channels */
+    int channels;    /* 1 (grey) or 3 */
+    int bgr;         /* 3 channels: 0 = R, G, B; 1 = B, G, R (OpenCV) */
+} deepid2_image;
+
+typedef struct deepid2_face {
+    float box[4];        /* x, y, w, h (the landmark nets' box), image pixels */
+    float landmarks[10]; /* x, y of left eye, right eye, nose, left, right mouth corner */
+    float score;         /* the detector's confidence */
+} deepid2_face;
+
+enum deepid2_pick { DEEPID2_PICK_LARGEST = 0, DEEPID2_PICK_CENTER = 1 };
+
+/* Any path may be NULL: the installed model (share/deepid2, or $DEEPID2_MODELS). */
+int deepid2_pipeline_load(const char* verifier, const char* landmarks, const char* detector,
+                          deepid2_pipeline** out);
+void deepid2_pipeline_free(deepid2_pipeline* pipeline); /* NULL is fine */
+/* The verifier inside (owned by the pipeline: do not free; lives as long as it). */
+int deepid2_pipeline_model(const deepid2_pipeline* pipeline, const deepid2_model** model);
+/* Up to max_faces faces into faces (may be NULL when max_faces is 0), pick
+ * order first; *found: how many the image has (may exceed max_faces). */
+int deepid2_pipeline_detect(const deepid2_pipeline* pipeline, const deepid2_image* image,
+                            int pick, deepid2_face* faces, int max_faces, int* found);
+/* One face's raw features: out_len must be the model's feature_dim. */
+int deepid2_pipeline_embed(const deepid2_pipeline* pipeline, const deepid2_image* image,
+                           const deepid2_face* face, float* out, size_t out_len);
+/* The first face of each image: DEEPID2_ERROR_NO_FACE when one has none.
+ * score or same may be NULL. */
+int deepid2_pipeline_verify(const deepid2_pipeline* pipeline, const deepid2_image* a,
+                            const deepid2_image* b, int pick, double* score, int* same);
 
 const char* deepid2_last_error(void);     /* "" when the last call succeeded */
 const char* deepid2_status_name(int status);

@@ -60,6 +60,13 @@ struct Face {
     float score;         // YuNet's confidence, 0..1
 };
 
+// The installed models' folder. find_package(deepid2) defines it for its
+// users (share/deepid2 of the install, wherever that was moved); the build
+// tree's targets get the source tree's deepid2_core/models.
+#ifndef DEEPID2_MODEL_DIR
+#define DEEPID2_MODEL_DIR ""
+#endif
+
 // Where the three model files are; an empty path means the installed one.
 struct PipelineFiles {
     std::string verifier;   // deepid2-verifier/1 or /2 (verifier.safetensors)
@@ -69,25 +76,33 @@ struct PipelineFiles {
 
 class Pipeline {
 public:
-    // The models installed with the library (share/deepid2), or the folder in
-    // the environment variable DEEPID2_MODELS when it is set.
-    static Pipeline load();
-    static Pipeline load(const PipelineFiles& files);
+    // The files named, and for those not named the installed models: the
+    // folder in the environment variable DEEPID2_MODELS when it is set, else
+    // `installed` (the default: where CMake installed them). ModelIOError
+    // when neither is known.
+    static Pipeline load(const PipelineFiles& files = {},
+                         const std::string& installed = DEEPID2_MODEL_DIR);
     // The folder holding verifier.safetensors, landmarks.safetensors and yunet.safetensors.
     static Pipeline load_folder(const std::string& folder);
 
     // Every face, `pick` order first, with its landmarks ([] when none).
     std::vector<Face> detect(const ImageView& image, Pick pick = Pick::Largest) const;
+    // The landmarks of the face in `box` (x, y, w, h in the landmark nets'
+    // convention), for a face found by other means; score 0.
+    Face locate(const ImageView& image, const float box[4]) const;
     // The face aligned as `deepid2 align` writes it: BGR, height x width x 3
     // into out (3 * width * height bytes); aligned_landmarks (10 floats, may be null).
     void align(const ImageView& image, const Face& face, int width, int height, uint8_t* out,
                float* aligned_landmarks = nullptr) const;
     // Raw features (model().feature_dim() floats) of one detected face.
     std::vector<float> embed(const ImageView& image, const Face& face) const;
+    // n faces at once (faster than n calls): out receives n x feature_dim floats.
+    void embed(const ImageView* images, const Face* faces, int n, float* out) const;
     // The first face of each (NoFace when one has none), embedded and scored.
     Verdict verify(const ImageView& a, const ImageView& b, Pick pick = Pick::Largest) const;
 
     const Model& model() const;
+    static constexpr int kAlignedSide = 250;  // the aligned face the patches are cut from
 
     Pipeline(Pipeline&&) noexcept;
     Pipeline& operator=(Pipeline&&) noexcept;

@@ -3,13 +3,24 @@
 #include "deepid2/deepid2.h"
 
 #include <cstdint>
+#include <algorithm>
 #include <new>
+#include <type_traits>
+#include <vector>
 #include <string>
 
 #include "deepid2/model.h"
+#include "deepid2/pipeline.h"
 
 struct deepid2_model {
     deepid2::Model model;
+};
+
+static_assert(std::is_standard_layout<deepid2_model>::value,
+              "deepid2_pipeline_model hands out a Model as a deepid2_model");
+
+struct deepid2_pipeline {
+    deepid2::Pipeline pipeline;
 };
 
 namespace {
@@ -30,6 +41,10 @@ int guarded(const char* fn, F&& body) {
     try {
         body();
         return DEEPID2_OK;
+    } catch (const deepid2::BadImage& e) {
+        return fail(DEEPID2_ERROR_IMAGE, std::string(fn) + ": " + e.what());
+    } catch (const deepid2::NoFace& e) {
+        return fail(DEEPID2_ERROR_NO_FACE, std::string(fn) + ": " + e.what());
     } catch (const std::invalid_argument& e) {
         return fail(DEEPID2_ERROR_ARGUMENT, std::string(fn) + ": " + e.what());
     } catch (const deepid2::ModelIOError& e) {
@@ -136,6 +151,98 @@ int deepid2_verify(const deepid2_model* model, const float* feature_a, size_t a_
 
 const char* deepid2_last_error(void) { return last_error.c_str(); }
 
+// ---- the pipeline ----
+
+static deepid2::ImageView view_of(const deepid2_image* im, const char* name) {
+    need(im != nullptr, std::string(name) + " is NULL");
+    if (im->bgr != 0 && im->bgr != 1)
+        throw deepid2::BadImage(std::string(name) + ": bgr must be 0 or 1, got " +
+                                std::to_string(im->bgr));
+    return {im->pixels, im->width, im->height, im->stride, im->channels,
+            im->bgr ? deepid2::PixelOrder::BGR : deepid2::PixelOrder::RGB};
+}
+
+static deepid2::Pick pick_of(int pick) {
+    need(pick == DEEPID2_PICK_LARGEST || pick == DEEPID2_PICK_CENTER,
+         "pick must be DEEPID2_PICK_LARGEST or DEEPID2_PICK_CENTER, got " + std::to_string(pick));
+    return pick == DEEPID2_PICK_CENTER ? deepid2::Pick::Center : deepid2::Pick::Largest;
+}
+
+static deepid2::Face face_of(const deepid2_face& f) {
+    deepid2::Face out;
+    std::copy(f.box, f.box + 4, out.box);
+    std::copy(f.landmarks, f.landmarks + 10, out.landmarks);
+    out.score = f.score;
+    return out;
+}
+
+int deepid2_pipeline_load(const char* verifier, const char* landmarks, const char* detector,
+                          deepid2_pipeline** out) {
+    if (out) *out = nullptr;
+    return guarded("deepid2_pipeline_load", [&] {
+        need(out != nullptr, "out is NULL");
+        deepid2::PipelineFiles files{verifier ? verifier : "", landmarks ? landmarks : "",
+                                     detector ? detector : ""};
+        *out = new deepid2_pipeline{deepid2::Pipeline::load(files)};
+    });
+}
+
+void deepid2_pipeline_free(deepid2_pipeline* pipeline) { delete pipeline; }
+
+int deepid2_pipeline_model(const deepid2_pipeline* pipeline, const deepid2_model** model) {
+    if (model) *model = nullptr;
+    return guarded("deepid2_pipeline_model", [&] {
+        need(pipeline && model, "pipeline or model is NULL");
+        // deepid2_model is a struct holding a Model and nothing else: the
+        // pipeline's Model is handed out as one, never freed by the caller.
+        *model = reinterpret_cast<const deepid2_model*>(&pipeline->pipeline.model());
+    });
+}
+
+int deepid2_pipeline_detect(const deepid2_pipeline* pipeline, const deepid2_image* image,
+                            int pick, deepid2_face* faces, int max_faces, int* found) {
+    if (found) *found = 0;
+    return guarded("deepid2_pipeline_detect", [&] {
+        need(pipeline && found, "pipeline or found is NULL");
+        need(max_faces >= 0 && (faces || max_faces == 0),
+             "faces is NULL or max_faces is negative");
+        const deepid2::ImageView v = view_of(image, "image");
+        const deepid2::Pick p = pick_of(pick);
+        std::vector<deepid2::Face> all = pipeline->pipeline.detect(v, p);
+        for (size_t i = 0; i < all.size() && int(i) < max_faces; ++i) {
+            std::copy(all[i].box, all[i].box + 4, faces[i].box);
+            std::copy(all[i].landmarks, all[i].landmarks + 10, faces[i].landmarks);
+            faces[i].score = all[i].score;
+        }
+        *found = int(all.size());
+    });
+}
+
+int deepid2_pipeline_embed(const deepid2_pipeline* pipeline, const deepid2_image* image,
+                           const deepid2_face* face, float* out, size_t out_len) {
+    return guarded("deepid2_pipeline_embed", [&] {
+        need(pipeline && face && out, "pipeline, face or out is NULL");
+        const deepid2::Model& m = pipeline->pipeline.model();
+        need(out_len == size_t(m.feature_dim()),
+             "out_len is " + std::to_string(out_len) + ", the model's feature_dim is " +
+                 std::to_string(m.feature_dim()));
+        const deepid2::ImageView v = view_of(image, "image");
+        const deepid2::Face f = face_of(*face);
+        pipeline->pipeline.embed(&v, &f, 1, out);
+    });
+}
+
+int deepid2_pipeline_verify(const deepid2_pipeline* pipeline, const deepid2_image* a,
+                            const deepid2_image* b, int pick, double* score, int* same) {
+    return guarded("deepid2_pipeline_verify", [&] {
+        need(pipeline != nullptr, "pipeline is NULL");
+        const deepid2::ImageView va = view_of(a, "a"), vb = view_of(b, "b");
+        const deepid2::Verdict v = pipeline->pipeline.verify(va, vb, pick_of(pick));
+        if (score) *score = v.score;
+        if (same) *same = v.same ? 1 : 0;
+    });
+}
+
 const char* deepid2_status_name(int status) {
     switch (status) {
         case DEEPID2_OK: return "ok";
@@ -144,6 +251,8 @@ const char* deepid2_status_name(int status) {
         case DEEPID2_ERROR_FORMAT: return "bad model file";
         case DEEPID2_ERROR_MEMORY: return "out of memory";
         case DEEPID2_ERROR_INTERNAL: return "internal error";
+        case DEEPID2_ERROR_IMAGE: return "bad image";
+        case DEEPID2_ERROR_NO_FACE: return "no face";
     }
     return "unknown status";
 }
