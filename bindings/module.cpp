@@ -22,6 +22,7 @@ using namespace deepid2;
 void bind_yunet(py::module_& m);
 void bind_landmarks(py::module_& m);
 void bind_geometry(py::module_& m);
+void bind_pipeline(py::module_& m);
 
 namespace {
 
@@ -421,6 +422,7 @@ PYBIND11_MODULE(_cpu, m) {
     bind_yunet(m);
     bind_landmarks(m);
     bind_geometry(m);
+    bind_pipeline(m);
     m.doc() = "deepid2 CPU ops (C++17 + OpenMP). See docs/ops.md for the conventions.";
     m.def("lsconv_forward", &py_lsconv_forward, py::arg("x"), py::arg("w"), py::arg("b"),
           py::arg("region"), py::arg("relu") = true);
