@@ -76,12 +76,18 @@ void bind_pipeline(py::module_& m) {
     });
 
     py::class_<Pipeline>(m, "Pipeline", "The C++ face pipeline (deepid2/pipeline.h)")
-        .def(py::init([](const std::string& verifier, const std::string& landmarks,
+        .def(py::init([](const py::object& verifier, const std::string& landmarks,
                          const std::string& detector) {
+                 if (verifier.is_none()) {
+                     py::gil_scoped_release nogil;
+                     return Pipeline::load_detection(landmarks, detector);
+                 }
+                 const std::string v = py::cast<std::string>(verifier);
                  py::gil_scoped_release nogil;
-                 return Pipeline::load(PipelineFiles{verifier, landmarks, detector}, "");
+                 return Pipeline::load(PipelineFiles{v, landmarks, detector}, "");
              }),
-             py::arg("verifier"), py::arg("landmarks"), py::arg("detector"))
+             py::arg("verifier"), py::arg("landmarks"), py::arg("detector"),
+             "verifier None: detection, landmarks and alignment only")
         .def("detect", [](const Pipeline& p, py::handle image, const std::string& pick) {
                  const ImageView v = view_of(image, "image");
                  const Pick k = pick_of(pick);

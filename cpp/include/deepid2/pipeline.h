@@ -82,6 +82,9 @@ public:
     // when neither is known.
     static Pipeline load(const PipelineFiles& files = {},
                          const std::string& installed = DEEPID2_MODEL_DIR);
+    // Detection, landmarks and alignment only (detect, locate, align); embed,
+    // verify and model() throw std::logic_error.
+    static Pipeline load_detection(const std::string& landmarks, const std::string& detector);
     // The folder holding verifier.safetensors, landmarks.safetensors and yunet.safetensors.
     static Pipeline load_folder(const std::string& folder);
 

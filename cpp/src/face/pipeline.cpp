@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <stdexcept>
 
 #include "../infer/json.h"
 #include "geometry.h"
@@ -100,10 +101,17 @@ std::string join(const std::string& folder, const char* name) {
 }  // namespace
 
 struct Pipeline::Impl {
-    Model model;
+    std::unique_ptr<Model> verifier;  // null: loaded for detection and alignment only
     face::YuNet detector;
     face::LandmarkModel landmarks;
     std::vector<PatchInput> inputs;
+
+    const Model& model() const {
+        if (!verifier)
+            throw std::logic_error("this pipeline was loaded without a verifier (detection and "
+                                   "alignment only): it cannot embed or verify");
+        return *verifier;
+    }
 
     Face locate(const face::Image& gray, const double box[4], double score) const {
         double pts[10];
@@ -125,9 +133,10 @@ struct Pipeline::Impl {
 
     // n faces' features: n x feature_dim floats into out.
     void embed(const face::Image* const* images, const Face* faces, int n, float* out) const {
-        std::vector<float> patches(size_t(n) * model.input_size());
-        for (int i = 0; i < n; ++i) cut(*images[i], faces[i], patches.data() + size_t(i) * model.input_size());
-        if (n > 0) model.features(patches.data(), n, out);
+        const Model& m = model();
+        std::vector<float> patches(size_t(n) * m.input_size());
+        for (int i = 0; i < n; ++i) cut(*images[i], faces[i], patches.data() + size_t(i) * m.input_size());
+        if (n > 0) m.features(patches.data(), n, out);
     }
 
     // One face's 2P patches, as Model::features takes them.
@@ -177,13 +186,19 @@ Pipeline Pipeline::load(const PipelineFiles& given, const std::string& installed
         if (f.landmarks.empty()) f.landmarks = join(dir, "landmarks.safetensors");
         if (f.detector.empty()) f.detector = join(dir, "yunet.safetensors");
     }
-    auto impl = std::unique_ptr<Impl>(new Impl{Model::load(f.verifier), face::YuNet::load(f.detector),
+    auto impl = std::unique_ptr<Impl>(new Impl{std::make_unique<Model>(Model::load(f.verifier)),
+                                               face::YuNet::load(f.detector),
                                                face::LandmarkModel::load(f.landmarks), {}});
-    impl->inputs = read_patch_inputs(impl->model);
+    impl->inputs = read_patch_inputs(*impl->verifier);
     return Pipeline(std::move(impl));
 }
 
-const Model& Pipeline::model() const { return impl_->model; }
+Pipeline Pipeline::load_detection(const std::string& landmarks, const std::string& detector) {
+    return Pipeline(std::unique_ptr<Impl>(new Impl{nullptr, face::YuNet::load(detector),
+                                                   face::LandmarkModel::load(landmarks), {}}));
+}
+
+const Model& Pipeline::model() const { return impl_->model(); }
 
 std::vector<Face> Pipeline::detect(const ImageView& image, Pick pick) const {
     return impl_->detect(face::to_bgr(image), pick);
@@ -230,7 +245,7 @@ void Pipeline::embed(const ImageView* images, const Face* faces, int n, float* o
 }
 
 std::vector<float> Pipeline::embed(const ImageView& image, const Face& f) const {
-    std::vector<float> out(size_t(impl_->model.feature_dim()));
+    std::vector<float> out(size_t(impl_->model().feature_dim()));
     embed(&image, &f, 1, out.data());
     return out;
 }
@@ -244,9 +259,10 @@ Verdict Pipeline::verify(const ImageView& a, const ImageView& b, Pick pick) cons
         faces[i] = found[0];
     }
     const face::Image* ptrs[2] = {&bgr[0], &bgr[1]};
-    std::vector<float> feats(2 * size_t(impl_->model.feature_dim()));
+    const Model& m = impl_->model();
+    std::vector<float> feats(2 * size_t(m.feature_dim()));
     impl_->embed(ptrs, faces, 2, feats.data());
-    return impl_->model.verify(feats.data(), feats.data() + impl_->model.feature_dim());
+    return m.verify(feats.data(), feats.data() + m.feature_dim());
 }
 
 }  // namespace deepid2
