@@ -50,11 +50,12 @@ class Identification(NamedTuple):
         return self.name is not None
 
 
-def load(path=None, backend="cpu"):
+def load(path=None, backend="cpu", pick="largest"):
     """The verifier model file at path (None: the shipped model) on backend
-    "cpu" or "gpu"."""
+    "cpu" or "gpu"; pick: which face of a photograph is used ("largest" or
+    "center", the one nearest the image centre)."""
     from .verifier.model import Verifier
-    return Model(Verifier.load(path, backend=backend, progress=False))
+    return Model(Verifier.load(path, backend=backend, progress=False), pick)
 
 
 def _image(image):
@@ -81,69 +82,88 @@ def _image(image):
 
 class Model:
     """A verifier model with the face pipeline in front of it. `verifier` is
-    the deepid2_core.verifier.Verifier (raw features, scores, threshold)."""
+    the deepid2_core.verifier.Verifier (raw features, scores, threshold).
+    Detection, landmarks and alignment run in the C++ pipeline
+    (deepid2_core.face.native); so do the patch networks on the CPU backend,
+    while the GPU backend batches them on the device."""
 
-    def __init__(self, verifier):
-        self.verifier = verifier
-        self._aligner = None    # the face pipeline's models, loaded on first use
+    def __init__(self, verifier, pick="largest"):
+        from .face.box import PICKS
+        if pick not in PICKS:
+            raise ValueError(f"pick must be largest or center, got {pick!r}")
+        self.verifier, self.pick = verifier, pick
+        self._faces = self._native = None     # loaded on first use
 
     @property
     def threshold(self):
         return self.verifier.threshold
 
-    def detect(self, image):
-        """Every face in the image, largest first: [Face(box, landmarks, score)]
-        ([] when there is none). Faces are found by the box rule the landmark
-        nets were trained on (YuNet's boxes mapped to Haar's, Haar where it finds none)."""
-        from .face.box import face_boxes
-        from .face.landmarks import predict_landmarks
-        from .face.pipeline import MAX_SIDE
-        img, _ = _image(image)
-        r = face_boxes(img, "yunet", all_faces=True, max_side=MAX_SIDE)
-        if not r.found:
-            return []
-        points = predict_landmarks(self._pipeline().model, img, r.boxes)
-        return [Face(tuple(float(v) for v in box), pts, float(score))
-                for box, pts, score in zip(r.boxes, points, r.scores)]
-
-    def _aligned(self, image):
-        """(the largest face aligned as `deepid2 align` does it, or None, why, name)."""
-        from .face.pipeline import align_image
-        img, name = _image(image)
-        face, why = align_image(img, aligner=self._pipeline())
-        return face, why, name
-
     def _pipeline(self):
-        """The aligner (YuNet + the landmark cascade) that detect and embed share."""
-        from .face.pipeline import new_aligner
-        if self._aligner is None:
-            self._aligner = new_aligner()
-        return self._aligner
+        """The C++ pipeline: with this model's networks where it can run them (the
+        CPU backend, layout patches), else detection and alignment only."""
+        from .face import native
+        if self._faces is None:
+            be = getattr(self.verifier.extractor, "be", None)
+            cpu = getattr(be, "__name__", "").endswith(".cpu")
+            if cpu and self.verifier.path and native.supports(self.verifier.path)[0]:
+                self._native = native.pipeline(self.verifier.path)
+                self._faces = self._native
+            else:
+                self._faces = native.pipeline(None)
+        return self._faces
+
+    def detect(self, image, pick=None):
+        """Every face in the image, largest first (or with pick="center", nearest
+        the centre first): [Face(box, landmarks, score)] ([] when there is none).
+        Boxes are the landmark nets' (YuNet's mapped onto Haar's convention)."""
+        img, _ = _image(image)
+        faces = self._pipeline().detect(img, pick or self.pick)
+        return [Face(tuple(float(v) for v in box), pts, float(score))
+                for box, pts, score in faces]
+
+    def _first_faces(self, images):
+        """[(BGR image, its first face's landmarks or None, name)] per image."""
+        out = []
+        for image in images:
+            img, name = _image(image)
+            faces = self._pipeline().detect(img, self.pick)
+            out.append((img, faces[0][1] if faces else None, name))
+        return out
+
+    def _features(self, found):
+        """Raw features of [(BGR image, landmarks)]: n x D float32."""
+        p = self._pipeline()
+        if self._native is not None:
+            return p.embed([img for img, _ in found], [pts for _, pts in found])
+        aligned = [p.align(img, pts, p.aligned_side, p.aligned_side)[0] for img, pts in found]
+        return self.verifier.features(aligned)
 
     def embed(self, image):
         """The raw features (1-d float32, the model's feature size) of the
-        image's largest face, or None when no face is found."""
+        image's first face, or None when no face is found."""
         return self.embed_many([image])[0]
 
     def embed_many(self, images):
         """embed for each image, the networks run on all faces together: a
         list as long as images holding a 1-d float32 vector per image, None
         where the image has no face. An unreadable image raises BadImage."""
-        faces = [self._aligned(im)[0] for im in images]
-        found = [f for f in faces if f is not None]
-        feats = iter(self.verifier.features(found) if found else ())
-        return [None if f is None else next(feats) for f in faces]
+        faces = self._first_faces(images)
+        found = [(img, pts) for img, pts, _ in faces if pts is not None]
+        feats = iter(self._features(found) if found else ())
+        return [None if pts is None else next(feats) for _, pts, _ in faces]
+
+    def _embed_or_raise(self, images):
+        """Features of the first face of each image; NoFace naming the first without."""
+        faces = self._first_faces(images)
+        for _, pts, name in faces:
+            if pts is None:
+                raise NoFace(f"no face found in {name}")
+        return self._features([(img, pts) for img, pts, _ in faces])
 
     def verify(self, image_a, image_b):
-        """Match(same, score, threshold) of the largest faces of two images;
+        """Match(same, score, threshold) of the first faces of two images;
         NoFace when one has none."""
-        faces = []
-        for image in (image_a, image_b):
-            face, why, name = self._aligned(image)
-            if face is None:
-                raise NoFace(f"no face found in {name} ({why})")
-            faces.append(face)
-        a, b = np.split(self.verifier.features(faces), 2)
+        a, b = np.split(self._embed_or_raise([image_a, image_b]), 2)
         score = float(self.verifier.score(a, b)[0])
         return Match(score >= self.threshold, score, self.threshold)
 
@@ -165,19 +185,15 @@ class Gallery:
         """people: {name: [image, ...]}, at least 2 names. Every image must show
         a face (NoFace otherwise)."""
         from .verifier.gallery import enrol
-        faces, labels = [], []
-        for name, images in people.items():
-            if isinstance(images, (str, os.PathLike, np.ndarray)):
+        images, labels = [], []
+        for name, imgs in people.items():
+            if isinstance(imgs, (str, os.PathLike, np.ndarray)):
                 raise ValueError(f"people[{name!r}] must be a list of images, not one image")
-            for image in images:
-                face, why, what = model._aligned(image)
-                if face is None:
-                    raise NoFace(f"no face found in {what} ({why})")
-                faces.append(face)
-                labels.append(str(name))
-        if not faces:
+            images += list(imgs)
+            labels += [str(name)] * len(imgs)
+        if not images:
             raise ValueError("enrolment needs images: people is empty")
-        feats = model.verifier.features(faces)
+        feats = model._embed_or_raise(images)
         names, means, counts, t, _, _ = enrol(model.verifier, feats, np.array(labels),
                                               "the gallery")
         return cls(model, names, means, counts, t)
@@ -187,17 +203,22 @@ class Gallery:
         largest face: candidates are the top identities (name, score), best
         first; name is the best one when its score reaches the open-set
         threshold, else None (not in the gallery)."""
+        if int(top) < 1:
+            raise ValueError(f"top must be at least 1, got {top}")
+        return self.identify_features(self.model._embed_or_raise([image]), top)[0]
+
+    def identify_features(self, features, top=1):
+        """identify for raw feature vectors (n x D): one Identification each."""
         from .verifier.gallery import best_candidates
         if int(top) < 1:
             raise ValueError(f"top must be at least 1, got {top}")
-        face, why, what = self.model._aligned(image)
-        if face is None:
-            raise NoFace(f"no face found in {what} ({why})")
-        v = self.model.verifier
-        best = best_candidates(v.score_matrix(v.features([face]), self.means)[0], self.names,
-                               int(top))
-        known = best[0][1] >= self.threshold
-        return Identification(best[0][0] if known else None, best[0][1], best, self.threshold)
+        out = []
+        for row in self.model.verifier.score_matrix(features, self.means):
+            best = best_candidates(row, self.names, int(top))
+            known = best[0][1] >= self.threshold
+            out.append(Identification(best[0][0] if known else None, best[0][1], best,
+                                      self.threshold))
+        return out
 
     def save(self, path):
         from .verifier.gallery import save_gallery

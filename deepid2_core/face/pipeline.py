@@ -101,7 +101,7 @@ import cv2
 import numpy as np
 
 from .align import align_face
-from .box import HAAR_MIN_SIZE, PICKS, YUNET_MODEL, face_boxes, yunet_detector
+from .box import HAAR_MIN_SIZE, PICKS, YUNET_MODEL, central_box, face_boxes, yunet_detector
 from .detect import read_image
 from .image import pixel_limit
 from .landmarks import DEFAULT_MODEL, LandmarkModel, load_landmark_model, predict_landmarks
@@ -234,15 +234,48 @@ class _Aligner:
         self.out_dir, self.size, self.all_faces = out_dir, size, all_faces
         self.central_fallback, self.pick, self.yunet_model = central_fallback, pick, model
         self.kind = detector
-        if detector == "yunet":
+        if detector == "yunet" and model:
             yunet_detector(model)          # a bad model file: refused here, once
         self.min_face = HAAR_MIN_SIZE    # the central fallback's smallest image
-        self.model = (landmark_model if isinstance(landmark_model, LandmarkModel)
-                      else load_landmark_model(landmark_model))
+        # the C++ pipeline: YuNet (the packaged model), the landmark nets and the
+        # alignment in one place; Haar, another YuNet ONNX file or a LandmarkModel
+        # object keep the Python stages
+        self.native = None
+        if detector == "yunet" and not model and not isinstance(landmark_model, LandmarkModel):
+            from .native import pipeline
+            self.native = pipeline(None, landmark_model)
+            self.model = None
+        else:
+            self.model = (landmark_model if isinstance(landmark_model, LandmarkModel)
+                          else load_landmark_model(landmark_model))
         self._made = set()
+
+    def _detect_native(self, img):
+        faces = self.native.detect(img, self.pick)
+        if not self.all_faces:
+            faces = faces[:1]
+        if faces:
+            return "ok", "", [_Face(box.astype(np.float64), score, "yunet", pts.astype(np.float64))
+                              for box, pts, score in faces]
+        reason = "no face found"
+        h, w = img.shape[:2]
+        if self.central_fallback and min(h, w) >= self.min_face:
+            box, pts, _ = self.native.locate(img, central_box(img.shape))
+            return "no_face", reason + "; aligned on the central box", [
+                _Face(box.astype(np.float64), 0.0, "central", pts.astype(np.float64))]
+        return "no_face", reason, []
+
+    def align(self, img, face):
+        """(aligned BGR face, its 5 landmarks) of a _Face with points."""
+        if self.native is not None:
+            aligned, pts = self.native.align(img, face.points.astype(np.float32), *self.size)
+            return aligned, pts.astype(np.float64)
+        return align_face(img, face.points, self.size)
 
     def _detect(self, img):
         """(status, reason, [ _Face ]) for a readable image."""
+        if self.native is not None:
+            return self._detect_native(img)
         fb = face_boxes(img, self.kind, all_faces=self.all_faces, max_side=MAX_SIDE,
                         pick=self.pick, yunet_model=self.yunet_model)
         if fb.found:
@@ -265,7 +298,7 @@ class _Aligner:
                     f.points = p.astype(np.float64)
             out = []
             for k, f in enumerate(faces, 1):
-                aligned, f.aligned_points = align_face(img, f.points, self.size)
+                aligned, f.aligned_points = self.align(img, f)
                 f.output = output_name(rel, k, self.all_faces)
                 out.append(aligned)
         except Exception as e:  # noqa: BLE001 - one image's failure is that image's result
@@ -291,7 +324,7 @@ def align_image(img, detector="yunet", landmark_model=None, size=250, aligner=No
     f = faces[0]
     if f.points is None:
         f.points = predict_landmarks(a.model, img, f.box[None])[0].astype(np.float64)
-    aligned, _ = align_face(img, f.points, a.size)
+    aligned, _ = a.align(img, f)
     return aligned, ""
 
 

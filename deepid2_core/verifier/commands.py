@@ -178,16 +178,21 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
 
 
 def verify_main(a, b, model=None, aligned=False, log=print, pick="largest"):
-    m = Verifier.load(model, progress=False)
-    faces, problems = prepare_faces([a, b], aligned=aligned, progress=False, pick=pick)
-    for p in (a, b):
-        if p in problems:
-            raise (NoFace if "no face" in problems[p] else BadImage)(problems[p])
-    score = float(m.score(*np.split(m.features([faces[a], faces[b]]), 2))[0])
-    same = score >= m.threshold
-    log(f"{'same person' if same else 'different people'}: score {score:.3f}, "
-        f"threshold {m.threshold:.3f}")
-    return dict(same=same, score=score, threshold=m.threshold)
+    """`deepid2 verify A B`: the API's Model.verify (aligned: the faces as they are)."""
+    from ..api import Match, Model
+    m = Model(Verifier.load(model, progress=False), pick)
+    if aligned:
+        faces, problems = prepare_faces([a, b], aligned=True, progress=False)
+        for p in (a, b):
+            if p in problems:
+                raise BadImage(problems[p])
+        score = float(m.verifier.score(*np.split(m.verifier.features([faces[a], faces[b]]), 2))[0])
+        r = Match(score >= m.threshold, score, m.threshold)
+    else:
+        r = m.verify(a, b)
+    log(f"{'same person' if r.same else 'different people'}: score {r.score:.3f}, "
+        f"threshold {r.threshold:.3f}")
+    return dict(same=r.same, score=r.score, threshold=r.threshold)
 
 
 def read_pair_lines(path):

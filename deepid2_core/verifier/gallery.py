@@ -29,22 +29,38 @@ from .. import safetensors
 from ..checks import output_file
 from ..data import scan_identities
 from ..errors import BadGalleryFile, BadImage, NoFace
-from .commands import extract_paths, prepare_faces
+from .commands import extract_paths
 from .impostor import stored_format
 from .model import IMPOSTOR_KEY, Verifier
 
 FAR = 0.01
 
 
-def _features_of_faces(m, paths, aligned):
-    """Raw features of the images with a face: (features, kept paths, problems)."""
+def _features_of_faces(m, paths, aligned, chunk=256):
+    """Raw features of the images with a face, through the API's Model:
+    (features, kept paths, problems: a BadImage or NoFace per other image)."""
     if aligned:
         feats, keep, problems = extract_paths(m.extractor, paths)
-        return feats, [paths[i] for i in keep], problems
-    faces, problems = prepare_faces(paths)
-    kept = [p for p in paths if p in faces]
-    feats = m.features([faces[p] for p in kept]) if kept else None
-    return feats, kept, list(problems.values())
+        return feats, [paths[i] for i in keep], [BadImage(p) for p in problems]
+    from ..api import Model
+    model = Model(m)
+    feats, kept, problems = [], [], []
+    for s in range(0, len(paths), chunk):
+        found = []
+        for p in paths[s:s + chunk]:
+            try:
+                (img, pts, name), = model._first_faces([p])
+            except BadImage as e:
+                problems.append(e)
+                continue
+            if pts is None:
+                problems.append(NoFace(f"no face found in {name}"))
+                continue
+            found.append((img, pts))
+            kept.append(p)
+        if found:
+            feats.append(model._features(found))
+    return (np.concatenate(feats) if feats else None), kept, problems
 
 
 def open_set_threshold(m, feats, labels, far=FAR):
@@ -176,8 +192,8 @@ def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_
     paths = [p for _, ps in ids for p in ps]
     owner = {p: name for name, ps in ids for p in ps}
     feats, kept, problems = _features_of_faces(m, paths, aligned)
-    for why in problems:
-        warn(f"skipped: {why}")
+    for e in problems:
+        warn(f"skipped: {e}")
     labels = np.array([owner[p] for p in kept])
     names, means, counts, t, tar, how = enrol(m, feats, labels, folder)
     save_gallery(gallery, names, means, counts, t, m.key())
@@ -194,25 +210,19 @@ def identify_main(images, gallery, model=None, top=1, aligned=False, log=print,
     that could not be identified (stderr). The summary of those is raised."""
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
-    g = load_gallery(gallery)
+    from ..api import Gallery, Model
     m = Verifier.load(model, progress=False)
-    if g["model_key"] != m.key():
-        raise BadGalleryFile(f"{gallery} was enrolled with another model than {m.path}: "
-                             "enrol again")
+    g = Gallery.load(gallery, Model(m))
     feats, kept, problems = _features_of_faces(m, list(images), aligned)
     results = {}
-    if kept:
-        s = m.score_matrix(feats, g["means"])
-        for p, row in zip(kept, s):
-            best = best_candidates(row, g["names"], top)
-            known = best[0][1] >= g["threshold"]
-            results[p] = best[0][0] if known else "unknown"
-            alts = ", ".join(f"{n} {v:.3f}" for n, v in best)
-            log(f"{p}: {results[p]} (threshold {g['threshold']:.3f}; best: {alts})")
-    for why in problems:
-        warn(f"error: {why}")
+    for p, r in zip(kept, g.identify_features(feats, top) if kept else ()):
+        results[p] = r.name or "unknown"
+        alts = ", ".join(f"{n} {v:.3f}" for n, v in r.candidates)
+        log(f"{p}: {results[p]} (threshold {r.threshold:.3f}; best: {alts})")
+    for e in problems:
+        warn(f"error: {e}")
     if problems:
         first = problems[0]
-        raise (NoFace if "no face" in first else BadImage)(
-            f"{len(problems)} of {len(images)} images could not be identified: {first}")
+        raise type(first)(f"{len(problems)} of {len(images)} images could not be identified: "
+                          f"{first}")
     return results
