@@ -17,7 +17,7 @@ import numpy as np
 
 from ..checks import output_file
 from ..data import PatchSpec, scan_identities, spec_from_dict
-from ..errors import BadImage, NoFace
+from ..errors import BadImage
 from ..progress import Progress
 from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names, patch_network
 from .lfw import flatten, missing_images, read_pairs
