@@ -1,5 +1,6 @@
-// Verifies two faces with a trained model, no Python involved.
-//   deepid2_verify MODEL FACE_A FACE_B
+// Verifies two faces given as their aligned patches, with a trained model and
+// no face pipeline (deepid2::Model alone; deepid2_verify takes photographs).
+//   deepid2_verify_patches MODEL FACE_A FACE_B
 // A face file holds the 2P aligned patches of one face, in the model's patch
 // order [p0, p0 flipped, p1, p1 flipped, ...], patch i's each C_i x H_i x W_i
 // (its network's input; planar, RGB for C_i = 3), raw with no header:
@@ -55,7 +56,7 @@ int main(int argc, char** argv) {
                     model.threshold());
         return 0;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "deepid2_verify: %s\n", e.what());
+        std::fprintf(stderr, "deepid2_verify_patches: %s\n", e.what());
         return 1;
     }
 }
