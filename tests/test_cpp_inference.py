@@ -30,7 +30,7 @@ from deepid2_core.verifier_file import read_verifier_file, save_verifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPP = os.path.join(REPO, "cpp")
-TOOLS = ("deepid2_dump", "deepid2_verify", "deepid2_write_fixture")
+TOOLS = ("deepid2_dump", "deepid2_verify_patches", "deepid2_write_fixture")
 
 
 def _newest_source():
@@ -155,7 +155,7 @@ def test_cpp_example_verify_agrees_with_python(tools, tmp_path):
     u8 = _cpp_input(verifier, faces)
     u8[0].tofile(tmp_path / "a.u8")                  # normalised by the example itself
     _normalised(u8[1]).tofile(tmp_path / "b.f32")
-    r = subprocess.run([tools["deepid2_verify"], model_path, str(tmp_path / "a.u8"),
+    r = subprocess.run([tools["deepid2_verify_patches"], model_path, str(tmp_path / "a.u8"),
                         str(tmp_path / "b.f32")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     words = r.stdout.split()
@@ -167,7 +167,7 @@ def test_cpp_example_verify_agrees_with_python(tools, tmp_path):
 
     # a bad file: a clear message, exit status 1, no crash
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
-    r = subprocess.run([tools["deepid2_verify"], str(tmp_path / "bad.safetensors"),
+    r = subprocess.run([tools["deepid2_verify_patches"], str(tmp_path / "bad.safetensors"),
                         str(tmp_path / "a.u8"), str(tmp_path / "b.f32")], capture_output=True, text=True)
     assert r.returncode == 1 and "corrupt header" in r.stderr
 
@@ -228,7 +228,7 @@ def test_cpp_example_on_the_shipped_model(tools, synth_faces, other):
     for path, cut in zip(files, _cpp_input(verifier, faces)):
         assert np.fromfile(path, np.uint8).tobytes() == cut.tobytes(), \
             f"{path} is not the current cut of its face: rerun cpp/examples/faces/make_faces.py"
-    r = subprocess.run([tools["deepid2_verify"], DEFAULT_MODEL, *map(str, files)],
+    r = subprocess.run([tools["deepid2_verify_patches"], DEFAULT_MODEL, *map(str, files)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     words = r.stdout.split()

@@ -1,61 +1,53 @@
-// Verifies two faces with a trained model, no Python involved.
-//   deepid2_verify MODEL FACE_A FACE_B
-// A face file holds the 2P aligned patches of one face, in the model's patch
-// order [p0, p0 flipped, p1, p1 flipped, ...], patch i's each C_i x H_i x W_i
-// (its network's input; planar, RGB for C_i = 3), raw with no header:
-//   *.f32  float32 little-endian, already normalised as (u - 127.5) / 128
-//   *.u8   uint8 pixel values u (normalised here)
-// Prints "score S same|different (threshold T)".
+// Are two photographs of the same person? The whole pipeline in C++, no Python.
+//   deepid2_verify A.jpg B.jpg [--models DIR]
+// Prints "same person: score S (threshold T)" or "different people: ...".
+// DIR holds verifier.safetensors, landmarks.safetensors and yunet.safetensors;
+// without it, the installed models (or $DEEPID2_MODELS).
+// Exit status 0 with a verdict; 2 with one line on stderr for bad arguments,
+// an unreadable image, a photo without a face or bad model files.
 #include <cstdio>
-#include <cstring>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
-#include "deepid2/model.h"
+#include "deepid2/pipeline.h"
+#include "image_file.h"
 
-static std::vector<float> read_face(const std::string& path, size_t floats) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw std::runtime_error("cannot open " + path);
-    std::vector<char> raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    const bool u8 = path.size() > 3 && path.compare(path.size() - 3, 3, ".u8") == 0;
-    const bool f32 = path.size() > 4 && path.compare(path.size() - 4, 4, ".f32") == 0;
-    if (!u8 && !f32) throw std::runtime_error(path + ": name must end in .f32 or .u8");
-    const size_t want = u8 ? floats : floats * sizeof(float);
-    if (raw.size() != want)
-        throw std::runtime_error(path + ": " + std::to_string(raw.size()) + " bytes, expected " +
-                                 std::to_string(want) + " (" + std::to_string(floats) +
-                                 " values: 2P patches, patch i of C_i x H_i x W_i)");
-    std::vector<float> v(floats);
-    if (f32) {
-        std::memcpy(v.data(), raw.data(), want);
-    } else {
-        for (size_t i = 0; i < floats; ++i)
-            v[i] = (float(static_cast<unsigned char>(raw[i])) - 127.5f) / 128.0f;
+static int usage(const char* argv0) {
+    std::fprintf(stderr, "usage: %s A.jpg B.jpg [--models DIR]   (JPEG or PNG photographs)\n", argv0);
+    return 2;
+}
+
+// The verdict, or the reason for none; the README quotes this function.
+static int verify(const std::string& photo_a, const std::string& photo_b, const std::string& models) {
+    const deepid2_examples::ImageFile a = deepid2_examples::read_image_file(photo_a);
+    const deepid2_examples::ImageFile b = deepid2_examples::read_image_file(photo_b);
+    const deepid2::Pipeline pipeline =
+        models.empty() ? deepid2::Pipeline::load() : deepid2::Pipeline::load_folder(models);
+    try {
+        const deepid2::Verdict v = pipeline.verify(a.view(), b.view());
+        std::printf("%s: score %.2f (threshold %.2f)\n", v.same ? "same person" : "different people",
+                    v.score, pipeline.model().threshold());
+        return 0;
+    } catch (const deepid2::NoFace&) {  // say which photo has none
+        const bool in_a = pipeline.detect(a.view()).empty();
+        throw deepid2::NoFace("no face found in " + (in_a ? photo_a : photo_b));
     }
-    return v;
 }
 
 int main(int argc, char** argv) {
-    if (argc != 4) {
-        std::fprintf(stderr, "usage: %s MODEL FACE_A FACE_B   (faces: .f32 or .u8 raw patches)\n",
-                     argv[0]);
-        return 2;
+    std::vector<std::string> photos;
+    std::string models;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--models" && i + 1 < argc) models = argv[++i];
+        else if (arg.rfind("-", 0) == 0) return usage(argv[0]);
+        else photos.push_back(arg);
     }
+    if (photos.size() != 2) return usage(argv[0]);
     try {
-        const deepid2::Model model = deepid2::Model::load(argv[1]);
-        const size_t floats = model.input_size();
-        const std::vector<float> a = read_face(argv[2], floats), b = read_face(argv[3], floats);
-        std::vector<float> fa(model.feature_dim()), fb(model.feature_dim());
-        model.features(a.data(), 1, fa.data());
-        model.features(b.data(), 1, fb.data());
-        const deepid2::Verdict v = model.verify(fa.data(), fb.data());
-        std::printf("score %.6g %s (threshold %.6g)\n", v.score, v.same ? "same" : "different",
-                    model.threshold());
-        return 0;
-    } catch (const std::exception& e) {
+        return verify(photos[0], photos[1], models);
+    } catch (const std::exception& e) {  // ImageFileError, NoFace, BadImage, ModelIOError, ...
         std::fprintf(stderr, "deepid2_verify: %s\n", e.what());
-        return 1;
+        return 2;
     }
 }
