@@ -17,7 +17,9 @@ if native:
     args.append("-march=native")
 link = ["-fopenmp"]
 if sys.platform == "darwin":  # Apple clang: OpenMP from libomp
-    args = [a for a in args if a != "-fopenmp"] + ["-Xpreprocessor", "-fopenmp"]
+    # fast-honor-pragmas: fuses as fast does, but lets cpp/src/face/no_fma.h turn it off
+    args = [a for a in args if a not in ("-fopenmp", "-ffp-contract=fast")] + [
+        "-ffp-contract=fast-honor-pragmas", "-Xpreprocessor", "-fopenmp"]
     link = ["-lomp"]
 
 ext = Pybind11Extension(

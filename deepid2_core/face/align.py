@@ -30,7 +30,6 @@ typical nose tip and mouth corners (from the same YuNet medians). For a
 non-square size the fractions stretch the canonical triangle, which a
 similarity cannot follow: the fit is then least-squares, eyes still level.
 """
-import cv2
 import numpy as np
 
 DEFAULT_SIZE = (250, 250)                        # (width, height)
@@ -92,20 +91,24 @@ def alignment_matrix(landmarks5, size=DEFAULT_SIZE, canonical=CANONICAL):
     return similarity_transform(alignment_points(landmarks5), dst)
 
 
-def align_face(image, landmarks5, size=DEFAULT_SIZE, canonical=CANONICAL,
-               border=cv2.BORDER_REPLICATE):
-    """Warp `image` so that its eyes and mouth midpoint land on `canonical`
+def align_face(image, landmarks5, size=DEFAULT_SIZE):
+    """Warp `image` so that its eyes and mouth midpoint land on CANONICAL
     (fractions of size = (width, height)). Returns (aligned image of
     height x width, the 5 landmarks in its coordinates, float64 (5, 2)).
-    Bilinear interpolation; outside the image the border is replicated."""
-    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
-        raise ValueError("image must be a non-empty H x W or H x W x C array")
+    Bilinear interpolation in double precision, outside the image the border
+    replicated: the C++ (cpp/src/face/geometry.cpp) the C++ pipeline aligns with.
+    image: uint8 H x W x 3 (BGR) or H x W."""
+    from .. import _cpu      # here, not at import: the geometry needs no build
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.size
+            and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3)))):
+        raise ValueError("image must be a non-empty uint8 H x W x 3 (BGR) or H x W array, got "
+                         f"{getattr(image, 'dtype', type(image).__name__)} "
+                         f"{getattr(image, 'shape', '')}")
     w, h = (int(v) for v in size)
     if w < 1 or h < 1:
         raise ValueError(f"size must be positive (width, height), got {size}")
-    m = alignment_matrix(landmarks5, (w, h), canonical)
-    out = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border)
-    return out, transform_points(m, landmarks5)
+    lm = np.ascontiguousarray(_points(landmarks5, 5, "landmarks5"))
+    return _cpu.align_face(np.ascontiguousarray(image), lm, w, h)
 
 
 def mirror_landmarks(landmarks5, width):

@@ -18,11 +18,14 @@ left-half region <-> the right half), same scale and colour; a symmetric
 region is its own partner. So `cut_flipped(face, lm, L, k)` equals patch k
 cut from the mirrored face. Every region's mirror must be in the layout.
 
-Sampling: each output pixel is a triangle-filtered (bilinear, antialiased by
+Sampling (cpp/src/face/patches.cpp; the C++ pipeline cuts with the same
+code): each output pixel is a triangle-filtered (bilinear, antialiased by
 widening the filter when shrinking) weighted mean of source pixels, the border
-replicated outside the image, then rounded. The filter is mirror-symmetric,
-so patches of mirrored faces are exact mirror images. Grey is
-0.299 R + 0.587 G + 0.114 B of the filtered colour patch.
+replicated outside the image, then rounded half to even. Filter centres and
+radius are snapped to 1/1024 px, so the weights are integers and every sum is
+exact: the filter is mirror-symmetric and patches of mirrored faces are exact
+mirror images. Grey is 0.299 R + 0.587 G + 0.114 B of the filtered colour
+patch. tests/patch_reference.py is the numpy version it matches bit for bit.
 
 The layouts, in units of the canonical inter-ocular distance d (0.176 of the
 aligned width, 44 px at 250 x 250); centres relative to the eye midpoint,
@@ -51,9 +54,7 @@ from .align import CANONICAL, MIRROR_INDEX
 
 COLOURS = ("rgb", "gray")
 SHAPES = ("rect", "square")
-_GREY = np.array([0.299, 0.587, 0.114])                # R, G, B weights (OpenCV's)
 _TOL = 1e-6
-_GRID = 1024.0                                          # sub-pixel snapping
 
 
 @dataclass(frozen=True)
@@ -179,80 +180,46 @@ def region_box(layout, index, landmarks, size):
     return cx, cy, w, w * ph / pw
 
 
-def _taps(centre, length, n_out, n_src, pad=0):
-    """Per output pixel: source indices (clamped: border replicated) and
-    triangle-filter weights. Centres and radius are snapped to 1/1024 px, so
-    the weights are integers (in 1/1024 px) and every sum below is exact: a
-    mirrored region gives bit-for-bit mirrored values. pad: that many more
-    output pixels on each side, on the same grid (a margin crop)."""
-    step = length / n_out
-    radius = np.round(max(1.0, step) * _GRID)
-    off = (np.arange(-pad, n_out + pad) + 0.5 - n_out / 2) * step  # symmetric about 0
-    c = np.round((centre + off) * _GRID)
-    lo = np.floor((c - radius) / _GRID).astype(np.int64) + 1
-    idx = lo[:, None] + np.arange(int(np.ceil(2 * radius / _GRID)) + 1)
-    wts = np.maximum(0.0, radius - np.abs(idx * _GRID - c[:, None]))
-    return np.clip(idx, 0, n_src - 1), wts
-
-
-def _sample(img, box, ph, pw, pad=(0, 0)):
-    """BGR image, region (cx, cy, w, h) -> float64 ph x pw x 3, RGB order
-    (with pad = (py, px): (ph + 2 py) x (pw + 2 px), the region's surround)."""
-    cx, cy, w, h = box
-    ix, wx = _taps(cx, w, pw, img.shape[1], pad[1])              # (pw, taps)
-    iy, wy = _taps(cy, h, ph, img.shape[0], pad[0])              # (ph, taps)
-    x0, y0 = ix.min(), iy.min()
-    src = img[y0:iy.max() + 1, x0:ix.max() + 1].astype(np.float64)
-    rows = np.einsum("yt,ytxc->yxc", wy, src[iy - y0])           # ph x nx x 3, exact
-    out = np.einsum("xt,yxtc->yxc", wx, rows[:, ix - x0])        # ph x pw x 3, exact
-    out /= (wy.sum(1)[:, None] * wx.sum(1)[None, :])[:, :, None]
-    return out[:, :, ::-1]                                        # BGR -> RGB
-
-
-def _finish(rgb, colour):
-    if colour == "gray":
-        rgb = (rgb @ _GREY)[:, :, None]
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
 def _check(aligned):
     if not (isinstance(aligned, np.ndarray) and aligned.dtype == np.uint8 and aligned.ndim == 3
             and aligned.shape[2] == 3 and aligned.shape[0] > 0 and aligned.shape[1] > 0):
         raise ValueError("aligned must be a uint8 H x W x 3 BGR image (as align_face gives)")
 
 
+def _cut(aligned, landmarks, layout, index, mirror, pad):
+    """Patch `index` cut by the C++ (cpp/src/face/patches.cpp), its columns
+    reversed when mirror."""
+    from .. import _cpu      # here, not at import: the layouts need no build
+    _check(aligned)
+    r, s, colour = layout.patch(index)
+    reg = layout.regions[r]
+    ph, pw, _ = layout.patch_shape(index)
+    if landmarks is not None:
+        landmarks = np.ascontiguousarray(np.asarray(landmarks, np.float64).reshape(5, 2))
+    return _cpu.cut_region_patch(
+        np.ascontiguousarray(aligned), landmarks, reg.centre, reg.width,
+        -1 if reg.landmark is None else reg.landmark, layout.scales[s], (ph, pw),
+        colour == "gray", mirror, (int(pad[0]), int(pad[1])))
+
+
 def cut_patch(aligned, landmarks, layout, index, pad=(0, 0)):
     """Patch `index` of the aligned BGR face -> uint8 h x w x C (RGB or grey).
     pad = (py, px) pixels: the (h + 2 py) x (w + 2 px) crop around it on the same
     sampling grid, whose centre h x w is the patch bit for bit (a margin cache)."""
-    _check(aligned)
-    ph, pw, _ = layout.patch_shape(index)
-    box = region_box(layout, index, landmarks, (aligned.shape[1], aligned.shape[0]))
-    return _finish(_sample(aligned, box, ph, pw, pad), layout.patch(index)[2])
+    return _cut(aligned, landmarks, layout, index, False, pad)
 
 
 def cut_flipped(aligned, landmarks, layout, index, pad=(0, 0)):
     """The horizontally flipped counterpart of patch `index`: the mirror image
     of patch flip_partner(layout, index) (pad: as cut_patch)."""
-    return np.ascontiguousarray(cut_patch(aligned, landmarks, layout,
-                                          flip_partner(layout, index), pad)[:, ::-1])
+    return _cut(aligned, landmarks, layout, flip_partner(layout, index), True, pad)
 
 
 def cut_all(aligned, landmarks, layout, flipped=False):
-    """Every patch of the layout, in index order (each colour of a region and
-    scale is filtered once). flipped=True gives the flipped counterparts."""
-    _check(aligned)
-    out, cache = [], {}
-    for k in range(len(layout)):
-        src = flip_partner(layout, k) if flipped else k
-        r, s, colour = layout.patch(src)
-        if (r, s) not in cache:
-            ph, pw, _ = layout.patch_shape(src)
-            box = region_box(layout, src, landmarks, (aligned.shape[1], aligned.shape[0]))
-            cache = {(r, s): _sample(aligned, box, ph, pw)}
-        p = _finish(cache[(r, s)], colour)
-        out.append(np.ascontiguousarray(p[:, ::-1]) if flipped else p)
-    return out
+    """Every patch of the layout, in index order. flipped=True gives the
+    flipped counterparts."""
+    cut = cut_flipped if flipped else cut_patch
+    return [cut(aligned, landmarks, layout, k) for k in range(len(layout))]
 
 
 def _layout(name, table, scales, rect, square):
