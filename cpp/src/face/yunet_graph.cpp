@@ -87,6 +87,37 @@ int64_t count_of(const Shape& s) {
     return n;
 }
 
+// Buffers kept between runs on this thread: fresh pages for YuNet's few MB of
+// activations cost more than its later layers' arithmetic.
+struct BufferPool {
+    std::vector<FloatBuffer> free;
+    std::vector<float> scratch;
+
+    FloatBuffer take(size_t n) {
+        size_t best = free.size();
+        for (size_t i = 0; i < free.size(); ++i)
+            if (free[i].capacity() >= n &&
+                (best == free.size() || free[i].capacity() < free[best].capacity()))
+                best = i;
+        FloatBuffer v;
+        if (best < free.size()) {
+            v = std::move(free[best]);
+            free.erase(free.begin() + std::ptrdiff_t(best));
+        }
+        v.clear();
+        v.resize(n);
+        return v;
+    }
+    void give(FloatBuffer&& v) {
+        constexpr size_t kMaxKept = 64, kMaxKeptFloats = size_t(1) << 26;
+        if (v.capacity() && v.capacity() <= kMaxKeptFloats && free.size() < kMaxKept)
+            free.push_back(std::move(v));
+        v = FloatBuffer();
+    }
+};
+
+thread_local BufferPool pool;
+
 }  // namespace
 
 struct Graph::Impl {
@@ -413,7 +444,7 @@ std::vector<Tensor> Graph::run(Tensor input) const {
     const Impl& g = *impl_;
     std::vector<Tensor> v(size_t(g.n_values));
     v[0] = std::move(input);
-    std::vector<float> scratch;
+    std::vector<float>& scratch = pool.scratch;
     for (size_t i = 0; i < g.nodes.size(); ++i) {
         const Node& nd = g.nodes[i];
         const Tensor& x = v[size_t(nd.inputs[0])];
@@ -421,7 +452,7 @@ std::vector<Tensor> Graph::run(Tensor input) const {
         for (int id : nd.inputs) in.push_back(&v[size_t(id)].shape);
         Tensor y;
         y.shape = g.infer(nd, in);
-        y.data.resize(size_t(count_of(y.shape)));
+        y.data = pool.take(size_t(count_of(y.shape)));
         const Shape& s = x.shape;
         switch (nd.op) {
         case Op::Conv: {
@@ -448,7 +479,7 @@ std::vector<Tensor> Graph::run(Tensor input) const {
             break;
         }
         case Op::Reshape:
-            y.data = x.data;
+            std::copy(x.data.begin(), x.data.end(), y.data.begin());
             break;
         case Op::Transpose: {
             // y index walks in order; the matching x offset from x's strides
@@ -469,10 +500,11 @@ std::vector<Tensor> Graph::run(Tensor input) const {
         }
         v[size_t(nd.output)] = std::move(y);
         for (int id : nd.inputs)
-            if (g.last_use[size_t(id)] == int(i)) v[size_t(id)] = Tensor();
+            if (g.last_use[size_t(id)] == int(i)) pool.give(std::move(v[size_t(id)].data));
     }
     std::vector<Tensor> out;
     for (int id : g.outputs) out.push_back(v[size_t(id)]);
+    for (Tensor& t : v) pool.give(std::move(t.data));
     return out;
 }
 
