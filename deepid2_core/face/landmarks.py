@@ -12,7 +12,9 @@ Prediction (`LandmarkModel`, `flip_average=True` by default) averages the points
 crop and of its mirror image (mapped back, left/right swapped); the validation during
 training does not. `load_landmark_model` loads a model file's refinement levels too
 (`levels=1`: level 1 alone) and `predict_landmarks` applies them after level 1,
-flip-averaged like level 1 when `flip_average` is set.
+flip-averaged like level 1 when `flip_average` is set. For a model read from a file on
+the cpu backend, `predict_landmarks` runs the file in C++ (cpp/src/face/landmarks.h, the
+code the C++ pipeline runs); crops for training are cut by the same C++ warp (`warp`).
 
 Model file (`save_model`, MODEL_FORMAT): F1's parameters, with the training targets'
 mean and std folded into its output layer (`fold_target_stats`: it outputs t itself),
@@ -102,8 +104,18 @@ def to_gray(image):
 
 
 def warp(gray, m, size):
-    return cv2.warpAffine(gray, m, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    """The size x size crop of gray by the 2x3 map m (image -> crop): the C++ warp the
+    C++ model crops with (cpp/src/face/image.h: bilinear in double precision, border
+    replicated), so that training crops are cut as inference cuts them. It differs from
+    cv2.warpAffine (1/32-pixel fixed-point interpolation) by at most 1 grey level."""
+    return _native().warp_affine(np.ascontiguousarray(gray),
+                                 np.ascontiguousarray(m, np.float64), size, size)
+
+
+def _native():
+    """The C++ extension (imported through the cpu backend, which says how to build it)."""
+    from ..backends.cpu import _cpu
+    return _cpu
 
 
 def fold_target_stats(params, target_mean, target_std):
@@ -126,6 +138,7 @@ class LandmarkModel:
     def __init__(self, params, cfg, meta=None, backend="cpu", flip_average=True, cascade=None):
         from ..backends import get_backend
         self.params, self.cfg, self.meta = params, cfg, dict(meta or {})
+        self.path = None  # the file load_landmark_model read: predict_landmarks runs it in C++
         self.flip_average = bool(flip_average)
         self.cascade = cascade
         self.be = get_backend(backend) if isinstance(backend, str) else backend
@@ -191,7 +204,9 @@ def load_landmark_model(path=None, backend="cpu", flip_average=True, levels=None
             cascade = None
     cfg = LandmarkNetConfig.from_dict(json.loads(meta["net"]))
     params = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
-    return LandmarkModel(params, cfg, meta, be, flip_average, cascade)
+    model = LandmarkModel(params, cfg, meta, be, flip_average, cascade)
+    model.path = os.path.abspath(path)
+    return model
 
 
 def _check_boxes(boxes, hw):
@@ -234,6 +249,9 @@ def predict_landmarks(model, image, boxes):
     s = model.cfg.size
     if len(b) == 0:
         return np.zeros((0, len(POINTS), 2), np.float32)
+    if _runs_in_cpp(model):
+        return _native().landmarks_predict(model.path, gray, np.ascontiguousarray(b),
+                                          _levels(model)).astype(np.float32)
     crops = np.empty((len(b), s, s), np.uint8)
     inv = np.empty((len(b), 2, 3))
     for j, box in enumerate(b):
@@ -244,3 +262,18 @@ def predict_landmarks(model, image, boxes):
     if model.cascade is not None:
         pts = model.cascade.refine(gray, pts, model.flip_average)
     return pts.astype(np.float32)
+
+
+def _runs_in_cpp(model):
+    """Whether predict_landmarks runs the model file in C++ (cpp/src/face/landmarks.h, the
+    code the C++ pipeline runs): a model load_landmark_model read, flip-averaged, on the
+    cpu backend. The Python forward remains for models made in memory (training), for
+    flip_average=False and for the gpu backend; on the same crops both give the same
+    points to float rounding (tests/test_landmarks_cpp.py)."""
+    return (model.path is not None and model.flip_average
+            and getattr(model.be, "name", None) == "cpu")
+
+
+def _levels(model):
+    """The levels the model runs: level 1 and the cascade's (load_landmark_model's levels)."""
+    return 1 + (len(model.cascade.levels) if model.cascade is not None else 0)

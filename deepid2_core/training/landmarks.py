@@ -65,7 +65,8 @@ from .lock import RunLock
 from .landmark_configs import LandmarkTrainConfig
 from .loop import Group, Loop, load_checkpoint, read_log, save_checkpoint
 
-CACHE_FORMAT = "deepid2-landmarks-cache/3"
+# /4: crops cut by the C++ warp (face.landmarks.warp), no longer cv2.warpAffine
+CACHE_FORMAT = "deepid2-landmarks-cache/4"
 CHECKPOINT, BEST, FINAL, LOG, PLOT, EVAL = ("checkpoint.safetensors", "best.safetensors",
                                             "landmarks.safetensors", "log.jsonl", "curves.png",
                                             "eval.json")
