@@ -26,6 +26,7 @@ constexpr const char* kFormat = "deepid2-yunet/1";
 constexpr uint64_t kMaxFileBytes = 64u << 20;
 constexpr int kStrides[3] = {8, 16, 32};
 constexpr int kDivisor = 32;
+constexpr int64_t kMaxInputPixels = int64_t(1) << 26;  // 8192 x 8192: 1 GB for the first conv alone
 constexpr float kNmsThreshold = 0.3f;
 constexpr int kTopK = 5000;
 // cls_*, obj_*, bbox_*, kps_* per stride, and their values per cell.
@@ -162,6 +163,9 @@ std::vector<Detection> YuNet::detect(const Image& bgr, double score_threshold) c
         throw std::invalid_argument("yunet: the image is over the " + std::to_string(kMaxImageSide) +
                                     " px side limit");
     const int ph = ((bgr.h - 1) / kDivisor + 1) * kDivisor, pw = ((bgr.w - 1) / kDivisor + 1) * kDivisor;
+    if (int64_t(ph) * pw > kMaxInputPixels)
+        throw std::invalid_argument("yunet: " + std::to_string(bgr.w) + "x" + std::to_string(bgr.h) +
+                                    " is too large to detect on at full size (find_faces shrinks it)");
     Tensor input;
     input.shape = {1, 3, ph, pw};
     input.data.assign(size_t(3) * ph * pw, 0.f);  // zero padding right and bottom

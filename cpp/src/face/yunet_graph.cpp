@@ -7,7 +7,7 @@
 #include <set>
 
 #include "deepid2/model.h"
-#include "infer/json.h"
+#include "../infer/json.h"
 #include "yunet_ops.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -271,8 +271,6 @@ void Graph::Impl::read_node(const Value& v, int index, std::map<std::string, int
     default:
         check_attrs(attrs, {}, what);
     }
-    for (int id : nd.inputs) last_use[id] = index;
-    last_use.push_back(-1);
     nodes.push_back(std::move(nd));
 }
 
@@ -376,7 +374,6 @@ Graph Graph::from_file(const safetensors::File& f) {
     const std::string& input = string_of(member(g, "input", "graph"), "graph input");
     if (const_ids.count(input)) bad("graph input \"" + input + "\" is also a tensor name");
     values[input] = 0;
-    impl->last_use.push_back(-1);
     const Value& nodes = member(g, "nodes", "graph");
     if (nodes.type != Value::Type::Array || nodes.array.empty() || nodes.array.size() > size_t(kMaxNodes))
         bad("graph nodes must be a list of 1.." + std::to_string(kMaxNodes) + " nodes");
@@ -417,7 +414,7 @@ Graph Graph::from_file(const safetensors::File& f) {
         fused.push_back(std::move(nd));
     }
     impl->nodes = std::move(fused);
-    std::fill(impl->last_use.begin(), impl->last_use.end(), -1);
+    impl->last_use.assign(size_t(impl->n_values), -1);
     for (size_t i = 0; i < impl->nodes.size(); ++i)
         for (int id : impl->nodes[i].inputs) impl->last_use[size_t(id)] = int(i);
     for (int id : impl->outputs) impl->last_use[size_t(id)] = int(impl->nodes.size());

@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "infer/safetensors.h"
+#include "../infer/safetensors.h"
 
 namespace deepid2 {
 namespace face {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "gemm.h"
+#include "../gemm.h"
 
 namespace deepid2 {
 namespace face {
