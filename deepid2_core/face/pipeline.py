@@ -102,13 +102,14 @@ import numpy as np
 
 from .align import align_face
 from .box import HAAR_MIN_SIZE, PICKS, YUNET_MODEL, central_box, face_boxes, yunet_detector
-from .detect import read_image
+from .detect import YuNetDetector, read_image
 from .image import pixel_limit
 from .landmarks import DEFAULT_MODEL, LandmarkModel, load_landmark_model, predict_landmarks
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .tif .tiff .webp .pgm .ppm .pbm .pnm .pxm .sr "
     ".ras .jp2 .gif .avif .exr .hdr .pic".split())
+YUNET_MIN_FACE = YuNetDetector.min_face
 CSV_NAME = "landmarks.csv"
 POINT_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 CSV_COLUMNS = (["path", "face", "status", "reason", "output", "source",
@@ -257,8 +258,11 @@ class _Aligner:
         if faces:
             return "ok", "", [_Face(box.astype(np.float64), score, "yunet", pts.astype(np.float64))
                               for box, pts, score in faces]
-        reason = "no face found"
         h, w = img.shape[:2]
+        reason = "no face found"
+        if min(h, w) < YUNET_MIN_FACE:
+            reason = (f"image ({w}x{h}) is smaller than the smallest detectable face "
+                      f"({YUNET_MIN_FACE} px)")
         if self.central_fallback and min(h, w) >= self.min_face:
             box, pts, _ = self.native.locate(img, central_box(img.shape))
             return "no_face", reason + "; aligned on the central box", [
