@@ -43,7 +43,7 @@ from ..face.landmark_cascade import (CASCADE_FORMAT, CascadeLevel, LandmarkCasca
                                      cascade_from, level_patches, mirror_points, net_name,
                                      points_to_offsets, refine_flip_averaged, shape_frame)
 from ..face.image import read_image
-from ..face.landmarks import LandmarkModel, load_landmark_model, save_model
+from ..face.landmarks import load_landmark_model, save_model
 from ..nets.refine import RefineLevelConfig, RefineNet, init_refine_params, unit_rms_init
 from .landmark_configs import LandmarkTrainConfig, RefineTrainConfig
 from .landmarks import (EVAL, FINAL, TEST_LIST, TRAIN_LIST, LandmarkRegression, build_cache,
@@ -371,10 +371,14 @@ def _train_cascade(data_dir, out_dir, base, be, levels, level_cfgs, cfgs_of, res
                 cascade_data_seconds=round(t_data, 1),
                 cascade_threads=be.max_threads())
     summary = dict(val=val_rows, train_seconds=times)
-    model = LandmarkModel(base.params, base.cfg, meta, be, cascade=cascade)
+    final = os.path.join(out_dir, FINAL)
+    save_model(final, base.params, base.cfg, meta, cascade=cascade)
     if evaluate_test and os.path.isfile(os.path.join(data_dir, TEST_LIST)):
         t2 = time.perf_counter()
-        res = evaluate(model, data_dir, TEST_LIST, detector=det, progress=progress)
+        # the file as inference runs it (in C++ on the cpu backend), then saved again with
+        # the figure
+        res = evaluate(load_landmark_model(final, backend=be), data_dir, TEST_LIST,
+                       detector=det, progress=progress)
         with open(os.path.join(out_dir, EVAL), "w") as f:
             json.dump(res, f, indent=1)
         meta["cascade_test"] = json.dumps({k: v for k, v in res.items()
@@ -382,5 +386,5 @@ def _train_cascade(data_dir, out_dir, base, be, levels, level_cfgs, cfgs_of, res
         summary["test"] = res
         log(f"test ({res['n']} images, {det} boxes, {time.perf_counter() - t2:.0f} s): NME "
             f"{100 * res['nme']:.2f}%, failure rate {100 * res['failure_rate']:.2f}%")
-    save_model(os.path.join(out_dir, FINAL), base.params, base.cfg, meta, cascade=cascade)
+        save_model(final, base.params, base.cfg, meta, cascade=cascade)
     return summary

@@ -67,43 +67,51 @@ void mirror_points(const double in[10], int width, double out[10]) {
     }
 }
 
-// CascadeLevel.refine for one face: pts (mirror-image coordinates where
-// mirrored) -> out, the mean over the level's nets of the points they give.
-void refine_once(const CascadeLevel& level, const Image& gray, const double pts[10],
-                 bool mirrored, double out[10]) {
-    double angle, r;
-    shape_frame(pts, level.rotate_frame, angle, r);
-    const double c = std::cos(angle), s = std::sin(angle);
-    const int S = level.size, J = int(level.patches.size());
-    std::vector<float> raw(size_t(S) * S), x(size_t(S) * S);
+// CascadeLevel.refine for one face and for its mirror image at once (each
+// net runs on a batch of the two patches): est[0] in image coordinates,
+// est[1] in mirror-image coordinates -> out[k], the mean over the level's
+// nets of the points they give, in est[k]'s coordinates.
+void refine_both(const CascadeLevel& level, const Image& gray, const double* const est[2],
+                 double out[2][10]) {
+    double angle[2], c[2], s[2], r[2];
+    for (int k = 0; k < 2; ++k) {
+        shape_frame(est[k], level.rotate_frame, angle[k], r[k]);
+        c[k] = std::cos(angle[k]), s[k] = std::sin(angle[k]);
+    }
+    const int S = level.size, J = int(level.patches.size()), n = S * S;
+    std::vector<float> raw(static_cast<size_t>(n)), x(2 * static_cast<size_t>(n));
     for (int p = 0; p < kPoints; ++p) {
-        const double px = pts[2 * p], py = pts[2 * p + 1];
-        double sx = 0, sy = 0;
+        double sum[2][2] = {{0, 0}, {0, 0}};
         for (int j = 0; j < J; ++j) {
-            const double side = r * level.patches[size_t(j)];
-            sample_patch(gray, px, py, angle, side, S, mirrored, raw.data());
-            standardise(raw.data(), S * S, x.data());
-            float off[2];
-            level.nets[size_t(p * J + j)].forward(1, x.data(), off);
-            // offsets_to_points: the offset is in patch sides, in the patch frame
-            const double ox = off[0] * side, oy = off[1] * side;
-            sx += px + c * ox - s * oy;
-            sy += py + s * ox + c * oy;
+            double side[2];
+            for (int k = 0; k < 2; ++k) {
+                side[k] = r[k] * level.patches[size_t(j)];
+                sample_patch(gray, est[k][2 * p], est[k][2 * p + 1], angle[k], side[k], S, k == 1,
+                             raw.data());
+                standardise(raw.data(), n, x.data() + size_t(k) * n);
+            }
+            float off[2][2];
+            level.nets[size_t(p * J + j)].forward(2, x.data(), &off[0][0]);
+            for (int k = 0; k < 2; ++k) {
+                // offsets_to_points: the offset is in patch sides, in the patch frame
+                const double ox = off[k][0] * side[k], oy = off[k][1] * side[k];
+                sum[k][0] += est[k][2 * p] + c[k] * ox - s[k] * oy;
+                sum[k][1] += est[k][2 * p + 1] + s[k] * ox + c[k] * oy;
+            }
         }
-        out[2 * p] = sx / J;
-        out[2 * p + 1] = sy / J;
+        for (int k = 0; k < 2; ++k) out[k][2 * p] = sum[k][0] / J, out[k][2 * p + 1] = sum[k][1] / J;
     }
 }
 
 }  // namespace
 
 void refine_level(const CascadeLevel& level, const Image& gray, double pts[10]) {
-    double direct[10], mirrored_pts[10], mirrored_out[10], back[10];
-    refine_once(level, gray, pts, false, direct);
-    mirror_points(pts, gray.w, mirrored_pts);
-    refine_once(level, gray, mirrored_pts, true, mirrored_out);
-    mirror_points(mirrored_out, gray.w, back);
-    for (int i = 0; i < 10; ++i) pts[i] = 0.5 * (direct[i] + back[i]);
+    double mirrored[10], out[2][10], back[10];
+    mirror_points(pts, gray.w, mirrored);
+    const double* const est[2] = {pts, mirrored};
+    refine_both(level, gray, est, out);
+    mirror_points(out[1], gray.w, back);
+    for (int i = 0; i < 10; ++i) pts[i] = 0.5 * (out[0][i] + back[i]);
 }
 
 }  // namespace face

@@ -10,8 +10,8 @@
 #include <set>
 
 #include "deepid2/model.h"
-#include "infer/json.h"
-#include "infer/safetensors.h"
+#include "../infer/json.h"
+#include "../infer/safetensors.h"
 #include "landmark_impl.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
