@@ -14,6 +14,7 @@
 #include <string>
 #include <tuple>
 
+#include "array_checks.h"
 #include "deepid2/model.h"
 #include "face/landmarks.h"
 
@@ -23,21 +24,7 @@ using deepid2::face::LandmarkModel;
 
 namespace {
 
-// An array of dtype T, C-contiguous, or TypeError / ValueError naming `name`.
-template <typename T>
-py::array_t<T> checked(const py::handle& obj, const char* name) {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
-                             std::string(py::str(py::type::of(obj).attr("__name__"))));
-    auto a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().equal(py::dtype::of<T>()))
-        throw py::type_error(std::string(name) + " must have dtype " +
-                             std::string(py::str(py::dtype::of<T>())) + ", got " +
-                             std::string(py::str(a.dtype())));
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
-    return py::reinterpret_borrow<py::array_t<T>>(a);
-}
+using deepid2_bindings::checked;
 
 // A uint8 H x W (or H x W x 3 where allowed) image copied into a face::Image.
 Image image_of(const py::array_t<uint8_t>& a, const char* name, bool colour_ok) {

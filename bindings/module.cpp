@@ -13,6 +13,7 @@
 #include <malloc.h>
 #endif
 
+#include "array_checks.h"
 #include "deepid2/ops.h"
 
 namespace py = pybind11;
@@ -36,20 +37,7 @@ std::string shape_str(const Shape& s) {
 
 Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
 
-template <typename T>
-py::array_t<T> checked(const py::handle& obj, const char* name) {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
-                             std::string(py::str(py::type::of(obj).attr("__name__"))));
-    auto a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().equal(py::dtype::of<T>()))  // equal, not is: "<f4" is float32 too
-        throw py::type_error(std::string(name) + " must have dtype " +
-                             std::string(py::str(py::dtype::of<T>())) + ", got " +
-                             std::string(py::str(a.dtype())));
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
-    return py::reinterpret_borrow<py::array_t<T>>(a);
-}
+using deepid2_bindings::checked;
 
 template <typename T>
 py::array_t<T> writable(const py::handle& obj, const char* name) {

@@ -54,6 +54,7 @@ from .. import safetensors
 from ..face.box import CENTRAL_BOX, central_box, context_box, face_box, haar_detector, \
     resolve_detector
 from ..face.image import read_image
+from ..face.native import pipeline as native_pipeline
 from ..face.landmarks import (CHECKPOINT_FORMAT, FLIP_ORDER, POINTS, LandmarkModel,
                               apply_affine, crop_matrix, flip_points, fold_target_stats,
                               invert_affine, load_landmark_model, predict_landmarks, save_model,
@@ -248,8 +249,8 @@ def summarise(errors):
 # -- evaluation ------------------------------------------------------------------------------
 def evaluate(model, data_dir, list_file=TEST_LIST, detector="auto", limit=None, progress=False):
     """NME and failure rate of model on the first `limit` images of an MTFL list, boxes by
-    the rule ("auto": Haar; "yunet": YuNet's boxes mapped to Haar's, Haar where it finds none;
-    "central": the central box). Returns a dict with nme,
+    the rule ("auto": Haar; "yunet": the C++ pipeline's YuNet boxes, mapped to Haar's, the
+    central box where it finds none; "central": the central box). Returns a dict with nme,
     per_point, failure_rate, point_failure_rate, n, the detector, how often Haar found the
     face, and the per-image errors."""
     detector = resolve_detector(detector)
@@ -267,7 +268,12 @@ def evaluate(model, data_dir, list_file=TEST_LIST, detector="auto", limit=None, 
         if gray is None:
             skipped.append(rel)
             continue
-        box, hit = face_box(img, detector)
+        if detector == "yunet":     # the pipeline's C++ detector, as `deepid2 align` runs it
+            faces = native_pipeline(None).detect(img, "largest")
+            box, hit = (faces[0][0].astype(np.float64), True) if faces else \
+                (central_box(img.shape), False)
+        else:
+            box, hit = face_box(img, detector)
         found += hit
         errs.append(nme(predict_landmarks(model, gray, box), pts[None])[0])
     bar.close()

@@ -1,11 +1,11 @@
 // LandmarkModel: loading, and level 1 as face/landmarks.py runs it
 // (crop_matrix, warp, predict_crops with flip_average), then the refinement
 // levels (landmark_cascade.cpp).
+#include "../infer/model_file.h"
 #include "landmarks.h"
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <stdexcept>
 #include <string>
 
@@ -97,21 +97,9 @@ LandmarkModel& LandmarkModel::operator=(LandmarkModel&&) noexcept = default;
 LandmarkModel::~LandmarkModel() = default;
 
 LandmarkModel LandmarkModel::load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) throw ModelIOError("cannot open " + path);
-    const std::streamoff end = in.tellg();
-    if (end < 0) throw ModelIOError("cannot read the size of " + path);
-    if (uint64_t(end) > kMaxFileBytes)
-        throw ModelFormatError(path + ": " + std::to_string(end) +
-                               " bytes, more than a landmark model may have");
-    std::vector<uint8_t> bytes(static_cast<size_t>(end));
-    in.seekg(0);
-    if (!in.read(reinterpret_cast<char*>(bytes.data()), end)) throw ModelIOError("cannot read " + path);
-    try {
-        return LandmarkModel(load_landmark_impl(bytes.data(), bytes.size()));
-    } catch (const ModelFormatError& e) {
-        throw ModelFormatError(path + ": " + e.what());
-    }
+    return load_model_file(path, kMaxFileBytes, "a landmark model", [](const uint8_t* b, size_t n) {
+        return LandmarkModel(load_landmark_impl(b, n));
+    });
 }
 
 LandmarkModel LandmarkModel::load_memory(const void* bytes, size_t size) {

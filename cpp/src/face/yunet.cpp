@@ -4,13 +4,13 @@
 // score sqrt(cls * obj) (both clamped to [0, 1]), box and five points decoded
 // against the cell; then NMS on the boxes truncated to integers
 // (dnn::NMSBoxes). And box.py's "yunet" rule on top (find_faces).
+#include "../infer/model_file.h"
 #include "yunet.h"
 
 #include <algorithm>
 #include <array>
 #include <climits>
 #include <cmath>
-#include <fstream>
 #include <stdexcept>
 
 #include "deepid2/model.h"
@@ -48,21 +48,22 @@ int trunc_int(float v) {
 
 struct IntRect {
     int64_t x, y, w, h;
-    int64_t area() const { return w * h; }
+    // in double: two INT_MIN sides (a damaged model's boxes) overflow int64
+    double area() const { return double(w) * double(h); }
     bool empty() const { return w <= 0 || h <= 0; }
 };
 
 // 1 - jaccardDistance(a, b) for Rect2i, as dnn's rectOverlap computes it.
 float overlap(const IntRect& a, const IntRect& b) {
-    const int64_t aa = a.area(), ab = b.area();
+    const double aa = a.area(), ab = b.area();
     if (aa + ab <= 0) return 1.f;
-    int64_t inter = 0;
+    double inter = 0;
     if (!a.empty() && !b.empty()) {
         const int64_t iw = std::min(a.x + a.w, b.x + b.w) - std::max(a.x, b.x);
         const int64_t ih = std::min(a.y + a.h, b.y + b.h) - std::max(a.y, b.y);
-        if (iw > 0 && ih > 0) inter = iw * ih;
+        if (iw > 0 && ih > 0) inter = double(iw) * double(ih);
     }
-    const double dist = 1.0 - double(inter) / (double(aa) + double(ab) - double(inter));
+    const double dist = 1.0 - inter / (aa + ab - inter);
     return 1.f - float(dist);
 }
 
@@ -135,21 +136,8 @@ YuNet YuNet::load_memory(const void* bytes, size_t size) {
 }
 
 YuNet YuNet::load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) throw ModelIOError("cannot open " + path);
-    const std::streamoff end = in.tellg();
-    if (end < 0) throw ModelIOError("cannot read the size of " + path);
-    if (uint64_t(end) > kMaxFileBytes)
-        throw ModelFormatError(path + ": " + std::to_string(end) + " bytes, more than a YuNet "
-                               "model may have (" + std::to_string(kMaxFileBytes) + ")");
-    std::vector<uint8_t> bytes(static_cast<size_t>(end));
-    in.seekg(0);
-    if (!in.read(reinterpret_cast<char*>(bytes.data()), end)) throw ModelIOError("cannot read " + path);
-    try {
-        return load_memory(bytes.data(), bytes.size());
-    } catch (const ModelFormatError& e) {
-        throw ModelFormatError(path + ": " + e.what());
-    }
+    return load_model_file(path, kMaxFileBytes, "a YuNet model",
+                           [](const uint8_t* b, size_t n) { return load_memory(b, n); });
 }
 
 std::vector<Detection> YuNet::detect(const Image& bgr, double score_threshold) const {
@@ -210,7 +198,10 @@ std::vector<Detection> YuNet::detect(const Image& bgr, double score_threshold) c
                     f[size_t(5 + 2 * n)] = (kps[i * 10 + 2 * n + 1] + float(r)) * float(stride);
                 }
                 f[14] = score;
-                faces.push_back(f);
+                // a damaged model's non-finite box is no face (OpenCV would pass it on)
+                bool finite = true;
+                for (float v : f) finite = finite && std::isfinite(v);
+                if (finite) faces.push_back(f);
             }
     }
     std::vector<int> keep;

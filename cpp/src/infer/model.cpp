@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
-#include <fstream>
 #include <limits>
 #include <stdexcept>
 
+#include "model_file.h"
 #include "model_impl.h"
 
 #ifdef _OPENMP
@@ -95,21 +95,8 @@ Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
 Model Model::load(const std::string& path) {
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) throw ModelIOError("cannot open " + path);
-    const std::streamoff end = in.tellg();
-    if (end < 0) throw ModelIOError("cannot read the size of " + path);
-    if (uint64_t(end) > kMaxFileBytes)
-        throw ModelFormatError(path + ": " + std::to_string(end) + " bytes, more than a verifier "
-                               "model may have (" + std::to_string(kMaxFileBytes) + ")");
-    std::vector<uint8_t> bytes(static_cast<size_t>(end));
-    in.seekg(0);
-    if (!in.read(reinterpret_cast<char*>(bytes.data()), end)) throw ModelIOError("cannot read " + path);
-    try {
-        return Model(load_model_impl(bytes.data(), bytes.size()));
-    } catch (const ModelFormatError& e) {
-        throw ModelFormatError(path + ": " + e.what());
-    }
+    return load_model_file(path, kMaxFileBytes, "a verifier model",
+                           [](const uint8_t* b, size_t n) { return Model(load_model_impl(b, n)); });
 }
 
 Model Model::load_memory(const void* bytes, size_t size) {
