@@ -74,19 +74,26 @@ Affine invert(const Affine& m) {
     return {a, b, -(a * m[2] + b * m[5]), c, d, -(c * m[2] + d * m[5])};
 }
 
-Image warp_affine(const Image& src, const Affine& m, int w, int h) {
-    if (src.empty() || w < 1 || h < 1) throw std::invalid_argument("warp_affine: empty image");
-    const Affine inv = invert(m);
-    Image out(h, w, src.c);
-    const int C = src.c;
-    for (int y = 0; y < h; ++y) {
+namespace {
+
+// lround(v) for v in [0, 255.x], without the library call: v + 0.5 truncated
+// is lround's answer for every v >= 0.5 and every v < 0.5 but the largest
+// double below 0.5, which v + 0.5 rounds up to 1.
+inline uint8_t round_pixel(double v) {
+    return v < 0.5 ? 0 : uint8_t(std::min(int(v + 0.5), 255));
+}
+
+template <int C>
+void warp_rows(const Image& src, const Affine& inv, Image& out) {
+    const double xmax = double(src.w - 1), ymax = double(src.h - 1);
+    for (int y = 0; y < out.h; ++y) {
         uint8_t* d = out.row(y);
-        for (int x = 0; x < w; ++x) {
+        for (int x = 0; x < out.w; ++x) {
             double sx = inv[0] * x + inv[1] * y + inv[2];
             double sy = inv[3] * x + inv[4] * y + inv[5];
             // clamping the coordinate is bilinear sampling with the border replicated
-            sx = std::isfinite(sx) ? std::clamp(sx, 0.0, double(src.w - 1)) : 0.0;
-            sy = std::isfinite(sy) ? std::clamp(sy, 0.0, double(src.h - 1)) : 0.0;
+            sx = std::isfinite(sx) ? std::clamp(sx, 0.0, xmax) : 0.0;
+            sy = std::isfinite(sy) ? std::clamp(sy, 0.0, ymax) : 0.0;
             const int x0 = int(sx), y0 = int(sy);
             const int x1 = std::min(x0 + 1, src.w - 1), y1 = std::min(y0 + 1, src.h - 1);
             const double fx = sx - x0, fy = sy - y0;
@@ -95,11 +102,23 @@ Image warp_affine(const Image& src, const Affine& m, int w, int h) {
                 const double v00 = r0[x0 * C + k], v01 = r0[x1 * C + k];
                 const double v10 = r1[x0 * C + k], v11 = r1[x1 * C + k];
                 const double top = v00 + fx * (v01 - v00), bot = v10 + fx * (v11 - v10);
-                const double v = top + fy * (bot - top);
-                d[x * C + k] = uint8_t(std::clamp(std::lround(v), 0L, 255L));
+                d[x * C + k] = round_pixel(top + fy * (bot - top));
             }
         }
     }
+}
+
+}  // namespace
+
+Image warp_affine(const Image& src, const Affine& m, int w, int h) {
+    if (src.empty() || w < 1 || h < 1) throw std::invalid_argument("warp_affine: empty image");
+    if (src.c != 1 && src.c != 3) throw std::invalid_argument("warp_affine: 1 or 3 channels");
+    const Affine inv = invert(m);
+    Image out(h, w, src.c);
+    if (src.c == 3)
+        warp_rows<3>(src, inv, out);
+    else
+        warp_rows<1>(src, inv, out);
     return out;
 }
 
