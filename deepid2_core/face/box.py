@@ -12,7 +12,10 @@ therefore gives them (`face_boxes`; `face_box` for the largest alone).
              see the boxes they were trained on. Images under 400 px on their longer side
              where it finds nothing are tried again upscaled 2x, then padded by 40 px.
              Where YuNet finds nothing, the "haar" rule follows (source "haar",
-             "haar_padded" or "central"). The pipeline's default.
+             "haar_padded" or "central"). The pipeline's default runs this rule in
+             C++ (deepid2_core.face.native) without the Haar fallback, which found
+             no face YuNet missed on LFW or celeba-lfwstyle; this Python form serves
+             another YuNet ONNX file (--model) and the studies.
   "central": the fixed central box always: a square of side 0.56 x min(H, W) centred at
              (0.5 W, 0.47 H) -- the median Haar box of the MTFL training images (9,324
              detections on 10,000 images).

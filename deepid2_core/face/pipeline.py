@@ -15,10 +15,13 @@ batch):
    reason);
 2. detect, landmarks:
 
-   * ``detector="yunet"`` (default): OpenCV's YuNet (``cv2.FaceDetectorYN``, the ONNX
-     model the package carries, or ``model``), each box mapped onto the box convention the
-     landmark nets were trained on (`deepid2_core.face.box.face_boxes`, "yunet"); where
-     YuNet finds nothing, the Haar rule below. The landmark ConvNet gives the points.
+   * ``detector="yunet"`` (default): the C++ pipeline (`deepid2_core.face.native`,
+     cpp/include/deepid2/pipeline.h): YuNet (the package's model, converted to
+     models/yunet.safetensors and run by this project's code), each box mapped onto the
+     box convention the landmark nets were trained on, small images retried upscaled,
+     then the landmark ConvNet and its cascade; no Haar fallback (it found nothing
+     YuNet missed on LFW and celeba-lfwstyle). With ``model`` (another YuNet ONNX file)
+     OpenCV runs the detector, with the Haar rule below where it finds nothing.
    * ``detector="haar"``: the box rule the shipped landmark model was trained
      on (`deepid2_core.face.box.face_boxes`): OpenCV's frontal-face Haar cascade with
      ``detectMultiScale``'s defaults (scale 1.1, 3 neighbours, 24 px), and where it finds
@@ -36,7 +39,7 @@ batch):
      (default) or "center" (nearest the image centre; LFW's convention).
 
 3. align: the least-squares similarity of the two eyes and the mouth-corner midpoint
-   onto the canonical positions (`align.align_face`; default 250 x 250, LFW's
+   onto the canonical positions (`align.align_face`, in C++; default 250 x 250, LFW's
    deep-funneled geometry);
 4. write the aligned face to OUT_DIR under the same relative path and file name (JPEG
    quality 95 for .jpg / .jpeg, lossless PNG for .png, the same format for .bmp, .tif,
@@ -60,9 +63,8 @@ any thread count), results are gathered in input order, so the same input and op
 give byte-identical CSVs and images whatever ``workers`` is.
 
 Parallelism: a thread pool (``workers``, default the usable CPUs, at most 8). The work
-is nearly all in code that drops the GIL: the numba Haar scan (``nogil=True``), OpenCV
-(decode, resize, warp, encode) and the C++ landmark ops; 2 threads on 2 cores run
-1.9x faster than one. YuNet's detector is one cv2 network behind a lock.
+is nearly all in code that drops the GIL: the C++ pipeline, OpenCV (decode, encode) and,
+with ``--detector haar``, the numba Haar scan (``nogil=True``).
 
 Safe writing: each aligned image is written to a hidden temporary file in its folder
 and renamed over the target, so an interrupted run leaves only whole images (and
