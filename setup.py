@@ -8,8 +8,11 @@ import glob
 import os
 import sys
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import find_packages, setup
+
+# the extension's ~40 files compile in parallel (DEEPID2_BUILD_JOBS, default all CPUs)
+ParallelCompile("DEEPID2_BUILD_JOBS", default=0).install()
 
 native = os.environ.get("DEEPID2_NATIVE", "1") != "0"
 args = ["-O3", "-fopenmp", "-ffp-contract=fast"]
