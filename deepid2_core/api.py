@@ -103,8 +103,8 @@ class Model:
         CPU backend, layout patches), else detection and alignment only."""
         from .face import native
         if self._faces is None:
-            be = getattr(self.verifier.extractor, "be", None)
-            cpu = getattr(be, "__name__", "").endswith(".cpu")
+            ext = self.verifier.extractor
+            cpu = ext is not None and ext.be.name == "cpu"
             if cpu and self.verifier.path and native.supports(self.verifier.path)[0]:
                 self._native = native.pipeline(self.verifier.path)
                 self._faces = self._native

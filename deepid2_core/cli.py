@@ -268,7 +268,7 @@ def cmd_verify(args):
         return 2 if failed else 0
     if args.image_b is None:
         raise ValueError("give two images A B (or --pairs FILE)")
-    from .verifier.commands import verify_main
+    from .face_commands import verify_main
     verify_main(args.image_a, args.image_b, model=args.model, aligned=args.aligned,
                 pick=args.pick)
     return 0
@@ -276,14 +276,14 @@ def cmd_verify(args):
 
 def cmd_enroll(args):
     checks.enroll_args(args)
-    from .verifier.gallery import enroll_main
+    from .face_commands import enroll_main
     enroll_main(args.folder, args.gallery, model=args.model, aligned=args.aligned)
     return 0
 
 
 def cmd_identify(args):
     checks.identify_args(args)
-    from .verifier.gallery import identify_main
+    from .face_commands import identify_main
     identify_main(args.images, args.gallery, model=args.model, top=args.top,
                   aligned=args.aligned)
     return 0

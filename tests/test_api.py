@@ -64,7 +64,7 @@ def test_embed_is_the_cli_features(model):
 
 
 def test_verify_matches_the_cli(model):
-    from deepid2_core.verifier.commands import verify_main
+    from deepid2_core.face_commands import verify_main
     for a, b, same in ((A[0], A[3], True), (A[0], C, False)):
         r = model.verify(str(a), Path(b))
         cli = verify_main(str(a), str(b), log=lambda *_: None)
@@ -130,7 +130,7 @@ def test_bad_inputs_raise_clear_value_errors(model, tmp_path):
 def test_the_cli_raises_the_same_errors(tmp_path, capsys):
     """`deepid2 verify` on a faceless photograph: NoFace inside, its line printed, exit 2."""
     from deepid2_core.cli import main
-    from deepid2_core.verifier.commands import verify_main
+    from deepid2_core.face_commands import verify_main
     if not A[0].is_file():
         pytest.skip(f"{DATA} has no LFW")
     blank = tmp_path / "blank.png"
@@ -144,7 +144,7 @@ def test_the_cli_raises_the_same_errors(tmp_path, capsys):
 
 
 def test_gallery_enroll_identify_save_load(model, tmp_path):
-    from deepid2_core.verifier.gallery import enroll_main, identify_main
+    from deepid2_core.face_commands import enroll_main, identify_main
     people = {"aaron": [str(A[0]), str(A[1]), str(A[2])], "adrian": [str(B[0])],
               "pascal": [str(C)]}
     g = deepid2.Gallery.enroll(model, people)

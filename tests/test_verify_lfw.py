@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deepid2_core.verifier.commands import verify_main
+from deepid2_core.face_commands import verify_main
 from deepid2_core.verifier.lfw import read_pairs
 
 DATA = Path(os.environ.get("DEEPID2_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

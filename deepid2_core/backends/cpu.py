@@ -19,6 +19,13 @@ except ImportError as e:  # pragma: no cover - depends on the install
 name = "cpu"
 xp = __import__("numpy")
 
+
+def extension():
+    """The compiled C++ library (deepid2_core._cpu): the ops above, and the face
+    pipeline that deepid2_core.face.native and face.landmarks run. Imported here,
+    where an unbuilt extension is explained."""
+    return _cpu
+
 lsconv_forward = _cpu.lsconv_forward
 lsconv_backward = _cpu.lsconv_backward
 lsconv_pool_forward = _cpu.lsconv_pool_forward

@@ -114,8 +114,8 @@ def warp(gray, m, size):
 
 def _native():
     """The C++ extension (imported through the cpu backend, which says how to build it)."""
-    from ..backends.cpu import _cpu
-    return _cpu
+    from ..backends.cpu import extension
+    return extension()
 
 
 def fold_target_stats(params, target_mean, target_std):
@@ -271,7 +271,7 @@ def _runs_in_cpp(model):
     flip_average=False and for the gpu backend; on the same crops both give the same
     points to float rounding (tests/test_landmarks_cpp.py)."""
     return (model.path is not None and model.flip_average
-            and getattr(model.be, "name", None) == "cpu")
+            and model.be.name == "cpu")
 
 
 def _levels(model):

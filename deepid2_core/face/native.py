@@ -23,8 +23,8 @@ _lock = threading.Lock()
 
 
 def _module():
-    from ..backends.cpu import _cpu      # the one place that explains an unbuilt extension
-    return _cpu
+    from ..backends.cpu import extension   # the one place that explains an unbuilt extension
+    return extension()
 
 
 def pipeline(verifier=None, landmarks=None):

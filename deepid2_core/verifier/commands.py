@@ -17,7 +17,6 @@ import numpy as np
 
 from ..checks import output_file
 from ..data import PatchSpec, scan_identities, spec_from_dict
-from ..errors import BadImage
 from ..progress import Progress
 from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names, patch_network
 from .lfw import flatten, missing_images, read_pairs
@@ -175,24 +174,6 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
         f"({', '.join(map(str, ver.impostor.sizes(1)))} people; means of "
         f"1-{max(ver.impostor.tables)} images); wrote {out}")
     return dict(threshold=ver.threshold, train_pair_accuracy=train_acc, images=len(keep))
-
-
-def verify_main(a, b, model=None, aligned=False, log=print, pick="largest"):
-    """`deepid2 verify A B`: the API's Model.verify (aligned: the faces as they are)."""
-    from ..api import Match, Model
-    m = Model(Verifier.load(model, progress=False), pick)
-    if aligned:
-        faces, problems = prepare_faces([a, b], aligned=True, progress=False)
-        for p in (a, b):
-            if p in problems:
-                raise BadImage(problems[p])
-        score = float(m.verifier.score(*np.split(m.verifier.features([faces[a], faces[b]]), 2))[0])
-        r = Match(score >= m.threshold, score, m.threshold)
-    else:
-        r = m.verify(a, b)
-    log(f"{'same person' if r.same else 'different people'}: score {r.score:.3f}, "
-        f"threshold {r.threshold:.3f}")
-    return dict(same=r.same, score=r.score, threshold=r.threshold)
 
 
 def read_pair_lines(path):

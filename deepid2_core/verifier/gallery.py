@@ -1,5 +1,6 @@
-"""`deepid2 enroll` and `deepid2 identify`: a gallery of identities, each the
-mean raw feature of its enrolment images, scored by the model's Joint Bayesian.
+"""The gallery of `deepid2 enroll` and `identify` (their commands are in
+face_commands.py): identities, each the mean raw feature of its enrolment
+images, scored by the model's Joint Bayesian.
 
 Open-set threshold (FAR = 1%: at most 1% of the probes of people not in the
 gallery are taken for someone in it): from the model's impostor statistics,
@@ -19,7 +20,6 @@ threshold, far and the model key, so a gallery is never scored by another model.
 """
 import json
 import os
-import sys
 import zipfile
 
 import numpy as np
@@ -27,40 +27,11 @@ import numpy as np
 from ..progress import note
 from .. import safetensors
 from ..checks import output_file
-from ..data import scan_identities
-from ..errors import BadGalleryFile, BadImage, NoFace
-from .commands import extract_paths
+from ..errors import BadGalleryFile
 from .impostor import stored_format
-from .model import IMPOSTOR_KEY, Verifier
+from .model import IMPOSTOR_KEY
 
 FAR = 0.01
-
-
-def _features_of_faces(m, paths, aligned, chunk=256):
-    """Raw features of the images with a face, through the API's Model:
-    (features, kept paths, problems: a BadImage or NoFace per other image)."""
-    if aligned:
-        feats, keep, problems = extract_paths(m.extractor, paths)
-        return feats, [paths[i] for i in keep], [BadImage(p) for p in problems]
-    from ..api import Model
-    model = Model(m)
-    feats, kept, problems = [], [], []
-    for s in range(0, len(paths), chunk):
-        found = []
-        for p in paths[s:s + chunk]:
-            try:
-                (img, pts, name), = model._first_faces([p])
-            except BadImage as e:
-                problems.append(e)
-                continue
-            if pts is None:
-                problems.append(NoFace(f"no face found in {name}"))
-                continue
-            found.append((img, pts))
-            kept.append(p)
-        if found:
-            feats.append(model._features(found))
-    return (np.concatenate(feats) if feats else None), kept, problems
 
 
 def open_set_threshold(m, feats, labels, far=FAR):
@@ -178,51 +149,3 @@ def best_candidates(scores, names, top):
     """[(name, score)] of the top identities of one probe's scores, best first."""
     order = np.argsort(-scores, kind="stable")[:top]
     return [(names[j], float(scores[j])) for j in order]
-
-
-def _to_stderr(text):
-    print(text, file=sys.stderr)
-
-
-def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_stderr):
-    """log: the result line (stdout); warn: skipped images and notes (stderr)."""
-    check_gallery_path(gallery)
-    ids = scan_identities(folder)
-    m = Verifier.load(model)
-    paths = [p for _, ps in ids for p in ps]
-    owner = {p: name for name, ps in ids for p in ps}
-    feats, kept, problems = _features_of_faces(m, paths, aligned)
-    for e in problems:
-        warn(f"skipped: {e}")
-    labels = np.array([owner[p] for p in kept])
-    names, means, counts, t, tar, how = enrol(m, feats, labels, folder)
-    save_gallery(gallery, names, means, counts, t, m.key())
-    log(f"enrolled {len(names)} identities from {len(kept)} images ({len(problems)} skipped); "
-        f"open-set threshold {t:.3f} at FAR {FAR:.0%} {how}"
-        + (f" (true accept rate {tar:.3f} on the enrolment images)" if tar is not None else "")
-        + f"; wrote {gallery}")
-    return dict(identities=len(names), images=len(kept), threshold=t, tar=tar)
-
-
-def identify_main(images, gallery, model=None, top=1, aligned=False, log=print,
-                  warn=_to_stderr):
-    """log: one result line per identified image (stdout); warn: the images
-    that could not be identified (stderr). The summary of those is raised."""
-    if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
-    from ..api import Gallery, Model
-    m = Verifier.load(model, progress=False)
-    g = Gallery.load(gallery, Model(m))
-    feats, kept, problems = _features_of_faces(m, list(images), aligned)
-    results = {}
-    for p, r in zip(kept, g.identify_features(feats, top) if kept else ()):
-        results[p] = r.name or "unknown"
-        alts = ", ".join(f"{n} {v:.3f}" for n, v in r.candidates)
-        log(f"{p}: {results[p]} (threshold {r.threshold:.3f}; best: {alts})")
-    for e in problems:
-        warn(f"error: {e}")
-    if problems:
-        first = problems[0]
-        raise type(first)(f"{len(problems)} of {len(images)} images could not be identified: "
-                          f"{first}")
-    return results
