@@ -7,6 +7,7 @@
 #include <set>
 
 #include "deepid2/model.h"
+#include "../gemm.h"
 #include "../infer/json.h"
 #include "yunet_ops.h"
 
@@ -39,6 +40,7 @@ struct Node {
     int weight = -1, bias = -1;  // Conv: indices into Impl::consts
     int groups = 1, kh = 1, kw = 1, sh = 1, sw = 1, pads[4] = {0, 0, 0, 0};
     bool relu = false;            // Conv: a following Relu fused in
+    std::vector<float> packed;    // Conv: the weight packed for the SGEMM (pack_conv_weights)
     int fy = 1, fx = 1;           // Resize
     std::vector<int64_t> dims;    // Transpose: perm; Reshape: shape
 };
@@ -134,6 +136,12 @@ struct Graph::Impl {
     Shape infer(const Node& nd, const std::vector<const Shape*>& in) const;
     void check_attrs(const Value& attrs, const std::set<std::string>& allowed,
                      const std::string& what) const;
+    // A Conv node's shape on an input of shape x (checked by infer).
+    ConvShape conv_shape(const Node& nd, const Shape& x) const {
+        const Shape& w = consts[size_t(nd.weight)].shape;
+        return {int(x[0]), int(x[1]), int(x[2]), int(x[3]), int(w[0]), nd.groups, nd.kh, nd.kw,
+                nd.sh, nd.sw, nd.pads[0], nd.pads[1], nd.pads[2], nd.pads[3]};
+    }
 };
 
 void Graph::Impl::check_attrs(const Value& attrs, const std::set<std::string>& allowed,
@@ -414,6 +422,12 @@ Graph Graph::from_file(const safetensors::File& f) {
         fused.push_back(std::move(nd));
     }
     impl->nodes = std::move(fused);
+    for (Node& nd : impl->nodes) {  // each weight packed for the SGEMM once
+        if (nd.op != Op::Conv) continue;
+        const Tensor& w = impl->consts[size_t(nd.weight)];
+        if (w.shape[1] * nd.groups <= kMaxElements / 2)
+            nd.packed = pack_conv_weights(impl->conv_shape(nd, {1, w.shape[1] * nd.groups, 1, 1}), w.data.data());
+    }
     impl->last_use.assign(size_t(impl->n_values), -1);
     for (size_t i = 0; i < impl->nodes.size(); ++i)
         for (int id : impl->nodes[i].inputs) impl->last_use[size_t(id)] = int(i);
@@ -453,9 +467,11 @@ std::vector<Tensor> Graph::run(Tensor input) const {
         const Shape& s = x.shape;
         switch (nd.op) {
         case Op::Conv: {
-            const Tensor& w = g.consts[size_t(nd.weight)];
-            const ConvShape cs{int(s[0]), int(s[1]), int(s[2]), int(s[3]), int(w.shape[0]), nd.groups, nd.kh, nd.kw, nd.sh, nd.sw, nd.pads[0], nd.pads[1], nd.pads[2], nd.pads[3]};
-            conv2d(cs, x.data.data(), w.data.data(), nd.bias >= 0 ? g.consts[size_t(nd.bias)].data.data() : nullptr, nd.relu, y.data.data(), scratch);
+            ConvWeights w;
+            w.weight = g.consts[size_t(nd.weight)].data.data();
+            w.bias = nd.bias >= 0 ? g.consts[size_t(nd.bias)].data.data() : nullptr;
+            w.packed = nd.packed.empty() ? nullptr : nd.packed.data();
+            conv2d(g.conv_shape(nd, s), w, nd.relu, x.data.data(), y.data.data(), scratch);
             break;
         }
         case Op::Relu:
@@ -479,6 +495,12 @@ std::vector<Tensor> Graph::run(Tensor input) const {
             std::copy(x.data.begin(), x.data.end(), y.data.begin());
             break;
         case Op::Transpose: {
+            if (nd.dims == Shape{0, 2, 3, 1}) {  // NCHW to NHWC: a matrix transpose per image
+                const int64_t c = s[1], hw = s[2] * s[3];
+                for (int64_t n = 0; n < s[0]; ++n)
+                    transpose(int(c), int(hw), x.data.data() + n * c * hw, hw, y.data.data() + n * c * hw, c);
+                break;
+            }
             // y index walks in order; the matching x offset from x's strides
             const size_t r = s.size();
             std::vector<int64_t> xstride(r, 1), idx(r, 0);
