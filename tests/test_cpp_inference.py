@@ -392,3 +392,32 @@ def test_format_2_argument_checks(tmp_path):
         verifier.patch_features([[q.astype(np.float32) for q in patches]])
     with pytest.raises(ValueError, match="fitted on features and has no patch networks"):
         Verifier(verifier.pca, verifier.jb, 0.0).features(_faces(1, seed=2))
+
+
+DATA = Path(os.environ.get("DEEPID2_DATA", Path(REPO).parent / "shared" / "data"))
+PHOTOS = ["Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg",
+          "Abdullah_Gul/Abdullah_Gul_0001.jpg", "George_W_Bush/George_W_Bush_0007.jpg",
+          "Pascal_Rheaume/Pascal_Rheaume_0001.jpg", "Adrian_Nastase/Adrian_Nastase_0002.jpg"]
+
+
+def test_cpp_pipeline_features_equal_pythons_on_lfw_photographs(tools, tmp_path):
+    """One implementation: a C++ program (its own JPEG decoder, deepid2::Pipeline) and
+    the Python API give the same features, bit for bit, for real photographs."""
+    import deepid2_core
+    bench = os.path.join(os.path.dirname(tools["deepid2_dump"]), "deepid2_bench_pipeline")
+    photos = [str(DATA / "lfw" / p) for p in PHOTOS]
+    if not all(os.path.isfile(p) for p in photos):
+        pytest.skip(f"{DATA} has no LFW (set DEEPID2_DATA to the shared data folder)")
+    if not os.path.isfile(bench):
+        pytest.skip(f"{bench} was not built (no libjpeg/libpng found by CMake)")
+    out = tmp_path / "features.f32"
+    r = subprocess.run([bench, "--models", os.path.join(REPO, "deepid2_core", "models"),
+                        "--warmup", "0", "--features", str(out), *photos],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    model = deepid2_core.load()
+    cpp = np.fromfile(out, np.float32).reshape(len(photos), -1)
+    ours = np.stack([model.embed(p) for p in photos])
+    assert np.isfinite(cpp).all() and cpp.shape == ours.shape
+    np.testing.assert_array_equal(cpp, ours)
+    assert len({row.tobytes() for row in cpp}) == len(photos)     # six photos, six vectors

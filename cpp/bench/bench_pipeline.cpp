@@ -1,7 +1,7 @@
 // Speed of the C++ face pipeline per photograph, one thread: read (decode the
 // file) + detect (YuNet and the landmarks) + embed (align, cut the patches, run
 // the networks) of the first face, as bench/bench_pipeline.py times the others.
-//   deepid2_bench_pipeline [--models DIR] [--warmup N] [--json] PHOTO...
+//   deepid2_bench_pipeline [--models DIR] [--warmup N] [--json] [--features OUT.f32] PHOTO...
 // Each photo is timed once, after N (default 3) untimed runs over the first
 // photos. Prints median and mean ms per stage and in all; --json prints one
 // JSON object instead: {"photos", "no_face", "total_ms": [...], "read_ms",
@@ -10,6 +10,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <stdexcept>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +33,7 @@ double ms_since(Clock::time_point t0) {
 struct Timings {
     std::vector<double> read, detect, embed, total;
     int no_face = 0;
+    std::vector<std::vector<float>> features;  // per photo; empty where no face
 };
 
 // One photo through the pipeline; its times appended to `t` when given.
@@ -51,6 +54,17 @@ void run_one(const deepid2::Pipeline& pipeline, const std::string& path, Timings
     t->embed.push_back(embed);
     t->total.push_back(read + detect + embed);
     t->no_face += faces.empty();
+    t->features.push_back(std::move(features));
+}
+
+// Each photo's features, feature_dim float32 each (NaN where no face): for
+// tests/test_cpp_inference.py, which compares them with Python's bit for bit.
+void write_features(const std::string& path, const Timings& t, int dim) {
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) throw std::runtime_error("cannot write " + path);
+    const std::vector<float> none(size_t(dim), std::nanf(""));
+    for (const auto& v : t.features) std::fwrite((v.empty() ? none : v).data(), 4, size_t(dim), f);
+    if (std::fclose(f) != 0) throw std::runtime_error("cannot write " + path);
 }
 
 double median(std::vector<double> v) {
@@ -74,6 +88,7 @@ void print_json_list(const char* name, const std::vector<double>& v, bool last) 
 int main(int argc, char** argv) {
     std::string models;
     int warmup = 3;
+    std::string features_out;
     bool json = false, bad_option = false;
     std::vector<std::string> photos;
     for (int i = 1; i < argc; ++i) {
@@ -81,11 +96,12 @@ int main(int argc, char** argv) {
         if (arg == "--models" && i + 1 < argc) models = argv[++i];
         else if (arg == "--warmup" && i + 1 < argc) warmup = std::max(0, std::atoi(argv[++i]));
         else if (arg == "--json") json = true;
+        else if (arg == "--features" && i + 1 < argc) features_out = argv[++i];
         else if (arg.rfind("-", 0) == 0) bad_option = true;
         else photos.push_back(arg);
     }
     if (photos.empty() || bad_option) {
-        std::fprintf(stderr, "usage: %s [--models DIR] [--warmup N] [--json] PHOTO...\n", argv[0]);
+        std::fprintf(stderr, "usage: %s [--models DIR] [--warmup N] [--json] [--features OUT.f32] PHOTO...\n", argv[0]);
         return 2;
     }
     omp_set_num_threads(1);  // one thread, as the other pipelines are timed
@@ -95,6 +111,7 @@ int main(int argc, char** argv) {
         for (int i = 0; i < warmup; ++i) run_one(pipeline, photos[size_t(i) % photos.size()], nullptr);
         Timings t;
         for (const std::string& p : photos) run_one(pipeline, p, &t);
+        if (!features_out.empty()) write_features(features_out, t, pipeline.model().feature_dim());
         if (json) {
             std::printf("{\"photos\": %zu, \"no_face\": %d, ", photos.size(), t.no_face);
             print_json_list("total_ms", t.total, false);
