@@ -2,6 +2,7 @@
 # Bounded-time fuzzing under ASan + UBSan, SECONDS for each target: the
 # verifier file, the detector file, and the pipeline on hostile images.
 #   cpp/fuzz/run_fuzz.sh [SECONDS=60] [BUILD_DIR=build/fuzz]
+# DEEPID2_FUZZ_OPT=-O0 builds faster and runs slower (CI's smoke test); default -O1.
 # With clang++ and libFuzzer: libFuzzer over cpp/fuzz/corpus plus valid
 # models written at run time; otherwise the deterministic mutation driver
 # (g++). Exits non-zero on any crash, leak or sanitizer report.
@@ -13,7 +14,8 @@ CXX_FOR_FUZZ=${CXX:-}
 if [ -z "$CXX_FOR_FUZZ" ] && command -v clang++ >/dev/null 2>&1; then CXX_FOR_FUZZ=clang++; fi
 configure() {
     cmake -S cpp -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDEEPID2_FUZZ=ON \
-          -DDEEPID2_TESTS=OFF -DDEEPID2_EXAMPLES=OFF ${1:+-DCMAKE_CXX_COMPILER=$1} >/dev/null
+          -DDEEPID2_TESTS=OFF -DDEEPID2_EXAMPLES=OFF -DDEEPID2_FUZZ_OPT="${DEEPID2_FUZZ_OPT:--O1}" \
+          ${1:+-DCMAKE_CXX_COMPILER=$1} >/dev/null
 }
 if ! configure "$CXX_FOR_FUZZ"; then
     # e.g. clang++ without an OpenMP runtime: the default compiler's mutation driver
