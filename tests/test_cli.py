@@ -42,5 +42,6 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_verifies_unseen_identities(tmp_path):
     from deepid2_core.demo import run_demo
-    result = run_demo(str(tmp_path / "demo"), seed=0, seconds=120)
+    result = run_demo(str(tmp_path / "demo"), seed=0)
     assert result["accuracy"] >= 0.9, result
+    assert result["epochs"] == 25        # a fixed number, whatever the machine's speed

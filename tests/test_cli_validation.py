@@ -65,6 +65,7 @@ def _cases(w):
         (["identify", img, "--gallery", f], "--gallery .* is a folder, not a gallery file"),
         (["identify", img, "--gallery", f"{nodir}/g.npz"], "--gallery .* does not exist"),
         (["identify", img, "--gallery", gal, "--top", "0"], "--top must be at least 1, got 0"),
+        (["demo", "--epochs", "0"], "--epochs must be at least 1, got 0"),
         (["identify", img, "--gallery", gal, "--model", f], folder_model),
         (["verify", img, img, "--model", f], folder_model),
         (["verify", img, img, "--model", f"{nodir}/m.safetensors"], "--model .* does not exist"),

@@ -14,7 +14,7 @@
 #include <string>
 #include <tuple>
 
-#include "array_checks.h"
+#include "../array_checks.h"
 #include "deepid2/model.h"
 #include "face/landmarks.h"
 
