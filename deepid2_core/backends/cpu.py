@@ -9,9 +9,37 @@ from collections import namedtuple
 
 from deepid2_core.backends.cpu_batch import assemble_batch
 
+
+def _built_copy_elsewhere(package):
+    """The first other sys.path entry holding a deepid2_core with a built _cpu (an
+    installed package that this one shadows), else None."""
+    import glob
+    import os
+    import sys
+    from importlib.machinery import EXTENSION_SUFFIXES
+    here = os.path.realpath(package)
+    for entry in sys.path:
+        other = os.path.join(os.path.abspath(entry or os.curdir), "deepid2_core")
+        if os.path.realpath(other) == here:
+            continue
+        if any(glob.glob(os.path.join(glob.escape(other), "_cpu*" + suffix))
+               for suffix in EXTENSION_SUFFIXES):
+            return other
+    return None
+
+
 try:
     from deepid2_core import _cpu
 except ImportError as e:  # pragma: no cover - depends on the install
+    import os
+    _package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # after `pip install .`, running from the repository root imports the source tree
+    # first: the build is fine, the folder is the problem
+    if _built_copy_elsewhere(_package) is not None:
+        raise ImportError(
+            f"the deepid2_core imported from {_package} is the source tree, which shadows the "
+            f"installed package: run from another folder, or build it in place with "
+            f"pip install -e .") from e
     raise ImportError(
         "deepid2_core._cpu is not built: install the package with "
         "`pip install -e .[test]` (needs a C++17 compiler with OpenMP)") from e
