@@ -314,6 +314,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         if action.default is None or action.default is False:
             return action.help
+        if "default" in (action.help or ""):   # the help says it in its own words already
+            return action.help
         return super()._get_help_string(action)
 
 
@@ -502,11 +504,23 @@ def _landmark_parsers(sub):
     ev.set_defaults(func=cmd_eval_landmarks)
 
 
+def _version():
+    """The installed distribution's version; the package's own when run from a source
+    tree that was never installed."""
+    from importlib import metadata
+    from . import __version__
+    try:
+        return metadata.version("deepid2")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="deepid2", description="Face verification with DeepID2: verify, enroll and identify "
         "faces in photographs, align folders of faces, and train your own models. "
         "`deepid2 COMMAND --help` tells each command's options.")
+    p.add_argument("--version", action="version", version=f"deepid2 {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = _command(sub, "synth", "draw procedural faces into LFW-style identity folders")

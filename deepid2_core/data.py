@@ -74,8 +74,10 @@ def scan_identities(root):
         if files:
             out.append((name, [os.path.join(d, f) for f in files]))
     if not out:
-        raise ValueError(f"dataset folder {root!r} has no identity folders with images "
-                         f"(expected {root}/<identity>/*.jpg|*.jpeg|*.png)")
+        # os.path.join: a root given as "people/" must not print "people//<name>"
+        raise ValueError(f"dataset folder {root!r} has no identity folders with images: it "
+                         f"needs one folder of images per person, "
+                         f"{os.path.join(root, '<name>', '*.jpg')} (or .jpeg, .png)")
     return out
 
 

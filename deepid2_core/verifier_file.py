@@ -18,6 +18,8 @@ from .nets.deepid2 import NetConfig, param_shapes
 
 FORMAT = "deepid2-verifier/1"     # metadata "net": one config shared by all patches
 FORMAT_V2 = "deepid2-verifier/2"  # metadata "nets": a list of P configs
+# what `deepid2 train` writes (training/deepid2.py): best.safetensors, checkpoint.safetensors
+TRAINED_NET_FORMATS = ("deepid2-model/1", "deepid2-checkpoint/1")
 _RESERVED = ("format", "net", "nets", "patches", "layout", "verifier")
 
 
@@ -163,6 +165,10 @@ def read_verifier_file(path):
     when stored, l2_threshold / cosine_threshold."""
     tensors, meta = safetensors.load(path)
     fmt = meta.get("format")
+    if fmt in TRAINED_NET_FORMATS:   # the likeliest mistake: a run's model given as --model
+        raise ValueError(f"{path} is a network trained by `deepid2 train` (format {fmt!r}), "
+                         f"not a verifier: make one from it with `deepid2 fit-verifier --nets "
+                         f"RUN_FOLDER --data FACES --out verifier.safetensors`")
     if fmt not in (FORMAT, FORMAT_V2):
         raise ValueError(f"{path}: format is {fmt!r}, expected {FORMAT!r} or {FORMAT_V2!r}")
     try:

@@ -194,3 +194,45 @@ def test_the_api_names_a_folder_given_as_model(tmp_path):
     from deepid2_core.errors import BadModelFile
     with pytest.raises(BadModelFile, match="is a folder, not a model file"):
         deepid2.load(str(tmp_path))
+
+
+def test_version(capsys):
+    import re
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    setup = open(os.path.join(os.path.dirname(__file__), "..", "setup.py")).read()
+    version = re.search(r'version="([^"]+)"', setup).group(1)
+    assert capsys.readouterr().out.strip() == f"deepid2 {version}"
+
+
+def test_help_says_each_default_once():
+    """The formatter adds "(default: X)" unless the help already says it."""
+    import argparse
+    import re
+    from deepid2_core.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        text = " ".join(parser.format_help().split())
+        twice = re.findall(r"default[^()]*\)\s*\(default:[^)]*\)", text)
+        assert not twice, (name, twice)
+    verify = " ".join(sub.choices["verify"].format_help().split())
+    assert "default: largest)" in verify
+
+
+def test_enroll_on_a_folder_without_identity_folders(tmp_path, capsys):
+    (tmp_path / "e5").mkdir()
+    cv2.imwrite(str(tmp_path / "e5" / "loose.jpg"), np.full((64, 64, 3), 128, np.uint8))
+    assert main(["enroll", f"{tmp_path / 'e5'}/", "--gallery", str(tmp_path / "g.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "//" not in err, err
+    assert "has no identity folders" in err and f"{tmp_path / 'e5' / '<name>' / '*.jpg'}" in err
+
+
+def test_identify_with_a_photo_as_gallery(tmp_path, capsys):
+    photo = str(tmp_path / "photo.jpg")
+    cv2.imwrite(photo, np.full((64, 64, 3), 128, np.uint8))
+    assert main(["identify", photo, "--gallery", photo]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"deepid2 identify: error: {photo} is not a gallery file (a .npz or "
+                   f".safetensors file written by `deepid2 enroll`)"), err

@@ -150,7 +150,23 @@ def test_enroll_identify_errors(world, tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"junk")
     assert main(["identify", str(one / "a.jpg"), "--gallery", str(tmp_path / "bad.npz"),
                  "--model", str(world["model"])]) == 2
-    assert "not a deepid2 gallery" in capsys.readouterr().err
+    assert "bad.npz is not a gallery file" in capsys.readouterr().err
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 a zip cut short")
+    assert main(["identify", str(one / "a.jpg"), "--gallery", str(tmp_path / "cut.npz"),
+                 "--model", str(world["model"])]) == 2
+    assert "not a deepid2 gallery" in capsys.readouterr().err   # a damaged one
+
+
+def test_a_training_run_as_model_names_fit_verifier(world, capsys):
+    """best.safetensors / checkpoint.safetensors of `deepid2 train` are networks, not
+    verifiers: the line says how to make one."""
+    img = next((world["faces"] / "synth00000").iterdir())
+    for name in ("best.safetensors", "checkpoint.safetensors"):
+        assert main(["verify", str(img), str(img), "--aligned",
+                     "--model", str(world["run"] / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "`deepid2 fit-verifier --nets" in err, err
+        assert "not a verifier" in err
 
 
 def test_eval_lfw_on_synthetic_pairs(world, tmp_path, capsys):

@@ -97,6 +97,21 @@ def save_gallery(path, names, means, counts, threshold, key):
         raise BadGalleryFile(f"gallery file {path} must end in .npz or .safetensors")
 
 
+def _container(path):
+    """"npz" or "safetensors" from the file's first bytes (a zip's signature; a
+    safetensors file's 8-byte header length, then its JSON header), else None; an empty
+    file by its name."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:   # an empty file is a damaged gallery (a write cut short), not a photo
+        return "safetensors" if path.endswith(".safetensors") else "npz"
+    if head[:2] == b"PK":
+        return "npz"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
 def load_gallery(path):
     """names, means (K x D), counts, threshold and model_key of a gallery
     file; BadGalleryFile, one line, when it is missing, truncated or damaged."""
@@ -104,8 +119,12 @@ def load_gallery(path):
         raise BadGalleryFile(f"gallery file {path} is a folder, not a gallery file")
     if not os.path.isfile(path):
         raise BadGalleryFile(f"gallery file {path} does not exist (make it with `deepid2 enroll`)")
+    kind = _container(path)
+    if kind is None:   # a photograph or a text file: numpy's own error would speak of pickles
+        raise BadGalleryFile(f"{path} is not a gallery file (a .npz or .safetensors file "
+                             f"written by `deepid2 enroll`)")
     try:
-        if path.endswith(".safetensors"):
+        if kind == "safetensors":
             t, meta = safetensors.load(path)
         else:
             with np.load(path, allow_pickle=False) as z:
