@@ -151,7 +151,8 @@ def fit_verifier_args(args):
                              "or its best.safetensors)")
     existing_dir(args.data, "--data")
     output_file(args.out, MODEL_EXTS, "--out")
-    positive_int(args.pca, "--pca")
+    if args.pca is not None:   # None: fit_verifier_main picks it from the data
+        positive_int(args.pca, "--pca")
     positive_int(args.pairs, "--pairs")
     if args.cache is not None:
         output_dir(args.cache, "--cache")

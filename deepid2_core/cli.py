@@ -345,7 +345,8 @@ def _verifier_parsers(sub):
                         "K` runs); each network's own patch is read from its file")
     f.add_argument("--data", required=True, help="identity folders of aligned faces")
     f.add_argument("--out", required=True, help="the verifier file (.safetensors)")
-    f.add_argument("--pca", type=int, default=180, help="PCA dimension")
+    f.add_argument("--pca", type=int, default=None,
+                   help="PCA dimension (default: 180, or fewer where the features span fewer)")
     f.add_argument("--pairs", type=int, default=3000,
                    help="training pairs of each kind for the thresholds")
     f.add_argument("--seed", type=int, default=0, help="seed of the pairs drawn for the thresholds")

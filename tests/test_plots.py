@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from deepid2_core.plot import nice_ticks, plot_history, tick_label
+from deepid2_core.plot import loss_series, nice_ticks, plot_history, tick_label
 from deepid2_core.training.landmarks import plot_history as plot_landmark_history
 from deepid2_core.verifier.metrics import roc_curve
 from deepid2_core.verifier.roc_plot import plot_roc
@@ -78,3 +78,12 @@ def test_roc_plot_has_labelled_axes_and_the_legend_below(tmp_path):
     assert below[:20].sum() > 40 and below[25:].sum() > 60 and left.sum() > 150
     legend = img[y0 + h + 46:, x0:x0 + w]
     assert (np.abs(legend.astype(int) - (200, 80, 30)).max(axis=2) < 40).any()
+
+
+def test_the_verification_loss_says_it_is_unweighted():
+    # issue 25: verif (up to ~10) drawn above the total (~0.5) read as a bug
+    names = dict((name, v) for name, v in loss_series(history(3)))
+    verif = next(n for n in names if n.startswith("verification loss"))
+    assert "unweighted" in verif and "lambda x it" in verif
+    assert names[verif] == [h["verif"] for h in history(3)]
+    assert any("lambda x verif" in n for n in names if n.startswith("total"))

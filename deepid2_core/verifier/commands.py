@@ -22,6 +22,7 @@ from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names, pat
 from .lfw import flatten, missing_images, read_pairs
 from .metrics import auc, eer, kfold_accuracy, roc_curve, tar_at_far
 from .model import Verifier, sample_pairs
+from .pca import DEFAULT_DIM
 
 
 def _backend(name="cpu"):
@@ -126,14 +127,15 @@ def _to_stderr(text):
     print(text, file=sys.stderr)
 
 
-def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
+def fit_verifier_main(nets, data, out, pca=None, n_pairs=3000, seed=0,
                       backend="cpu", cache_dir=None, log=print, em_iters=None, em_tol=None,
                       warn=_to_stderr):
     """Features of every image under data (identity folders of aligned faces)
     -> PCA + Joint Bayesian, thresholds on training pairs, the best scores of
     outsider probes over simulated galleries (impostor.py) -> verifier file. em_iters, em_tol:
     JointBayesian.fit's max_iter and tol (None: its defaults). log: the result
-    line (stdout); warn: progress and skipped images (stderr)."""
+    line (stdout); warn: progress and skipped images (stderr). pca=None: 180,
+    or the rank of the features where that is less (with a note)."""
     output_file(out, (".safetensors",), "--out")   # before any work
     layout_obj, networks = fit_layout(nets)
     ids = scan_identities(data)
@@ -153,13 +155,18 @@ def fit_verifier_main(nets, data, out, pca=180, n_pairs=3000, seed=0,
     warn(f"{len(keep)} images of {len(np.unique(labels))} identities, features "
          f"{feats.shape[1]}-d")
     rank = min(len(feats) - 1, feats.shape[1])
-    if pca > rank:
+    if pca is not None and pca > rank:
         raise ValueError(f"--pca {pca} exceeds what {len(feats)} images of {feats.shape[1]}-d "
                          f"features allow (at most {rank})")
     jb = {k: v for k, v in (("max_iter", em_iters), ("tol", em_tol)) if v is not None}
     t0 = time.perf_counter()
     ver = Verifier.fit(feats, labels, d=pca, n_pairs=n_pairs, seed=seed, **jb)
     fit_s = time.perf_counter() - t0
+    if pca is None:
+        pca = ver.pca.dim
+        if pca < DEFAULT_DIM:
+            warn(f"note: PCA {pca} dimensions, not the default {DEFAULT_DIM}: the features of "
+                 f"{len(feats)} images span only {pca} (--pca sets it; more images allow more)")
     a, b, same = sample_pairs(labels, n_pairs, seed + 1)
     train_acc = float(np.mean((ver.score(feats[a], feats[b]) >= ver.threshold) == same))
     meta = {"trained_on": json.dumps({"data": os.path.abspath(data), "images": len(keep),

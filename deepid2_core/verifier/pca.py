@@ -53,10 +53,12 @@ class PCA:
 
     @classmethod
     def fit(cls, features, d=DEFAULT_DIM):
+        """d=None: min(DEFAULT_DIM, the rank of the features), a default that
+        follows the data (a small training set has fewer than 180 directions)."""
         x = as_feature_matrix(features, "PCA training features")
         n, dim_in = x.shape
-        d = int(d)
-        if d < 1:
+        d = None if d is None else int(d)
+        if d is not None and d < 1:
             raise ValueError(f"PCA dimension d must be at least 1, got {d}")
         if n < 2:
             raise ValueError(f"PCA needs at least 2 training samples, got {n}")
@@ -69,6 +71,11 @@ class PCA:
             _, s, vt = np.linalg.svd(xc, full_matrices=False)
             var, vec = s ** 2 / (n - 1), vt.T
         rank = int(np.sum(var > RANK_TOL * max(var[0], 0.0))) if var[0] > 0 else 0
+        if d is None:
+            d = min(DEFAULT_DIM, rank)
+            if d < 1:
+                raise ValueError(f"the PCA training features ({n} samples of dimension "
+                                 f"{dim_in}) have rank 0: all samples are the same")
         if d > rank:
             raise ValueError(
                 f"PCA dimension d={d} exceeds the rank {rank} of the training features "
