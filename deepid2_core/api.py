@@ -7,7 +7,7 @@ for a program.
     vec = model.embed(image)                # 1-d float32 features of the largest face, or None
     vecs = model.embed_many(images)         # one call for many images
     r = model.verify(image_a, image_b)      # Match(same, score, threshold)
-    gallery = deepid2.Gallery.enroll(model, {"name": [image, ...]})
+    gallery = deepid2.Gallery.enroll(model, {"name": [image, ...]})   # 1 person or more
     gallery.identify(image, top=3)          # Identification(name, score, candidates, threshold)
 
 An image is a file path, a numpy H x W x 3 uint8 array in RGB order (as PIL
@@ -52,8 +52,9 @@ class Identification(NamedTuple):
 
 def load(path=None, backend="cpu", pick="largest"):
     """The verifier model file at path (None: the shipped model) on backend
-    "cpu" or "gpu"; pick: which face of a photograph is used ("largest" or
-    "center", the one nearest the image centre)."""
+    "cpu" or "gpu"; pick: which face of a photograph with several is used
+    ("largest" or "center", the one nearest the image centre) by embed,
+    verify and a Gallery's enroll and identify (`--pick` of the commands)."""
     from .verifier.model import Verifier
     return Model(Verifier.load(path, backend=backend, progress=False), pick)
 
@@ -121,12 +122,19 @@ class Model:
         return [Face(tuple(float(v) for v in box), pts, float(score))
                 for box, pts, score in faces]
 
-    def _first_faces(self, images):
-        """[(BGR image, its first face's landmarks or None, name)] per image."""
+    def _first_faces(self, images, warn=None):
+        """[(BGR image, its first face's landmarks or None, name)] per image;
+        warn (a function of one line) is told which face of a photograph with
+        several was used."""
         out = []
         for image in images:
             img, name = _image(image)
             faces = self._pipeline().detect(img, self.pick)
+            if warn is not None and len(faces) > 1:
+                box = ", ".join(f"{float(v):.0f}" for v in faces[0][0])
+                which = "largest" if self.pick == "largest" else "one nearest the centre"
+                warn(f"{name}: {len(faces)} faces found; used the {which}, box "
+                     f"(x, y, w, h) = ({box}) (--pick largest|center)")
             out.append((img, faces[0][1] if faces else None, name))
         return out
 
@@ -152,18 +160,19 @@ class Model:
         feats = iter(self._features(found) if found else ())
         return [None if pts is None else next(feats) for _, pts, _ in faces]
 
-    def _embed_or_raise(self, images):
+    def _embed_or_raise(self, images, warn=None):
         """Features of the first face of each image; NoFace naming the first without."""
-        faces = self._first_faces(images)
+        faces = self._first_faces(images, warn)
         for _, pts, name in faces:
             if pts is None:
                 raise NoFace(f"no face found in {name}")
         return self._features([(img, pts) for img, pts, _ in faces])
 
-    def verify(self, image_a, image_b):
+    def verify(self, image_a, image_b, warn=None):
         """Match(same, score, threshold) of the first faces of two images;
-        NoFace when one has none."""
-        a, b = np.split(self._embed_or_raise([image_a, image_b]), 2)
+        NoFace when one has none. warn (e.g. print to stderr) is told which
+        face of a photograph with several was used."""
+        a, b = np.split(self._embed_or_raise([image_a, image_b], warn), 2)
         score = float(self.verifier.score(a, b)[0])
         return Match(score >= self.threshold, score, self.threshold)
 
@@ -182,8 +191,12 @@ class Gallery:
 
     @classmethod
     def enroll(cls, model, people):
-        """people: {name: [image, ...]}, at least 2 names. Every image must show
-        a face (NoFace otherwise)."""
+        """people: {name: [image, ...]}, one name or more; the face used in a
+        photograph with several is the model's pick (load(pick=...)). An image
+        without a face is skipped with a note on stderr naming it, as
+        `deepid2 enroll` skips it; NoFace when a person is left with no image
+        with a face. An unreadable image raises BadImage."""
+        from .progress import note
         from .verifier.gallery import enrol
         images, labels = [], []
         for name, imgs in people.items():
@@ -193,9 +206,17 @@ class Gallery:
             labels += [str(name)] * len(imgs)
         if not images:
             raise ValueError("enrolment needs images: people is empty")
-        feats = model._embed_or_raise(images)
-        names, means, counts, t, _, _ = enrol(model.verifier, feats, np.array(labels),
-                                              "the gallery")
+        faces = model._first_faces(images)
+        keep = [i for i, (_, pts, _) in enumerate(faces) if pts is not None]
+        for i, (_, pts, name) in enumerate(faces):
+            if pts is None:
+                note(f"skipped: no face found in {name} (people[{labels[i]!r}])")
+        for person in dict.fromkeys(labels):
+            if not any(labels[i] == person for i in keep):
+                raise NoFace(f"people[{person!r}] has no image with a face")
+        feats = model._features([faces[i][:2] for i in keep])
+        names, means, counts, t, _, _ = enrol(model.verifier, feats,
+                                              np.array([labels[i] for i in keep]), "the gallery")
         return cls(model, names, means, counts, t)
 
     def identify(self, image, top=1):

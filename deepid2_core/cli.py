@@ -278,16 +278,17 @@ def cmd_verify(args):
 def cmd_enroll(args):
     checks.enroll_args(args)
     from .face_commands import enroll_main
-    enroll_main(args.folder, args.gallery, model=args.model, aligned=args.aligned)
+    enroll_main(args.folder, args.gallery, model=args.model, aligned=args.aligned,
+                pick=args.pick)
     return 0
 
 
 def cmd_identify(args):
     checks.identify_args(args)
     from .face_commands import identify_main
-    identify_main(args.images, args.gallery, model=args.model, top=args.top,
-                  aligned=args.aligned)
-    return 0
+    _, failed = identify_main(args.images, args.gallery, model=args.model, top=args.top,
+                              aligned=args.aligned, pick=args.pick)
+    return 2 if failed else 0
 
 
 def cmd_eval_lfw(args):
@@ -383,6 +384,7 @@ def _verifier_parsers(sub):
     e.add_argument("--gallery", required=True, help="gallery file to write (.npz or .safetensors)")
     e.add_argument("--model", help=model_help)
     e.add_argument("--aligned", action="store_true", help=aligned_help)
+    add_pick_option(e)
     add_max_pixels_option(e)
     e.set_defaults(func=cmd_enroll)
 
@@ -392,6 +394,7 @@ def _verifier_parsers(sub):
     i.add_argument("--top", type=int, default=1, help="matches to list")
     i.add_argument("--model", help=model_help)
     i.add_argument("--aligned", action="store_true", help=aligned_help)
+    add_pick_option(i)
     add_max_pixels_option(i)
     i.set_defaults(func=cmd_identify)
 

@@ -10,6 +10,7 @@ the command line); results go through `log` (stdout), skipped images and
 notes through `warn` (stderr). A problem with an image keeps its type
 (BadImage, NoFace).
 """
+import os
 import sys
 
 import numpy as np
@@ -26,8 +27,9 @@ def _to_stderr(text):
     print(text, file=sys.stderr)
 
 
-def verify_main(a, b, model=None, aligned=False, log=print, pick="largest"):
-    """`deepid2 verify A B`: the API's Model.verify (aligned: the faces as they are)."""
+def verify_main(a, b, model=None, aligned=False, log=print, pick="largest", warn=_to_stderr):
+    """`deepid2 verify A B`: the API's Model.verify (aligned: the faces as they are);
+    warn: which face of a photograph with several was used (stderr)."""
     m = Model(Verifier.load(model, progress=False), pick)
     if aligned:
         faces, problems = prepare_faces([a, b], aligned=True, progress=False)
@@ -37,30 +39,33 @@ def verify_main(a, b, model=None, aligned=False, log=print, pick="largest"):
         score = float(m.verifier.score(*np.split(m.verifier.features([faces[a], faces[b]]), 2))[0])
         r = Match(score >= m.threshold, score, m.threshold)
     else:
-        r = m.verify(a, b)
+        r = m.verify(a, b, warn=warn)
     log(f"{'same person' if r.same else 'different people'}: score {r.score:.3f}, "
         f"threshold {r.threshold:.3f}")
     return dict(same=r.same, score=r.score, threshold=r.threshold)
 
 
-def _features_of_faces(m, paths, aligned, chunk=256):
+def _features_of_faces(m, paths, aligned, chunk=256, pick="largest", warn=None):
     """Raw features of the images with a face, through the API's Model:
-    (features, kept paths, problems: a BadImage or NoFace per other image)."""
+    (features, kept paths, problems: {path: a BadImage or NoFace} for the
+    other images). warn: which face of a photograph with several was used."""
     if aligned:
         feats, keep, problems = extract_paths(m.extractor, paths)
-        return feats, [paths[i] for i in keep], [BadImage(p) for p in problems]
-    model = Model(m)
-    feats, kept, problems = [], [], []
+        good = set(keep.tolist())
+        bad = [p for i, p in enumerate(paths) if i not in good]
+        return feats, [paths[i] for i in keep], dict(zip(bad, map(BadImage, problems)))
+    model = Model(m, pick)
+    feats, kept, problems = [], [], {}
     for s in range(0, len(paths), chunk):
         found = []
         for p in paths[s:s + chunk]:
             try:
-                (img, pts, name), = model._first_faces([p])
+                (img, pts, name), = model._first_faces([p], warn)
             except BadImage as e:
-                problems.append(e)
+                problems[p] = e
                 continue
             if pts is None:
-                problems.append(NoFace(f"no face found in {name}"))
+                problems[p] = NoFace(f"no face found in {name}")
                 continue
             found.append((img, pts))
             kept.append(p)
@@ -71,16 +76,28 @@ def _features_of_faces(m, paths, aligned, chunk=256):
 
 
 
-def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_stderr):
-    """log: the result line (stdout); warn: skipped images and notes (stderr)."""
+def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_stderr,
+                pick="largest"):
+    """log: the result line (stdout); warn: skipped images, the people
+    dropped (an empty folder, no image with a face) and notes (stderr)."""
     check_gallery_path(gallery)
     ids = scan_identities(folder)
+    listed = {name for name, _ in ids}
+    for name in sorted(os.listdir(folder)):
+        if (not name.startswith(".") and name not in listed
+                and os.path.isdir(os.path.join(folder, name))):
+            warn(f"dropped {name}: empty folder (no .jpg, .jpeg or .png image)")
     m = Verifier.load(model)
     paths = [p for _, ps in ids for p in ps]
     owner = {p: name for name, ps in ids for p in ps}
-    feats, kept, problems = _features_of_faces(m, paths, aligned)
-    for e in problems:
+    feats, kept, problems = _features_of_faces(m, paths, aligned, pick=pick, warn=warn)
+    for e in problems.values():
         warn(f"skipped: {e}")
+    enrolled = {owner[p] for p in kept}
+    for name, ps in ids:
+        if name not in enrolled:
+            warn(f"dropped {name}: no image with a face ({len(ps)} image"
+                 f"{'s' if len(ps) > 1 else ''} skipped)")
     labels = np.array([owner[p] for p in kept])
     names, means, counts, t, tar, how = enrol(m, feats, labels, folder)
     save_gallery(gallery, names, means, counts, t, m.key())
@@ -92,23 +109,29 @@ def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_
 
 
 def identify_main(images, gallery, model=None, top=1, aligned=False, log=print,
-                  warn=_to_stderr):
-    """log: one result line per identified image (stdout); warn: the images
-    that could not be identified (stderr). The summary of those is raised."""
+                  warn=_to_stderr, pick="largest"):
+    """log: one line per image (stdout), in order, as `verify --pairs` does:
+    its matches, or `PATH: error: WHY` for an image that could not be
+    identified; warn: which face of a photograph with several was used and,
+    when some failed, a summary (stderr). Returns ({path: name or "unknown"},
+    the number of images that failed)."""
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     m = Verifier.load(model, progress=False)
     g = Gallery.load(gallery, Model(m))
-    feats, kept, problems = _features_of_faces(m, list(images), aligned)
+    images = list(images)
+    feats, kept, problems = _features_of_faces(m, images, aligned, pick=pick, warn=warn)
+    found = dict(zip(kept, g.identify_features(feats, top) if kept else ()))
     results = {}
-    for p, r in zip(kept, g.identify_features(feats, top) if kept else ()):
+    for p in images:
+        if p in problems:
+            log(f"{p}: error: {problems[p]}")
+            continue
+        r = found[p]
         results[p] = r.name or "unknown"
         alts = ", ".join(f"{n} {v:.3f}" for n, v in r.candidates)
         log(f"{p}: {results[p]} (threshold {r.threshold:.3f}; best: {alts})")
-    for e in problems:
-        warn(f"error: {e}")
     if problems:
-        first = problems[0]
-        raise type(first)(f"{len(problems)} of {len(images)} images could not be identified: "
-                          f"{first}")
-    return results
+        warn(f"{len(results)} of {len(images)} images identified; {len(problems)} failed "
+             f"(error lines above)")
+    return results, len(problems)

@@ -166,7 +166,8 @@ def test_gallery_enroll_identify_save_load(model, tmp_path):
     res = enroll_main(str(folder), cli_file, log=lambda *_: None)
     assert res["threshold"] == g.threshold
     probes = [str(A[3]), str(B[1])]
-    cli = identify_main(probes, cli_file, top=3, log=lambda *_: None)
+    cli, failed = identify_main(probes, cli_file, top=3, log=lambda *_: None)
+    assert failed == 0
     for p in probes:
         r = g.identify(p, top=3)
         assert cli[p] == (r.name or "unknown")
@@ -185,12 +186,85 @@ def test_gallery_enroll_identify_save_load(model, tmp_path):
         deepid2.Gallery.load(other, model)
     with pytest.raises(BadGalleryFile, match="does not exist"):
         deepid2.Gallery.load(tmp_path / "none.npz", model)
-    with pytest.raises(ValueError, match="at least 2 identities"):
-        deepid2.Gallery.enroll(model, {"aaron": [str(A[0])]})
-    with pytest.raises(NoFace):
-        deepid2.Gallery.enroll(model, {"a": [str(A[0])], "b": [np.full((99, 99), 9, np.uint8)]})
+    with pytest.raises(ValueError, match="people is empty"):
+        deepid2.Gallery.enroll(model, {})
     with pytest.raises(ValueError, match="top must be at least 1"):
         g.identify(str(A[3]), top=0)
+
+
+def grid(paths):
+    """A 2 x 2 grid of four LFW photographs: a photo with four faces."""
+    im = [cv2.imread(str(p)) for p in paths]
+    return np.vstack([np.hstack(im[:2]), np.hstack(im[2:])])
+
+
+def test_choices_are_said_on_stderr(model, tmp_path, capsys):
+    """Issue 25: the face used of several, the people enroll drops and every
+    image identify could not read are said, never silent."""
+    from deepid2_core.cli import main
+    photo = tmp_path / "grid.jpg"
+    cv2.imwrite(str(photo), grid([A[0], B[0], C, A[1]]))
+    assert main(["verify", str(photo), str(A[3])]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and ("same person" in out or "different people" in out)
+    assert re.search(r"grid.jpg: 4 faces found; used the largest, box \(x, y, w, h\) = "
+                     r"\(\d+, \d+, \d+, \d+\)", err), err
+    assert main(["verify", str(photo), str(A[3]), "--pick", "center"]) == 0
+    assert "used the one nearest the centre" in capsys.readouterr().err
+
+    people = tmp_path / "people"
+    for name, images in {"aaron": A[:2], "adrian": B[:1], "empty": [], "blank": []}.items():
+        (people / name).mkdir(parents=True)
+        for p in images:
+            shutil.copy(p, people / name)
+    cv2.imwrite(str(people / "blank" / "b.png"), np.full((99, 99, 3), 128, np.uint8))
+    g = str(tmp_path / "g.npz")
+    assert main(["enroll", str(people), "--gallery", g, "--pick", "center"]) == 0
+    out, err = capsys.readouterr()
+    assert "enrolled 2 identities" in out
+    assert "dropped empty: empty folder" in err
+    assert "dropped blank: no image with a face" in err and "b.png" in err
+
+    # identify: one stdout line per image, in order, failures included; exit 2
+    blank, none = people / "blank" / "b.png", tmp_path / "none.jpg"
+    images = [str(A[3]), str(blank), str(none), str(B[1])]
+    assert main(["identify", *images, "--gallery", g, "--pick", "center"]) == 2
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == images, out
+    assert lines[0].split(": ")[1].startswith("aaron ")
+    assert lines[1] == f"{blank}: error: no face found in {blank}"
+    assert lines[2] == f"{none}: error: cannot read {none}: file not found"
+    assert "2 of 4 images identified; 2 failed" in err and "Traceback" not in err
+
+
+def test_a_gallery_of_one_person(model, tmp_path, capsys):
+    """Issue 25: the threshold comes from the model's impostor tables, so one
+    person is a gallery (API and command line); zero is refused."""
+    from deepid2_core.cli import main
+    g = deepid2.Gallery.enroll(model, {"aaron": [str(A[0]), str(A[1])]})
+    assert g.names == ["aaron"] and g.identify(str(A[3])).name == "aaron"
+    assert not g.identify(str(C)).known
+    (tmp_path / "one" / "aaron").mkdir(parents=True)
+    shutil.copy(A[0], tmp_path / "one" / "aaron")
+    assert main(["enroll", str(tmp_path / "one"), "--gallery", str(tmp_path / "g.npz")]) == 0
+    assert "enrolled 1 identities" in capsys.readouterr().out
+    (tmp_path / "none" / "blank").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "none" / "blank" / "b.png"), np.full((99, 99, 3), 128, np.uint8))
+    assert main(["enroll", str(tmp_path / "none"), "--gallery", str(tmp_path / "h.npz")]) == 2
+    assert "at least 1 identity with a usable image" in capsys.readouterr().err
+
+
+def test_gallery_enroll_skips_a_faceless_image(model, capsys):
+    """Issue 25: Gallery.enroll skips an image without a face as `deepid2
+    enroll` does, with a note naming it; NoFace only for a person left with none."""
+    blank = np.full((99, 99), 9, np.uint8)
+    g = deepid2.Gallery.enroll(model, {"a": [str(A[0]), blank], "b": [str(B[0])]})
+    assert g.names == ["a", "b"] and list(g.counts) == [1, 1]
+    assert "skipped: no face found in the 99x99 image array (people['a'])" in \
+        capsys.readouterr().err
+    with pytest.raises(NoFace, match=r"people\['b'\] has no image with a face"):
+        deepid2.Gallery.enroll(model, {"a": [str(A[0])], "b": [blank]})
 
 
 def test_import_is_cheap():
