@@ -169,6 +169,22 @@ def test_old_model_falls_back_with_a_note(world, tmp_path, capsys, stored):
     assert "note:" not in out.err and "from the model's impostor scores" in out.out
 
 
+def test_one_person_needs_the_impostor_tables(world, tmp_path, capsys):
+    """Issue 25: one person is a gallery when the model holds impostor tables;
+    without them the threshold needs other people's images: one line, exit 2."""
+    old = tmp_path / "old.safetensors"
+    rewrite_meta(world["model"], old, lambda meta: meta.pop("impostor_scores"))
+    root = people(world, tmp_path, n_people=1)
+    g = str(tmp_path / "g.npz")
+    assert main(["enroll", str(root), "--gallery", g, "--aligned", "--model", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "1 identity, and" in err and "holds no impostor scores" in err
+    assert "at least 2 people" in err and "Traceback" not in err
+    assert main(["enroll", str(root), "--gallery", g, "--aligned",
+                 "--model", str(world["model"])]) == 0
+    assert "enrolled 1 identities from 3 images" in capsys.readouterr().out
+
+
 def v2(tables, trials=100):
     return json.dumps({"format": FORMAT, "trials": trials, "tables": tables})
 

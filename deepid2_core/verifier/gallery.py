@@ -150,11 +150,16 @@ def load_gallery(path):
 def enrol(m, feats, labels, where):
     """A gallery of labelled raw features: (sorted names, means float64 K x D,
     counts, open-set threshold, true accept rate at it or None, how the
-    threshold was set). where: what the error names when there are fewer
-    than 2 identities."""
+    threshold was set). where: what the error names when there is no
+    identity, or one while the model holds no impostor scores (the threshold
+    then needs enrolment images of other people)."""
     names = sorted(set(labels.tolist()))
-    if len(names) < 2:
-        raise ValueError(f"{where}: enrolment needs at least 2 identities with a usable image")
+    if not names:
+        raise ValueError(f"{where}: enrolment needs at least 1 identity with a usable image")
+    if len(names) < 2 and m.impostor is None:
+        raise ValueError(f"{where}: 1 identity, and {m.path or 'the model'} holds no impostor "
+                         f"scores (refit it with `deepid2 fit-verifier`): the open-set threshold "
+                         f"then comes from enrolment images of at least 2 people")
     index = np.searchsorted(names, labels)
     counts = np.bincount(index, minlength=len(names))
     means = np.zeros((len(names), feats.shape[1]))
