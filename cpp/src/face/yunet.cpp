@@ -264,13 +264,14 @@ std::vector<Detection> detect_image(const YuNet& net, const Image& img, int max_
 
 }  // namespace
 
-std::vector<Detection> find_faces(const YuNet& net, const Image& bgr, Pick pick, int max_side) {
+std::vector<Detection> find_faces(const YuNet& net, const Image& bgr, Pick pick, int max_side,
+                                  bool retry_small) {
     if (bgr.c != 3 || bgr.empty() || bgr.px.size() != size_t(bgr.h) * size_t(bgr.w) * 3)
         throw std::invalid_argument("find_faces: the image must be packed BGR (h x w x 3), not empty");
     if (pick != Pick::Largest && pick != Pick::Center)
         throw std::invalid_argument("find_faces: pick must be Largest or Center");
     std::vector<Detection> dets = detect_image(net, bgr, max_side);
-    if (dets.empty() && std::max(bgr.h, bgr.w) < kRetrySide &&
+    if (retry_small && dets.empty() && std::max(bgr.h, bgr.w) < kRetrySide &&
         std::min(bgr.h, bgr.w) >= kRetryMinSide) {
         // small faces: upscaled 2x, then also padded (faces cut by the edge)
         const Image up = resize_linear(bgr, 2 * bgr.w, 2 * bgr.h);

@@ -44,9 +44,10 @@ private:
 // max_side for detection (INTER_AREA) when larger, small images (< 400 px)
 // where nothing is found retried upscaled 2x then padded by 40 px, boxes
 // mapped onto the Haar convention (YUNET_TO_HAAR), in `pick` order.
-// Landmarks are YuNet's, in the image's pixels.
+// Landmarks are YuNet's, in the image's pixels. retry_small false skips the
+// small-image retries (a quick look: the same result wherever it finds a face).
 std::vector<Detection> find_faces(const YuNet& net, const Image& bgr, Pick pick,
-                                  int max_side = 1024);
+                                  int max_side = 1024, bool retry_small = true);
 
 }  // namespace face
 }  // namespace deepid2
