@@ -88,7 +88,11 @@ public:
     // The folder holding verifier.safetensors, landmarks.safetensors and yunet.safetensors.
     static Pipeline load_folder(const std::string& folder);
 
-    // Every face, `pick` order first, with its landmarks ([] when none).
+    // Every face, `pick` order first, with its landmarks ([] when none). A
+    // photo turned a quarter or half turn (pixels, no EXIF) is searched at the
+    // four turns and the one YuNet scores highest is used; box and landmarks
+    // are still in the given image's pixels (the box: the area the turned box
+    // covers). An upright photo keeps its result unless a turn scores higher.
     std::vector<Face> detect(const ImageView& image, Pick pick = Pick::Largest) const;
     // The landmarks of the face in `box` (x, y, w, h in the landmark nets'
     // convention), for a face found by other means; score 0.
