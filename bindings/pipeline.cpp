@@ -57,7 +57,7 @@ py::tuple face_tuple(const Face& f) {
     py::array_t<float> box(4), lm({5, 2});
     std::copy(f.box, f.box + 4, box.mutable_data());
     std::copy(f.landmarks, f.landmarks + 10, lm.mutable_data());
-    return py::make_tuple(box, lm, double(f.score));
+    return py::make_tuple(box, lm, double(f.score), f.turn, f.turn_unsure);
 }
 
 }  // namespace
@@ -101,7 +101,7 @@ void bind_pipeline(py::module_& m) {
                  return out;
              },
              py::arg("image"), py::arg("pick") = "largest",
-             "[(box float32 4, landmarks float32 5 x 2, score)], pick order first")
+             "[(box float32 4, landmarks float32 5 x 2, score, turn, turn_unsure)], pick order first")
         .def("locate", [](const Pipeline& p, py::handle image, py::handle box) {
                  const ImageView v = view_of(image, "image");
                  auto b = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(box);

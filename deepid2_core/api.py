@@ -31,6 +31,9 @@ class Face(NamedTuple):
     box: tuple              # (x, y, w, h) in image pixels
     landmarks: np.ndarray   # float32 5 x 2 (x, y): left eye, right eye, nose, mouth corners
     score: float            # the detector's confidence (YuNet: 0-1; Haar: windows merged)
+    turn: int = 0           # quarter turns counter-clockwise (np.rot90) that made the face
+                            # upright; box and landmarks are in the image's pixels all the same
+    turn_unsure: bool = False   # another orientation scored nearly as high
 
 
 class Match(NamedTuple):
@@ -81,6 +84,22 @@ def _image(image):
     return np.ascontiguousarray(image[:, :, ::-1]), name
 
 
+def _say_choices(faces, name, pick, warn):
+    """The choices detect made silently, one line each: which face of several
+    was used, and whether it lay turned or its orientation was unclear."""
+    box, _, _, turn, unsure = faces[0]
+    if len(faces) > 1:
+        which = "largest" if pick == "largest" else "one nearest the centre"
+        warn(f"{name}: {len(faces)} faces found; used the {which}, box (x, y, w, h) = "
+             f"({', '.join(f'{float(v):.0f}' for v in box)}) (--pick largest|center)")
+    if turn:
+        warn(f"{name}: the face lies turned; read it after turning the photo "
+             f"{90 * turn} degrees counter-clockwise")
+    if unsure:
+        warn(f"{name}: the face's orientation is unclear (the detector scores another "
+             f"quarter turn nearly as high); if the photo is sideways, turn it upright")
+
+
 class Model:
     """A verifier model with the face pipeline in front of it. `verifier` is
     the deepid2_core.verifier.Verifier (raw features, scores, threshold).
@@ -119,22 +138,19 @@ class Model:
         Boxes are the landmark nets' (YuNet's mapped onto Haar's convention)."""
         img, _ = _image(image)
         faces = self._pipeline().detect(img, pick or self.pick)
-        return [Face(tuple(float(v) for v in box), pts, float(score))
-                for box, pts, score in faces]
+        return [Face(tuple(float(v) for v in box), pts, float(score), int(turn), bool(unsure))
+                for box, pts, score, turn, unsure in faces]
 
     def _first_faces(self, images, warn=None):
         """[(BGR image, its first face's landmarks or None, name)] per image;
         warn (a function of one line) is told which face of a photograph with
-        several was used."""
+        several was used, and how the face used lay (turned or unsure)."""
         out = []
         for image in images:
             img, name = _image(image)
             faces = self._pipeline().detect(img, self.pick)
-            if warn is not None and len(faces) > 1:
-                box = ", ".join(f"{float(v):.0f}" for v in faces[0][0])
-                which = "largest" if self.pick == "largest" else "one nearest the centre"
-                warn(f"{name}: {len(faces)} faces found; used the {which}, box "
-                     f"(x, y, w, h) = ({box}) (--pick largest|center)")
+            if warn is not None and faces:
+                _say_choices(faces, name, self.pick, warn)
             out.append((img, faces[0][1] if faces else None, name))
         return out
 

@@ -259,14 +259,14 @@ class _Aligner:
             faces = faces[:1]
         if faces:
             return "ok", "", [_Face(box.astype(np.float64), score, "yunet", pts.astype(np.float64))
-                              for box, pts, score in faces]
+                              for box, pts, score, _, _ in faces]
         h, w = img.shape[:2]
         reason = "no face found"
         if min(h, w) < YUNET_MIN_FACE:
             reason = (f"image ({w}x{h}) is smaller than the smallest detectable face "
                       f"({YUNET_MIN_FACE} px)")
         if self.central_fallback and min(h, w) >= self.min_face:
-            box, pts, _ = self.native.locate(img, central_box(img.shape))
+            box, pts, *_ = self.native.locate(img, central_box(img.shape))
             return "no_face", reason + "; aligned on the central box", [
                 _Face(box.astype(np.float64), 0.0, "central", pts.astype(np.float64))]
         return "no_face", reason, []

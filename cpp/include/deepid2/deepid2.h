@@ -89,6 +89,8 @@ typedef struct deepid2_face {
     float box[4];        /* x, y, w, h (the landmark nets' box), image pixels */
     float landmarks[10]; /* x, y of left eye, right eye, nose, left, right mouth corner */
     float score;         /* the detector's confidence */
+    int turn;            /* quarter turns counter-clockwise that made the face upright (0-3) */
+    int turn_unsure;     /* 1: another orientation scored nearly as high */
 } deepid2_face;
 
 enum deepid2_pick { DEEPID2_PICK_LARGEST = 0, DEEPID2_PICK_CENTER = 1 };

@@ -58,6 +58,11 @@ struct Face {
                          // mouth corner (left/right as seen in the image), pixel centres
                          // at integer coordinates
     float score;         // YuNet's confidence, 0..1
+    int turn = 0;        // quarter turns counter-clockwise (np.rot90) that made the face
+                         // upright for the landmark nets: 0 as given, 1-3 sideways or
+                         // upside down (box and landmarks are still in the image's pixels)
+    bool turn_unsure = false;  // another orientation scored nearly as high: the roll
+                               // of this face could not be told
 };
 
 // The installed models' folder. find_package(deepid2) defines it for its
@@ -89,10 +94,9 @@ public:
     static Pipeline load_folder(const std::string& folder);
 
     // Every face, `pick` order first, with its landmarks ([] when none). A
-    // photo turned a quarter or half turn (pixels, no EXIF) is searched at the
-    // four turns and the one YuNet scores highest is used; box and landmarks
-    // are still in the given image's pixels (the box: the area the turned box
-    // covers). An upright photo keeps its result unless a turn scores higher.
+    // photo whose best face YuNet scores low is also searched at the three
+    // other quarter turns (pixels turned, no EXIF tag); a clearly better
+    // turn is used, and Face::turn and Face::turn_unsure say what was found.
     std::vector<Face> detect(const ImageView& image, Pick pick = Pick::Largest) const;
     // The landmarks of the face in `box` (x, y, w, h in the landmark nets'
     // convention), for a face found by other means; score 0.

@@ -11,6 +11,7 @@
 #include "geometry.h"
 #include "image.h"
 #include "landmarks.h"
+#include "quarter_turns.h"
 #include "yunet.h"
 
 
@@ -124,92 +125,67 @@ struct Pipeline::Impl {
         return f;
     }
 
-    // Faces lying sideways or upside down: YuNet's five points do not show
+    // Faces lying sideways or upside down. YuNet's five points do not show
     // the roll (on a turned LFW photo it misses the face or returns points
-    // of an upright face), but its score does: the image is searched at the
-    // four quarter turns and the turn whose best face scores highest wins.
-    // An upright face keeps turn 0 unless a turned image scores higher by
-    // kTurnMargin, and then nothing is computed differently from before. On a
-    // turned image the box rule and the landmark nets run there (the nets see
-    // an upright face); the points are mapped back to the image's pixels and
-    // the box is given as the image area the turned box covers.
+    // of an upright face), but its score does. Measured on 1,500 LFW photos
+    // (docs/results.md, "Turned photographs"): upright faces score 0.886 at
+    // least, turned ones 0.905 at most as given. So a photo whose best face
+    // scores below kUprightScore (2.3% of upright LFW photos) is also
+    // searched at the other three quarter turns, and a turn is taken when
+    // it beats the photo as given by kTurnMargin (upright LFW photos can
+    // score a hair higher upside down: 1 in 1000 did, by 0.002). Where the
+    // two best orientations are within the margin, the face says so
+    // (turn_unsure). Box rule and landmark nets run on the turned image
+    // (they see an upright face); box and points come back in the photo's pixels.
+    static constexpr double kUprightScore = 0.905;
     static constexpr double kTurnMargin = 0.02;
 
+    static double top_score(const std::vector<face::Detection>& d) {
+        double s = -1;  // no face
+        for (const face::Detection& x : d) s = std::max(s, x.score);
+        return s;
+    }
+
     std::vector<Face> detect(const face::Image& bgr, Pick pick) const {
-        std::vector<face::Detection> best = face::find_faces(detector, bgr, pick);
-        const auto top = [](const std::vector<face::Detection>& d) {
-            double s = -1;
-            for (const face::Detection& x : d) s = std::max(s, x.score);
-            return s;
-        };
-        double best_score = top(best);
-        int best_turn = 0;
-        face::Image turned[4];
-        for (int k = 1; k < 4; ++k) {
-            turned[k] = rotate_ccw(bgr, k);
-            // without the small-image retries: a turn that beats the image as
-            // given finds its face at once (and the retries only run on none)
-            std::vector<face::Detection> d =
-                face::find_faces(detector, turned[k], pick, 1024, false);
-            // a turn must beat the image as given by a margin: upright LFW photos
-            // can score a hair higher upside down (1 in 1000 did, by 0.002)
-            if (top(d) > best_score + (best_turn ? 0.0 : kTurnMargin)) {
-                best = std::move(d);
-                best_score = top(best);
-                best_turn = k;
+        std::vector<face::Detection> found = face::find_faces(detector, bgr, pick);
+        const double given = top_score(found);
+        int turn = 0;
+        bool unsure = false;
+        face::Image turned;
+        if (given < kUprightScore) {
+            double scores[4] = {given, -1, -1, -1};
+            std::vector<face::Detection> at[4];
+            face::Image images[4];
+            for (int k = 1; k < 4; ++k) {
+                images[k] = face::turn_ccw(bgr, k);
+                // without the small-image retries: they only run where nothing is
+                // found, and a turn worth taking finds its face at once
+                at[k] = face::find_faces(detector, images[k], pick, 1024, false);
+                scores[k] = top_score(at[k]);
             }
+            int best = 1;
+            for (int k = 2; k < 4; ++k)
+                if (scores[k] > scores[best]) best = k;
+            if (scores[best] > given + kTurnMargin) {
+                turn = best;
+                found = std::move(at[best]);
+                turned = std::move(images[best]);
+            }
+            double runner_up = -1;  // the best score of the orientations not taken
+            for (int k = 0; k < 4; ++k)
+                if (k != turn) runner_up = std::max(runner_up, scores[k]);
+            unsure = runner_up >= 0 && runner_up > scores[turn] - kTurnMargin;
         }
-        const face::Image gray = face::to_gray(best_turn ? turned[best_turn] : bgr);
+        const face::Image gray = face::to_gray(turn ? turned : bgr);
         std::vector<Face> out;
-        for (const face::Detection& d : best) {
+        for (const face::Detection& d : found) {
             Face f = locate(gray, d.box, d.score);
-            if (best_turn) unturn(f, best_turn, bgr.w, bgr.h);
+            if (turn) face::unturn(f, turn, bgr.w, bgr.h);
+            f.turn = turn;
+            f.turn_unsure = unsure;
             out.push_back(f);
         }
         return out;
-    }
-
-    // np.rot90(image, k): turned k quarter turns counter-clockwise, pixels moved exactly.
-    static face::Image rotate_ccw(const face::Image& im, int k) {
-        const bool swap = k % 2 == 1;
-        face::Image out(swap ? im.w : im.h, swap ? im.h : im.w, im.c);
-        for (int y = 0; y < out.h; ++y)
-            for (int x = 0; x < out.w; ++x) {
-                int sx, sy;
-                unturn_point(x, y, k, im.w, im.h, sx, sy);
-                const uint8_t* src = im.row(sy) + size_t(sx) * im.c;
-                std::copy(src, src + im.c, out.row(y) + size_t(x) * im.c);
-            }
-        return out;
-    }
-
-    // A point of the image turned k quarter turns counter-clockwise -> the
-    // same point of the w x h original (pixel centres at integers).
-    template <typename T>
-    static void unturn_point(T x, T y, int k, int w, int h, T& ox, T& oy) {
-        switch (k) {
-            case 1: ox = T(w - 1) - y; oy = x; break;
-            case 2: ox = T(w - 1) - x; oy = T(h - 1) - y; break;
-            case 3: ox = y; oy = T(h - 1) - x; break;
-            default: ox = x; oy = y;
-        }
-    }
-
-    // A face found on the image turned k quarter turns, back in the w x h
-    // original: landmarks point by point, the box as the area it covers.
-    static void unturn(Face& f, int k, int w, int h) {
-        for (int p = 0; p < 5; ++p) {
-            double x, y;
-            unturn_point(double(f.landmarks[2 * p]), double(f.landmarks[2 * p + 1]), k, w, h, x, y);
-            f.landmarks[2 * p] = float(x);
-            f.landmarks[2 * p + 1] = float(y);
-        }
-        const double bx = f.box[0], by = f.box[1], bw = f.box[2], bh = f.box[3];
-        double b[4];
-        if (k == 1) { b[0] = w - by - bh; b[1] = bx; b[2] = bh; b[3] = bw; }
-        else if (k == 2) { b[0] = w - bx - bw; b[1] = h - by - bh; b[2] = bw; b[3] = bh; }
-        else { b[0] = by; b[1] = h - bx - bw; b[2] = bh; b[3] = bw; }
-        for (int j = 0; j < 4; ++j) f.box[j] = float(b[j]);
     }
 
     // n faces' features: n x feature_dim floats into out.

@@ -213,6 +213,8 @@ int deepid2_pipeline_detect(const deepid2_pipeline* pipeline, const deepid2_imag
             std::copy(all[i].box, all[i].box + 4, faces[i].box);
             std::copy(all[i].landmarks, all[i].landmarks + 10, faces[i].landmarks);
             faces[i].score = all[i].score;
+            faces[i].turn = all[i].turn;
+            faces[i].turn_unsure = all[i].turn_unsure ? 1 : 0;
         }
         *found = int(all.size());
     });
