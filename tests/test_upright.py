@@ -128,3 +128,19 @@ def test_turned_and_unclear_photos_are_said_on_stderr(model, tmp_path):
     notes = []
     verify_main(str(up), str(up), log=lambda line: None, warn=notes.append)
     assert notes == []
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_box_and_points_turned_in_python_as_in_cpp(model, k):
+    """face.box.turn_box / unturn_points (eval-landmarks runs the nets on the
+    turned image as the pipeline does) are the inverse of what the C++ does."""
+    from deepid2_core.face.box import turn_box, unturn_points
+    im = rgb(LFW / UPRIGHT[1])
+    h, w = im.shape[:2]
+    up = model.detect(im)[0]
+    face = model.detect(np.rot90(im, k))[0]
+    th, tw = (w, h) if k % 2 else (h, w)       # the turned photo's size
+    np.testing.assert_allclose(turn_box(face.box, face.turn, tw, th), up.box, atol=1e-3)
+    # the upright photo is the turned one turned face.turn more
+    np.testing.assert_allclose(unturn_points(up.landmarks, face.turn, tw, th),
+                               face.landmarks, atol=1e-3)

@@ -199,3 +199,21 @@ def face_box(image, detector, pick="largest"):
     "central"), and whether a detector found it (False: the central box)."""
     r = face_boxes(image, detector, pick=pick)
     return r.boxes[0], r.found
+
+
+def turn_box(box, k, w, h):
+    """A box (x, y, w, h) of a w x h image, on the image turned k quarter turns
+    counter-clockwise (np.rot90(image, k)): the area it covers there. The C++
+    pipeline gives a face found on a turned photo back by the inverse."""
+    bx, by, bw, bh = (float(v) for v in box)
+    return {0: (bx, by, bw, bh), 1: (by, w - bx - bw, bh, bw),
+            2: (w - bx - bw, h - by - bh, bw, bh), 3: (h - by - bh, bx, bh, bw)}[k % 4]
+
+
+def unturn_points(pts, k, w, h):
+    """Points (... x 2, pixel centres at integers) of a w x h image turned k quarter
+    turns counter-clockwise, back in the image's own pixels."""
+    p = np.asarray(pts, np.float64)
+    x, y = p[..., 0], p[..., 1]
+    back = {0: (x, y), 1: (w - 1 - y, x), 2: (w - 1 - x, h - 1 - y), 3: (y, h - 1 - x)}[k % 4]
+    return np.stack(back, -1)

@@ -52,7 +52,7 @@ import numpy as np
 
 from .. import safetensors
 from ..face.box import CENTRAL_BOX, central_box, context_box, face_box, haar_detector, \
-    resolve_detector
+    resolve_detector, turn_box, unturn_points
 from ..face.image import read_image
 from ..face.native import pipeline as native_pipeline
 from ..face.landmarks import (CHECKPOINT_FORMAT, FLIP_ORDER, POINTS, LandmarkModel,
@@ -268,14 +268,23 @@ def evaluate(model, data_dir, list_file=TEST_LIST, detector="auto", limit=None, 
         if gray is None:
             skipped.append(rel)
             continue
+        turn = 0
         if detector == "yunet":     # the pipeline's C++ detector, as `deepid2 align` runs it
             faces = native_pipeline(None).detect(img, "largest")
             box, hit = (faces[0][0].astype(np.float64), True) if faces else \
                 (central_box(img.shape), False)
+            turn = faces[0][3] if faces else 0
         else:
             box, hit = face_box(img, detector)
         found += hit
-        errs.append(nme(predict_landmarks(model, gray, box), pts[None])[0])
+        if turn:                    # a face lying turned: the nets see it upright, as in the pipeline
+            h, w = gray.shape
+            upright = np.ascontiguousarray(np.rot90(gray, turn))
+            pred = unturn_points(predict_landmarks(model, upright, turn_box(box, turn, w, h)),
+                                 turn, w, h)
+        else:
+            pred = predict_landmarks(model, gray, box)
+        errs.append(nme(pred, pts[None])[0])
     bar.close()
     res = summarise(errs)
     res.update(detector=detector, list_file=list_file,
