@@ -144,10 +144,18 @@ class _Stream:
         pass
 
 
+EMULATOR_NAME = "deepid2 kernel emulator"
+
+
 class _Runtime:
     @staticmethod
     def getDeviceCount():
         return 1
+
+    @staticmethod
+    def getDeviceProperties(dev):
+        # the name the tuning file keys picks by (gpu.card_name)
+        return {"name": EMULATOR_NAME.encode()}
 
 
 cuda = types.SimpleNamespace(Device=_Device, runtime=_Runtime(),
