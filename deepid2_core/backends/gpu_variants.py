@@ -194,7 +194,7 @@ def _dw_valid(s, p):
 def _dx_tiles(s, px):
     """Candidate (TH, TW, NB, KC) of the staged kernels: the heuristic's, the
     whole map, and rectangles of 32..256 threads, with 1 or as many images as
-    fit, 16 or 4 maps staged."""
+    fit, 16 or 4 maps staged (those that do not fit are dropped by validity)."""
     h, wp = s.h, -(-s.w // px) * px
     shapes = {(h, wp)} if h * wp // px <= MAX_THREADS else set()
     for a in (1, 2, 4, 8, 16, 32):
@@ -210,7 +210,7 @@ def _dx_tiles(s, px):
         for nb in sorted({1, max(1, MAX_THREADS // per)}):
             for kc in sorted({min(s.k, 16), min(s.k, 4)}, reverse=True):
                 p = {"t": (th, tw), "n": nb, "k": kc}
-                if p not in out and _staged_valid(s, p, px) is None:
+                if p not in out:
                     out.append(p)
     return out
 
@@ -249,7 +249,7 @@ FAMILIES = {
         "simple": Family(("b",), lambda s: [{"b": b} for b in _BLOCKS], _valid_block, "fp32"),
         "staged": Family(("t", "n", "k"), lambda s: _dx_tiles(s, 1),
                          lambda s, p: _staged_valid(s, p, 1), "fp32"),
-        "px2": Family(("t", "n", "k"), lambda s: _dx_tiles(s, 2) if s.r == 1 else [],
+        "px2": Family(("t", "n", "k"), lambda s: _dx_tiles(s, 2),
                       lambda s, p: _staged_valid(s, p, 2), "fp32"),
     },
     "joint_loss": {"rows": Family((), None, None, "fp32")},
