@@ -248,9 +248,6 @@ def context(args):
     """What a run needs: the backend, its card and peaks, ptxas' figures, the
     precision and where the picks go."""
     be, cp, mode = load_backend(args)
-    be.set_deterministic(not args.fast)
-    be.set_debug(False)
-    be.set_index_checks(False)   # as Trainer.run trains: no wait for the device's index check
     card = be.card_name() or "unknown card"
     tpath = None
     if not args.no_write:
@@ -265,8 +262,20 @@ def context(args):
 def run(args, family, make_cases, ctx=None):
     """Check and time every variant of every case, print the table, write the
     winners. Returns (exit status: 1 if a variant failed its check, [pick of
-    each case])."""
+    each case]). Deterministic mode unless --fast; no index checks (no wait
+    for the device), as Trainer.run trains."""
     ctx = ctx or context(args)
+    be = ctx.be
+    saved = (be.set_deterministic(not args.fast), be.set_debug(False), be.set_index_checks(False))
+    try:
+        return _run(args, family, make_cases, ctx)
+    finally:   # the backend's modes as they were (the tests share the emulated backend)
+        be.set_deterministic(saved[0])
+        be.set_debug(saved[1])
+        be.set_index_checks(saved[2])
+
+
+def _run(args, family, make_cases, ctx):
     pk = ctx.peak
     print(f"\n{family}: {ctx.card} ({ctx.mode}); "
           + (f"peak {pk.fp32:g} TFLOP/s fp32, {pk.tf32:g} TF32, {pk.gbs:g} GB/s ({pk.label})"
