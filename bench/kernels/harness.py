@@ -118,6 +118,8 @@ def load_backend(args):
                 why = str(e)
         except ImportError as e:
             why = f"CuPy is not importable ({e})"
+        if os.environ.get("DEEPID2_REQUIRE_GPU") == "1":
+            raise SystemExit(f"DEEPID2_REQUIRE_GPU=1 but there is no GPU: {why}")
         print(f"no GPU ({why}): running in the kernel emulator at small shapes")
         args.emu = True
     import gpu_support   # tests/: the emulated backend, as the tests load it
@@ -295,7 +297,7 @@ def _run(args, family, make_cases, ctx):
         rows = _sweep(args, ctx, case)
         failed += sum(1 for r in rows if r[4].startswith("FAILED"))
         picks.append(_report(ctx, case, rows))
-    _summary(family, picks)
+    print_picks(f"{family}: the picks", picks)
     if _out_of_time(args):
         print(f"{family}: out of time (--budget {args.budget:g} s); the picks so far are kept")
     print(f"{family}: " + (f"FAILED: {failed} variant(s) disagree with the oracle" if failed
@@ -373,8 +375,8 @@ def _report(ctx, case, rows):
                 failed=[r[0].name for r in rows if r[4].startswith("FAILED")])
 
 
-def _summary(family, picks):
-    print(f"\n{family}: the picks")
+def print_picks(title, picks):
+    print(f"\n{title}")
     print(f"  {'case':<24s} {'heuristic':<24s} {'ms':>9s}  {'fastest':<24s} {'ms':>9s} "
           f"{'gain':>6s} {'floor ms':>9s}")
     for p in picks:

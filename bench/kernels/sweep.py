@@ -52,7 +52,9 @@ def main(argv=None):
         st, got = H.run(args, fam, mod.cases, ctx)
         status, picks = max(status, st), picks + got
     spent = time.perf_counter() - args.t0
-    print(f"\nsweep: {len(picks)} cases in {spent:.0f} s on {ctx.card} ({ctx.mode})"
+    H.print_picks(f"sweep summary ({ctx.card}, {ctx.mode}; heuristic vs fastest correct "
+                  f"variant, ms per call)", picks)
+    print(f"sweep: {len(picks)} cases in {spent:.0f} s on {ctx.card} ({ctx.mode})"
           + (f"; picks written to {ctx.tpath}" if ctx.tpath else "; no tuning file written"))
     if json_out:
         Path(json_out).write_text(json.dumps(dict(card=ctx.card, mode=ctx.mode, seconds=spent,
