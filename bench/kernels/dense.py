@@ -35,33 +35,41 @@ def backward(be, d, relu):
     return {**{f"dx{i}": a for i, a in enumerate(dxs)}, "dw": dw, "db": db}
 
 
+def inputs(n, in_shapes, m, backward):
+    """Unit normal xs, y, dy and b; w scaled by 1/sqrt(D) (the outputs of order 1)."""
+    rng = L.rng_for("dense", n, in_shapes, m)
+    xs = {f"x{i}": H.rand(rng, n, *s) for i, s in enumerate(in_shapes)}
+    d = sum(int(np.prod(s)) for s in in_shapes)
+    inp = dict(xs, w=H.rand(rng, d, m, scale=1 / np.sqrt(d)), b=H.rand(rng, m))
+    return dict(inp, y=H.rand(rng, n, m), dy=H.rand(rng, n, m)) if backward else inp
+
+
+def xs_of(i):
+    return [i[k] for k in sorted(i) if k.startswith("x")]
+
+
 def cases(args):
     for label, n, in_shapes, m, relu in L.dense(args):
-        rng = L.rng_for("dense", n, in_shapes, m)
-        xs = {f"x{i}": H.rand(rng, n, *s) for i, s in enumerate(in_shapes)}
         d = sum(int(np.prod(s)) for s in in_shapes)
         scale = 1 / np.sqrt(d)
-        inp = dict(xs, w=H.rand(rng, d, m, scale=scale), b=H.rand(rng, m))
         yield H.Case(
-            label, "dense_fwd", DenseShape(n, m), inp, setup=setup,
+            label, "dense_fwd", DenseShape(n, m),
+            lambda n=n, s=in_shapes, m=m: inputs(n, s, m, False), setup=setup,
             call=lambda be, dv, relu=relu: {"y": be.dense_forward(dv["xs"], dv["w"], dv["b"],
                                                                    relu=relu)},
-            reference=lambda i, relu=relu: {"y": O.dense_forward(
-                [i[k] for k in sorted(i) if k.startswith("x")], i["w"], i["b"], relu)},
-            tol={"y": H.tol(d, scale)}, flops=2 * n * d * m, bytes=L.nbytes(*inp.values(), (n, m)))
-        binp = dict(inp, y=H.rand(rng, n, m), dy=H.rand(rng, n, m))
+            reference=lambda i, relu=relu: {"y": O.dense_forward(xs_of(i), i["w"], i["b"], relu)},
+            tol={"y": H.tol(d, scale)}, flops=2 * n * d * m,
+            bytes=L.nbytes((n, d), (d, m), (m,), (n, m)))
 
         def reference(i, relu=relu):
-            dxs, dw, db = O.dense_backward([i[k] for k in sorted(i) if k.startswith("x")],
-                                           i["w"], i["y"], i["dy"], relu)
+            dxs, dw, db = O.dense_backward(xs_of(i), i["w"], i["y"], i["dy"], relu)
             return {**{f"dx{j}": a for j, a in enumerate(dxs)}, "dw": dw, "db": db}
-        tols = {f"dx{j}": H.tol(m, scale) for j in range(len(xs))}
+        tols = {f"dx{j}": H.tol(m, scale) for j in range(len(in_shapes))}
         yield H.Case(
-            label, "dense_bwd", DenseShape(n, m), binp, setup=setup,
-            call=lambda be, dv, relu=relu: backward(be, dv, relu), reference=reference,
-            tol=dict(tols, dw=H.tol(n), db=H.tol(n)), flops=4 * n * d * m,
-            bytes=L.nbytes(*binp.values(), *xs.values(), inp["w"]))
-
+            label, "dense_bwd", DenseShape(n, m),
+            lambda n=n, s=in_shapes, m=m: inputs(n, s, m, True), setup=setup, call=lambda be, dv, relu=relu: backward(be, dv, relu),
+            reference=reference, tol=dict(tols, dw=H.tol(n), db=H.tol(n)), flops=4 * n * d * m,
+            bytes=L.nbytes((n, d), (n, d), (d, m), (d, m), (n, m), (n, m), (n, m), (m,)))
 
 if __name__ == "__main__":
     sys.exit(H.main("dense", __doc__.splitlines()[0], cases))

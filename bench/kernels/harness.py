@@ -66,10 +66,11 @@ def peaks(card):
     return None
 
 
-# One op at one shape. inputs: host arrays; setup(be, inputs) -> device state
-# (fresh for each check); call(be, state) -> {name: device array or float};
-# reference(inputs) -> {name: float64 array} (the oracle; may run in a pool);
-# tol: {name: (rtol, atol)}; flops, bytes: the op's minimum (for the floor).
+# One op at one shape. inputs() -> host arrays (made when the case runs);
+# setup(be, inputs) -> device state (fresh for each check); call(be, state) ->
+# {name: device array or float}; reference(inputs) -> {name: float64 array}
+# (the oracle; may run in a pool); tol: {name: (rtol, atol)}, or a function
+# of the reference giving it; flops, bytes: the op's minimum (for the floor).
 Case = namedtuple("Case", "label op shape inputs setup call reference tol flops bytes")
 
 
@@ -311,7 +312,9 @@ def _out_of_time(args):
 
 def _sweep(args, ctx, case):
     """[(variant, ms or None, err/tol, kernels launched, note)] of every variant."""
-    be, ref = ctx.be, case.reference(case.inputs)
+    inputs = case.inputs()
+    be, ref = ctx.be, case.reference(inputs)
+    tols = case.tol(ref) if callable(case.tol) else case.tol
     heur = tiling.heuristic(case.op, case.shape)
     rows = []
     for v in tiling.variants(case.op, case.shape, ctx.precision):
@@ -321,12 +324,12 @@ def _sweep(args, ctx, case):
             rows.append((v, None, None, None, "not run: budget spent"))
             continue
         with tiling.forced({case.op: v.name}):
-            state = case.setup(be, case.inputs)
+            state = case.setup(be, inputs)
             with Spy(be) as spy:
                 t0 = time.perf_counter()
                 got = case.call(be, state)
                 wall = 1e3 * (time.perf_counter() - t0)
-            worst, text = check(got, ref, case.tol)
+            worst, text = check(got, ref, tols)
             if worst > 1.0:
                 print(f"FAIL {case.op} {v.name} ({case.label}): {text}")
                 rows.append((v, None, worst, spy.seen, "FAILED the oracle check"))
@@ -334,7 +337,7 @@ def _sweep(args, ctx, case):
             if ctx.mode == "emu":   # the emulation's wall time: one run is enough
                 ms = wall
             else:
-                state = case.setup(be, case.inputs)
+                state = case.setup(be, inputs)
                 ms = gpu_time(args, ctx.cp, lambda: case.call(be, state))
         rows.append((v, ms, worst, spy.seen, ""))
     return rows

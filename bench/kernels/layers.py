@@ -139,6 +139,12 @@ def to_device(be, inputs):
     return {k: be.to_device(a) for k, a in inputs.items()}
 
 
-def nbytes(*arrays_or_shapes):
-    """4 bytes a float32 element."""
-    return 4 * sum(int(np.prod(a.shape if hasattr(a, "shape") else a)) for a in arrays_or_shapes)
+def nbytes(*shapes):
+    """4 bytes a float32 (or int32) element of arrays of these shapes."""
+    return 4 * sum(int(np.prod(s)) for s in shapes)
+
+
+def ls_shapes(s):
+    """{x, w, b, y}: the shapes of an lsconv call's arrays."""
+    return dict(x=(s.n, s.c, s.h, s.w), w=(s.ry, s.rx, s.k, s.c, s.kh, s.kw), b=(s.ry, s.rx, s.k),
+                y=(s.n, s.k, s.oh, s.ow))

@@ -25,27 +25,36 @@ LAM = 0.05
 KEYS = ("total", "ident", "verif", "correct", "dlogits", "dfeatures", "dparams")
 
 
+def inputs(n, classes, d, p):
+    rng = L.rng_for("loss", n, classes, d)
+    return dict(logits=H.rand(rng, n, classes, scale=3.0),
+                labels=rng.integers(0, classes, n).astype(np.int32),
+                features=H.rand(rng, n, d), pair_a=np.arange(p, dtype=np.int32),
+                pair_b=np.arange(p, 2 * p, dtype=np.int32),
+                pair_y=np.where(rng.random(p) < 0.5, 1, -1).astype(np.int32),
+                params=np.float32([1.0]))
+
+
+def reference(i):
+    return O.joint_loss(*(i[k] for k in ("logits", "labels", "features", "pair_a", "pair_b",
+                                         "pair_y")), "l2", float(np.float32(LAM)), [1.0])
+
+
+def tolerances(ref):
+    """The tests' bounds: losses 1e-5 + 1e-4 |ref|, gradients 1e-5 max|ref| + 1e-4 |ref|."""
+    grads = {k: (H.RTOL, 1e-5 * float(np.abs(ref[k]).max())) for k in KEYS[4:]}
+    return dict(grads, total=(H.RTOL, 1e-5), ident=(H.RTOL, 1e-5), verif=(H.RTOL, 1e-5),
+                correct=(0.0, 0.0))
+
+
 def cases(args):
     for label, n, classes, d, p in L.loss(args):
-        rng = L.rng_for("loss", n, classes, d)
-        inp = dict(logits=H.rand(rng, n, classes, scale=3.0),
-                   labels=rng.integers(0, classes, n).astype(np.int32),
-                   features=H.rand(rng, n, d), pair_a=np.arange(p, dtype=np.int32),
-                   pair_b=np.arange(p, 2 * p, dtype=np.int32),
-                   pair_y=np.where(rng.random(p) < 0.5, 1, -1).astype(np.int32),
-                   params=np.float32([1.0]))
-        ref = O.joint_loss(*(inp[k] for k in ("logits", "labels", "features", "pair_a",
-                                              "pair_b", "pair_y")), "l2",
-                           float(np.float32(LAM)), [1.0])
-        tol = {k: (H.RTOL, 1e-5 * float(np.abs(ref[k]).max())) for k in KEYS[4:]}
         yield H.Case(
-            label, "joint_loss", LossShape(n, classes, d, p), inp, setup=L.to_device,
+            label, "joint_loss", LossShape(n, classes, d, p),
+            lambda a=(n, classes, d, p): inputs(*a), setup=L.to_device,
             call=lambda be, dv: dict(zip(KEYS, be.joint_loss(**dv, variant="l2", lam=LAM))),
-            reference=lambda i, ref=ref: ref,
-            tol=dict(tol, total=(H.RTOL, 1e-5), ident=(H.RTOL, 1e-5), verif=(H.RTOL, 1e-5),
-                     correct=(0.0, 0.0)),
+            reference=reference, tol=tolerances,
             flops=8 * n * classes + 8 * p * d, bytes=L.nbytes((2, n, classes), (3, n, d)))
-
 
 if __name__ == "__main__":
     sys.exit(H.main("loss", __doc__.splitlines()[0], cases))

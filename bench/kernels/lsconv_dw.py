@@ -25,17 +25,16 @@ def setup(be, inp):
 
 def cases(args):
     for label, s in L.convs(args):
-        inp = L.ls_inputs(s, backward=True)
-        cols = s.n * s.oh * s.ow
+        cols, a = s.n * s.oh * s.ow, L.ls_shapes(s)
         yield H.Case(
-            label, "lsconv_dw", s, inp, setup=setup,
+            label, "lsconv_dw", s, lambda s=s: L.ls_inputs(s, backward=True), setup=setup,
             call=lambda be, d, r=(s.rh, s.rw): dict(zip(("dw", "db"), be.lsconv_backward(
                 d["x"], d["w"], d["y"], d["dy"], r, need_dx=False, dw=d["dw"], db=d["db"])[1:])),
             reference=lambda i, s=s: {k: v for k, v in L.ls_backward_oracle(args, i, s).items()
                                       if k != "dx"},
             tol={"dw": H.tol(s.n * s.pmax), "db": H.tol(s.n * s.pmax)},
             flops=2 * cols * s.k * (s.q + 1),
-            bytes=L.nbytes(inp["x"], inp["y"], inp["dy"], inp["w"], inp["w"]))
+            bytes=L.nbytes(a["x"], a["y"], a["y"], a["w"], a["w"]))
 
 
 if __name__ == "__main__":

@@ -17,15 +17,15 @@ import layers as L  # noqa: E402
 
 def cases(args):
     for label, s in L.convs(args):
-        inp = L.ls_inputs(s, backward=True)
+        a = L.ls_shapes(s)
         yield H.Case(
-            label, "lsconv_dx", s, inp, setup=L.to_device,
+            label, "lsconv_dx", s, lambda s=s: L.ls_inputs(s, backward=True), setup=L.to_device,
             call=lambda be, d, r=(s.rh, s.rw): {"dx": be.lsconv_input_grad(
                 d["x"], d["w"], d["y"], d["dy"], r)},
             reference=lambda i, s=s: {"dx": L.ls_backward_oracle(args, i, s)["dx"]},
             tol={"dx": H.tol(s.k * s.kh * s.kw)},
             flops=2 * s.n * s.oh * s.ow * s.k * s.q,
-            bytes=L.nbytes(inp["y"], inp["dy"], inp["w"], inp["x"]))
+            bytes=L.nbytes(a["y"], a["y"], a["w"], a["x"]))
 
 
 if __name__ == "__main__":

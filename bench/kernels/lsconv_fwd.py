@@ -17,14 +17,13 @@ import layers as L  # noqa: E402
 
 def cases(args):
     for label, s in L.convs(args):
-        inp = L.ls_inputs(s, backward=False)
         region = (s.rh, s.rw)
         yield H.Case(
-            label, "lsconv_fwd", s, inp, setup=L.to_device,
+            label, "lsconv_fwd", s, lambda s=s: L.ls_inputs(s, backward=False), setup=L.to_device,
             call=lambda be, d, r=region: {"y": be.lsconv_forward(d["x"], d["w"], d["b"], r)},
             reference=lambda i, s=s: {"y": L.ls_forward_oracle(args, i, s)},
             tol={"y": H.tol(s.q)}, flops=2 * s.n * s.oh * s.ow * s.k * s.q,
-            bytes=L.nbytes(*inp.values(), (s.n, s.k, s.oh, s.ow)))
+            bytes=L.nbytes(*L.ls_shapes(s).values()))
 
 
 if __name__ == "__main__":

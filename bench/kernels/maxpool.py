@@ -8,6 +8,7 @@ the op only selects and copies), timed, tabled.
     python bench/kernels/maxpool.py --shape 512,20,52,44
     python bench/kernels/maxpool.py --emu
 """
+import functools
 import sys
 from pathlib import Path
 
@@ -24,22 +25,26 @@ EXACT = (0.0, 0.0)
 
 def cases(args):
     for label, (n, c, h, w) in L.pools(args):
-        rng = L.rng_for("pool", n, c, h, w)
-        x = H.rand(rng, n, c, h, w)
-        y, am = O.maxpool_forward(x, 2)
-        out = y.size
+        @functools.lru_cache(maxsize=1)
+        def data(n=n, c=c, h=h, w=w):
+            rng = L.rng_for("pool", n, c, h, w)
+            x = H.rand(rng, n, c, h, w)
+            y, am = O.maxpool_forward(x, 2)
+            return x, y, am, H.rand(rng, *y.shape)
+        x, y = (n, c, h, w), (n, c, h // 2, w // 2)
         yield H.Case(
-            label, "maxpool_fwd", GridShape(out), {"x": x}, setup=L.to_device,
+            label, "maxpool_fwd", GridShape(int(np.prod(y))), lambda data=data: {"x": data()[0]},
+            setup=L.to_device,
             call=lambda be, d: dict(zip(("y", "argmax"), be.maxpool_forward(d["x"], 2))),
-            reference=lambda i, y=y, am=am: {"y": y, "argmax": am},
-            tol={"y": EXACT, "argmax": EXACT}, flops=x.size, bytes=L.nbytes(x, y, am))
-        inp = {"dy": H.rand(rng, *y.shape), "argmax": am.astype(np.int32)}
+            reference=lambda i, data=data: {"y": data()[1], "argmax": data()[2]},
+            tol={"y": EXACT, "argmax": EXACT}, flops=int(np.prod(x)), bytes=L.nbytes(x, y, y))
         yield H.Case(
-            label, "maxpool_bwd", GridShape(x.size), inp, setup=L.to_device,
+            label, "maxpool_bwd", GridShape(int(np.prod(x))),
+            lambda data=data: {"dy": data()[3], "argmax": data()[2].astype(np.int32)},
+            setup=L.to_device,
             call=lambda be, d, hw=(h, w): {"dx": be.maxpool_backward(d["dy"], d["argmax"], hw, 2)},
             reference=lambda i, hw=(h, w): {"dx": O.maxpool_backward(i["dy"], i["argmax"], hw)},
             tol={"dx": EXACT}, flops=0, bytes=L.nbytes(y, y, x))
-
 
 if __name__ == "__main__":
     sys.exit(H.main("maxpool", __doc__.splitlines()[0], cases))

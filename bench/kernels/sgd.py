@@ -28,19 +28,22 @@ def call(be, d):
     return {"param": d["param"], "velocity": d["velocity"]}
 
 
+def inputs(shape):
+    rng = L.rng_for("sgd", shape)
+    return dict(param=H.rand(rng, *shape), grad=H.rand(rng, *shape),
+                velocity=H.rand(rng, *shape, scale=0.1))
+
+
 def cases(args):
     for label, shape in L.params(args):
-        rng = L.rng_for("sgd", shape)
-        inp = dict(param=H.rand(rng, *shape), grad=H.rand(rng, *shape),
-                   velocity=H.rand(rng, *shape, scale=0.1))
         size = int(np.prod(shape))
         yield H.Case(
-            label, "sgd", GridShape(size), inp, setup=L.to_device, call=call,
+            label, "sgd", GridShape(size), lambda shape=shape: inputs(shape), setup=L.to_device,
+            call=call,
             reference=lambda i: dict(zip(("param", "velocity"), O.sgd_update(
                 i["param"], i["grad"], i["velocity"], LR, MOMENTUM, WD))),
             tol={"param": (1e-5, 1e-6), "velocity": (1e-5, 1e-6)}, flops=6 * size,
             bytes=L.nbytes((5, size)))
-
 
 if __name__ == "__main__":
     sys.exit(H.main("sgd", __doc__.splitlines()[0], cases))

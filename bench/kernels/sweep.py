@@ -5,6 +5,7 @@ correct variant of every case to the tuning file, and the picks as JSON.
 
     python bench/kernels/sweep.py --budget 240 --batches 512 2048 128
     python bench/kernels/sweep.py --emu --batches 2 --tuning /tmp/t.json   # CI-sized
+    python bench/kernels/sweep.py --floors "NVIDIA H200"   # every case's floor, no GPU
 
 Families run in the order of --families (default: the costliest ops of a
 training step first). Out of budget, the sweep stops where it is and keeps
@@ -23,8 +24,39 @@ import harness as H  # noqa: E402
 FAMILIES = ("lsconv_dw", "lsconv_dx", "lsconv_fwd", "sgd", "maxpool", "dense", "loss")
 
 
+def _option(argv, name):
+    """(value of `name VALUE` or None, argv without them); SystemExit(2) without a value."""
+    if name not in argv:
+        return None, argv
+    i = argv.index(name)
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        print(f"sweep: {name} needs a value", file=sys.stderr)
+        raise SystemExit(2)
+    return argv[i + 1], argv[:i] + argv[i + 2:]
+
+
+def floors(args, fams, card):
+    """Every case's flops, bytes and their time at the card's peak (nothing runs)."""
+    pk = H.peaks(card)
+    if pk is None:
+        print(f"sweep: no peaks known for {card!r}; known: "
+              f"{', '.join(c[0] for c in H.CARDS)}", file=sys.stderr)
+        return 2
+    print(f"floors at the peak of {pk.label}: {pk.fp32:g} TFLOP/s fp32, {pk.gbs:g} GB/s "
+          f"(the time the op's flops and minimum bytes take; the larger one bounds it)")
+    print(f"  {'op':<12s} {'case':<16s} {'GFLOP':>8s} {'MB':>8s} {'compute ms':>10s} "
+          f"{'memory ms':>10s}  bound")
+    for fam in fams:
+        for c in importlib.import_module(fam).cases(args):
+            tc, tm = 1e3 * c.flops / (pk.fp32 * 1e12), 1e3 * c.bytes / (pk.gbs * 1e9)
+            print(f"  {c.op:<12s} {c.label:<16s} {c.flops / 1e9:8.3f} {c.bytes / 1e6:8.2f} "
+                  f"{tc:10.4f} {tm:10.4f}  {'compute' if tc > tm else 'memory'}")
+    return 0
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    card, argv = _option(argv, "--floors")
     fams, json_out = list(FAMILIES), None
     if "--families" in argv:
         i = argv.index("--families")
@@ -35,13 +67,10 @@ def main(argv=None):
             print(f"sweep: --families takes some of {', '.join(FAMILIES)}; got {bad or 'none'}",
                   file=sys.stderr)
             return 2
-    if "--json" in argv:
-        i = argv.index("--json")
-        if i + 1 >= len(argv):
-            print("sweep: --json needs a path", file=sys.stderr)
-            return 2
-        json_out, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    json_out, argv = _option(argv, "--json")
     args = H.parse(__doc__.splitlines()[0], argv)
+    if card:
+        return floors(args, fams, card)
     ctx = H.context(args)
     status, picks = 0, []
     for fam in fams:
