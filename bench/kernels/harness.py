@@ -21,6 +21,7 @@ column is the host's wall time of the emulation: it says nothing of a GPU's
 speed, and the picks are written only where --tuning names a file.
 """
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -159,6 +160,7 @@ def pool(args):
     global _pool
     if _pool is None and args.jobs > 1 and not args.emu:
         _pool = ProcessPoolExecutor(args.jobs)
+        list(_pool.map(int, range(args.jobs)))   # start the workers now
     return _pool
 
 
@@ -250,6 +252,8 @@ def resources(seen, figures):
 def context(args):
     """What a run needs: the backend, its card and peaks, ptxas' figures, the
     precision and where the picks go."""
+    if not args.emu and importlib.util.find_spec("cupy") is not None:
+        pool(args)   # the oracle's processes start before CUDA does (no fork of a CUDA process)
     be, cp, mode = load_backend(args)
     card = be.card_name() or "unknown card"
     tpath = None
