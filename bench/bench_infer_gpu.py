@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import bench_common as bc  # noqa: E402
-from bench_train_gpu import backend  # noqa: E402
+from bench_train_gpu import backend, feature  # noqa: E402
 
 
 def parse():
@@ -50,18 +50,6 @@ def median_ms(fn, sync, reps, warmup=3):
     return 1e3 * statistics.median(t)
 
 
-def graph_capture(be):
-    """capture_graph(fn) -> replay of the backend (or its TF32 module), or None."""
-    fn = getattr(be, "capture_graph", None)
-    if fn is None:
-        try:
-            from deepid2_core.backends import gpu_tc
-            fn = getattr(gpu_tc, "capture_graph", None)
-        except ImportError:
-            fn = None
-    return fn
-
-
 def main():
     args = parse()
     be, cupy, mode = backend(args)
@@ -79,7 +67,7 @@ def main():
     out = {"batch": batch}
     out["ours_ms"] = median_ms(lambda: net.features(params, xs[batch]), sync, reps, 1)
     out["ours_b1_ms"] = median_ms(lambda: net.features(params, xs[1]), sync, reps, 1)
-    cap = graph_capture(be)
+    cap = feature(be, "capture_graph")
     if cap is not None:
         replay = cap(lambda: net.features(params, xs[1]))
         out["ours_b1_graph_ms"] = median_ms(replay, sync, reps, 1)

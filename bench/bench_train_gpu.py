@@ -157,13 +157,14 @@ def torch_step(torch, ref, args, batch, tf32):
     return s, float(last["loss"])
 
 
-def precision_switch(be):
-    """The backend's set_precision (fp32 / tf32), or None where it has none."""
-    fn = getattr(be, "set_precision", None)
+def feature(be, name):
+    """The gpu backend's function `name` (set_precision, capture_graph), or that
+    of its TF32 kernels' module where it has one; None where neither has it."""
+    fn = getattr(be, name, None)
     if fn is None:
         try:
-            from deepid2_core.backends import gpu_tc   # the TF32 kernels' module, if any
-            fn = getattr(gpu_tc, "set_precision", None)
+            from deepid2_core.backends import gpu_tc
+            fn = getattr(gpu_tc, name, None)
         except ImportError:
             fn = None
     return fn
@@ -192,7 +193,7 @@ def main():
     args = parse()
     be, cupy, mode = backend(args)
     be.set_debug(False)
-    args.set_precision = precision_switch(be)
+    args.set_precision = feature(be, "set_precision")
     torch, ref, why = bc.import_reference(threads=4, disabled=args.no_torch)
     if mode == "emu":
         why = "the emulator (no GPU)"
