@@ -322,15 +322,31 @@ def _clear():
     _choices.clear()
 
 
+# The choice is made once per op, shape and setting, and looked up on every
+# call: the settings are read raw (a dict lookup; os.environ.get costs
+# microseconds per op call, when a missing key raises inside it).
+_ENV_RAW = getattr(os.environ, "_data", None)
+_ENV_KEYS = tuple(os.environ.encodekey(k) if hasattr(os.environ, "encodekey") else k
+                  for k in ("DEEPID2_GPU_TILING", "DEEPID2_GPU_TUNING"))
+
+
+def _settings():
+    if _ENV_RAW is not None:
+        return _ENV_RAW.get(_ENV_KEYS[0]), _ENV_RAW.get(_ENV_KEYS[1])
+    return os.environ.get("DEEPID2_GPU_TILING"), os.environ.get("DEEPID2_GPU_TUNING")
+
+
 def choose(op, shape, card=None, precision="fp32", force=None):
-    """The variant to run (a Choice: the Variant and where it came from)."""
-    env = os.environ.get("DEEPID2_GPU_TILING", "")
-    key = (op, shape, card, precision, force, env, os.environ.get("DEEPID2_GPU_TUNING"),
-           os.environ.get("XDG_CACHE_HOME"))
+    """The variant to run (a Choice: the Variant and where it came from).
+    $DEEPID2_GPU_TILING and $DEEPID2_GPU_TUNING are read on every call; the
+    default tuning file's place ($XDG_CACHE_HOME, ~) when an op first meets
+    a shape."""
+    key = (op, shape, card, precision, force, _settings())
     got = _choices.get(key)
     if got is not None:
         return got
     _check_op(op)
+    env = os.environ.get("DEEPID2_GPU_TILING", "")
     tpath = tuning_path()
     got = None
     if force is not None:
