@@ -11,7 +11,8 @@ The order of the choice (``choose``):
    DEEPID2_GPU_TUNING=off ignores it. Its picks are keyed by the card's
    name, the precision, the op and the shape; a shape it lacks falls back to
 4. the heuristic: the backend's original choice, from the shape alone
-   (_dx_tile_for, _wgrad_tile, _wgrad_splits below).
+   (_dx_tile_for, _wgrad_tile, _wgrad_splits in gpu_variants.py, which also
+   holds each family's candidates and validity).
 A variant that cannot run the shape, or a name that does not parse, is one
 ValueError line naming the op and its valid variants.
 
@@ -44,11 +45,13 @@ where it is of that family, else from the family's first candidate.
 
 Adding a variant, e.g. a TF32 kernel of another module, is one line:
     gpu.register_variant("lsconv_fwd", "tf32", launcher, precision="tf32")
-which puts the launcher in gpu.LAUNCHERS (op -> {family: launcher}) and the
-family here (``register``; give ``candidates`` / ``valid`` / ``keys`` for a
-family with parameters). A launcher takes the op's shape, the Variant and the
-arrays of gpu.py's launchers of that op (see gpu.py, "launchers"). Families of
-precision "tf32" are used only when the backend runs at that precision.
+which puts the launcher in LAUNCHERS (op -> {family: launcher},
+gpu_launchers.py) and the family here (``register``; give ``keys``,
+``candidates`` and ``valid`` for a family with parameters). A launcher is
+called as launcher(kit, shape, variant, *arrays), with the arrays that
+gpu_launchers.py's docstring lists for its op; kit is the backend's CuPy and
+helpers, so it imports no CuPy. Families of precision "tf32" run only when
+the backend's precision (gpu.KIT.state["precision"]) is "tf32".
 """
 
 import contextlib
