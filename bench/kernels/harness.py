@@ -45,6 +45,7 @@ EMU_BATCHES = (2, 3)
 EMU_NET = dict(height=43, width=39)   # DeepID2's layers at a small input (every path)
 CLASSES, EMU_CLASSES = 8192, 50
 RTOL = 1e-4
+ABANDON = 3.0   # timing stops after one sample for a variant this much slower than the best
 
 # card name (a substring, first match wins): fp32 and dense TF32 TFLOP/s, GB/s
 CARDS = (
@@ -90,8 +91,8 @@ def parse(description, argv=None):
                          "repeatable; replaces the network's layers")
     ap.add_argument("--emu", action="store_true",
                     help="run in the kernel emulator (automatic without CuPy or a GPU)")
-    ap.add_argument("--reps", type=int, default=15, help="timed samples per variant")
-    ap.add_argument("--inner", type=int, default=3, help="calls per timed sample")
+    ap.add_argument("--reps", type=int, default=10, help="timed samples per variant")
+    ap.add_argument("--inner", type=int, default=2, help="calls per timed sample")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--budget", type=float, help="seconds; then stop and keep the best so far")
     ap.add_argument("--tuning", help="tuning file to write the winners to (default: "
@@ -177,14 +178,18 @@ def chunked(args, fn, n, arrays_of, combine):
 
 # ----------------------------------------------------------------------------
 # timing and checking
-def gpu_time(args, cp, fn):
-    """ms per call of fn: CUDA events around --inner calls, the median of
-    --reps samples, after --warmup calls."""
+def gpu_time(args, cp, fn, best=None):
+    """(ms per call of fn, whole): CUDA events around --inner calls, the median
+    of --reps samples, after --warmup calls. A variant whose first sample is
+    over ABANDON x the best so far is not timed further (whole False): it
+    cannot win, and the sweep's budget is better spent on the others."""
     for _ in range(args.warmup):
         fn()
     cp.cuda.Device().synchronize()
     samples = []
-    for _ in range(args.reps):
+    for i in range(args.reps):
+        if i == 1 and best and samples[0] > ABANDON * best:
+            return samples[0], False
         s, e = cp.cuda.Event(), cp.cuda.Event()
         s.record()
         for _ in range(args.inner):
@@ -192,7 +197,7 @@ def gpu_time(args, cp, fn):
         e.record()
         e.synchronize()
         samples.append(cp.cuda.get_elapsed_time(s, e) / args.inner)
-    return statistics.median(samples)
+    return statistics.median(samples), True
 
 
 def check(got, ref, tols):
@@ -338,12 +343,15 @@ def _sweep(args, ctx, case):
                 print(f"FAIL {case.op} {v.name} ({case.label}): {text}")
                 rows.append((v, None, worst, spy.seen, "FAILED the oracle check"))
                 continue
+            note = ""
             if ctx.mode == "emu":   # the emulation's wall time: one run is enough
                 ms = wall
             else:
                 state = case.setup(be, inputs)
-                ms = gpu_time(args, ctx.cp, lambda: case.call(be, state))
-        rows.append((v, ms, worst, spy.seen, ""))
+                best = min((r[1] for r in rows if r[1] is not None), default=None)
+                ms, whole = gpu_time(args, ctx.cp, lambda: case.call(be, state), best)
+                note = "" if whole else f"(one sample: over {ABANDON:g}x the best)"
+        rows.append((v, ms, worst, spy.seen, note))
     return rows
 
 

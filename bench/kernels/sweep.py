@@ -7,11 +7,14 @@ correct variant of every case to the tuning file, and the picks as JSON.
     python bench/kernels/sweep.py --emu --batches 2 --tuning /tmp/t.json   # CI-sized
     python bench/kernels/sweep.py --floors "NVIDIA H200"   # every case's floor, no GPU
 
-Families run in the order of --families (default: the costliest ops of a
-training step first). Out of budget, the sweep stops where it is and keeps
+Batches run in the order of --batches, and within each the families in the
+order of --families (default: the costliest ops of a training step first;
+SGD, whose shapes do not depend on the batch, with the first batch). A
+variant over 3x the best so far is timed once, not --reps times. Out of budget, the sweep stops where it is and keeps
 the picks written so far (the backend falls back to its heuristics for the
 shapes it did not reach). Exit 1 if any variant disagrees with the oracle.
 """
+import argparse
 import importlib
 import json
 import sys
@@ -22,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
 
 FAMILIES = ("lsconv_dw", "lsconv_dx", "lsconv_fwd", "sgd", "maxpool", "dense", "loss")
+BATCHLESS = ("sgd",)
 
 
 def _option(argv, name):
@@ -72,13 +76,19 @@ def main(argv=None):
     if card:
         return floors(args, fams, card)
     ctx = H.context(args)
-    status, picks = 0, []
-    for fam in fams:
+    status, picks, batches = 0, [], H.batches(args)
+    # batch after batch (the first one's picks complete before the next
+    # starts); SGD's shapes do not depend on the batch: once
+    todo = [(b, fam) for k, b in enumerate(batches) for fam in fams
+            if not (fam in BATCHLESS and k > 0)]
+    for b, fam in todo:
         if args.budget and time.perf_counter() - args.t0 > args.budget:
-            print(f"\nsweep: budget of {args.budget:g} s spent before {fam} (and after)")
+            print(f"\nsweep: budget of {args.budget:g} s spent before {fam} at batch {b} "
+                  "(and after)")
             break
         mod = importlib.import_module(fam)
-        st, got = H.run(args, fam, mod.cases, ctx)
+        st, got = H.run(argparse.Namespace(**dict(vars(args), batches=[b])), fam, mod.cases,
+                        ctx)
         status, picks = max(status, st), picks + got
     spent = time.perf_counter() - args.t0
     H.print_picks(f"sweep summary ({ctx.card}, {ctx.mode}; heuristic vs fastest correct "
