@@ -38,8 +38,8 @@ def cases(args):
     for label, shape in L.params(args):
         size = int(np.prod(shape))
         yield H.Case(
-            label, "sgd", GridShape(size), lambda shape=shape: inputs(shape), setup=L.to_device,
-            call=call,
+            label, "sgd", GridShape(size), lambda shape=shape: inputs(shape),
+            setup=lambda be, i: L.to_device(be, i, fresh=("param", "velocity")), call=call,
             reference=lambda i: dict(zip(("param", "velocity"), O.sgd_update(
                 i["param"], i["grad"], i["velocity"], LR, MOMENTUM, WD))),
             tol={"param": (1e-5, 1e-6), "velocity": (1e-5, 1e-6)}, flops=6 * size,
