@@ -33,18 +33,29 @@ Modes (module-wide):
 - CuPy compiles every kernel with -ftz=true: float32 denormals (|v| below
   1.2e-38) are flushed to zero, where the cpu backend keeps them. No op here
   depends on them at the network's scales.
+- Kernel variants: where an op has several kernels, tiles or block sizes,
+  gpu_tiling.py chooses one per shape (forced in code or by
+  $DEEPID2_GPU_TILING, else the tuning file that bench/kernels/ writes,
+  else the original heuristics) and gpu_launchers.py runs it. In
+  deterministic mode results are reproducible for a given choice; the
+  default choice (no tuning file) depends on the shapes only.
+- The argument checks are in gpu_checks.py.
 - The kernel sources are read from the source tree: install with
   a wheel (``pip install .`` installs them as deepid2_core/kernels), or
   point $DEEPID2_KERNELS_DIR at a kernels/ folder.
 """
 
-import functools
 import os
 from collections import namedtuple
+from types import SimpleNamespace
 
 import numpy as np
 
 from deepid2_core.backends import BackendUnavailable, _kernel_src
+from deepid2_core.backends import gpu_checks as chk
+from deepid2_core.backends import gpu_tiling as tiling
+from deepid2_core.backends.gpu_launchers import LAUNCHERS
+from deepid2_core.backends.gpu_variants import DenseShape, GridShape, LossShape
 
 try:
     import cupy
@@ -66,6 +77,7 @@ _state = {
     "deterministic": os.environ.get("DEEPID2_GPU_DETERMINISTIC", "1") != "0",
     "debug": os.environ.get("DEEPID2_GPU_DEBUG", "0") not in ("", "0"),
     "index_checks": True,
+    "precision": "fp32",   # which variant families may run (gpu_tiling.PRECISIONS)
 }
 
 
@@ -176,49 +188,9 @@ def _blocks(total, threads=256, cap=65536):
 
 
 # ----------------------------------------------------------------------------
-# argument checks (the cpu backend's messages, bindings/module.cpp)
-def _shape_str(s):
-    s = tuple(int(v) for v in s)
-    return "(" + ", ".join(str(v) for v in s) + ("," if len(s) == 1 else "") + ")"
-
-
+# argument checks (gpu_checks.py) bound to this module's CuPy; outputs
 def _checked(a, argname, dtype=_f32):
-    if not isinstance(a, cupy.ndarray):
-        raise TypeError(f"{argname} must be a cupy.ndarray (the gpu backend takes device "
-                        f"arrays), got {type(a).__module__}.{type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{argname} must have dtype {np.dtype(dtype)}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{argname} must be C-contiguous (use cupy.ascontiguousarray)")
-    dev = cupy.cuda.Device().id
-    if a.device.id != dev:
-        raise ValueError(f"{argname} is on GPU {a.device.id}, but the current device is GPU {dev}")
-    return a
-
-
-def _expect_ndim(a, argname, ndim, meaning):
-    if a.ndim != ndim:
-        raise ValueError(f"{argname} must have {ndim} dimensions ({meaning}), got shape "
-                         f"{_shape_str(a.shape)}")
-    if any(d < 1 for d in a.shape):
-        raise ValueError(f"{argname}: every dimension of {meaning} must be positive, got shape "
-                         f"{_shape_str(a.shape)}")
-
-
-def _expect_shape(a, argname, want, meaning):
-    if tuple(a.shape) != tuple(want):
-        raise ValueError(f"{argname}: expected shape {_shape_str(want)} ({meaning}), got "
-                         f"{_shape_str(a.shape)}")
-
-
-def _int_pair(v, argname):
-    try:
-        a, b = v
-        if isinstance(a, (bool, np.bool_)) or isinstance(b, (bool, np.bool_)):
-            raise TypeError
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise TypeError(f"{argname} must be a pair of integers, got {v!r}") from None
+    return chk.checked(cupy, a, argname, dtype)
 
 
 def _new(shape, dtype=_f32):
@@ -233,7 +205,7 @@ def _out_or_new(given, argname, shape, meaning):
     if given is None:
         return cupy.zeros(shape, dtype=_f32)
     a = _checked(given, argname)
-    _expect_shape(a, argname, shape, meaning)
+    chk.expect_shape(a, argname, shape, meaning)
     return a
 
 
@@ -254,253 +226,98 @@ def _check_written(op, **outs):
 
 
 # ----------------------------------------------------------------------------
+# the variant choice (gpu_tiling.py) and the launchers of the variants
+# (gpu_launchers.py), which get KIT: this backend's CuPy and helpers
+KIT = SimpleNamespace(cupy=cupy, launch=_launch, new=_new, blocks=_blocks,
+                      check_written=_check_written, state=_state)
+_cards = {}
+
+
+def card_name():
+    """The current GPU's name, as the tuning file keys its picks ("" if unknown)."""
+    dev = cupy.cuda.Device().id
+    if dev not in _cards:
+        try:
+            got = cupy.cuda.runtime.getDeviceProperties(dev)["name"]
+            _cards[dev] = got.decode() if isinstance(got, bytes) else str(got)
+        except Exception:  # noqa: BLE001 - a stand-in without properties: no tuning file
+            _cards[dev] = ""
+    return _cards[dev]
+
+
+def _run(op, shape, *args):
+    """Run the chosen variant of `op` for `shape` (gpu_tiling.choose)."""
+    v = tiling.choose(op, shape, card_name(), _state["precision"]).variant
+    fn = LAUNCHERS[op].get(v.family)
+    if fn is None:
+        raise RuntimeError(f"gpu backend: {op} variant {v.name} has no launcher here "
+                           "(register_variant)")
+    return fn(KIT, shape, v, *args)
+
+
+def register_variant(op, family, launcher, keys=(), candidates=None, valid=None,
+                     precision="fp32"):
+    """Add a kernel variant: LAUNCHERS[op][family] = launcher, and the family
+    in gpu_tiling (its parameters: keys, candidates, valid; see there)."""
+    tiling.register(op, family, keys, candidates, valid, precision)
+    LAUNCHERS[op][family] = launcher
+
+
+# ----------------------------------------------------------------------------
 # lsconv
-_qoff_cache = {}
-
-
-def _qoff(c, h, w, kh, kw):
-    """Offsets c*H*W + i*W + j of the taps q = (c, i, j), as int32 on the device."""
-    key = (c, h, w, kh, kw, cupy.cuda.Device().id)
-    q = _qoff_cache.get(key)
-    if q is None:
-        off = (np.arange(c, dtype=np.int64)[:, None, None] * h * w
-               + np.arange(kh, dtype=np.int64)[None, :, None] * w
-               + np.arange(kw, dtype=np.int64)[None, None, :]).ravel()
-        if off.max() >= 2 ** 31:
-            raise ValueError(f"x: one image of {c}x{h}x{w} is too large for the gpu backend")
-        if len(_qoff_cache) > 64:
-            _qoff_cache.clear()
-        q = _qoff_cache[key] = cupy.asarray(off.astype(np.int32))
-    return q
-
-
-class _Ls:
-    """Geometry of one lsconv call (cpp/include/deepid2/ops.h, LsconvShape)."""
-
-    def __init__(self, x, w, region):
-        _expect_ndim(x, "x", 4, "N x C x H x W")
-        _expect_ndim(w, "w", 6, "RY x RX x K x C x kh x kw")
-        self.n, self.c, self.h, self.w = (int(v) for v in x.shape)
-        self.k, self.kh, self.kw = int(w.shape[2]), int(w.shape[4]), int(w.shape[5])
-        self.rh, self.rw = _int_pair(region, "region")
-        if self.rh < 1 or self.rw < 1:
-            raise ValueError("region must be two positive integers")
-        if self.kh > self.h or self.kw > self.w:
-            raise ValueError(f"w: kernel {self.kh}x{self.kw} (axes 4, 5) is larger than x's "
-                             f"{self.h}x{self.w} map")
-        self.oh, self.ow = self.h - self.kh + 1, self.w - self.kw + 1
-        if self.rh > self.oh or self.rw > self.ow:
-            raise ValueError(f"region {self.rh}x{self.rw} is larger than the {self.oh}x{self.ow} "
-                             "output map")
-        self.ry, self.rx = -(-self.oh // self.rh), -(-self.ow // self.rw)
-        self.r = self.ry * self.rx
-        self.q = self.c * self.kh * self.kw
-        _expect_shape(w, "w", (self.ry, self.rx, self.k, self.c, self.kh, self.kw),
-                      "RY x RX x K x C x kh x kw for this x and region")
-        # columns of the largest (first) region
-        self.pmax = min(self.rh, self.oh) * min(self.rw, self.ow)
-
-    def dims(self):
-        return tuple(_i32(v) for v in (self.n, self.c, self.h, self.w, self.k, self.kh,
-                                       self.kw, self.rh, self.rw))
-
-    @property
-    def yshape(self):
-        return (self.n, self.k, self.oh, self.ow)
-
-
 def lsconv_forward(x, w, b, region, relu=True):
     """y = act(b + lsconv(x, w)); see docs/ops.md."""
     x, w, b = _checked(x, "x"), _checked(w, "w"), _checked(b, "b")
-    s = _Ls(x, w, region)
-    _expect_shape(b, "b", (s.ry, s.rx, s.k), "RY x RX x K")
-    y = _new(s.yshape)
-    col_tiles = -(-s.n * s.pmax // 64)
-    _launch("lsconv", "lsconv_fwd", (s.r * col_tiles, -(-s.k // 32)), 128,
-            (x, w, b, _qoff(s.c, s.h, s.w, s.kh, s.kw), y, *s.dims(), _i32(bool(relu)),
-             _i32(col_tiles)))
+    s = chk.lsconv_shape(x, w, region)
+    chk.expect_shape(b, "b", (s.ry, s.rx, s.k), "RY x RX x K")
+    y = _new(chk.ls_yshape(s))
+    _run("lsconv_fwd", s, x, w, b, y, relu)
     _check_written("lsconv_forward", y=y)
     return y
 
 
-# Weight-gradient split: about this many blocks in all, each chunk at least
-# _MIN_CHUNK columns. Depends on the shapes only, so results do not depend
-# on the GPU model in deterministic mode.
-_TARGET_BLOCKS = 1024
-_MIN_CHUNK = 256
-_SMEM_LIMIT = 40 * 1024
-
-
-def _dx_as_forward_conv(s, w, y, dy, dx, relu_):
-    """dx of a layer with one region (an ordinary convolution): the forward
-    kernel over the zero-padded masked gradient with the flipped, transposed
-    weights W'[c, k, i, j] = W[k, c, kh-1-i, kw-1-j], a GEMM-shaped problem
-    (C x (N H W) x (K kh kw)) that lsconv_fwd tiles well."""
-    ph, pw = s.oh + 2 * (s.kh - 1), s.ow + 2 * (s.kw - 1)
-    gp = _new((s.n, s.k, ph, pw))
-    _launch("lsconv", "lsconv_pad_grad", (_blocks(gp.size),), 256,
-            (y, dy, gp, _i32(s.n), _i32(s.k), _i32(s.oh), _i32(s.ow), _i32(s.kh), _i32(s.kw),
-             relu_))
-    wf = cupy.ascontiguousarray(w[0, 0].transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])[None, None]
-    bias = cupy.zeros((1, 1, s.c), dtype=_f32)
-    col_tiles = -(-s.n * s.h * s.w // 64)
-    _launch("lsconv", "lsconv_fwd", (col_tiles, -(-s.c // 32)), 128,
-            (gp, wf, bias, _qoff(s.k, ph, pw, s.kh, s.kw), dx, _i32(s.n), _i32(s.k), _i32(ph),
-             _i32(pw), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(s.h), _i32(s.w), _i32(0),
-             _i32(col_tiles)))
-
-
-def _dx_gather(s, w, y, dy, dx, relu_):
-    """dx by gathering, for each input position, the taps that reach it:
-    lsconv_bwd_data (_px2, two positions per thread, where one region covers
-    the map), or the simple kernel where no staged tile fits."""
-    px = 2 if s.r == 1 else 1
-    th, tw, nb, kc = _dx_tile_for(s.h, s.w, s.kh, s.kw, s.k, px)
-    if not kc:
-        _launch("lsconv", "lsconv_bwd_data_simple", (_blocks(dx.size),), 256,
-                (y, dy, w, dx, *s.dims(), relu_))
-        return
-    cp_ = -(-s.c // 8) * 8
-    wt = cupy.empty((s.r, s.k, s.kh, s.kw, cp_), dtype=_f32)
-    _launch("lsconv", "lsconv_wt_transpose", (_blocks(wt.size),), 256,
-            (w, wt, _i32(s.r), _i32(s.k), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(cp_)))
-    tiles = -(-s.h // th) * -(-s.w // tw)
-    threads = -(-nb * th * tw // px // 32) * 32
-    smem = nb * kc * (th + s.kh - 1) * (tw + s.kw - 1 + px - 1) * 4
-    _launch("lsconv", "lsconv_bwd_data_px2" if px == 2 else "lsconv_bwd_data",
-            (-(-s.n // nb) * tiles, cp_ // 8), threads,
-            (y, dy, wt, dx, *s.dims(), relu_, _i32(cp_), _i32(kc), _i32(th), _i32(tw),
-             _i32(nb)), shared_mem=smem)
-
-
-@functools.lru_cache(maxsize=256)
-def _dx_tile_for(h, w, kh, kw, k, px):
-    """(TH, TW, NB, KC) of lsconv_bwd_data (px = 1) / _px2 (px = 2, one region):
-    a TH x TW tile of dx for NB images per block, one thread per px positions,
-    KC maps staged at a time; KC = 0 when even one map does not fit in shared
-    memory (then the simple kernel runs). Small maps take a whole map per
-    image and several images per block; larger ones the tile of 64..256
-    threads that leaves the fewest idle."""
-    wp = -(-w // px) * px
-    if h * wp // px <= 128:
-        th, tw = h, wp
-        nb = max(1, 256 // (th * tw // px))
-    else:
-        def idle(t):
-            a, b = t
-            return -(-h // a) * -(-w // b) * (-(-a * b // px // 32) * 32) * px - h * w, -a * b
-        th, tw = min(((a, b) for a in range(1, h + 1) for b in range(px, wp + 1, px)
-                      if 64 <= a * b // px <= 256), key=idle, default=(min(h, 8), min(wp, 32)))
-        nb = 1
-    stage = (th + kh - 1) * (tw + kw - 1 + px - 1) * 4
-    kc = min(k, 16)
-    while kc > 1 and nb * kc * stage > _SMEM_LIMIT:
-        kc //= 2
-    while nb > 1 and nb * kc * stage > _SMEM_LIMIT:
-        nb //= 2
-    return th, tw, nb, (kc if nb * kc * stage <= _SMEM_LIMIT else 0)
-
-
-def _wgrad_tile(k, q1):
-    """(maps, taps) of the weight-gradient tile (kernels lsconv_bwd_w_<BM>_<BN>)
-    that wastes the least of the K x (Q + 1) gradient; ties go to the larger tile."""
-    def waste(t):
-        bm, bn = t
-        return (-(-k // bm) * bm) * (-(-q1 // bn) * bn) - k * q1, -bm * bn
-    return min(((bm, bn) for bm in (20, 40, 60) for bn in (64, 128)), key=waste)
-
-
-def _wgrad_splits(s, q_tiles, k_tiles):
-    tiles = s.r * q_tiles * k_tiles
-    return max(1, min(-(-_TARGET_BLOCKS // tiles), (s.n * s.pmax) // _MIN_CHUNK, 65535))
-
-
 def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=None):
     """(dx or None, dw, db) with dw += and db += ; see docs/ops.md."""
-    x, w, dy = _checked(x, "x"), _checked(w, "w"), _checked(dy, "dy")
-    s = _Ls(x, w, region)
-    _expect_shape(dy, "dy", s.yshape, "N x K x OH x OW")
-    if relu:
-        y = _checked(y, "y")
-        _expect_shape(y, "y", s.yshape, "N x K x OH x OW")
-    else:
-        y = dy  # not read
+    x, w, y, dy, s = chk.lsconv_backward_args(cupy, x, w, y, dy, region, relu)
     dw = _out_or_new(dw, "dw", tuple(w.shape), "same as w")
     db = _out_or_new(db, "db", (s.ry, s.rx, s.k), "RY x RX x K")
     relu_ = _i32(bool(relu))
-
     dx = None
     if need_dx:
         dx = _new(tuple(x.shape))
-        padded = (s.oh + 2 * (s.kh - 1)) * (s.ow + 2 * (s.kw - 1))
-        if s.r == 1 and padded <= 2 * s.h * s.w:   # (padding a big kernel would cost more)
-            _dx_as_forward_conv(s, w, y, dy, dx, relu_)
-        else:
-            _dx_gather(s, w, y, dy, dx, relu_)
-
-    bm, bn = _wgrad_tile(s.k, s.q + 1)
-    kname = f"lsconv_bwd_w_{bm}_{bn}"
-    threads = (bm // 4) * (bn // (4 if bn == 64 else 8))
-    q_tiles, k_tiles = -(-(s.q + 1) // bn), -(-s.k // bm)
-    splits = _wgrad_splits(s, q_tiles, k_tiles)
-    qoff = _qoff(s.c, s.h, s.w, s.kh, s.kw)
-    grid = (s.r * q_tiles, k_tiles, splits)
-    if _state["deterministic"]:
-        part = _new((splits, s.r, s.k, s.q + 1))
-        _launch("lsconv", kname, grid, threads,
-                (x, y, dy, qoff, part, dw, db, *s.dims(), relu_, _i32(q_tiles), _i32(splits),
-                 _i32(0)))
-        _check_written("lsconv_backward", workspace=part)
-        _launch("lsconv", "lsconv_bwd_w_reduce", (_blocks(part.size // splits),), 256,
-                (part, dw, db, _i32(s.r), _i32(s.k), _i32(s.q), _i32(splits)))
-    else:
-        _launch("lsconv", kname, grid, threads,
-                (x, y, dy, qoff, dw, dw, db, *s.dims(), relu_, _i32(q_tiles), _i32(splits),
-                 _i32(1)))
+        _run("lsconv_dx", s, w, y, dy, dx, relu_)
+    _run("lsconv_dw", s, x, y, dy, dw, db, relu_)
     _check_written("lsconv_backward", dx=dx, dw=dw, db=db)
     return dx, dw, db
+
+
+def lsconv_input_grad(x, w, y, dy, region, relu=True):
+    """dx of lsconv_backward alone (for the benchmarks of bench/kernels/)."""
+    x, w, y, dy, s = chk.lsconv_backward_args(cupy, x, w, y, dy, region, relu)
+    dx = _new(tuple(x.shape))
+    _run("lsconv_dx", s, w, y, dy, dx, _i32(bool(relu)))
+    _check_written("lsconv_input_grad", dx=dx)
+    return dx
 
 
 # ----------------------------------------------------------------------------
 # maxpool
 def maxpool_forward(x, s=2):
     """(y, argmax int32); see docs/ops.md."""
-    x = _checked(x, "x")
-    _expect_ndim(x, "x", 4, "N x C x H x W")
-    s = int(s)
-    if s < 1:
-        raise ValueError(f"s must be a positive integer, got {s}")
-    n, c, h, w = (int(v) for v in x.shape)
-    if s > h or s > w:
-        raise ValueError(f"x: the {s}x{s} window is larger than the {h}x{w} map")
+    x, n, c, h, w, s = chk.maxpool_forward_args(cupy, x, s)
     oh, ow = h // s, w // s
     y, am = _new((n, c, oh, ow)), _new((n, c, oh, ow), _i32)
-    _launch("maxpool", "maxpool_fwd", (_blocks(y.size),), 256,
-            (x, y, am, _i64(n * c), _i32(h), _i32(w), _i32(s)))
+    _run("maxpool_fwd", GridShape(y.size), x, y, am, n * c, h, w, s)
     _check_written("maxpool_forward", y=y, argmax=am)
     return y, am
 
 
 def maxpool_backward(dy, argmax, in_hw, s=None):
     """dx: dy scattered to the argmax positions, 0 elsewhere; see docs/ops.md."""
-    dy = _checked(dy, "dy")
-    am = _checked(argmax, "argmax", _i32)
-    _expect_ndim(dy, "dy", 4, "N x C x OH x OW")
-    h, w = _int_pair(in_hw, "in_hw")
-    if h < 1 or w < 1:
-        raise ValueError("in_hw must be two positive integers")
-    n, c, oh, ow = (int(v) for v in dy.shape)
-    s = h // oh if s is None else int(s)
-    if s < 1:
-        raise ValueError(f"dy: its {oh}x{ow} map is larger than in_hw = ({h}, {w})")
-    if h // s != oh or w // s != ow:
-        raise ValueError(f"dy: shape {_shape_str(dy.shape)} is not a {s}x{s} pooling of an "
-                         f"input of size in_hw = ({h}, {w})")
-    _expect_shape(am, "argmax", tuple(dy.shape), "same as dy")
+    dy, am, n, c, h, w, s, oh, ow = chk.maxpool_backward_args(cupy, dy, argmax, in_hw, s)
     dx = _new((n, c, h, w))
     flags = cupy.zeros(1, dtype=_i32)
-    _launch("maxpool", "maxpool_bwd", (_blocks(dx.size),), 256,
-            (dy, am, dx, flags, _i64(n * c), _i32(h), _i32(w), _i32(s), _i32(oh), _i32(ow)))
+    _run("maxpool_bwd", GridShape(dx.size), dy, am, dx, flags, n * c, h, w, s, oh, ow)
     if _state["index_checks"] and int(flags.get()[0]):
         raise ValueError("argmax holds an index outside its window (maxpool_backward)")
     _check_written("maxpool_backward", dx=dx)
@@ -517,16 +334,9 @@ def lsconv_pool_forward(x, w, b, region, relu=True, s=2):
 def lsconv_pool_backward(x, w, y, argmax, dy, region, relu=True, need_dx=True, dw=None, db=None,
                          s=2):
     """The backward of lsconv_pool_forward from the pooled gradient dy; see docs/ops.md."""
-    x, w, dy = _checked(x, "x"), _checked(w, "w"), _checked(dy, "dy")
-    ls = _Ls(x, w, region)
-    s = int(s)
-    if s < 1 or s > ls.oh or s > ls.ow:
-        raise ValueError(f"s: the {s}x{s} window does not fit the {ls.oh}x{ls.ow} output map")
-    pshape = (ls.n, ls.k, ls.oh // s, ls.ow // s)
-    _expect_shape(dy, "dy", pshape, "N x K x OH/s x OW/s")
+    x, w, y, dy, ls, s = chk.lsconv_pool_backward_args(cupy, x, w, y, argmax, dy, region, relu,
+                                                       s)
     if relu:  # the unpooled output's ReLU mask, where the scatter puts anything
-        y = _checked(y, "y")
-        _expect_shape(y, "y", pshape, "N x K x OH/s x OW/s")
         dy = cupy.where(y > 0, dy, _f32(0))
     dconv = maxpool_backward(dy, argmax, (ls.oh, ls.ow), s)
     return lsconv_backward(x, w, None, dconv, region, relu=False, need_dx=need_dx, dw=dw, db=db)
@@ -534,87 +344,34 @@ def lsconv_pool_backward(x, w, y, argmax, dy, region, relu=True, need_dx=True, d
 
 # ----------------------------------------------------------------------------
 # dense: cuBLAS through cupy.matmul, small kernels around it
-def _dense_inputs(xs):
-    if isinstance(xs, cupy.ndarray):
-        items = [xs]
-    elif isinstance(xs, (list, tuple)):
-        items = list(xs)
-    else:
-        raise TypeError("xs must be a cupy array or a list of cupy arrays")
-    if not items:
-        raise ValueError("xs must hold at least one array")
-    arrays, dims, n = [], [], None
-    for i, a in enumerate(items):
-        nm = f"xs[{i}]"
-        a = _checked(a, nm)
-        if a.ndim < 2:
-            raise ValueError(f"{nm} must be N x ... (at least 2 dimensions), got shape "
-                             f"{_shape_str(a.shape)}")
-        if a.size == 0:
-            raise ValueError(f"{nm} must not be empty, got shape {_shape_str(a.shape)}")
-        if n is None:
-            n = int(a.shape[0])
-        if a.shape[0] != n:
-            raise ValueError(f"{nm} has {a.shape[0]} rows, xs[0] has {n}")
-        arrays.append(a)
-        dims.append(a.size // n)
-    return arrays, dims, n
-
-
-def _dense_w(w, total):
-    w = _checked(w, "w")
-    _expect_ndim(w, "w", 2, "sum(d_i) x M")
-    m = int(w.shape[1])
-    _expect_shape(w, "w", (total, m), "sum(d_i) x M")
-    return w, m
-
-
 def dense_forward(xs, w, b, relu=True):
     """y = act(concat(xs) @ w + b); see docs/ops.md."""
-    arrays, dims, n = _dense_inputs(xs)
-    w, m = _dense_w(w, sum(dims))
+    arrays, dims, n = chk.dense_inputs(cupy, xs)
+    w, m = chk.dense_weight(cupy, w, sum(dims))
     b = _checked(b, "b")
-    _expect_shape(b, "b", (m,), "M")
+    chk.expect_shape(b, "b", (m,), "M")
     if len(arrays) == 1:
         X = arrays[0].reshape(n, dims[0])
     else:
         X = cupy.concatenate([a.reshape(n, d) for a, d in zip(arrays, dims)], axis=1)
     y = _new((n, m))
-    cupy.matmul(X, w, out=y)
-    _launch("dense", "bias_act", (_blocks(y.size),), 256,
-            (y, b, _i64(n), _i32(m), _i32(bool(relu))))
+    _run("dense_fwd", DenseShape(n, m), X, w, b, y, relu)
     _check_written("dense_forward", y=y)
     return y
 
 
 def dense_backward(xs, w, y, dy, relu=True, need_dx=True, dw=None, db=None):
     """(list of dx or None, dw, db) with dw += and db += ; see docs/ops.md."""
-    arrays, dims, n = _dense_inputs(xs)
-    w, m = _dense_w(w, sum(dims))
+    arrays, dims, n = chk.dense_inputs(cupy, xs)
+    w, m = chk.dense_weight(cupy, w, sum(dims))
     dy = _checked(dy, "dy")
-    _expect_shape(dy, "dy", (n, m), "N x M")
+    chk.expect_shape(dy, "dy", (n, m), "N x M")
     if relu:
         y = _checked(y, "y")
-        _expect_shape(y, "y", (n, m), "N x M")
+        chk.expect_shape(y, "y", (n, m), "N x M")
     dw = _out_or_new(dw, "dw", tuple(w.shape), "same as w")
     db = _out_or_new(db, "db", (m,), "M")
-    g = dy
-    if relu:
-        g = _new((n, m))
-        _launch("dense", "relu_mask", (_blocks(g.size),), 256, (y, dy, g, _i64(g.size)))
-    dxs = None
-    if need_dx:
-        dxs, row = [], 0
-        for a, d in zip(arrays, dims):
-            dx = _new(a.shape)
-            cupy.matmul(g, w[row:row + d].T, out=dx.reshape(n, d))
-            dxs.append(dx)
-            row += d
-    row = 0
-    for a, d in zip(arrays, dims):
-        dw[row:row + d] += cupy.matmul(a.reshape(n, d).T, g)
-        row += d
-    _launch("dense", "colsum_add", (-(-m // 256),), 256, (g, db, _i32(n), _i32(m)))
+    dxs = _run("dense_bwd", DenseShape(n, m), arrays, dims, w, y, dy, need_dx, dw, db, relu)
     if _state["debug"]:
         _sync("dense_backward")
         _check_written("dense_backward", dw=dw, db=db,
@@ -624,95 +381,33 @@ def dense_backward(xs, w, y, dy, relu=True, need_dx=True, dw=None, db=None):
 
 # ----------------------------------------------------------------------------
 # losses
-_VARIANTS = {"l2": 0, "l2_pos": 1, "l1": 2, "cosine": 3}
-_PINFO = 10  # doubles per pair (kernels/loss.cu)
-
-
-def _parse_variant(variant):
-    if not isinstance(variant, str) or variant not in _VARIANTS:
-        raise ValueError(f"variant must be one of 'l2', 'l2_pos', 'l1', 'cosine', got '{variant}'")
-    return _VARIANTS[variant]
-
-
 def joint_loss(logits, labels, features, pair_a, pair_b, pair_y, variant="l2", lam=0.05,
                params=None):
     """ident + lam * verif and its gradients (JointLoss); see docs/ops.md.
 
     Waits for the device (the losses come back as Python floats)."""
-    v = _parse_variant(variant)
-    logits = _checked(logits, "logits")
-    labels = _checked(labels, "labels", _i32)
-    f = _checked(features, "features")
-    pa, pb = _checked(pair_a, "pair_a", _i32), _checked(pair_b, "pair_b", _i32)
-    pyy = _checked(pair_y, "pair_y", _i32)
-    _expect_ndim(logits, "logits", 2, "N x n_classes")
-    n, nc = (int(d) for d in logits.shape)
-    _expect_shape(labels, "labels", (n,), "N")
-    _expect_ndim(f, "features", 2, "N x D")
-    d = int(f.shape[1])
-    _expect_shape(f, "features", (n, d), "N x D")
-    if pa.ndim != 1:
-        raise ValueError(f"pair_a must have 1 dimension (P), got shape {_shape_str(pa.shape)}")
-    p = int(pa.shape[0])
-    _expect_shape(pb, "pair_b", (p,), "P, same as pair_a")
-    _expect_shape(pyy, "pair_y", (p,), "P, same as pair_a")
-    npar = 2 if v == 3 else 1
+    a = chk.joint_loss_args(cupy, logits, labels, features, pair_a, pair_b, pair_y, variant,
+                            params)
+    params = a.params
     if params is None:
-        params = cupy.asarray(np.array([1.0, 0.0][:npar], dtype=_f32))
-    else:
-        params = _checked(params, "params")
-        _expect_shape(params, "params", (npar,), "[w, b] for cosine" if npar == 2 else "[m]")
+        params = cupy.asarray(np.array([1.0, 0.0][:a.npar], dtype=_f32))
     lam = _f32(lam)
-
-    dlogits = _new((n, nc))
-    row_loss = cupy.empty(n, dtype=_f64)
-    row_correct = cupy.empty(n, dtype=_i32)
-    flags = cupy.zeros(1, dtype=_i32)
-    _launch("loss", "xent_rows", (n,), 256,
-            (logits, labels, dlogits, row_loss, row_correct, flags, _i32(n), _i32(nc)))
-    if p > 0:
-        pinfo = cupy.empty(p * _PINFO, dtype=_f64)
-        scale = _f64(float(lam) / p)
-        _launch("loss", "verif_pairs", (p,), 128,
-                (f, pa, pb, pyy, params, pinfo, flags, _i32(n), _i32(d), _i32(v), scale))
-        dfeat = _new((n, d))
-        _launch("loss", "verif_dfeatures", (n,), 128,
-                (f, pa, pb, pinfo, dfeat, _i32(d), _i32(p), _i32(v)))
-    else:
-        pinfo = row_loss  # not read
-        dfeat = cupy.zeros((n, d), dtype=_f32)
-    dparams = _new((npar,))
+    dlogits = _new((a.n, a.nc))
+    dfeat = _new((a.n, a.d)) if a.p > 0 else cupy.zeros((a.n, a.d), dtype=_f32)
+    dparams = _new((a.npar,))
     out = cupy.empty(5, dtype=_f64)
-    _launch("loss", "joint_finalize", (1,), 256,
-            (row_loss, row_correct, pinfo, flags, _i32(n), _i32(p), _i32(npar), lam, dparams,
-             out))
+    _run("joint_loss", LossShape(a.n, a.nc, a.d, a.p), a, params, lam, dlogits, dfeat, dparams,
+         out)
     total, ident, verif, correct, bad = (float(t) for t in out.get())
     if bad:
-        _joint_index_error(int(bad), labels, pa, pb, pyy, n, nc)
+        chk.joint_index_error(int(bad), a.labels, a.pa, a.pb, a.pyy, a.n, a.nc)
     _check_written("joint_loss", dlogits=dlogits, dfeatures=dfeat, dparams=dparams)
     return JointLoss(total, ident, verif, int(correct), dlogits, dfeat, dparams)
 
 
-def _joint_index_error(flags, labels, pa, pb, pyy, n, nc):
-    """The cpu backend's message for the first bad entry (checked in its order)."""
-    if flags & 1:
-        lab = labels.get()
-        i = int(np.flatnonzero((lab < 0) | (lab >= nc))[0])
-        raise ValueError(f"joint_loss: labels[{i}] = {int(lab[i])} is outside [0, {nc})")
-    a, b, y = pa.get(), pb.get(), pyy.get()
-    bad_i = (a < 0) | (a >= n) | (b < 0) | (b >= n)
-    bad_y = (y != 1) & (y != -1)
-    first = int(np.flatnonzero(bad_i | bad_y)[0])
-    if bad_i[first]:
-        raise ValueError(f"joint_loss: pair_a/pair_b[{first}] is outside [0, {n})")
-    raise ValueError(f"joint_loss: pair_y[{first}] must be +1 or -1")
-
-
 def regression_loss(pred, target):
     """(loss, dpred): mean over rows of 1/2 ||pred - target||^2; waits for the device."""
-    pred, target = _checked(pred, "pred"), _checked(target, "target")
-    _expect_ndim(pred, "pred", 2, "N x D")
-    _expect_shape(target, "target", tuple(pred.shape), "same as pred")
+    pred, target = chk.regression_args(cupy, pred, target)
     n, d = (int(v) for v in pred.shape)
     dpred = _new((n, d))
     row = cupy.empty(n, dtype=_f64)
@@ -727,14 +422,10 @@ def regression_loss(pred, target):
 # ----------------------------------------------------------------------------
 def sgd_update(param, grad, velocity, lr, momentum=0.9, weight_decay=0.0):
     """In place: v = momentum * v - lr * (g + weight_decay * p); p += v."""
-    p, v = _checked(param, "param"), _checked(velocity, "velocity")
-    g = _checked(grad, "grad")
-    _expect_shape(g, "grad", tuple(p.shape), "same as param")
-    _expect_shape(v, "velocity", tuple(p.shape), "same as param")
+    p, g, v = chk.sgd_args(cupy, param, grad, velocity)
     if p.size == 0:
         return None
-    _launch("sgd", "sgd_update", (_blocks(p.size),), 256,
-            (p, g, v, _i64(p.size), _f32(lr), _f32(momentum), _f32(weight_decay)))
+    _run("sgd", GridShape(p.size), p, g, v, lr, momentum, weight_decay)
     return None
 
 
@@ -745,41 +436,10 @@ def assemble_batch(patches, indices, flip=None, out=None, mean=127.5, scale=1 / 
     bit-identical to the cpu backend's assemble_batch. `indices` and `flip` may
     be numpy or CuPy arrays. Waits for the device when indices is a CuPy array
     (its range is checked there)."""
-    if not (isinstance(patches, cupy.ndarray) and patches.dtype == np.uint8
-            and patches.ndim == 4):
-        raise ValueError("patches must be a cupy uint8 array N x H x W x C (on the device)")
-    if not patches.flags.c_contiguous:
-        raise ValueError("patches must be C-contiguous (use cupy.ascontiguousarray)")
-    n, h, w, c = (int(v) for v in patches.shape)
-    if isinstance(indices, cupy.ndarray):
-        if indices.size and indices.dtype.kind not in "iu":
-            raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
-        idx = cupy.ascontiguousarray(indices, dtype=_i64)
-    else:
-        idx_np = np.asarray(indices)
-        if idx_np.size and idx_np.dtype.kind not in "iu":
-            raise ValueError(f"indices must be integers, got dtype {idx_np.dtype}")
-        idx_np = np.ascontiguousarray(idx_np, dtype=np.int64)
-        if idx_np.ndim == 1 and len(idx_np) and (idx_np.min() < 0 or idx_np.max() >= n):
-            raise ValueError(f"indices must be in 0..{n - 1}")
-        idx = cupy.asarray(idx_np)
-    if idx.ndim != 1:
-        raise ValueError(f"indices must be 1-D, got shape {tuple(idx.shape)}")
+    patches, idx, fl, out, (n, h, w, c) = chk.assemble_args(cupy, patches, indices, flip, out)
     bsz = int(idx.shape[0])
-    if flip is None:
-        fl = cupy.zeros(bsz, dtype=np.uint8)
-    else:
-        fl = cupy.asarray(flip)
-        if fl.shape != (bsz,):
-            raise ValueError(f"flip must be a bool array of length {bsz}, got shape "
-                             f"{tuple(fl.shape)}")
-        fl = cupy.ascontiguousarray(fl != 0, dtype=np.uint8)
-    shape = (bsz, c, h, w)
     if out is None:
-        out = _new(shape)
-    elif not (isinstance(out, cupy.ndarray) and out.dtype == np.float32
-              and tuple(out.shape) == shape and out.flags.c_contiguous):
-        raise ValueError(f"out must be a C-contiguous cupy float32 array of shape {shape}")
+        out = _new((bsz, c, h, w))
     if bsz == 0:
         return out
     flags = cupy.zeros(1, dtype=_i32)

@@ -144,10 +144,18 @@ class _Stream:
         pass
 
 
+EMULATOR_NAME = "deepid2 kernel emulator"
+
+
 class _Runtime:
     @staticmethod
     def getDeviceCount():
         return 1
+
+    @staticmethod
+    def getDeviceProperties(dev):
+        # the name the tuning file keys picks by (gpu.card_name)
+        return {"name": EMULATOR_NAME.encode()}
 
 
 cuda = types.SimpleNamespace(Device=_Device, runtime=_Runtime(),
@@ -156,7 +164,13 @@ cuda = types.SimpleNamespace(Device=_Device, runtime=_Runtime(),
 
 # ----------------------------------------------------------------------------
 # kernels
-_BUILD_LOCK = threading.Lock()
+_BUILD_LOCKS = {}                 # one per library: different files build in parallel
+_LOCKS_LOCK = threading.Lock()
+
+
+def _build_lock(path):
+    with _LOCKS_LOCK:
+        return _BUILD_LOCKS.setdefault(path, threading.Lock())
 
 
 def _cache_dir():
@@ -234,7 +248,7 @@ def _build(code, options):
     key = hashlib.sha256("\0".join([full_src, (HERE / "emu.h").read_text(), cxx, *flags])
                          .encode()).hexdigest()[:20]
     so = _cache_dir() / f"k_{key}.so"
-    with _BUILD_LOCK:
+    with _build_lock(so):
         if not so.exists():
             src = _cache_dir() / f"k_{key}.cpp"
             src.write_text(full_src)
