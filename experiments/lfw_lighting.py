@@ -75,7 +75,8 @@ def pair_features(ext, lfw, pairs):
 def evaluate(run, data, a):
     from deepid2_core import safetensors
     from deepid2_core.backends import get_backend
-    from deepid2_core.data import PatchSpec, scan_identities
+    from deepid2_core.data import scan_identities
+    from deepid2_core.face.inputs import PatchSpec
     from deepid2_core.verifier.baselines import CosineScorer
     from deepid2_core.verifier.commands import extract_paths
     from deepid2_core.verifier.features import FeatureExtractor, WholeFace, load_patch_network

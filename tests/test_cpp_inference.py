@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from deepid2_core import safetensors
-from deepid2_core.data import PatchSpec
+from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.face.detect import read_image
 from deepid2_core.nets.deepid2 import NetConfig, init_params
 from deepid2_core.synth import make_dataset

@@ -65,7 +65,7 @@ def test_fitted_verifier_with_networks_saves_what_load_reads(tmp_path):
     """fit-verifier's output path: Verifier.fit on raw features, with_networks,
     save; Verifier.load gives the same networks, scores and threshold."""
     from deepid2_core.backends import get_backend
-    from deepid2_core.data import PatchSpec
+    from deepid2_core.face.inputs import PatchSpec
     from deepid2_core.nets.deepid2 import NetConfig, init_params
     from deepid2_core.verifier.features import FeatureExtractor, WholeFace
     cfg = NetConfig(n_classes=4, height=33, width=31, channels=1, feature_dim=12)

@@ -10,7 +10,7 @@ import pytest
 from deepid2_core.backends import get_backend
 from deepid2_core.cli import main
 from deepid2_core.backends.cpu import assemble_batch
-from deepid2_core.data import LayoutPatch, cut_layout_patch
+from deepid2_core.face.inputs import LayoutPatch, cut_layout_patch
 from deepid2_core.face.detect import read_image
 from deepid2_core.synth import make_dataset
 from deepid2_core.verifier.commands import fit_layout

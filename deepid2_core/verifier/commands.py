@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from ..checks import output_file
-from ..data import PatchSpec, scan_identities, spec_from_dict
+from ..data import scan_identities
+from ..face.inputs import PatchSpec, spec_from_dict
 from ..progress import Progress
 from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names, patch_network
 from .lfw import flatten, missing_images, read_pairs

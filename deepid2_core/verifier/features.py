@@ -32,10 +32,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import safetensors
-from ..data import LayoutPatch, PatchSpec, cut_layout_patch, spec_from_dict
-from ..data import cut_patch as cut_fixed_patch
 from ..face.align import MEAN_SHAPE, to_pixels
 from ..face.image import read_image
+from ..face.inputs import LayoutPatch, PatchSpec, cut_fixed_patch, cut_layout_patch, spec_from_dict
 from ..face.patches import PatchLayout, cut_all, patch_name
 from ..nets.deepid2 import DeepID2, NetConfig, param_shapes
 from ..progress import Progress

@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from ..data import LayoutPatch, PatchSpec
 from ..errors import BadModelFile
+from ..face.inputs import LayoutPatch, PatchSpec
 from .baselines import CosineScorer, L2Scorer
 from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names
 from .impostor import DEFAULT_PAIRS, ImpostorScores
