@@ -19,7 +19,7 @@ from ..checks import output_file
 from ..data import scan_identities
 from ..face.inputs import PatchSpec, spec_from_dict
 from ..progress import Progress
-from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names, patch_network
+from .features import FeatureExtractor, PatchInputs, patch_names, patch_network
 from .lfw import flatten, missing_images, read_pairs
 from .metrics import auc, eer, kfold_accuracy, roc_curve, tar_at_far
 from .model import Verifier, sample_pairs
@@ -106,7 +106,7 @@ def trained_input(meta):
 
 def fit_layout(nets):
     """(layout, [PatchNetwork]) for trained network files: one whole-face
-    network gives the v1 WholeFace layout, anything else PatchInputs."""
+    network gives PatchInputs.whole (a v1 file's), anything else PatchInputs."""
     files = [_net_file(n) for n in nets]
     if not files:
         raise ValueError("fitting a verifier needs at least one trained network")
@@ -115,7 +115,7 @@ def fit_layout(nets):
     specs = [trained_input(meta) for _, meta in loaded]
     networks = [patch_network(tensors, meta, f) for f, (tensors, meta) in zip(files, loaded)]
     if len(specs) == 1 and isinstance(specs[0], PatchSpec):
-        return WholeFace(specs[0]), networks
+        return PatchInputs.whole(specs[0]), networks
     layout = PatchInputs(tuple(specs))
     names = patch_names(layout)
     dup = {x for x in names if names.count(x) > 1}
