@@ -11,7 +11,7 @@ from deepid2_core.cli import main
 from deepid2_core.face.detect import read_image
 from deepid2_core.face.pipeline import align_image, new_aligner
 from deepid2_core.synth import make_dataset
-from deepid2_core.verifier_file import read_verifier_file
+from deepid2_core.verifier.model_file import read_verifier_file
 
 IDS, IMGS = 10, 8
 

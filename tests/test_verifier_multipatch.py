@@ -17,7 +17,7 @@ from deepid2_core.verifier.commands import fit_layout
 from deepid2_core.verifier.model import Verifier
 from deepid2_core.verifier.features import PatchInputs, load_patch_network
 from deepid2_core.nets.deepid2 import DeepID2
-from deepid2_core.verifier_file import read_verifier_file, save_verifier
+from deepid2_core.verifier.model_file import read_verifier_file, save_verifier
 
 IDS, IMGS = 8, 6
 PATCHES = ("inner_face@1/gray", "face@1/rgb", "left_eye_cheek@1.2/rgb")

@@ -81,7 +81,7 @@ class Verifier:
         """A verifier model file (None: the shipped model) with its networks on
         `backend` ("cpu", "gpu" or a backend module). cache_dir: where raw
         features are kept between runs (features.FeatureExtractor)."""
-        from ..verifier_file import read_verifier_file
+        from .model_file import read_verifier_file
         if path is None:
             path = DEFAULT_MODEL
             if not os.path.isfile(path):
@@ -189,10 +189,10 @@ class Verifier:
 
     def save(self, path, extra_meta=None):
         """Write the verifier file: the networks, PCA, Joint Bayesian and the
-        thresholds (verifier_file.save_verifier), with the patches the networks
+        thresholds (model_file.save_verifier), with the patches the networks
         take as metadata ("patch_spec" for one whole-face network, else
         "patch_inputs") after extra_meta."""
-        from ..verifier_file import save_verifier
+        from .model_file import save_verifier
         ext = self._networks()
         layout, meta = ext.layout, dict(extra_meta or {})
         if not isinstance(layout, PatchInputs):

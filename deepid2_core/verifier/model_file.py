@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 
-from . import safetensors
-from .nets.deepid2 import NetConfig, param_shapes
+from .. import safetensors
+from ..nets.deepid2 import NetConfig, param_shapes
 
 FORMAT = "deepid2-verifier/1"     # metadata "net": one config shared by all patches
 FORMAT_V2 = "deepid2-verifier/2"  # metadata "nets": a list of P configs
