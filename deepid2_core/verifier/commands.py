@@ -96,8 +96,8 @@ def _net_file(path):
 
 
 def trained_input(meta):
-    """The patch a network was trained on (data.PatchSpec: the fixed crop;
-    data.LayoutPatch: a patch of a layout), from its model file's "input"
+    """The patch a network was trained on (face.inputs.PatchSpec: the fixed crop;
+    LayoutPatch: a patch of a layout), from its model file's "input"
     metadata (absent: the default PatchSpec)."""
     if "input" not in meta:
         return PatchSpec()

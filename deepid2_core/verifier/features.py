@@ -86,7 +86,7 @@ def _spec_name(spec):
 
 
 class PatchNetwork(NamedTuple):
-    params: dict          # net.py parameter names -> float32 arrays (ident.* not needed)
+    params: dict          # nets/deepid2.py parameter names -> float32 arrays (ident.* not needed)
     cfg: NetConfig
 
 
