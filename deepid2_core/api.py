@@ -178,10 +178,10 @@ class Model:
 
 
 class Gallery:
-    """Known people, each the mean raw feature of their enrolment images, with
+    """Known people, each the mean raw feature of their enrollment images, with
     the open-set threshold of `deepid2 enroll` (false accept rate 1%, from the
     model's impostor score distribution; for a model file without one, from
-    the enrolment images, with a note on stderr). Saved in the gallery file format of `deepid2 enroll`
+    the enrollment images, with a note on stderr). Saved in the gallery file format of `deepid2 enroll`
     (.npz or .safetensors), tied to its model."""
 
     def __init__(self, model, names, means, counts, threshold):
@@ -197,7 +197,7 @@ class Gallery:
         `deepid2 enroll` skips it; NoFace when a person is left with no image
         with a face. An unreadable image raises BadImage."""
         from .progress import note
-        from .verifier.gallery import enrol
+        from .verifier.gallery import enroll_features
         images, labels = [], []
         for name, imgs in people.items():
             if isinstance(imgs, (str, os.PathLike, np.ndarray)):
@@ -205,7 +205,7 @@ class Gallery:
             images += list(imgs)
             labels += [str(name)] * len(imgs)
         if not images:
-            raise ValueError("enrolment needs images: people is empty")
+            raise ValueError("enrollment needs images: people is empty")
         faces = model._first_faces(images)
         keep = [i for i, (_, pts, _) in enumerate(faces) if pts is not None]
         for i, (_, pts, name) in enumerate(faces):
@@ -215,8 +215,8 @@ class Gallery:
             if not any(labels[i] == person for i in keep):
                 raise NoFace(f"people[{person!r}] has no image with a face")
         feats = model._features([faces[i][:2] for i in keep])
-        names, means, counts, t, _, _ = enrol(model.verifier, feats,
-                                              np.array([labels[i] for i in keep]), "the gallery")
+        names, means, counts, t, _, _ = enroll_features(
+            model.verifier, feats, np.array([labels[i] for i in keep]), "the gallery")
         return cls(model, names, means, counts, t)
 
     def identify(self, image, top=1):
@@ -254,5 +254,5 @@ class Gallery:
         g = load_gallery(os.fspath(path))
         if g["model_key"] != model.verifier.key():
             raise BadGalleryFile(f"{path} was enrolled with another model than "
-                                 f"{model.verifier.path}: enrol again")
+                                 f"{model.verifier.path}: enroll again")
         return cls(model, g["names"], g["means"], g["counts"], g["threshold"])
