@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .checks import positive_int
 from .errors import BadGalleryFile, BadImage, NoFace
 
 
@@ -177,6 +178,11 @@ class Model:
         return Match(score >= self.threshold, score, self.threshold)
 
 
+def _top(top):
+    """The API's check of `top` (the command line checks --top in checks.py)."""
+    return positive_int(int(top), "top")
+
+
 class Gallery:
     """Known people, each the mean raw feature of their enrollment images, with
     the open-set threshold of `deepid2 enroll` (false accept rate 1%, from the
@@ -224,18 +230,18 @@ class Gallery:
         largest face: candidates are the top identities (name, score), best
         first; name is the best one when its score reaches the open-set
         threshold, else None (not in the gallery)."""
-        if int(top) < 1:
-            raise ValueError(f"top must be at least 1, got {top}")
-        return self.identify_features(self.model._embed_or_raise([image]), top)[0]
+        top = _top(top)      # before the face work
+        return self._identify(self.model._embed_or_raise([image]), top)[0]
 
     def identify_features(self, features, top=1):
         """identify for raw feature vectors (n x D): one Identification each."""
+        return self._identify(features, _top(top))
+
+    def _identify(self, features, top):
         from .verifier.gallery import best_candidates
-        if int(top) < 1:
-            raise ValueError(f"top must be at least 1, got {top}")
         out = []
         for row in self.model.verifier.score_matrix(features, self.means):
-            best = best_candidates(row, self.names, int(top))
+            best = best_candidates(row, self.names, top)
             known = best[0][1] >= self.threshold
             out.append(Identification(best[0][0] if known else None, best[0][1], best,
                                       self.threshold))

@@ -26,7 +26,6 @@ import numpy as np
 
 from ..progress import note
 from .. import safetensors
-from ..checks import output_file
 from ..errors import BadGalleryFile
 from .impostor import stored_format
 from .model import IMPOSTOR_KEY
@@ -68,14 +67,6 @@ def open_set_threshold(m, feats, labels, far=FAR):
     loo = (sums[index[multi]] - feats[multi]) / (counts[index[multi]] - 1)[:, None]
     genuine = m.jb.score(z[multi], m.project(loo))
     return t, float(np.mean(genuine >= t)), how
-
-
-def check_gallery_path(path):
-    """A gallery path enroll can write (checked before any face work)."""
-    try:
-        output_file(path, (".npz", ".safetensors"), "gallery file")
-    except ValueError as e:
-        raise BadGalleryFile(str(e)) from None
 
 
 def save_gallery(path, names, means, counts, threshold, key):
