@@ -1,6 +1,7 @@
-"""What `deepid2 align` writes besides the aligned faces, and reads back: landmarks.csv
-(`read_aligned_landmarks` gives training its aligned points) and the journal a re-run
-resumes from. Every file is written whole (`write_atomic`).
+"""What `deepid2 align` writes, and reads back: the aligned faces' files (`output_name`,
+`encode_image`), landmarks.csv (`read_aligned_landmarks` gives training its aligned
+points) and the journal a re-run resumes from. Every file is written whole
+(`write_atomic`).
 
 OUT_DIR/landmarks.csv has one row per face (or one per image without a face): columns
 `CSV_COLUMNS`: the input's relative path, the face number (1 = largest; empty without a
@@ -39,6 +40,7 @@ import io
 import json
 import os
 
+import cv2
 import numpy as np
 
 CSV_NAME = "landmarks.csv"
@@ -50,6 +52,29 @@ CSV_COLUMNS = (["path", "face", "status", "reason", "output", "source",
 TMP_SUFFIX = ".align-tmp"
 JOURNAL_NAME = ".align-journal.jsonl"
 JOURNAL_FORMAT = 1
+# written in the input's own format; the others are written as PNG with ".png" appended
+_ENCODABLE = frozenset(".jpg .jpeg .jpe .png .bmp .tif .tiff .webp .ppm".split())
+JPEG_QUALITY = 95
+
+
+def output_name(rel, face, all_faces):
+    """The aligned file's path relative to OUT_DIR for face `face` (1-based) of `rel`."""
+    stem, ext = os.path.splitext(rel)
+    if all_faces:
+        stem = f"{stem}_{face}"
+    if ext.lower() not in _ENCODABLE:
+        return f"{stem}{ext}.png"
+    return stem + ext
+
+
+def encode_image(img, path):
+    """The aligned face as the bytes of its file (the format its name says)."""
+    ext = os.path.splitext(path)[1].lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in (".jpg", ".jpeg", ".jpe") else []
+    ok, buf = cv2.imencode(ext, img, params)
+    if not ok:
+        raise OSError(f"could not encode {path} as {ext}")
+    return buf.tobytes()
 
 
 def write_atomic(path, data):

@@ -68,13 +68,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from .align import align_face
-from .align_output import (CSV_NAME, JOURNAL_FORMAT, JOURNAL_NAME, csv_bytes, file_key,
-                           journal_entry, journal_lines, remove_stale, resume, sweep_temporaries,
-                           write_atomic)
+from .align_output import (CSV_NAME, JOURNAL_FORMAT, JOURNAL_NAME, csv_bytes, encode_image,
+                           file_key, journal_entry, journal_lines, output_name, remove_stale,
+                           resume, sweep_temporaries, write_atomic)
 from .box import HAAR_MIN_SIZE, PICKS, YUNET_MODEL, central_box, face_boxes, yunet_detector
 from .detect import YuNetDetector, read_image
 from .image import pixel_limit
@@ -84,10 +83,7 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .tif .tiff .webp .pgm .ppm .pbm .pnm .pxm .sr "
     ".ras .jp2 .gif .avif .exr .hdr .pic".split())
 YUNET_MIN_FACE = YuNetDetector.min_face
-# written in the input's own format; the others are written as PNG with ".png" appended
-_ENCODABLE = frozenset(".jpg .jpeg .jpe .png .bmp .tif .tiff .webp .ppm".split())
 CSV_EVERY = 500               # landmarks.csv is rewritten (whole) after this many images
-JPEG_QUALITY = 95
 MAX_SIDE = 1024               # images larger than this are shrunk for detection only
 
 
@@ -155,25 +151,6 @@ def list_images(in_dir, out_dir=None):
 def _is_ancestor(a, b):
     """Whether folder a is b or holds it (a link to it would loop)."""
     return b == a or b.startswith(a.rstrip(os.sep) + os.sep)
-
-
-def output_name(rel, face, all_faces):
-    """The aligned file's path relative to OUT_DIR for face `face` (1-based) of `rel`."""
-    stem, ext = os.path.splitext(rel)
-    if all_faces:
-        stem = f"{stem}_{face}"
-    if ext.lower() not in _ENCODABLE:
-        return f"{stem}{ext}.png"
-    return stem + ext
-
-
-def _encode(img, path):
-    ext = os.path.splitext(path)[1].lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in (".jpg", ".jpeg", ".jpe") else []
-    ok, buf = cv2.imencode(ext, img, params)
-    if not ok:
-        raise OSError(f"could not encode {path} as {ext}")
-    return buf.tobytes()
 
 
 class _Aligner:
@@ -262,7 +239,7 @@ class _Aligner:
             if d not in self._made:
                 os.makedirs(d, exist_ok=True)
                 self._made.add(d)
-            write_atomic(path, _encode(aligned, path))
+            write_atomic(path, encode_image(aligned, path))
         return _Result(rel, status, reason, faces, read=True)
 
 
