@@ -29,7 +29,8 @@ sys.path.insert(0, REPO)
 def worker(a):
     import numpy as np
     from deepid2_core.backends import get_backend
-    from deepid2_core.data import PatchSpec, build_cache
+    from deepid2_core.data import build_cache
+    from deepid2_core.face.inputs import PatchSpec
     from deepid2_core.training.deepid2 import TrainConfig, Trainer
     from deepid2_core.training.dist import DataParallel, MPIComm
     comm = MPIComm()
@@ -104,7 +105,8 @@ def main():
     a = ap.parse_args()
     if a.worker:
         return worker(a)
-    from deepid2_core.data import PatchSpec, build_cache
+    from deepid2_core.data import build_cache
+    from deepid2_core.face.inputs import PatchSpec
     from deepid2_core.synth import make_dataset
     tmp = tempfile.mkdtemp(prefix="bench_dist-")
     try:

@@ -171,7 +171,7 @@ def torch_stepper(model, x, lab, fn=None):
 
 
 def ours_in_torch_layout(p):
-    """Our parameters (net.py names and layouts) as the reference model's."""
+    """Our parameters (nets/deepid2.py names and layouts) as the reference model's."""
     split = p["deepid.w"].shape[0] - 80 * 4 * 3    # rows of deepid.w: [pool3 (1200), conv4 (960)]
     return {
         "conv1.weight": p["conv1.w"][0, 0], "conv1.bias": p["conv1.b"][0, 0],

@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .checks import positive_int
 from .errors import BadGalleryFile, BadImage, NoFace
 
 
@@ -193,11 +194,16 @@ class Model:
         return Match(score >= self.threshold, score, self.threshold)
 
 
+def _top(top):
+    """The API's check of `top` (the command line checks --top in checks.py)."""
+    return positive_int(int(top), "top")
+
+
 class Gallery:
-    """Known people, each the mean raw feature of their enrolment images, with
+    """Known people, each the mean raw feature of their enrollment images, with
     the open-set threshold of `deepid2 enroll` (false accept rate 1%, from the
     model's impostor score distribution; for a model file without one, from
-    the enrolment images, with a note on stderr). Saved in the gallery file format of `deepid2 enroll`
+    the enrollment images, with a note on stderr). Saved in the gallery file format of `deepid2 enroll`
     (.npz or .safetensors), tied to its model."""
 
     def __init__(self, model, names, means, counts, threshold):
@@ -213,7 +219,7 @@ class Gallery:
         `deepid2 enroll` skips it; NoFace when a person is left with no image
         with a face. An unreadable image raises BadImage."""
         from .progress import note
-        from .verifier.gallery import enrol
+        from .verifier.gallery import enroll_features
         images, labels = [], []
         for name, imgs in people.items():
             if isinstance(imgs, (str, os.PathLike, np.ndarray)):
@@ -221,7 +227,7 @@ class Gallery:
             images += list(imgs)
             labels += [str(name)] * len(imgs)
         if not images:
-            raise ValueError("enrolment needs images: people is empty")
+            raise ValueError("enrollment needs images: people is empty")
         faces = model._first_faces(images)
         keep = [i for i, (_, pts, _) in enumerate(faces) if pts is not None]
         for i, (_, pts, name) in enumerate(faces):
@@ -231,8 +237,8 @@ class Gallery:
             if not any(labels[i] == person for i in keep):
                 raise NoFace(f"people[{person!r}] has no image with a face")
         feats = model._features([faces[i][:2] for i in keep])
-        names, means, counts, t, _, _ = enrol(model.verifier, feats,
-                                              np.array([labels[i] for i in keep]), "the gallery")
+        names, means, counts, t, _, _ = enroll_features(
+            model.verifier, feats, np.array([labels[i] for i in keep]), "the gallery")
         return cls(model, names, means, counts, t)
 
     def identify(self, image, top=1):
@@ -240,18 +246,18 @@ class Gallery:
         largest face: candidates are the top identities (name, score), best
         first; name is the best one when its score reaches the open-set
         threshold, else None (not in the gallery)."""
-        if int(top) < 1:
-            raise ValueError(f"top must be at least 1, got {top}")
-        return self.identify_features(self.model._embed_or_raise([image]), top)[0]
+        top = _top(top)      # before the face work
+        return self._identify(self.model._embed_or_raise([image]), top)[0]
 
     def identify_features(self, features, top=1):
         """identify for raw feature vectors (n x D): one Identification each."""
+        return self._identify(features, _top(top))
+
+    def _identify(self, features, top):
         from .verifier.gallery import best_candidates
-        if int(top) < 1:
-            raise ValueError(f"top must be at least 1, got {top}")
         out = []
         for row in self.model.verifier.score_matrix(features, self.means):
-            best = best_candidates(row, self.names, int(top))
+            best = best_candidates(row, self.names, top)
             known = best[0][1] >= self.threshold
             out.append(Identification(best[0][0] if known else None, best[0][1], best,
                                       self.threshold))
@@ -270,5 +276,5 @@ class Gallery:
         g = load_gallery(os.fspath(path))
         if g["model_key"] != model.verifier.key():
             raise BadGalleryFile(f"{path} was enrolled with another model than "
-                                 f"{model.verifier.path}: enrol again")
+                                 f"{model.verifier.path}: enroll again")
         return cls(model, g["names"], g["means"], g["counts"], g["threshold"])

@@ -103,17 +103,36 @@ _FOLDS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
 def folds(text, what="--folds"):
-    """The form of a folds list ("6-10", "1,3,5"); the range is checked against
-    the pairs file by verifier.commands.parse_folds."""
+    """"6-10" / "1,3,5" -> sorted 1-based fold numbers: the one reading of the folds
+    syntax (verifier.commands.parse_folds checks them against the pairs file)."""
     if not _FOLDS.match(text.replace(" ", "")):
         raise ValueError(f"{what} must look like 6-10 or 1,2,3, got {text!r}")
+    out = set()
     for part in text.replace(" ", "").split(","):
         lo, _, hi = part.partition("-")
         if hi and int(hi) < int(lo):
             raise ValueError(f"{what} {text!r}: {part} runs backwards")
         if int(hi or lo) > 1000:      # a pairs file has a few folds; keeps the set small
             raise ValueError(f"{what} {text!r}: no pairs file has {int(hi or lo)} folds")
-    return text
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(out)
+
+
+def run_model_file(path):
+    """The model file of a `deepid2 train` run folder (its best.safetensors), or path."""
+    return os.path.join(path, "best.safetensors") if os.path.isdir(path) else path
+
+
+def trained_network(path, what="--nets"):
+    """A `deepid2 train` run folder or model file that holds a trained network."""
+    if not os.path.exists(path):
+        raise ValueError(f"{what} {path} does not exist (give a `deepid2 train` run folder "
+                         "or its best.safetensors)")
+    file = run_model_file(path)
+    if not os.path.isfile(file):
+        raise ValueError(f"{what} {path}: no trained network at {file} (give a `deepid2 "
+                         "train` run folder or its best.safetensors)")
+    return file
 
 
 def model_file(path, what="--model"):
@@ -146,9 +165,7 @@ def train_args(args):
 
 def fit_verifier_args(args):
     for net in args.nets:
-        if not os.path.exists(net):
-            raise ValueError(f"--nets {net} does not exist (give a `deepid2 train` run folder "
-                             "or its best.safetensors)")
+        trained_network(net)
     existing_dir(args.data, "--data")
     output_file(args.out, MODEL_EXTS, "--out")
     if args.pca is not None:   # None: fit_verifier_main picks it from the data

@@ -39,7 +39,7 @@ def cmd_train(args):
     """One path for a plain run, --micro-batches and MPI ranks (mpiexec -n N
     deepid2 train ...): the patch spec and the cache are made here, once."""
     from dataclasses import replace
-    from .data import LayoutPatch, PatchSpec
+    from .face.inputs import LayoutPatch, PatchSpec
     from .training import dist
     from .training.deepid2 import Trainer
     checks.train_args(args)

@@ -1,57 +1,37 @@
-"""Face datasets on disk, the uint8 patch cache, train/val splits and batches.
+"""Face datasets on disk, the uint8 patch cache and train/val splits.
 
 A dataset is LFW's layout: ``root/<identity>/*.jpg|*.jpeg|*.png``. Training
 reads each image many times, so `build_cache` decodes every image once, cuts
-the fixed patch once and keeps the patches as one uint8 .npy file that is
-memory-mapped (it may exceed RAM). The backends' `assemble_batch` (docs/ops.md)
-turns rows of that file into the engine's float32 NCHW batches.
+the patch the network sees once (face.inputs: a `PatchSpec` or a
+`LayoutPatch`, with its lighting and margin) and keeps the patches as one
+uint8 .npy file that is memory-mapped (it may exceed RAM). The backends'
+`assemble_batch` (docs/ops.md) turns rows of that file into the engine's
+float32 NCHW batches.
 
-The patch is `PatchSpec` (a fixed crop; its flipped counterpart is its mirror
-image) or `LayoutPatch`, one patch of a multi-patch layout of
-deepid2_core.face.patches cut from faces aligned by `deepid2 align`, with
-landmark-centred regions on the landmarks of its landmarks.csv (or the
-canonical mean shape). A layout patch's flipped counterpart is not always its
-mirror image (one eye's patch flips into the other eye's), so its cache also
-holds `flipped.npy`: each image's flipped counterpart, already mirrored, which
-training uses instead of mirroring.
-
-Lighting (both specs): "none", "hist" (histogram equalisation) or "clahe"
-(contrast-limited adaptive histogram equalisation, clip 2, 4 x 4 tiles) of the
-patch's luminance (Y of YCrCb for RGB patches, the grey value for grey ones),
-after the patch is cut.
-
-Margin (both specs, for training augmentation, training/augment.py): with
-margin m > 0 the cache holds (H + 2 py) x (W + 2 px) crops, py = round(m H),
-px = round(m W), of the patch and its surround, and holds them before lighting
-(the patch the network sees is equalised, not its surround: training applies
-lighting to each patch it takes from the crop). A LayoutPatch's margin crop is
-the same sampling grid extended, so its centre H x W is the plain patch bit for
-bit (the flipped counterpart's too). A PatchSpec's plain cut is cv2's
-INTER_AREA resize of the crop, not an affine map: its margin crop is the same
-area-averaging grid extended by py rows and px columns each side (computed in
-numpy, the image border replicated), so its centre equals the plain patch on
-almost every pixel and differs by at most one grey level (float rounding).
+A LayoutPatch is cut from faces aligned by `deepid2 align`, on the landmarks
+of their landmarks.csv (or the canonical mean shape); its flipped counterpart
+is not always its mirror image, so its cache also holds `flipped.npy`: each
+image's flipped counterpart, already mirrored, which training uses instead of
+mirroring. With a margin the cache holds each patch's larger crop before
+lighting (face.inputs).
 """
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
 
-import cv2
 import numpy as np
 
+from .face.align_output import CSV_NAME, read_aligned_landmarks
+from .face.inputs import LayoutPatch, PatchSpec, cut_fixed_patch, cut_layout_patch, spec_from_dict
 from .progress import Progress, note
 
 FORMAT_VERSION = 1
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 _FILES = ("index.json", "patches.npy", "labels.npy", "flipped.npy")
-LIGHTING = ("none", "hist", "clahe")
-LANDMARKS_CSV = "landmarks.csv"   # what `deepid2 align` writes next to the aligned faces
 
 
 def scan_identities(root):
@@ -81,234 +61,8 @@ def scan_identities(root):
     return out
 
 
-def margin_pad(height, width, margin):
-    """(py, px): the pixels a margin crop adds on each side of a height x width patch."""
-    return int(np.floor(margin * height + 0.5)), int(np.floor(margin * width + 0.5))
-
-
-def _check_margin(margin):
-    try:
-        m = float(margin)
-    except (TypeError, ValueError):
-        m = math.nan
-    if not 0 <= m <= 1:
-        raise ValueError(f"the patch margin must be a number in [0, 1], got {margin!r}")
-    return m
-
-
 def _file_or_broken_link(path):
     return os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path))
-
-
-@dataclass(frozen=True)
-class PatchSpec:
-    """The fixed patch: `crop` = (y0, x0, y1, x1) as fractions of the image,
-    resized to height x width; channels 3 = RGB, 1 = grey.
-
-    The default crop is the face of LFW's deep-funneled 250x250 images: YuNet
-    landmarks on 600 of them put the eyes at y=112, x=104/148 and the mouth at
-    y=155 (medians), and rows 71..189 x cols 75..175 hold brows to chin and
-    cheek to cheek. Its aspect (1.175) matches 55x47 so faces are not
-    stretched. The synthetic faces (synth.py) are drawn at the same place."""
-    height: int = 55
-    width: int = 47
-    channels: int = 3
-    crop: tuple = (0.285, 0.30, 0.755, 0.70)
-    lighting: str = "none"
-    margin: float = 0.0     # the cache's surround, for augmentation (module docstring)
-
-    def __post_init__(self):
-        object.__setattr__(self, "crop", tuple(float(c) for c in self.crop))
-        object.__setattr__(self, "margin", _check_margin(self.margin))
-        y0, x0, y1, x1 = self.crop
-        if self.height < 1 or self.width < 1 or self.channels not in (1, 3):
-            raise ValueError(f"PatchSpec needs height, width >= 1 and channels 1 or 3, got {self}")
-        if not (0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1):
-            raise ValueError("PatchSpec.crop must be 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1, "
-                             f"got {self.crop}")
-        _check_lighting(self.lighting)
-
-    def to_dict(self):
-        d = {**asdict(self), "crop": list(self.crop)}
-        if self.lighting == "none":  # the dict (and every key made from it) as before lighting
-            del d["lighting"]
-        if self.margin == 0:         # likewise as before margins
-            del d["margin"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(d["crop"]),
-                   d.get("lighting", "none"), d.get("margin", 0.0))
-
-    pad = property(lambda self: margin_pad(self.height, self.width, self.margin))
-    cache_shape = property(lambda self: _cache_shape(self))
-
-    def plain(self):
-        """This spec without its margin: the patch the network sees."""
-        return replace(self, margin=0.0)
-
-
-def _cache_shape(spec):
-    """(rows, cols, channels) of one cached crop: the patch plus its margin."""
-    py, px = spec.pad
-    return spec.height + 2 * py, spec.width + 2 * px, spec.channels
-
-
-def _check_lighting(mode):
-    if mode not in LIGHTING:
-        raise ValueError(f"lighting must be one of {', '.join(LIGHTING)}, got {mode!r}")
-
-
-@dataclass(frozen=True)
-class LayoutPatch:
-    """Patch `index` of the layout named `layout` ("deepid2" or "deepid",
-    deepid2_core.face.patches) of faces aligned by `deepid2 align`.
-    landmarks: "csv" (the aligned landmarks of the dataset's landmarks.csv; faces
-    it does not list get the mean shape), "mean" (the canonical MEAN_SHAPE for
-    every face, as the verifier uses by default) or "auto" (csv where the file
-    exists; `build_cache` resolves it)."""
-    layout: str
-    index: int
-    landmarks: str = "auto"
-    lighting: str = "none"
-    margin: float = 0.0     # the cache's surround, for augmentation (module docstring)
-
-    def __post_init__(self):
-        from .face.patches import get_layout, resolve_patch
-        object.__setattr__(self, "index", resolve_patch(get_layout(self.layout), self.index))
-        if self.landmarks not in ("auto", "csv", "mean"):
-            raise ValueError(f"landmarks must be auto, csv or mean, got {self.landmarks!r}")
-        _check_lighting(self.lighting)
-        object.__setattr__(self, "margin", _check_margin(self.margin))
-
-    @property
-    def layout_obj(self):
-        from .face.patches import get_layout
-        return get_layout(self.layout)
-
-    @property
-    def shape(self):
-        return self.layout_obj.patch_shape(self.index)
-
-    height = property(lambda self: self.shape[0])
-    width = property(lambda self: self.shape[1])
-    channels = property(lambda self: self.shape[2])
-
-    @property
-    def name(self):
-        from .face.patches import patch_name
-        return patch_name(self.layout_obj, self.index)
-
-    pad = property(lambda self: margin_pad(self.height, self.width, self.margin))
-    cache_shape = property(lambda self: _cache_shape(self))
-
-    def plain(self):
-        """This spec without its margin: the patch the network sees."""
-        return replace(self, margin=0.0)
-
-    def to_dict(self):
-        d = dict(kind="layout", layout=self.layout, index=self.index, name=self.name,
-                 landmarks=self.landmarks, lighting=self.lighting, height=self.height,
-                 width=self.width, channels=self.channels)
-        if self.margin:              # the dict as before margins when there is none
-            d["margin"] = self.margin
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(d["layout"], int(d["index"]), d.get("landmarks", "auto"),
-                   d.get("lighting", "none"), d.get("margin", 0.0))
-
-
-def spec_from_dict(d):
-    """PatchSpec or LayoutPatch from its to_dict()."""
-    return LayoutPatch.from_dict(d) if d.get("kind") == "layout" else PatchSpec.from_dict(d)
-
-
-def normalise_lighting(patch, mode):
-    """uint8 h x w x C patch (RGB or grey) with its luminance equalised ("hist" or
-    "clahe"); "none" returns it as it is."""
-    if mode == "none":
-        return patch
-    eq = (cv2.equalizeHist if mode == "hist"
-          else cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply)
-    if patch.shape[2] == 1:
-        return eq(np.ascontiguousarray(patch[:, :, 0]))[..., None]
-    ycc = cv2.cvtColor(patch, cv2.COLOR_RGB2YCrCb)
-    ycc[:, :, 0] = eq(np.ascontiguousarray(ycc[:, :, 0]))
-    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
-
-
-def cut_patch(img, spec):
-    """BGR uint8 image (as cv2.imread gives) -> height x width x channels uint8 (RGB or grey);
-    with a margin, the cache's larger crop before lighting (module docstring)."""
-    h, w = img.shape[:2]
-    y0, x0, y1, x1 = (int(round(f * n)) for f, n in zip(spec.crop, (h, w, h, w)))
-    if y1 - y0 < 1 or x1 - x0 < 1:
-        raise ValueError(f"image of {w}x{h} is too small for the crop {spec.crop}")
-    margin = getattr(spec, "margin", 0.0)
-    if margin:
-        py, px = spec.pad
-        wy = _area_weights(y0, y1 - y0, spec.height, py, h)
-        wx = _area_weights(x0, x1 - x0, spec.width, px, w)
-        p = np.einsum("yi,ixc,jx->yjc", wy, img.astype(np.float64), wx, optimize=True)
-        p = np.clip(np.rint(p), 0, 255).astype(np.uint8)
-    else:
-        p = cv2.resize(img[y0:y1, x0:x1], (spec.width, spec.height),
-                       interpolation=cv2.INTER_AREA)
-    if spec.channels == 1:
-        p = cv2.cvtColor(p, cv2.COLOR_BGR2GRAY)[..., None]
-    else:
-        p = cv2.cvtColor(p, cv2.COLOR_BGR2RGB)
-    return p if margin else normalise_lighting(p, getattr(spec, "lighting", "none"))
-
-
-def _area_weights(start, n_src, n_out, pad, n_img):
-    """(n_out + 2 pad) x n_img weights of INTER_AREA's grid for n_src source pixels from
-    `start` onto n_out, extended by pad outputs each side: output d averages source
-    [start + d s, start + (d + 1) s), s = n_src / n_out, the image border replicated."""
-    s = n_src / n_out
-    lo = start + np.arange(-pad, n_out + pad) * s
-    j = np.arange(int(np.floor(lo[0])), int(np.ceil(lo[-1] + s)) + 1)
-    overlap = np.clip(np.minimum(j + 1, lo[:, None] + s) - np.maximum(j, lo[:, None]), 0, None)
-    out = np.zeros((len(lo), n_img))
-    np.add.at(out, (slice(None), np.clip(j, 0, n_img - 1)), overlap / s)
-    return out
-
-
-def cut_layout_patch(img, spec, landmarks=None):
-    """(patch, flipped counterpart) of LayoutPatch `spec` from an aligned BGR face; the
-    counterpart is already mirrored (patches.cut_flipped). landmarks: 5 x 2 pixels of the
-    aligned face, default the canonical mean shape."""
-    from .face.align import MEAN_SHAPE, to_pixels
-    from .face.patches import cut_flipped
-    from .face.patches import cut_patch as cut_region
-    if landmarks is None:
-        landmarks = to_pixels(MEAN_SHAPE, (img.shape[1], img.shape[0]))
-    layout, pad = spec.layout_obj, spec.pad
-    lighting = "none" if spec.margin else spec.lighting   # a margin crop is kept before lighting
-    return (normalise_lighting(cut_region(img, landmarks, layout, spec.index, pad), lighting),
-            normalise_lighting(cut_flipped(img, landmarks, layout, spec.index, pad), lighting))
-
-
-def read_aligned_landmarks(root):
-    """{output path relative to root ('/'-separated): 5 x 2 aligned landmarks} from
-    root/landmarks.csv as `deepid2 align` writes it."""
-    import csv
-    from .face.pipeline import POINT_NAMES
-    cols = [f"aligned_{p}_{c}" for p in POINT_NAMES for c in "xy"]
-    out = {}
-    with open(os.path.join(root, LANDMARKS_CSV), newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            o = (row.get("output") or "").strip()
-            try:
-                v = np.array([float(row[c]) for c in cols], np.float64).reshape(5, 2)
-            except (KeyError, TypeError, ValueError):
-                continue
-            if o and np.all(np.isfinite(v)):
-                out[o] = v
-    return out
 
 
 def _decode(path, spec, landmarks=None):
@@ -321,7 +75,7 @@ def _decode(path, spec, landmarks=None):
     try:
         if isinstance(spec, LayoutPatch):
             return cut_layout_patch(img, spec, landmarks), None
-        return cut_patch(img, spec), None
+        return cut_fixed_patch(img, spec), None
     except Exception as e:  # noqa: BLE001 - any failure skips this one file
         return None, f"{type(e).__name__}: {e}"
 
@@ -412,7 +166,7 @@ def build_cache(root, cache_dir, spec=PatchSpec(), progress=True, workers=None):
     fp = fingerprint(root, ids)
     lm_table = {}
     if isinstance(spec, LayoutPatch):
-        csv_path = os.path.join(root, LANDMARKS_CSV)
+        csv_path = os.path.join(root, CSV_NAME)
         if spec.landmarks == "auto":
             spec = LayoutPatch(spec.layout, spec.index,
                                "csv" if os.path.isfile(csv_path) else "mean", spec.lighting,

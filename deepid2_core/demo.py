@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from .backends import get_backend
-from .data import PatchSpec, build_cache
+from .data import build_cache
+from .face.inputs import PatchSpec
 from .synth import make_dataset
 from .training.deepid2 import Trainer, TrainConfig
 

@@ -19,7 +19,7 @@ from .api import Gallery, Match, Model
 from .data import scan_identities
 from .errors import BadImage, NoFace
 from .verifier.commands import extract_paths, prepare_faces
-from .verifier.gallery import FAR, check_gallery_path, enrol, save_gallery
+from .verifier.gallery import FAR, enroll_features, save_gallery
 from .verifier.model import Verifier
 
 
@@ -80,7 +80,6 @@ def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_
                 pick="largest"):
     """log: the result line (stdout); warn: skipped images, the people
     dropped (an empty folder, no image with a face) and notes (stderr)."""
-    check_gallery_path(gallery)
     ids = scan_identities(folder)
     listed = {name for name, _ in ids}
     for name in sorted(os.listdir(folder)):
@@ -99,11 +98,11 @@ def enroll_main(folder, gallery, model=None, aligned=False, log=print, warn=_to_
             warn(f"dropped {name}: no image with a face ({len(ps)} image"
                  f"{'s' if len(ps) > 1 else ''} skipped)")
     labels = np.array([owner[p] for p in kept])
-    names, means, counts, t, tar, how = enrol(m, feats, labels, folder)
+    names, means, counts, t, tar, how = enroll_features(m, feats, labels, folder)
     save_gallery(gallery, names, means, counts, t, m.key())
     log(f"enrolled {len(names)} identities from {len(kept)} images ({len(problems)} skipped); "
         f"open-set threshold {t:.3f} at FAR {FAR:.0%} {how}"
-        + (f" (true accept rate {tar:.3f} on the enrolment images)" if tar is not None else "")
+        + (f" (true accept rate {tar:.3f} on the enrollment images)" if tar is not None else "")
         + f"; wrote {gallery}")
     return dict(identities=len(names), images=len(kept), threshold=t, tar=tar)
 
@@ -115,8 +114,6 @@ def identify_main(images, gallery, model=None, top=1, aligned=False, log=print,
     identified; warn: which face of a photograph with several was used and,
     when some failed, a summary (stderr). Returns ({path: name or "unknown"},
     the number of images that failed)."""
-    if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
     m = Verifier.load(model, progress=False)
     g = Gallery.load(gallery, Model(m))
     images = list(images)

@@ -75,10 +75,11 @@ def pair_features(ext, lfw, pairs):
 def evaluate(run, data, a):
     from deepid2_core import safetensors
     from deepid2_core.backends import get_backend
-    from deepid2_core.data import PatchSpec, scan_identities
+    from deepid2_core.data import scan_identities
+    from deepid2_core.face.inputs import PatchSpec
     from deepid2_core.verifier.baselines import CosineScorer
     from deepid2_core.verifier.commands import extract_paths
-    from deepid2_core.verifier.features import FeatureExtractor, WholeFace, load_patch_network
+    from deepid2_core.verifier.features import FeatureExtractor, PatchInputs, load_patch_network
     from deepid2_core.verifier.joint_bayesian import JointBayesian
     from deepid2_core.verifier.lfw import read_pairs
     from deepid2_core.verifier.metrics import accuracy, auc, best_threshold, eer, roc_curve
@@ -86,8 +87,8 @@ def evaluate(run, data, a):
     net_path = os.path.join(run, "best.safetensors")
     _, meta = safetensors.load(net_path)
     spec = PatchSpec.from_dict(json.loads(meta["input"])) if "input" in meta else PatchSpec()
-    ext = FeatureExtractor(WholeFace(spec), [load_patch_network(net_path)], get_backend("cpu"),
-                           cache_dir=os.path.join(run, "features"))
+    ext = FeatureExtractor(PatchInputs.whole(spec), [load_patch_network(net_path)],
+                           get_backend("cpu"), cache_dir=os.path.join(run, "features"))
     t0 = time.perf_counter()
     ids = scan_identities(data)
     paths = [p for _, ps in ids for p in ps]

@@ -15,7 +15,9 @@ from deepid2_core.face import landmarks as lmk
 from deepid2_core.face.box import face_box
 from deepid2_core.face import pipeline
 from deepid2_core.face.align import CANONICAL, alignment_matrix, to_pixels, transform_points
-from deepid2_core.face.pipeline import CSV_COLUMNS, CSV_NAME, JOURNAL_NAME, TMP_SUFFIX, align_main
+from deepid2_core.face.align_output import (CSV_COLUMNS, CSV_NAME, JOURNAL_NAME, POINT_NAMES,
+                                            TMP_SUFFIX)
+from deepid2_core.face.pipeline import align_main
 from package_home import PACKAGE_HOME
 
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
@@ -66,7 +68,7 @@ def read_csv(out):
 
 def points(row, prefix=""):
     return np.array([[float(row[f"{prefix}{p}_{c}"]) for c in "xy"]
-                     for p in pipeline.POINT_NAMES])
+                     for p in POINT_NAMES])
 
 
 def files_under(d):
@@ -279,7 +281,7 @@ def test_yunet_model_option_takes_another_onnx_file(run, data, tmp_path):
     native = read_csv(out)
     assert [(r["path"], r["face"], r["status"], r["output"], r["source"]) for r in rows] == \
         [(r["path"], r["face"], r["status"], r["output"], r["source"]) for r in native]
-    numbers = pipeline.CSV_COLUMNS[6:]
+    numbers = CSV_COLUMNS[6:]
     for r, n in zip(ok, [r for r in native if r["status"] == "ok"]):
         np.testing.assert_allclose([float(r[c]) for c in numbers], [float(n[c]) for c in numbers],
                                    atol=0.021)

@@ -188,8 +188,10 @@ def test_gallery_enroll_identify_save_load(model, tmp_path):
         deepid2.Gallery.load(tmp_path / "none.npz", model)
     with pytest.raises(ValueError, match="people is empty"):
         deepid2.Gallery.enroll(model, {})
-    with pytest.raises(ValueError, match="top must be at least 1"):
+    with pytest.raises(ValueError, match="top must be at least 1, got 0"):
         g.identify(str(A[3]), top=0)
+    with pytest.raises(ValueError, match="top must be at least 1, got -2"):
+        g.identify_features(g.means[:1], top=-2)
 
 
 def grid(paths):

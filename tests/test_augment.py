@@ -11,7 +11,8 @@ import pytest
 
 from deepid2_core import safetensors
 from deepid2_core.cli import main
-from deepid2_core.data import LayoutPatch, PatchSpec, build_cache
+from deepid2_core.data import build_cache
+from deepid2_core.face.inputs import LayoutPatch, PatchSpec
 from deepid2_core.synth import make_dataset
 from deepid2_core.training import augment as aug
 from deepid2_core.training.augment import AugmentConfig, AugmentParams

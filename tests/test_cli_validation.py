@@ -157,6 +157,20 @@ def test_read_only_folders_are_refused(tmp_path):
         ro.chmod(0o755)
 
 
+def test_folds_are_read_by_one_function():
+    """checks.folds reads the syntax; parse_folds adds the pairs file's range."""
+    from deepid2_core.verifier.commands import parse_folds
+    assert checks.folds("6-8, 2,7") == [2, 6, 7, 8]
+    assert parse_folds("6-8, 2,7", 10) == [2, 6, 7, 8] == parse_folds([8, 2, 6, 7, 7], 10)
+    assert parse_folds(None, 3) == [1, 2, 3]
+    with pytest.raises(ValueError, match="--folds must look like 6-10"):
+        parse_folds("6-", 10)
+    with pytest.raises(ValueError, match="the pairs file has folds 1..4"):
+        parse_folds("3-5", 4)
+    with pytest.raises(ValueError, match="the pairs file has folds 1..4"):
+        parse_folds("0", 4)
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
     from deepid2_core import synth
 

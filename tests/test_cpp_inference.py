@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from deepid2_core import safetensors
-from deepid2_core.data import PatchSpec
+from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.face.detect import read_image
 from deepid2_core.nets.deepid2 import NetConfig, init_params
 from deepid2_core.synth import make_dataset
 from deepid2_core.verifier.features import PatchInputs
 from deepid2_core.verifier.model import DEFAULT_MODEL, Verifier
-from deepid2_core.verifier_file import read_verifier_file, save_verifier
+from deepid2_core.verifier.model_file import read_verifier_file, save_verifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPP = os.path.join(REPO, "cpp")

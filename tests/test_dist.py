@@ -18,7 +18,8 @@ import pytest
 
 import deepid2_core
 from deepid2_core import cli, safetensors
-from deepid2_core.data import PatchSpec, build_cache
+from deepid2_core.data import build_cache
+from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.synth import make_dataset
 from deepid2_core.training.deepid2 import (CHECKPOINT, BEST, PairSampler, Trainer, TrainConfig,
                                           micro_batch)

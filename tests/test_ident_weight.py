@@ -9,7 +9,8 @@ import pytest
 
 from deepid2_core import safetensors
 from deepid2_core.backends.cpu import assemble_batch
-from deepid2_core.data import PatchSpec, build_cache
+from deepid2_core.data import build_cache
+from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.synth import make_dataset
 from deepid2_core.training.deepid2 import CHECKPOINT, BEST, Trainer, TrainConfig, weigh_ident
 

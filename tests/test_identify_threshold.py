@@ -162,7 +162,7 @@ def test_old_model_falls_back_with_a_note(world, tmp_path, capsys, stored):
     assert len(notes) == 1, notes
     assert ("no impostor score distribution" if stored is None else
             "older format 'deepid2-impostor/1'") in notes[0]
-    assert "from the 12 enrolment images" in out.out
+    assert "from the 12 enrollment images" in out.out
     assert main(["enroll", str(root), "--gallery", g, "--aligned",
                  "--model", str(world["model"])]) == 0
     out = capsys.readouterr()

@@ -10,8 +10,8 @@ import pytest
 
 from deepid2_core import data
 from deepid2_core.backends.cpu import assemble_batch
-from deepid2_core.data import PatchCache, PatchSpec, build_cache, scan_identities
-from deepid2_core.data import split_train_val
+from deepid2_core.data import PatchCache, build_cache, scan_identities, split_train_val
+from deepid2_core.face.inputs import PatchSpec, cut_fixed_patch
 from deepid2_core.synth import make_dataset
 
 
@@ -102,8 +102,8 @@ def test_patch_spec():
     assert (s.height, s.width, s.channels) == (55, 47, 3)
     assert PatchSpec.from_dict(s.to_dict()) == s
     img = np.zeros((250, 250, 3), np.uint8)
-    assert data.cut_patch(img, s).shape == (55, 47, 3)
-    assert data.cut_patch(img, PatchSpec(31, 39, 1)).shape == (31, 39, 1)
+    assert cut_fixed_patch(img, s).shape == (55, 47, 3)
+    assert cut_fixed_patch(img, PatchSpec(31, 39, 1)).shape == (31, 39, 1)
     for bad in [dict(channels=2), dict(height=0), dict(crop=(0.5, 0.3, 0.4, 0.7)),
                 dict(crop=(0.1, 0.3, 0.4, 1.2))]:
         with pytest.raises(ValueError):
@@ -141,10 +141,10 @@ def test_build_cache_skips_bad_files(dirty_root, tmp_path):
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert index["dropped_identities"] == ["zz_broken"]
     assert index["format_version"] == data.FORMAT_VERSION
-    # row k is the patch of paths[k], cut exactly as cut_patch cuts it (RGB)
+    # row k is the patch of paths[k], cut exactly as cut_fixed_patch cuts it (RGB)
     k = 4
     img = cv2.imread(str(dirty_root / cache.paths[k]))
-    np.testing.assert_array_equal(cache.patches[k], data.cut_patch(img, spec))
+    np.testing.assert_array_equal(cache.patches[k], cut_fixed_patch(img, spec))
     by_hand = cv2.resize(img[71:189, 75:175], (47, 55), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(cache.patches[k][..., ::-1], by_hand)
     # no temp folders left next to the cache

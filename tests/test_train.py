@@ -5,7 +5,8 @@ import json
 import pytest
 
 from deepid2_core import safetensors
-from deepid2_core.data import PatchSpec, build_cache
+from deepid2_core.data import build_cache
+from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.synth import make_dataset
 from deepid2_core.training.deepid2 import CHECKPOINT, BEST, LOG, PLOT, Trainer, TrainConfig
 

@@ -11,12 +11,12 @@ import pytest
 from deepid2_core import safetensors
 from deepid2_core.cli import main
 from deepid2_core.backends.cpu import assemble_batch
-from deepid2_core.data import (LayoutPatch, PatchCache, PatchSpec, build_cache,
-                               normalise_lighting)
+from deepid2_core.data import PatchCache, build_cache
 from deepid2_core.face.align import MEAN_SHAPE, to_pixels
+from deepid2_core.face.align_output import CSV_COLUMNS, POINT_NAMES
+from deepid2_core.face.inputs import LayoutPatch, PatchSpec, normalise_lighting
 from deepid2_core.face.patches import (DEEPID, DEEPID2, cut_flipped, cut_patch, flip_partner,
                                        patch_name, resolve_patch)
-from deepid2_core.face.pipeline import CSV_COLUMNS, POINT_NAMES
 from deepid2_core.synth import make_dataset
 from deepid2_core.training.deepid2 import BEST, Trainer, TrainConfig
 

@@ -11,7 +11,7 @@ from deepid2_core.cli import main
 from deepid2_core.face.detect import read_image
 from deepid2_core.face.pipeline import align_image, new_aligner
 from deepid2_core.synth import make_dataset
-from deepid2_core.verifier_file import read_verifier_file
+from deepid2_core.verifier.model_file import read_verifier_file
 
 IDS, IMGS = 10, 8
 
@@ -224,7 +224,7 @@ def test_fit_verifier_cuts_the_patch_the_network_was_trained_on(tmp_path):
     model file; fit-verifier must cut the same patch."""
     import json as _json
     from deepid2_core import safetensors
-    from deepid2_core.data import LayoutPatch, PatchSpec
+    from deepid2_core.face.inputs import LayoutPatch, PatchSpec
     from deepid2_core.verifier.commands import trained_input
 
     def _trained_input(path):

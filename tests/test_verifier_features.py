@@ -77,7 +77,7 @@ def test_mirrored_face_swaps_each_patch_with_its_flipped_counterpart(be):
 
 
 def test_whole_face_layout(be):
-    layout = F.WholeFace()
+    layout = F.PatchInputs.whole()
     cfg = NetConfig(n_classes=2)
     nets = [F.PatchNetwork(init_params(cfg, 1), cfg)]
     face = faces(1, seed=2)[0]
@@ -85,12 +85,19 @@ def test_whole_face_layout(be):
     got = F.FeatureExtractor(layout, nets, be, progress=False).extract([big])[0]
     net = DeepID2(cfg, oracle_backend)
     p64 = {n: v.astype(np.float64) for n, v in nets[0].params.items()}
-    patch = F.cut_fixed_patch(big, layout.spec)
+    patch = F.cut_fixed_patch(big, layout.specs[0])
     for k, p in enumerate((patch, patch[:, ::-1])):
         x = ((p.astype(np.float64) - 127.5) / 128).transpose(2, 0, 1)[None]
         ref = net.features(p64, x)[0]
         assert not (np.abs(got[k * FD:(k + 1) * FD] - ref) > 1e-4 + 1e-3 * np.abs(ref)).any()
     assert F.patch_names(layout) == ["whole"]
+    # a version 1 file's form, so the feature cache and gallery keys made from it stay
+    spec = F.PatchSpec(lighting="hist")
+    assert F.PatchInputs.whole(spec).to_dict() == {"name": "whole", "spec": spec.to_dict()}
+    assert F.PatchInputs.from_dict(F.PatchInputs.whole(spec).to_dict()) == F.PatchInputs.whole(spec)
+    assert F.PatchInputs((spec,)).to_dict() == {"name": "patches", "inputs": [spec.to_dict()]}
+    with pytest.raises(ValueError, match="holds one PatchSpec"):
+        F.PatchInputs((spec, spec), "whole")
 
 
 def test_cache_paths_and_model_identity(be, tmp_path, monkeypatch):

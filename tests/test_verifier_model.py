@@ -65,14 +65,14 @@ def test_fitted_verifier_with_networks_saves_what_load_reads(tmp_path):
     """fit-verifier's output path: Verifier.fit on raw features, with_networks,
     save; Verifier.load gives the same networks, scores and threshold."""
     from deepid2_core.backends import get_backend
-    from deepid2_core.data import PatchSpec
+    from deepid2_core.face.inputs import PatchSpec
     from deepid2_core.nets.deepid2 import NetConfig, init_params
-    from deepid2_core.verifier.features import FeatureExtractor, WholeFace
+    from deepid2_core.verifier.features import FeatureExtractor, PatchInputs
     cfg = NetConfig(n_classes=4, height=33, width=31, channels=1, feature_dim=12)
     rng = np.random.default_rng(5)
     params = init_params(cfg, 3)
-    ext = FeatureExtractor(WholeFace(PatchSpec(33, 31, 1)), [(params, cfg)], get_backend("cpu"),
-                           progress=False)
+    ext = FeatureExtractor(PatchInputs.whole(PatchSpec(33, 31, 1)), [(params, cfg)],
+                           get_backend("cpu"), progress=False)
     s_mu, s_eps = random_covariance(rng, 24, 1.0), random_covariance(rng, 24, 0.5)
     x, labels, _, _ = draw_identities(rng, s_mu, s_eps, 30)
     v = Verifier.fit(x, labels, d=8, n_pairs=200)
@@ -86,8 +86,8 @@ def test_fitted_verifier_with_networks_saves_what_load_reads(tmp_path):
     assert back.threshold == float(np.float32(v.threshold)) and back.metadata["note"] == "test"
     assert back.layout == ext.layout
     assert back.key() == Verifier.load(path, progress=False).key()      # a stable identity
-    other = FeatureExtractor(WholeFace(PatchSpec(33, 31, 1)), [(init_params(cfg, 4), cfg)],
-                             get_backend("cpu"), progress=False)
+    other = FeatureExtractor(PatchInputs.whole(PatchSpec(33, 31, 1)),
+                             [(init_params(cfg, 4), cfg)], get_backend("cpu"), progress=False)
     assert back.key() != Verifier.load(path, progress=False).with_networks(other).key()
     faces = [rng.integers(0, 256, (80, 70, 3), dtype=np.uint8) for _ in range(3)]
     np.testing.assert_array_equal(back.features(faces), ext.extract(faces))

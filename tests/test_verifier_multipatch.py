@@ -10,14 +10,14 @@ import pytest
 from deepid2_core.backends import get_backend
 from deepid2_core.cli import main
 from deepid2_core.backends.cpu import assemble_batch
-from deepid2_core.data import LayoutPatch, cut_layout_patch
+from deepid2_core.face.inputs import LayoutPatch, cut_layout_patch
 from deepid2_core.face.detect import read_image
 from deepid2_core.synth import make_dataset
 from deepid2_core.verifier.commands import fit_layout
 from deepid2_core.verifier.model import Verifier
 from deepid2_core.verifier.features import PatchInputs, load_patch_network
 from deepid2_core.nets.deepid2 import DeepID2
-from deepid2_core.verifier_file import read_verifier_file, save_verifier
+from deepid2_core.verifier.model_file import read_verifier_file, save_verifier
 
 IDS, IMGS = 8, 6
 PATCHES = ("inner_face@1/gray", "face@1/rgb", "left_eye_cheek@1.2/rgb")

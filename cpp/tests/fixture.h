@@ -1,7 +1,7 @@
 // Test fixtures written from C++ alone: a safetensors writer and a random
 // "deepid2-verifier/1" model, or "/2" where patches differ in shape
 // (docs/verifier_model.md). The network shapes are
-// derived here independently of the library (a second reading of net.py), so
+// derived here independently of the library (a second reading of nets/deepid2.py), so
 // a wrong derivation in the reader shows up as a rejected file.
 #pragma once
 #include <algorithm>

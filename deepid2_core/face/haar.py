@@ -3,8 +3,9 @@
 Why this exists: opencv-python 5 (what ``pip install`` picks for setup.py's
 ``opencv-python>=4.8``) has neither ``cv2.CascadeClassifier`` nor the
 ``cv2.data`` cascade files. So the project carries OpenCV's
-``haarcascade_frontalface_default.xml`` as packed arrays
-(`_haar_frontalface.py`, with its Intel licence notice) and evaluates it the
+``haarcascade_frontalface_default.xml`` as compressed arrays
+(models/haarcascade_frontalface_default.npz, its Intel licence notice in
+models/LICENSE-haarcascade; `save_cascade` wrote it) and evaluates it the
 way OpenCV 4's ``detectMultiScale`` does (identical boxes and neighbour
 counts on 400 of 400 LFW / CelebA images against opencv-python 4.14):
 
@@ -24,8 +25,7 @@ counts on 400 of 400 LFW / CelebA images against opencv-python 4.14):
 Only stump-based, upright HAAR cascades in OpenCV's new XML format are read
 (`cascade_from_xml`); that covers the frontal-face cascades OpenCV ships.
 """
-import base64
-import io
+import os
 import xml.etree.ElementTree as ET
 
 import cv2
@@ -34,6 +34,8 @@ import numpy as np
 
 THRESHOLD_EPS = 1e-5        # OpenCV subtracts this from every stage threshold
 GROUP_EPS = 0.2             # OpenCV's groupRectangles eps in detectMultiScale
+DEFAULT_CASCADE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "models", "haarcascade_frontalface_default.npz")
 _KEYS = ("window", "stage_threshold", "stage_first", "feature", "node_threshold",
          "leaf", "rects", "weights")
 
@@ -72,18 +74,16 @@ def cascade_from_xml(path):
                 rects=r[:, :, :4].astype(np.int32), weights=r[:, :, 4].astype(np.float32))
 
 
-def pack_cascade(c):
-    """Cascade arrays -> base64 text (compressed .npz), for a data module."""
-    buf = io.BytesIO()
+def save_cascade(c, path):
+    """Cascade arrays -> a compressed .npz file, as the package carries them."""
     arrays = {k: c[k] for k in _KEYS}
     if arrays["rects"].min() >= 0 and arrays["rects"].max() < 256:
         arrays["rects"] = arrays["rects"].astype(np.uint8)     # 24x24 window: bytes suffice
-    np.savez_compressed(buf, **arrays)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    np.savez_compressed(path, **arrays)
 
 
-def unpack_cascade(text):
-    with np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False) as z:
+def load_cascade(path):
+    with np.load(path, allow_pickle=False) as z:
         c = {k: z[k] for k in _KEYS}
     c["rects"] = c["rects"].astype(np.int32)
     return c
@@ -91,8 +91,7 @@ def unpack_cascade(text):
 
 def default_cascade():
     """OpenCV's haarcascade_frontalface_default (carried in this package)."""
-    from ._haar_frontalface import DATA
-    return unpack_cascade(DATA)
+    return load_cascade(DEFAULT_CASCADE)
 
 
 @numba.njit(cache=True, nogil=True)

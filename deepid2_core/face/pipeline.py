@@ -46,17 +46,7 @@ batch):
    .webp and .ppm, PNG with ``.png`` appended for the other extensions); with
    ``all_faces`` face k (1 = largest) is written as ``name_k.ext``.
 
-OUT_DIR/landmarks.csv has one row per face (or one per image without a face): columns
-`CSV_COLUMNS`: the input's relative path, the face number (1 = largest; empty without a
-face), status ``ok`` / ``no_face`` / ``unreadable`` (``error`` only for an unexpected
-failure of one image's processing), the reason for the last three, the aligned file
-(relative to OUT_DIR; empty when none was written), where the box came from (``yunet``,
-``haar``, ``haar_padded``, ``central``), the box given to the landmark nets (x, y, w, h,
-image pixels), the detector's score (Haar: the number of merged windows; YuNet: its
-confidence), the 5
-points (left eye, right eye, nose, left and right mouth corner, as seen in the image)
-in the image as read and in the aligned image. Numbers have 2 decimals. Pixel centres
-are at integer coordinates (OpenCV's convention).
+OUT_DIR/landmarks.csv (one row per face), safe writing and resuming: face/align_output.py.
 
 Determinism: every image is processed alone (the landmark ops give the same bits for
 any thread count), results are gathered in input order, so the same input and options
@@ -66,31 +56,10 @@ Parallelism: a thread pool (``workers``, default the usable CPUs, at most 8). Th
 is nearly all in code that drops the GIL: the C++ pipeline, OpenCV (decode, encode) and,
 with ``--detector haar``, the numba Haar scan (``nogil=True``).
 
-Safe writing: each aligned image is written to a hidden temporary file in its folder
-and renamed over the target, so an interrupted run leaves only whole images (and
-temporary files of a killed run are removed by the next run). landmarks.csv is written
-the same way (never half-written): every `CSV_EVERY` images, when a run is interrupted,
-and at the end, each time listing the images done so far in input order.
-
-Resuming: after each image its CSV rows, the input's size and mtime, and the aligned
-files' sizes are appended to the journal OUT_DIR/.align-journal.jsonl (flushed per
-image; its first line holds the run's settings). A re-run with the same settings skips
-every image whose journal entry still holds: the input unchanged, each aligned file
-there with its size (files are renamed into place whole, so that is a whole file); it
-says on stderr how many it skipped. Unreadable images and failures are tried again.
-Other settings (detector, model, size, all_faces, central_fallback, landmark model)
-start over. A killed run, re-run, gives the same landmarks.csv and files as one
-uninterrupted run. Delete the journal to force a full re-run. Aligned files that an
-earlier run listed and this run did not write again (a face no longer found, a
-different ``all_faces``) are removed at the end, after the new CSV is in place, so
-OUT_DIR matches its CSV. One run at a time per OUT_DIR.
-
 Symbolic links under IN_DIR are followed (linked identity folders and linked images
 are inputs like the others; a link back to a folder above it is not walked twice), as
 `deepid2 train` and `deepid2 enroll` follow them (`data.scan_identities`).
 """
-import csv
-import io
 import json
 import os
 import sys
@@ -99,10 +68,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from .align import align_face
+from .align_output import (CSV_NAME, JOURNAL_FORMAT, JOURNAL_NAME, csv_bytes, encode_image,
+                           file_key, journal_entry, journal_lines, output_name, remove_stale,
+                           resume, sweep_temporaries, write_atomic)
 from .box import HAAR_MIN_SIZE, PICKS, YUNET_MODEL, central_box, face_boxes, yunet_detector
 from .detect import YuNetDetector, read_image
 from .image import pixel_limit
@@ -112,19 +83,7 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .tif .tiff .webp .pgm .ppm .pbm .pnm .pxm .sr "
     ".ras .jp2 .gif .avif .exr .hdr .pic".split())
 YUNET_MIN_FACE = YuNetDetector.min_face
-CSV_NAME = "landmarks.csv"
-POINT_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
-CSV_COLUMNS = (["path", "face", "status", "reason", "output", "source",
-                "box_x", "box_y", "box_w", "box_h", "score"]
-               + [f"{p}_{c}" for p in POINT_NAMES for c in "xy"]
-               + [f"aligned_{p}_{c}" for p in POINT_NAMES for c in "xy"])
-# written in the input's own format; the others are written as PNG with ".png" appended
-_ENCODABLE = frozenset(".jpg .jpeg .jpe .png .bmp .tif .tiff .webp .ppm".split())
-TMP_SUFFIX = ".align-tmp"
-JOURNAL_NAME = ".align-journal.jsonl"
-JOURNAL_FORMAT = 1
 CSV_EVERY = 500               # landmarks.csv is rewritten (whole) after this many images
-JPEG_QUALITY = 95
 MAX_SIDE = 1024               # images larger than this are shrunk for detection only
 
 
@@ -192,41 +151,6 @@ def list_images(in_dir, out_dir=None):
 def _is_ancestor(a, b):
     """Whether folder a is b or holds it (a link to it would loop)."""
     return b == a or b.startswith(a.rstrip(os.sep) + os.sep)
-
-
-def output_name(rel, face, all_faces):
-    """The aligned file's path relative to OUT_DIR for face `face` (1-based) of `rel`."""
-    stem, ext = os.path.splitext(rel)
-    if all_faces:
-        stem = f"{stem}_{face}"
-    if ext.lower() not in _ENCODABLE:
-        return f"{stem}{ext}.png"
-    return stem + ext
-
-
-def _encode(img, path):
-    ext = os.path.splitext(path)[1].lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in (".jpg", ".jpeg", ".jpe") else []
-    ok, buf = cv2.imencode(ext, img, params)
-    if not ok:
-        raise OSError(f"could not encode {path} as {ext}")
-    return buf.tobytes()
-
-
-def _write_atomic(path, data):
-    """Write bytes to path through a hidden temporary file in the same folder + rename."""
-    d, name = os.path.split(path)
-    tmp = os.path.join(d, f".{name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class _Aligner:
@@ -315,7 +239,7 @@ class _Aligner:
             if d not in self._made:
                 os.makedirs(d, exist_ok=True)
                 self._made.add(d)
-            _write_atomic(path, _encode(aligned, path))
+            write_atomic(path, encode_image(aligned, path))
         return _Result(rel, status, reason, faces, read=True)
 
 
@@ -340,135 +264,16 @@ def new_aligner(detector="yunet", landmark_model=None, size=250, pick="largest",
                     pick)
 
 
-def _fmt(v):
-    return f"{float(v):.2f}"
-
-
-def _rows(res):
-    if not res.faces:
-        return [[res.rel, "", res.status, res.reason] + [""] * (len(CSV_COLUMNS) - 4)]
-    rows = []
-    for k, f in enumerate(res.faces, 1):
-        rows.append([res.rel, str(k), res.status, res.reason, f.output, f.source]
-                    + [_fmt(v) for v in f.box] + [_fmt(f.score)]
-                    + [_fmt(v) for v in f.points.reshape(-1)]
-                    + [_fmt(v) for v in f.aligned_points.reshape(-1)])
-    return rows
-
-
-def _record(res, in_path, out_dir):
-    """One image's journal entry: its CSV rows and what a re-run checks to skip it."""
-    return dict(path=res.rel, input=_stat(in_path), read=res.read, status=res.status,
-                rows=_rows(res),
-                outputs={f.output: os.path.getsize(os.path.join(out_dir, *f.output.split("/")))
-                         for f in res.faces if f.output})
-
-
-def _stat(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _still_done(rec, in_path, out_dir):
-    """Whether a journal entry can stand for this run: a result worth keeping, the input
-    unchanged and every aligned file there, whole (the size written)."""
-    if rec.get("status") not in ("ok", "no_face") or rec.get("input") != _stat(in_path):
-        return False
-    for o, size in rec.get("outputs", {}).items():
-        try:
-            if os.path.getsize(os.path.join(out_dir, *o.split("/"))) != size:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _csv_bytes(records):
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for rec in records:
-        w.writerows(rec["rows"])
-    return buf.getvalue().encode("utf-8")
-
-
-def _file_key(path):
-    st = _stat(path)
-    return [os.path.abspath(path)] + (st or [])
-
-
 def _settings(detector, model, size, all_faces, central_fallback, landmark_model, pick):
     """What a run's results depend on besides the inputs: a journal is resumed only
     under the same settings. A LandmarkModel object (API) is never taken for an earlier
     one: such runs start over."""
     lm = (f"object {id(landmark_model)} {time.time_ns()}"
           if isinstance(landmark_model, LandmarkModel)
-          else _file_key(os.fspath(landmark_model) if landmark_model else DEFAULT_MODEL))
-    yunet = (_file_key(model or YUNET_MODEL) if detector == "yunet" else None)
+          else file_key(os.fspath(landmark_model) if landmark_model else DEFAULT_MODEL))
+    yunet = (file_key(model or YUNET_MODEL) if detector == "yunet" else None)
     return dict(detector=detector, model=yunet, size=list(size), all_faces=bool(all_faces),
                 central_fallback=bool(central_fallback), landmark_model=lm, pick=pick)
-
-
-def _read_journal(path):
-    """(header, {rel: entry}) of a journal; a line cut short by a kill ends it. None when
-    there is no readable journal."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError):
-        return None
-    entries, header = {}, None
-    for k, line in enumerate(lines):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            break
-        if not isinstance(obj, dict):
-            break
-        if k == 0:
-            if obj.get("journal") != JOURNAL_FORMAT:
-                return None
-            header = obj
-        elif isinstance(obj.get("path"), str) and isinstance(obj.get("rows"), list):
-            entries[obj["path"]] = obj
-    return None if header is None else (header, entries)
-
-
-def _journal_lines(header, records):
-    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in [header, *records])
-
-
-def _safe_outputs(names):
-    return {o for o in names if isinstance(o, str) and o and not os.path.isabs(o)
-            and ".." not in o.split("/")}
-
-
-def _previous_outputs(out_dir):
-    """The aligned files an earlier run's CSV lists (relative, inside OUT_DIR)."""
-    path = os.path.join(out_dir, CSV_NAME)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return set()
-    return _safe_outputs((r.get("output") or "").strip() for r in rows)
-
-
-def _sweep_temporaries(out_dir):
-    """Remove the temporary files a killed run left behind."""
-    n = 0
-    for root, _, files in os.walk(out_dir):
-        for f in files:
-            if f.startswith(".") and f.endswith(TMP_SUFFIX):
-                try:
-                    os.remove(os.path.join(root, f))
-                    n += 1
-                except OSError:
-                    pass
-    return n
 
 
 def default_workers():
@@ -511,7 +316,7 @@ def align_main(in_dir, out_dir, detector="yunet", model=None, size=250, all_face
     aligner = _Aligner(out_dir, detector, model, size, all_faces, central_fallback,
                        landmark_model, pick)
     os.makedirs(out_dir, exist_ok=True)
-    _sweep_temporaries(out_dir)
+    sweep_temporaries(out_dir)
 
     def in_path(rel):
         return os.path.join(in_dir, *rel.split("/"))
@@ -520,32 +325,22 @@ def align_main(in_dir, out_dir, detector="yunet", model=None, size=250, all_face
     settings = _settings(detector, model, size, all_faces, central_fallback, landmark_model,
                          pick)
     journal_path = os.path.join(out_dir, JOURNAL_NAME)
-    old = _read_journal(journal_path)
-    previous = _previous_outputs(out_dir)
-    done = {}
-    if old is not None:
-        header, entries = old
-        previous |= _safe_outputs(header.get("previous", []))
-        previous |= _safe_outputs(o for e in entries.values() for o in e.get("outputs", {}))
-        if header.get("settings") == settings:
-            wanted = set(rels)
-            done = {rel: e for rel, e in entries.items()
-                    if rel in wanted and _still_done(e, in_path(rel), out_dir)}
+    done, previous = resume(out_dir, settings, rels, in_path)
     records = {rel: done[rel] for rel in rels if rel in done}
     todo = [rel for rel in rels if rel not in done]
     header = dict(journal=JOURNAL_FORMAT, settings=settings, previous=sorted(previous))
-    _write_atomic(journal_path, _journal_lines(header, records.values()).encode("utf-8"))
+    write_atomic(journal_path, journal_lines(header, records.values()).encode("utf-8"))
     if done:
         print(f"align: {len(done)} of {len(rels)} images already done in {out_dir}, skipped "
               f"(delete {JOURNAL_NAME} there to align them again)", file=sys.stderr, flush=True)
 
     def write_csv():
-        _write_atomic(os.path.join(out_dir, CSV_NAME),
-                      _csv_bytes(records[r] for r in rels if r in records))
+        write_atomic(os.path.join(out_dir, CSV_NAME),
+                      csv_bytes(records[r] for r in rels if r in records))
 
     def task(rel):
         res = aligner.process(rel, in_path(rel))
-        return _record(res, in_path(rel), out_dir)
+        return journal_entry(res, in_path(rel), out_dir)
 
     bar = Progress(len(rels), "aligning", enabled=progress)
     counts = dict(ok=0, no_face=0, unreadable=0, error=0, faces=0)
@@ -582,15 +377,10 @@ def align_main(in_dir, out_dir, detector="yunet", model=None, size=250, all_face
 
     write_csv()
     written = {o for r in records.values() for o in r["outputs"]}
-    removed = 0
-    for o in sorted(previous - written):
-        p = os.path.join(out_dir, *o.split("/"))
-        if os.path.isfile(p):
-            os.remove(p)
-            removed += 1
+    removed = remove_stale(out_dir, previous, written)
     header["previous"] = []          # every file left here is now one this CSV lists
-    _write_atomic(journal_path,
-                  _journal_lines(header, [records[r] for r in rels]).encode("utf-8"))
+    write_atomic(journal_path,
+                  journal_lines(header, [records[r] for r in rels]).encode("utf-8"))
 
     ordered = [records[r] for r in rels]
     summary = dict(

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from ..data import normalise_lighting
+from ..face.inputs import normalise_lighting
 
 STREAM = 0x61756721   # the fourth seed word of the augmentation's own random stream
 

@@ -15,10 +15,11 @@ import time
 
 import numpy as np
 
-from ..checks import output_file
-from ..data import PatchSpec, scan_identities, spec_from_dict
+from .. import checks
+from ..data import scan_identities
+from ..face.inputs import PatchSpec, spec_from_dict
 from ..progress import Progress
-from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names, patch_network
+from .features import FeatureExtractor, PatchInputs, patch_names, patch_network
 from .lfw import flatten, missing_images, read_pairs
 from .metrics import auc, eer, kfold_accuracy, roc_curve, tar_at_far
 from .model import Verifier, sample_pairs
@@ -85,18 +86,9 @@ def extract_paths(ext, paths, chunk=512):
             np.array(keep, np.int64), problems)
 
 
-def _net_file(path):
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.safetensors")
-    if not os.path.isfile(path):
-        raise ValueError(f"no trained network at {path} (give a `deepid2 train` run folder or "
-                         "its best.safetensors)")
-    return path
-
-
 def trained_input(meta):
-    """The patch a network was trained on (data.PatchSpec: the fixed crop;
-    data.LayoutPatch: a patch of a layout), from its model file's "input"
+    """The patch a network was trained on (face.inputs.PatchSpec: the fixed crop;
+    LayoutPatch: a patch of a layout), from its model file's "input"
     metadata (absent: the default PatchSpec)."""
     if "input" not in meta:
         return PatchSpec()
@@ -105,8 +97,8 @@ def trained_input(meta):
 
 def fit_layout(nets):
     """(layout, [PatchNetwork]) for trained network files: one whole-face
-    network gives the v1 WholeFace layout, anything else PatchInputs."""
-    files = [_net_file(n) for n in nets]
+    network gives PatchInputs.whole (a v1 file's), anything else PatchInputs."""
+    files = [checks.run_model_file(n) for n in nets]   # checked: checks.trained_network
     if not files:
         raise ValueError("fitting a verifier needs at least one trained network")
     from .. import safetensors
@@ -114,7 +106,7 @@ def fit_layout(nets):
     specs = [trained_input(meta) for _, meta in loaded]
     networks = [patch_network(tensors, meta, f) for f, (tensors, meta) in zip(files, loaded)]
     if len(specs) == 1 and isinstance(specs[0], PatchSpec):
-        return WholeFace(specs[0]), networks
+        return PatchInputs.whole(specs[0]), networks
     layout = PatchInputs(tuple(specs))
     names = patch_names(layout)
     dup = {x for x in names if names.count(x) > 1}
@@ -136,7 +128,6 @@ def fit_verifier_main(nets, data, out, pca=None, n_pairs=3000, seed=0,
     JointBayesian.fit's max_iter and tol (None: its defaults). log: the result
     line (stdout); warn: progress and skipped images (stderr). pca=None: 180,
     or the rank of the features where that is less (with a note)."""
-    output_file(out, (".safetensors",), "--out")   # before any work
     layout_obj, networks = fit_layout(nets)
     ids = scan_identities(data)
     paths = [p for _, ps in ids for p in ps]
@@ -188,10 +179,6 @@ def read_pair_lines(path):
     of a --pairs file: two paths a line, split at a tab when the line holds
     one (paths with spaces), else at whitespace; blank lines and lines
     starting with # are skipped."""
-    if os.path.isdir(path):
-        raise ValueError(f"--pairs {path} is a folder, not a file of image pairs")
-    if not os.path.isfile(path):
-        raise ValueError(f"--pairs {path} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -254,20 +241,16 @@ def verify_pairs_main(pairs_file, model=None, aligned=False, log=print, warn=_to
     return scored, failed
 
 
-def parse_folds(text, n):
-    """"6-10" / "1,3,5" -> sorted 1-based fold numbers within 1..n."""
-    if text is None:
+def parse_folds(folds, n):
+    """Folds ("6-10", "1,3,5", a list of numbers, or None: all) -> sorted 1-based
+    fold numbers within 1..n; the syntax is checks.folds'."""
+    if folds is None:
         return list(range(1, n + 1))
-    out = set()
-    try:
-        for part in str(text).split(","):
-            lo, _, hi = part.partition("-")
-            out.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise ValueError(f"--folds must look like 6-10 or 1,2,3, got {text!r}") from None
-    if not out or min(out) < 1 or max(out) > n:
+    text = folds if isinstance(folds, str) else ",".join(map(str, folds))
+    chosen = checks.folds(text)
+    if chosen[0] < 1 or chosen[-1] > n:
         raise ValueError(f"--folds {text!r}: the pairs file has folds 1..{n}")
-    return sorted(out)
+    return chosen
 
 
 def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, log=print,
@@ -278,12 +261,9 @@ def eval_lfw_main(lfw, pairs, model=None, out=None, folds=None, unaligned=None, 
     image missing from lfw (e.g. the raw LFW when alignment found no face)."""
     from .roc_plot import plot_roc, write_roc_csv
     all_folds = read_pairs(pairs)
-    chosen = parse_folds(folds if not isinstance(folds, (list, tuple)) else
-                         ",".join(map(str, folds)), len(all_folds))
+    chosen = parse_folds(folds, len(all_folds))
     if len(chosen) < 2:
         raise ValueError("k-fold accuracy needs at least 2 folds")
-    if not os.path.isdir(lfw):
-        raise ValueError(f"--lfw {lfw} is not a folder")
     pair_list, fold_of = flatten([all_folds[k - 1] for k in chosen])
     missing = set(missing_images([all_folds[k - 1] for k in chosen], lfw))
     if missing and unaligned:

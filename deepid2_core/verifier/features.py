@@ -7,11 +7,10 @@ cv2.imread give) or image paths.
 
 Layouts: a `PatchLayout` of deepid2_core.face.patches (patches cut by its
 `cut_all`, landmark-centred regions on the face's landmarks, by default the
-canonical `MEAN_SHAPE` of an aligned face), `WholeFace` (the single fixed
-patch `deepid2 train` learns on, data.PatchSpec; its flipped counterpart is
-its mirror image), or `PatchInputs` (one input spec per network, exactly what
-each network was trained on: `deepid2 train --layout L --patch K` patches,
-data.LayoutPatch, or the whole face; the multi-patch verifier's layout).
+canonical `MEAN_SHAPE` of an aligned face), or `PatchInputs`: one input per
+network (face.inputs), exactly what each network was trained on: the whole
+face's fixed crop (PatchSpec; its flipped counterpart is its mirror image) or
+a `deepid2 train --layout L --patch K` patch (LayoutPatch).
 Patches are normalised as in training (the backend's assemble_batch:
 (u - 127.5) / 128, NCHW float32).
 
@@ -32,10 +31,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import safetensors
-from ..data import LayoutPatch, PatchSpec, cut_layout_patch, spec_from_dict
-from ..data import cut_patch as cut_fixed_patch
 from ..face.align import MEAN_SHAPE, to_pixels
 from ..face.image import read_image
+from ..face.inputs import LayoutPatch, PatchSpec, cut_fixed_patch, cut_layout_patch, spec_from_dict
 from ..face.patches import PatchLayout, cut_all, patch_name
 from ..nets.deepid2 import DeepID2, NetConfig, param_shapes
 from ..progress import Progress
@@ -43,24 +41,16 @@ from ..progress import Progress
 FEATURE_VERSION = 2
 
 
-@dataclass(frozen=True)
-class WholeFace:
-    """The one fixed patch of `deepid2 train` (data.PatchSpec), as a layout."""
-    spec: PatchSpec = PatchSpec()
-    name: str = "whole"
-
-    def __len__(self):
-        return 1
-
-    def to_dict(self):
-        return dict(name=self.name, spec=self.spec.to_dict())
+WHOLE = "whole"   # the name of one whole-face network's inputs: a v1 verifier file's
 
 
 @dataclass(frozen=True)
 class PatchInputs:
-    """One input spec per patch network (data.PatchSpec: the whole-face crop;
-    data.LayoutPatch: a patch of a layout with its flipped counterpart), as
-    stored in each trained network's "input" metadata."""
+    """One input per patch network (face.inputs.PatchSpec: the whole-face crop;
+    LayoutPatch: a patch of a layout with its flipped counterpart), as stored in
+    each trained network's "input" metadata. `whole(spec)`, named WHOLE, is the
+    one whole-face network of `deepid2 train` that version 1 verifier files
+    hold; its dict, and so every key made from it, is the one those files had."""
     specs: tuple
     name: str = "patches"
 
@@ -68,16 +58,26 @@ class PatchInputs:
         specs = tuple(spec_from_dict(s) if isinstance(s, dict) else s for s in self.specs)
         if not specs or not all(isinstance(s, (PatchSpec, LayoutPatch)) for s in specs):
             raise ValueError("PatchInputs needs one or more PatchSpec / LayoutPatch specs")
+        if self.name == WHOLE and (len(specs) != 1 or not isinstance(specs[0], PatchSpec)):
+            raise ValueError(f"PatchInputs named {WHOLE!r} holds one PatchSpec, got {specs}")
         object.__setattr__(self, "specs", specs)
+
+    @classmethod
+    def whole(cls, spec=PatchSpec()):
+        return cls((spec,), WHOLE)
 
     def __len__(self):
         return len(self.specs)
 
     def to_dict(self):
+        if self.name == WHOLE:
+            return dict(name=WHOLE, spec=self.specs[0].to_dict())
         return dict(name=self.name, inputs=[s.to_dict() for s in self.specs])
 
     @classmethod
     def from_dict(cls, d):
+        if d.get("name") == WHOLE and "spec" in d:
+            return cls.whole(PatchSpec.from_dict(d["spec"]))
         return cls(tuple(d["inputs"]), d.get("name", "patches"))
 
 
@@ -86,13 +86,11 @@ def _spec_name(spec):
 
 
 class PatchNetwork(NamedTuple):
-    params: dict          # net.py parameter names -> float32 arrays (ident.* not needed)
+    params: dict          # nets/deepid2.py parameter names -> float32 arrays (ident.* not needed)
     cfg: NetConfig
 
 
 def patch_names(layout):
-    if isinstance(layout, WholeFace):
-        return [layout.name]
     if isinstance(layout, PatchInputs):
         return [_spec_name(s) for s in layout.specs]
     return [patch_name(layout, k) for k in range(len(layout))]
@@ -100,8 +98,6 @@ def patch_names(layout):
 
 def patch_shape(layout, k):
     """(height, width, channels) of patch k."""
-    if isinstance(layout, WholeFace):
-        return layout.spec.height, layout.spec.width, layout.spec.channels
     if isinstance(layout, PatchInputs):
         s = layout.specs[k]
         return s.height, s.width, s.channels
@@ -115,9 +111,6 @@ def cut_face_patches(face, layout, landmarks=None):
         raise ValueError(f"a face must be a uint8 H x W x 3 BGR image, got "
                          f"{getattr(face, 'dtype', type(face).__name__)} "
                          f"{getattr(face, 'shape', '')}")
-    if isinstance(layout, WholeFace):
-        p = cut_fixed_patch(face, layout.spec)
-        return [p, np.ascontiguousarray(p[:, ::-1])]
     if isinstance(layout, PatchInputs):
         out = []
         for spec in layout.specs:
@@ -135,8 +128,8 @@ def cut_face_patches(face, layout, landmarks=None):
 
 
 def check_networks(layout, networks):
-    if not isinstance(layout, (PatchLayout, WholeFace, PatchInputs)):
-        raise ValueError(f"layout must be a PatchLayout, WholeFace or PatchInputs, got "
+    if not isinstance(layout, (PatchLayout, PatchInputs)):
+        raise ValueError(f"layout must be a PatchLayout or PatchInputs, got "
                          f"{type(layout).__name__}")
     if len(networks) != len(layout):
         raise ValueError(f"layout {layout.name!r} has {len(layout)} patches but "
@@ -177,8 +170,6 @@ def network_key(layout, k, network):
     params, cfg = network
     if isinstance(layout, PatchInputs):
         where = layout.specs[k].to_dict()
-    elif isinstance(layout, WholeFace):
-        where = layout.spec.to_dict()
     else:
         where = dict(layout=layout.to_dict(), index=k)
     h = hashlib.sha1(f"deepid2-patch-features/{FEATURE_VERSION}\n".encode())

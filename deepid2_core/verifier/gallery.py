@@ -1,5 +1,5 @@
 """The gallery of `deepid2 enroll` and `identify` (their commands are in
-face_commands.py): identities, each the mean raw feature of its enrolment
+face_commands.py): identities, each the mean raw feature of its enrollment
 images, scored by the model's Joint Bayesian.
 
 Open-set threshold (FAR = 1%: at most 1% of the probes of people not in the
@@ -8,7 +8,7 @@ the best score of an outsider probe over galleries that `fit-verifier`
 simulated from its training people (impostor.ImpostorScores.threshold, for
 this gallery's number of people and images each). A model file without them
 (or with the older single-pair format) falls back, with a note on stderr, to
-the enrolment images themselves: each
+the enrollment images themselves: each
 image's best score against the *other* identities is an impostor score, and
 the threshold is the lowest at which at most 1% of those reach it (few
 pairs: a rough estimate). Genuine scores (each image against its identity's
@@ -26,7 +26,6 @@ import numpy as np
 
 from ..progress import note
 from .. import safetensors
-from ..checks import output_file
 from ..errors import BadGalleryFile
 from .impostor import stored_format
 from .model import IMPOSTOR_KEY
@@ -35,8 +34,8 @@ FAR = 0.01
 
 
 def open_set_threshold(m, feats, labels, far=FAR):
-    """(threshold, true accept rate at it on the enrolment images, how it was
-    set) from enrolment features; the fallback says so on stderr."""
+    """(threshold, true accept rate at it on the enrollment images, how it was
+    set) from enrollment features; the fallback says so on stderr."""
     ids, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
     sums = np.zeros((len(ids), feats.shape[1]))
     np.add.at(sums, index, feats)
@@ -53,7 +52,7 @@ def open_set_threshold(m, feats, labels, far=FAR):
         allowed = int(np.floor(far * len(impostor)))
         t = float(np.nextafter(impostor[allowed], np.inf)) if allowed < len(impostor) \
             else float(impostor[-1])
-        how = f"from the {len(impostor)} enrolment images"
+        how = f"from the {len(impostor)} enrollment images"
         old = stored_format(m.metadata.get(IMPOSTOR_KEY, ""))
         holds = (f"holds impostor scores of the older format {old!r} (single pairs, not "
                  f"galleries: refit it with `deepid2 fit-verifier`)" if old else
@@ -61,21 +60,13 @@ def open_set_threshold(m, feats, labels, far=FAR):
                  "stored one)")
         note(
             f"note: {m.path or 'the model'} {holds}: the open-set threshold is estimated "
-            f"from the {len(impostor)} enrolment images alone, and rejects many genuine probes")
+            f"from the {len(impostor)} enrollment images alone, and rejects many genuine probes")
     multi = counts[index] >= 2                 # leave-one-out mean needs another image
     if not multi.any():
         return t, None, how
     loo = (sums[index[multi]] - feats[multi]) / (counts[index[multi]] - 1)[:, None]
     genuine = m.jb.score(z[multi], m.project(loo))
     return t, float(np.mean(genuine >= t)), how
-
-
-def check_gallery_path(path):
-    """A gallery path enroll can write (checked before any face work)."""
-    try:
-        output_file(path, (".npz", ".safetensors"), "gallery file")
-    except ValueError as e:
-        raise BadGalleryFile(str(e)) from None
 
 
 def save_gallery(path, names, means, counts, threshold, key):
@@ -147,19 +138,19 @@ def load_gallery(path):
         raise BadGalleryFile(f"{path}: not a deepid2 gallery file ({detail})") from None
 
 
-def enrol(m, feats, labels, where):
+def enroll_features(m, feats, labels, where):
     """A gallery of labelled raw features: (sorted names, means float64 K x D,
     counts, open-set threshold, true accept rate at it or None, how the
     threshold was set). where: what the error names when there is no
     identity, or one while the model holds no impostor scores (the threshold
-    then needs enrolment images of other people)."""
+    then needs enrollment images of other people)."""
     names = sorted(set(labels.tolist()))
     if not names:
-        raise ValueError(f"{where}: enrolment needs at least 1 identity with a usable image")
+        raise ValueError(f"{where}: enrollment needs at least 1 identity with a usable image")
     if len(names) < 2 and m.impostor is None:
         raise ValueError(f"{where}: 1 identity, and {m.path or 'the model'} holds no impostor "
                          f"scores (refit it with `deepid2 fit-verifier`): the open-set threshold "
-                         f"then comes from enrolment images of at least 2 people")
+                         f"then comes from enrollment images of at least 2 people")
     index = np.searchsorted(names, labels)
     counts = np.bincount(index, minlength=len(names))
     means = np.zeros((len(names), feats.shape[1]))

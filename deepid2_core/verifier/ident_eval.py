@@ -28,13 +28,10 @@ from .lfw import people_of_folds, read_pairs
 def eval_ident_main(data, model=None, pairs=None, folds=None, known_fraction=0.5, seed=0,
                     far=0.01, out=None, cache_dir=None, log=print,
                     warn=lambda text: print(text, file=sys.stderr)):
-    if (pairs is None) != (folds is None):
-        raise ValueError("--pairs and --folds go together (the people of those folds)")
     ids = scan_identities(data)
     if pairs is not None:
         all_folds = read_pairs(pairs)
-        chosen = parse_folds(folds if isinstance(folds, str) else ",".join(map(str, folds)),
-                             len(all_folds))
+        chosen = parse_folds(folds, len(all_folds))
         people = set(people_of_folds([all_folds[k - 1] for k in chosen]))
         ids = [(name, ps) for name, ps in ids if name in people]
     if not ids:

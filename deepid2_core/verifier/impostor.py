@@ -4,7 +4,7 @@ in a gallery scores against its best match in that gallery.
 `deepid2 fit-verifier` simulates whole galleries from its training people
 (`ImpostorScores.measure`): for gallery sizes K on a log grid
 (GALLERY_SIZES, capped by the people available) and n = 1..MAX_IMAGES
-enrolment images per person, it draws galleries of K random training people,
+enrollment images per person, it draws galleries of K random training people,
 each the mean feature of n random images of theirs (as `enroll` makes them),
 and probes (one image of a person outside that gallery), and records the
 probe's MAX Joint Bayesian score over the K means: the score `identify`
@@ -34,7 +34,7 @@ import numpy as np
 FORMAT = "deepid2-impostor/2"
 OLD_FORMATS = ("deepid2-impostor/1",)   # single impostor pairs: enroll falls back
 GALLERY_SIZES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-MAX_IMAGES = 5             # galleries of means of 1..5 enrolment images are simulated
+MAX_IMAGES = 5             # galleries of means of 1..5 enrollment images are simulated
 DEFAULT_TRIALS = 20000     # (gallery, outsider probe) trials per gallery size and n
 DEFAULT_PAIRS = DEFAULT_TRIALS   # the name Verifier.fit passes the count by
 PROBES_PER_GALLERY = 100   # outsider probes scored against each simulated gallery

@@ -23,8 +23,3 @@ def sym_inv(m, what="matrix"):
     w, v = sym_eigh(m, what)
     return symmetric((v / w) @ v.T)
 
-
-def sym_inv_logdet(m, what="matrix"):
-    """(inverse, log-determinant) of a symmetric positive definite matrix."""
-    w, v = sym_eigh(m, what)
-    return symmetric((v / w) @ v.T), float(np.sum(np.log(w)))

@@ -15,10 +15,10 @@ import os
 
 import numpy as np
 
-from ..data import LayoutPatch, PatchSpec
 from ..errors import BadModelFile
+from ..face.inputs import LayoutPatch, PatchSpec
 from .baselines import CosineScorer, L2Scorer
-from .features import FeatureExtractor, PatchInputs, WholeFace, patch_names
+from .features import WHOLE, FeatureExtractor, PatchInputs, patch_names
 from .impostor import DEFAULT_PAIRS, ImpostorScores
 from .joint_bayesian import JointBayesian
 from .metrics import best_threshold
@@ -81,7 +81,7 @@ class Verifier:
         """A verifier model file (None: the shipped model) with its networks on
         `backend` ("cpu", "gpu" or a backend module). cache_dir: where raw
         features are kept between runs (features.FeatureExtractor)."""
-        from ..verifier_file import read_verifier_file
+        from .model_file import read_verifier_file
         if path is None:
             path = DEFAULT_MODEL
             if not os.path.isfile(path):
@@ -189,22 +189,21 @@ class Verifier:
 
     def save(self, path, extra_meta=None):
         """Write the verifier file: the networks, PCA, Joint Bayesian and the
-        thresholds (verifier_file.save_verifier), with the patches the networks
+        thresholds (model_file.save_verifier), with the patches the networks
         take as metadata ("patch_spec" for one whole-face network, else
         "patch_inputs") after extra_meta."""
-        from ..verifier_file import save_verifier
+        from .model_file import save_verifier
         ext = self._networks()
         layout, meta = ext.layout, dict(extra_meta or {})
-        if isinstance(layout, WholeFace):
-            meta["patch_spec"] = json.dumps(layout.spec.to_dict())
-            layout_name = "whole"
-        elif isinstance(layout, PatchInputs):
-            meta["patch_inputs"] = json.dumps(layout.to_dict())
-            layouts = {s.layout if isinstance(s, LayoutPatch) else "whole" for s in layout.specs}
-            layout_name = layouts.pop() if len(layouts) == 1 else "mixed"
+        if not isinstance(layout, PatchInputs):
+            raise ValueError(f"a verifier file stores PatchInputs, not {type(layout).__name__}")
+        if layout.name == WHOLE:
+            meta["patch_spec"] = json.dumps(layout.specs[0].to_dict())
+            layout_name = WHOLE
         else:
-            raise ValueError(f"a verifier file stores a WholeFace or PatchInputs layout, not "
-                             f"{type(layout).__name__}")
+            meta["patch_inputs"] = json.dumps(layout.to_dict())
+            layouts = {s.layout if isinstance(s, LayoutPatch) else WHOLE for s in layout.specs}
+            layout_name = layouts.pop() if len(layouts) == 1 else "mixed"
         if self.impostor is not None:
             meta[IMPOSTOR_KEY] = self.impostor.to_json()
         t = self.export_tensors()
@@ -261,4 +260,4 @@ def _model_layout(path, m):
         raise BadModelFile(f"{path}: layout {m['layout']!r} with {n} patches and no "
                            "patch_inputs metadata: cannot tell which patches its networks take")
     spec = meta.get("patch_spec")
-    return WholeFace(PatchSpec.from_dict(json.loads(spec)) if spec else PatchSpec())
+    return PatchInputs.whole(PatchSpec.from_dict(json.loads(spec)) if spec else PatchSpec())

@@ -1,7 +1,7 @@
 // From a file's bytes to a Model::Impl: the container (safetensors.cpp),
 // then the metadata, each patch network's shapes derived from its net config
 // ("net" for all in format 1, "nets"[i] in format 2) exactly as
-// deepid2_core/net.py param_shapes does, and every tensor checked against
+// deepid2_core/nets/deepid2.py param_shapes does, and every tensor checked against
 // them. Nothing is trusted before it is checked.
 #include <cmath>
 #include <cstring>
@@ -107,7 +107,7 @@ std::vector<NetConfig> read_net_configs(const safetensors::File& f, bool v2, int
     return cfgs;
 }
 
-// net.py stack_shapes over LAYERS, with its error messages.
+// nets/deepid2.py stack_shapes over LAYERS, with its error messages.
 void derive_convs(PatchShape& m, const NetConfig& cfg, const std::string& what) {
     struct Spec { const char* name; int kernel, maps; char sharing; };
     static const Spec layers[4] = {

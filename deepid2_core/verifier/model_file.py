@@ -3,7 +3,7 @@ docs/verifier_model.md): write it and read it back, checked. What a file
 computes (features, scores, decisions) is verifier.model.Verifier's, which
 `Verifier.load` builds from `read_verifier_file`'s contents.
 
-One file holds P patch networks (net.py parameters without ident.*), the PCA
+One file holds P patch networks (nets/deepid2.py parameters without ident.*), the PCA
 projection and the Joint Bayesian matrices A, G with the decision threshold.
 Version 1 stores one net config for all patches ("net"); version 2 one per
 patch ("nets"), for layouts that mix patch shapes (55x47 RGB, 47x47 gray...).
@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 
-from . import safetensors
-from .nets.deepid2 import NetConfig, param_shapes
+from .. import safetensors
+from ..nets.deepid2 import NetConfig, param_shapes
 
 FORMAT = "deepid2-verifier/1"     # metadata "net": one config shared by all patches
 FORMAT_V2 = "deepid2-verifier/2"  # metadata "nets": a list of P configs
@@ -75,7 +75,7 @@ def _check_shapes(cfgs, patch_params_list, pca_mean, pca_components, jb_A, jb_G)
 def save_verifier(path, patch_params_list, net_cfg, patch_names, layout, pca_mean,
                   pca_components, jb_A, jb_G, threshold, extra_meta=None,
                   l2_threshold=None, cosine_threshold=None):
-    """Write a verifier file (atomically). patch_params_list[i] is net.py's
+    """Write a verifier file (atomically). patch_params_list[i] is nets/deepid2.py's
     parameter dict of patch network i (ident.* is left out); net_cfg is one
     NetConfig for all of them or a list of one per patch; threshold is the
     Joint Bayesian decision threshold ("same" iff score >= threshold).
