@@ -54,7 +54,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["numpy>=1.22", "numba>=0.59", "opencv-python>=4.8"],
     entry_points={"console_scripts": ["deepid2=deepid2_core.cli:main"]},
-    # dist: data-parallel training under mpiexec (deepid2_core/dist.py); the
+    # dist: data-parallel training under mpiexec (deepid2_core/training/dist.py); the
     # mpich wheel brings libmpi and mpiexec (Hydra) from the package index
     # gpu: CuPy for CUDA 13, what the kernels target (kernels/check_compile.sh: sm_90;
     # bench/RESULTS.md: H200, CUDA 13.0, CuPy 14.2.0). [ctk] brings NVRTC (the kernels
