@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput on a GPU: one full Algorithm 1 step, ours vs PyTorch CUDA.
 
-Ours: `deepid2_core.training.deepid2.Trainer.step` on the gpu backend, timed as a whole
+Ours: `deepid2_core.training.loop.Loop.step` (DeepID2Task) on the gpu backend, timed as a whole
 (host: pair sampling and flips; device: batch assembly from the uint8 cache
 on the device, forward, joint loss, backward, momentum SGD; the loss comes
 back to the host every step). Deterministic mode unless --fast.
@@ -67,7 +67,8 @@ def timed(fn, sync, warmup, min_time, min_reps):
 
 
 def ours(args, batch, be, cupy, fast):
-    from deepid2_core.training.deepid2 import TrainConfig, Trainer
+    from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig
+    from deepid2_core.training.loop import Loop
     rng = np.random.default_rng(0)
     n = args.classes * 2
     cache = types.SimpleNamespace(
@@ -77,20 +78,21 @@ def ours(args, batch, be, cupy, fast):
     cfg = TrainConfig(epochs=100, batch=batch, lr=LR, momentum=MOMENTUM, weight_decay=0.0,
                       lam=LAM, verif="l2", margin=MARGIN, val_fraction=0.0, seed=0)
     be.set_deterministic(not fast)
-    checks = be.set_index_checks(False)       # as Trainer.run trains
+    checks = be.set_index_checks(False)       # as Loop.run trains
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cache, tmp, cfg, be, log=lambda *a: None, progress=False)
-        state = tr.to_device(tr.fresh_state())
+        tr = Loop(DeepID2Task(cache, tmp, cfg, be), progress=False)
+        state = tr.to_device(tr.task.init_state())
         it = iter(range(10**9))
         last = {}
 
         def step():
             i = next(it)
-            last["loss"], _ = tr.step(state, i // tr.steps_per_epoch, i % tr.steps_per_epoch)
+            spe = tr.plan.steps_per_epoch
+            last["loss"] = tr.step(state, i // spe, i % spe)["loss"]
         s = timed(step, cupy.cuda.Device().synchronize, args.warmup, args.min_time, args.min_reps)
     be.set_deterministic(True)
     be.set_index_checks(checks)
-    return s, last["loss"].total
+    return s, last["loss"]
 
 
 def torch_step(torch, ref, args, batch, tf32):
