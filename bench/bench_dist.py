@@ -31,15 +31,17 @@ def worker(a):
     from deepid2_core.backends import get_backend
     from deepid2_core.data import build_cache
     from deepid2_core.face.inputs import PatchSpec
-    from deepid2_core.training.deepid2 import TrainConfig, Trainer
+    from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig
     from deepid2_core.training.dist import DataParallel, MPIComm
+    from deepid2_core.training.loop import Loop
     comm = MPIComm()
     be = get_backend("cpu")
     cache = build_cache(a.data, a.cache, PatchSpec(), progress=False)
     cfg = TrainConfig(epochs=1, batch=a.batch, lr=0.01, seed=0, val_fraction=0.1)
-    par = DataParallel(comm, be)
-    tr = Trainer(cache, a.out, cfg, be, log=lambda *x: None, progress=False, parallel=par)
-    state = tr.fresh_state()
+    par = DataParallel(comm)
+    tr = Loop(DeepID2Task(cache, a.out, cfg, be, parallel=par), comm.size, par,
+              log=lambda *x: None, progress=False)
+    state = tr.task.init_state()
     tr.step(state, 0, 0)  # warm-up
     red = par.reducer
     red.seconds, red.calls, red.bytes_sent = 0.0, 0, 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput: one full Algorithm 1 step, deepid2_core vs PyTorch.
 
-Ours: `deepid2_core.training.deepid2.Trainer.step` on the cpu backend, timed as a whole:
+Ours: `deepid2_core.training.loop.Loop.step` (DeepID2Task) on the cpu backend, timed as a whole:
 pair-batch sampling, batch assembly (uint8 patches -> float32, random flips),
 forward, joint loss (softmax CE + lambda * l2 verification on the pairs),
 backward and the momentum-SGD update of every parameter.  The data is a
@@ -96,12 +96,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, REPO)
 
-BE = Trainer = TrainConfig = None
+BE = DeepID2Task = Loop = TrainConfig = None
 BE_ERR = "disabled by --no-ours" if ARGS.no_ours else None
 if not ARGS.no_ours:
     try:
         from deepid2_core.backends import get_backend
-        from deepid2_core.training.deepid2 import TrainConfig, Trainer
+        from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig
+        from deepid2_core.training.loop import Loop
         BE = get_backend("cpu")
     except Exception as e:  # not built yet, import error, ...
         BE_ERR = f"{type(e).__name__}: {e}"
@@ -110,10 +111,10 @@ torch, ref, TORCH_ERR = bc.import_reference(ARGS.threads, ARGS.no_torch)
 
 
 # --------------------------------------------------------------------------
-# Ours: Trainer.step on a synthetic in-memory cache
+# Ours: Loop.step on a synthetic in-memory cache
 # --------------------------------------------------------------------------
 def make_cache(n_ids, seed):
-    """What Trainer reads of a PatchCache: patches (uint8 N x H x W x C),
+    """What DeepID2Task reads of a PatchCache: patches (uint8 N x H x W x C),
     labels (int32 N), identities (names, label k = identities[k])."""
     rng = np.random.default_rng(seed)
     n = n_ids * IMAGES_PER_ID
@@ -126,21 +127,21 @@ def make_cache(n_ids, seed):
 def make_trainer(cache, run_dir):
     cfg = TrainConfig(epochs=100, batch=ARGS.batch, lr=LR, momentum=MOMENTUM, weight_decay=0.0,
                       lam=LAM, verif="l2", margin=MARGIN, val_fraction=0.0, seed=ARGS.seed)
-    trainer = Trainer(cache, run_dir, cfg, BE, progress=False)
-    nc = trainer.net_cfg
+    trainer = Loop(DeepID2Task(cache, run_dir, cfg, BE), progress=False)
+    nc = trainer.task.net_cfg
     assert nc.n_classes == ARGS.classes and tuple(nc.conv3_grid) == (2, 2) and nc.conv3_region is None
     return trainer
 
 
 def ours_stepper(trainer):
-    state = trainer.fresh_state()
-    spe = trainer.steps_per_epoch
+    state = trainer.task.init_state()
+    spe = trainer.plan.steps_per_epoch
     counter = itertools.count()
     last = {}
 
     def step():
-        i = next(counter)   # a new batch every step, as in Trainer.run
-        last["loss"], _ = trainer.step(state, i // spe, i % spe)
+        i = next(counter)   # a new batch every step, as in Loop.run
+        last["loss"] = trainer.step(state, i // spe, i % spe)["loss"]
     return step, last
 
 
@@ -190,16 +191,16 @@ def cross_check(trainer, cache):
     """One training step of ours and of the reference model from the same
     parameters on the same batch: the loss and every parameter's update must
     agree, so both sides time the same computation."""
-    cfg = trainer.cfg
-    state = trainer.fresh_state()
+    cfg = trainer.task.cfg
+    state = trainer.task.init_state()
     p0 = {k: v.copy() for k, v in state["params"].items()}
-    # the batch Trainer.step draws at (epoch 0, step 0): its first rng draw
-    images, pa, pb, _ = trainer.sampler.batch(np.random.default_rng([cfg.seed, 0, 0]),
+    # the batch Loop.step draws at (epoch 0, step 0): its first rng draw
+    images, pa, pb, _ = trainer.task.sampler.batch(np.random.default_rng([cfg.seed, 0, 0]),
                                               cfg.batch, cfg.same_share)
     h = cfg.batch // 2
     if not (np.array_equal(pa, np.arange(h)) and np.array_equal(pb, np.arange(h, 2 * h))):
         return {"skipped": "our pairs are not (i, i+N/2) as the reference's"}
-    loss_ours, _ = trainer.step(state, 0, 0)
+    loss_ours = trainer.step(state, 0, 0)["loss"]
     xbuf = trainer.task.xbuf  # the batch it assembled
 
     model = ref.DeepID2(ARGS.classes)
@@ -220,9 +221,9 @@ def cross_check(trainer, cache):
         e = float(np.max(np.abs(du_o - du_t)) / max(1e-12, float(np.max(np.abs(du_t)))))
         if e > worst:
             worst, worst_name = e, name
-    e_loss = abs(float(loss_ours.total) - loss_t) / max(1.0, abs(loss_t))
+    e_loss = abs(float(loss_ours) - loss_t) / max(1.0, abs(loss_t))
     ok = e_loss < 1e-4 and worst < 1e-2
-    return {"loss_ours": float(loss_ours.total), "loss_torch": loss_t, "loss_rel_err": e_loss,
+    return {"loss_ours": float(loss_ours), "loss_torch": loss_t, "loss_rel_err": e_loss,
             "update_rel_err": worst, "update_worst_param": worst_name, "ok": ok}
 
 
@@ -321,10 +322,10 @@ def main():
                           f"{check['update_rel_err']:.1e} ({check['update_worst_param']}): "
                           f"{'ok' if check['ok'] else 'MISMATCH'}")
             print(f"\ntiming ({len(cache.labels)} synthetic images of {ARGS.classes} identities, "
-                  f"{trainer.steps_per_epoch} steps/epoch):")
+                  f"{trainer.plan.steps_per_epoch} steps/epoch):")
             step, last = ours_stepper(trainer)
-            results["ours"] = time_variant("ours (Trainer.step)", step, t_all, n)
-            results["ours"]["final_loss"] = float(last["loss"].total)
+            results["ours"] = time_variant("ours (Loop.step)", step, t_all, n)
+            results["ours"]["final_loss"] = float(last["loss"])
             del trainer, cache, step, last
         elif torch is not None:
             print("\ntiming:")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput on a GPU: one full Algorithm 1 step, ours vs PyTorch CUDA.
 
-Ours: `deepid2_core.training.deepid2.Trainer.step` on the gpu backend, timed as a whole
+Ours: `deepid2_core.training.loop.Loop.step` (DeepID2Task) on the gpu backend, timed as a whole
 (host: pair sampling and flips; device: batch assembly from the uint8 cache
 on the device, forward, joint loss, backward, momentum SGD; the loss comes
 back to the host every step). Deterministic mode, fp32, with the kernel
@@ -78,10 +78,11 @@ def timed(fn, sync, warmup, min_time, min_reps, block=5):
 
 
 def ours(args, batch, be, cupy, fast=False, tuning=None, precision=None):
-    """(seconds per step, its loss, {variant source: count}) of Trainer.step;
+    """(seconds per step, its loss, {variant source: count}) of Loop.step;
     tuning: the tuning file ("off": the heuristics); precision: set_precision's."""
     from deepid2_core.backends import gpu_tiling
-    from deepid2_core.training.deepid2 import TrainConfig, Trainer
+    from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig
+    from deepid2_core.training.loop import Loop
     rng = np.random.default_rng(0)
     n = args.classes * 2
     cache = types.SimpleNamespace(
@@ -95,7 +96,7 @@ def ours(args, batch, be, cupy, fast=False, tuning=None, precision=None):
         os.environ["DEEPID2_GPU_TUNING"] = tuning
     old_prec = precision and args.set_precision(precision)
     be.set_deterministic(not fast)
-    checks = be.set_index_checks(False)       # as Trainer.run trains
+    checks = be.set_index_checks(False)       # as Loop.run trains
     sources, choose = {}, gpu_tiling.choose
 
     def counted(*a, **k):   # where each op's variant came from (tuned / heuristic / ...)
@@ -105,15 +106,15 @@ def ours(args, batch, be, cupy, fast=False, tuning=None, precision=None):
     gpu_tiling.choose = counted
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            tr = Trainer(cache, tmp, cfg, be, log=lambda *a: None, progress=False)
-            state = tr.to_device(tr.fresh_state())
+            tr = Loop(DeepID2Task(cache, tmp, cfg, be), progress=False)
+            state = tr.to_device(tr.task.init_state())
             it = iter(range(10**9))
             last = {}
 
             def step():
                 i = next(it)
-                last["loss"], _ = tr.step(state, i // tr.steps_per_epoch,
-                                          i % tr.steps_per_epoch)
+                spe = tr.plan.steps_per_epoch
+                last["loss"] = tr.step(state, i // spe, i % spe)["loss"]
             step()
             first = dict(sources)   # one step's choices
             s = timed(step, cupy.cuda.Device().synchronize, args.warmup, args.min_time,
@@ -129,7 +130,7 @@ def ours(args, batch, be, cupy, fast=False, tuning=None, precision=None):
                 os.environ.pop("DEEPID2_GPU_TUNING", None)
             else:
                 os.environ["DEEPID2_GPU_TUNING"] = old_env
-    return s, last["loss"].total, first
+    return s, last["loss"], first
 
 
 def torch_step(torch, ref, args, batch, tf32):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where one real training step's time goes, phase by phase.
 
-Runs `Trainer.step` exactly as bench_train.py does (batch 128, 8192 classes,
+Runs `Loop.step` (DeepID2Task) exactly as bench_train.py does (batch 128, 8192 classes,
 synthetic cache) with every backend op wrapped in a timer, so each layer's
 forward and backward, the loss and the SGD update are timed inside the real
 step; "python + data" is the rest (pair sampling, batch assembly, gradient
@@ -43,7 +43,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, REPO)
 from deepid2_core.backends import get_backend  # noqa: E402
-from deepid2_core.training.deepid2 import TrainConfig, Trainer  # noqa: E402
+from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig  # noqa: E402
+from deepid2_core.training.loop import Loop  # noqa: E402
 
 clock = time.thread_time if ARGS.cpu_time else time.perf_counter
 BE = get_backend("cpu")
@@ -97,14 +98,14 @@ def main():
     cfg = TrainConfig(epochs=100, batch=ARGS.batch, lr=0.01, momentum=0.9, weight_decay=0.0,
                       lam=0.05, val_fraction=0.0, seed=0)
     with tempfile.TemporaryDirectory() as d:
-        trainer = Trainer(cache, d, cfg, tbe, progress=False)
-        state = trainer.fresh_state()
+        trainer = Loop(DeepID2Task(cache, d, cfg, tbe), progress=False)
+        state = trainer.task.init_state()
         tbe.params = state["params"]
         rows = []
         for i in range(ARGS.warmup + ARGS.steps):
             tbe.acc = {}
             t0 = clock()
-            trainer.step(state, 0, i % trainer.steps_per_epoch)
+            trainer.step(state, 0, i % trainer.plan.steps_per_epoch)
             total = clock() - t0
             if i >= ARGS.warmup:
                 r = dict(tbe.acc)
@@ -113,7 +114,7 @@ def main():
                 rows.append(r)
     order = list(rows[0])  # phases in the order the step first calls them
     kind = "thread CPU" if ARGS.cpu_time else "wall"
-    print(f"one Trainer.step, batch {ARGS.batch}, {ARGS.classes} classes, {ARGS.threads} threads, "
+    print(f"one Loop.step, batch {ARGS.batch}, {ARGS.classes} classes, {ARGS.threads} threads, "
           f"{ARGS.steps} steps, {kind} time in ms")
     print(f"{'phase':16s} {'min':>8s} {'median':>8s}")
     for k in order:

@@ -1,210 +1,15 @@
 """The `deepid2` command line, one argparse tree: synth, train, train-landmarks,
 train-landmark-cascade, eval-landmarks, align, demo, and the verifier: fit-verifier,
-verify, enroll, identify, eval-lfw, eval-ident."""
+verify, enroll, identify, eval-lfw, eval-ident. Each command's handler, what it
+does with its arguments, is in commands.py; main() runs it."""
 
 import argparse
 import os
 import sys
 import time
 
-from . import checks
-from .backends import BackendUnavailable, get_backend
-
-
-def _threads_note(be):
-    return f"backend {be.name}, {be.max_threads()} threads"
-
-
-def cmd_synth(args):
-    checks.synth_args(args)
-    from .synth import make_dataset
-    stats = make_dataset(args.out, args.identities, args.images_per_identity, args.seed)
-    print(f"wrote {stats['images']} images of {stats['identities']} identities "
-          f"({stats['bytes'] / 1e6:.1f} MB) to {args.out}")
-
-
-def _train_config(args):
-    from .training.augment import AugmentConfig
-    from .training.deepid2 import TrainConfig
-    strength = 1.0 if args.augment_strength is None else args.augment_strength
-    return TrainConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, lam=args.lam,
-                       ident_weight=args.ident_weight, verif=args.verif, margin=args.margin,
-                       learn_margin=args.learn_margin,
-                       same_share=args.same_share, warmup_steps=args.warmup_steps,
-                       val_fraction=args.val_fraction, seed=args.seed,
-                       augment=AugmentConfig().scaled(strength) if args.augment else None)
-
-
-def cmd_train(args):
-    """One path for a plain run, --micro-batches and MPI ranks (mpiexec -n N
-    deepid2 train ...): the patch spec and the cache are made here, once."""
-    from dataclasses import replace
-    from .face.inputs import LayoutPatch, PatchSpec
-    from .training import dist
-    from .training.deepid2 import Trainer
-    checks.train_args(args)
-    if args.layout:
-        if args.patch is None:
-            raise ValueError("--layout needs --patch NAME_OR_INDEX (e.g. 105 or left_eye@1/gray)")
-        spec = LayoutPatch(args.layout, args.patch, args.landmarks, args.lighting)
-    elif args.patch is not None:
-        raise ValueError("--patch needs --layout deepid2|deepid")
-    else:
-        spec = PatchSpec(lighting=args.lighting)
-    cfg = _train_config(args)  # every setting checked before any work
-    if cfg.augment is not None:   # the cache keeps the surround the augmentation samples
-        spec = replace(spec, margin=cfg.augment.margin(spec.height, spec.width))
-    if not os.path.isdir(args.data):
-        raise ValueError(f"dataset folder {args.data!r} does not exist or is not a folder")
-    comm = dist.make_comm(force=args.dist)  # SerialComm unless an MPI launcher started us
-    dist.check_micro_batches(args.micro_batches, comm.size, cfg.batch)
-
-    def train():
-        say = print if comm.rank == 0 else (lambda *a, **k: None)
-        dist.use_local_device(comm, args.backend)
-        be = get_backend(args.backend)
-        lock = dist.hold_run_lock(comm, args.out)  # rank 0 holds OUT/.lock for the run
-        try:
-            return run(say, be)
-        finally:
-            if lock is not None:
-                lock.release()
-
-    def run(say, be):
-        if not args.resume and dist.run_exists(comm, args.out):
-            raise ValueError(f"{args.out} already holds a training run: pass --resume to "
-                             f"continue it, or choose another --out")
-        cache = dist.build_cache_on_ranks(comm, args.data, args.cache
-                                          or os.path.join(args.out, "cache"), spec)
-        table = dist.rank_table(comm)
-        parallel = dist.DataParallel(comm, be, args.micro_batches, args.deterministic)
-        say(f"{len(cache.labels)} images of {len(cache.identities)} identities "
-            f"({len(cache.skipped)} skipped); {_threads_note(be)}"
-            + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
-        G = parallel.groups
-        if G > 1 or comm.size > 1:
-            say(f"data-parallel: {comm.size} rank(s) ({comm.kind}), {G} micro-batch(es) of "
-                f"{cfg.batch // G} images, "
-                + ("deterministic (all-gather, fixed order)" if args.deterministic else
-                   "fast (all-reduce)") + f"; ranks: {table}", flush=True, file=sys.stderr)
-        trainer = Trainer(cache, args.out, cfg, be, parallel=parallel)
-        try:
-            state = trainer.run(resume=args.resume)
-        except KeyboardInterrupt:
-            if comm.size > 1:
-                raise
-            print(f"\ninterrupted: the last checkpoint in {args.out} is whole; "
-                  f"continue with --resume", file=sys.stderr)
-            return 130
-        red = parallel.reducer
-        if red.calls:
-            say(f"gradient reduction: {red.seconds / red.calls * 1e3:.2f} ms per step, "
-                f"{red.bytes_sent / red.calls / 1e6:.2f} MB sent per rank per step "
-                f"({trainer.grads.size * 4 / 1e6:.2f} MB gradient)", file=sys.stderr)
-        say(f"best epoch {state['best_epoch']} (validation accuracy {state['best_val']:.4f}); "
-            f"model {os.path.join(args.out, 'best.safetensors')}, "
-            f"log {os.path.join(args.out, 'log.jsonl')}, "
-            f"plot {os.path.join(args.out, 'curves.png')}")
-        return 0
-
-    return dist.guard(comm, args.out, train)
-
-
-def cmd_train_landmarks(args):
-    from .training.landmarks import train_landmarks_main
-    aug = {k: getattr(args, k) for k in ("shift", "scale", "rotate", "fallback_share",
-                                         "central_scale", "target_stats")
-           if getattr(args, k) is not None}
-    cmd = (f"deepid2 train-landmarks --data {args.data} --out {args.out} --epochs {args.epochs} "
-           f"--seed {args.seed} --batch {args.batch} --lr {args.lr} --detector {args.detector}"
-           + "".join(f" --{k.replace('_', '-')} {v}" for k, v in aug.items()))
-    try:
-        summary = train_landmarks_main(args.data, args.out, epochs=args.epochs, seed=args.seed,
-                                       batch=args.batch, lr=args.lr, detector=args.detector,
-                                       resume=args.resume, cache_dir=args.cache,
-                                       backend=args.backend, command=cmd, **aug)
-    except KeyboardInterrupt:
-        print("\ninterrupted: continue with --resume", file=sys.stderr)
-        return 130
-    line = f"model {os.path.join(args.out, 'landmarks.safetensors')}"
-    if "test" in summary:
-        line += f"; test NME {100 * summary['test']['nme']:.2f}%"
-    print(line)
-    return 0
-
-
-def cmd_train_landmark_cascade(args):
-    from .training.cascade import train_cascade_main
-    cmd = (f"deepid2 train-landmark-cascade --data {args.data} --out {args.out}"
-           + (f" --level1 {args.level1}" if args.level1 else "")
-           + f" --levels {args.levels} --epochs {args.epochs} --seed {args.seed} --batch "
-             f"{args.batch} --lr {args.lr}"
-           + (" --displace " + " ".join(str(v) for v in args.displace) if args.displace else "")
-           + "".join(f" --{k} {getattr(args, k)}" for k in ("scale", "rotate")
-                     if getattr(args, k) is not None))
-    levels = list(range(2, args.levels + 1))
-    if args.displace and len(args.displace) != len(levels):
-        raise ValueError(f"--displace needs one value per level ({len(levels)})")
-    displace = dict(zip(levels, args.displace)) if args.displace else None
-    try:
-        s = train_cascade_main(args.data, args.out, level1=args.level1, levels=levels,
-                               epochs=args.epochs, seed=args.seed, batch=args.batch, lr=args.lr,
-                               displace=displace, scale=args.scale, rotate=args.rotate,
-                               resume=args.resume, cache_dir=args.cache, command=cmd)
-    except KeyboardInterrupt:
-        print("\ninterrupted: continue with --resume", file=sys.stderr)
-        return 130
-    line = (f"model {os.path.join(args.out, 'landmarks.safetensors')}; held-out NME "
-            + " -> ".join(f"{100 * r['nme']:.2f}%" for r in s["val"]))
-    if "test" in s:
-        line += f"; test NME {100 * s['test']['nme']:.2f}%"
-    print(line)
-    return 0
-
-
-def cmd_eval_landmarks(args):
-    checks.eval_landmarks_args(args)
-    if args.yunet:
-        from .face.detect import YuNetDetector
-        YuNetDetector(args.yunet)  # a file that is not a YuNet model: one line, before the work
-    import json
-    from .face.landmarks import load_landmark_model
-    from .training.landmarks import TEST_LIST, evaluate, evaluate_yunet, read_mtfl, summarise
-    model = load_landmark_model(args.model, flip_average=not args.no_flip_average,
-                                levels=args.levels)
-    res = {"ours": evaluate(model, args.data, detector=args.detector, limit=args.limit,
-                            progress=True)}
-    if args.yunet:
-        res["yunet"] = evaluate_yunet(args.data, args.yunet, limit=args.limit)
-        # ours on the same images as YuNet's figure: those it found a face in
-        missed = set(res["yunet"]["missed"]) | set(res["ours"]["skipped"])
-        rels = [rel for rel, _ in read_mtfl(args.data, TEST_LIST)[:args.limit]
-                if rel not in res["ours"]["skipped"]]
-        res["ours_on_yunet_images"] = summarise(
-            [e for rel, e in zip(rels, res["ours"]["errors"]) if rel not in missed])
-    for name, r in res.items():
-        print(name, json.dumps({k: v for k, v in r.items()
-                                if k not in ("errors", "missed", "skipped")}, indent=1))
-    if args.json:                     # whole or absent, never half-written
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f)
-        os.replace(tmp, args.json)
-    return 0
-
-
-def cmd_align(args):
-    from .face.pipeline import align_main
-    try:
-        align_main(args.in_dir, args.out_dir, detector=args.detector, model=args.model,
-                   size=args.size, all_faces=args.all_faces, workers=args.workers,
-                   central_fallback=args.central_fallback,
-                   landmark_model=args.landmark_model, pick=args.pick)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the aligned files and landmarks.csv list the images done so "
-              "far, whole; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+from . import commands
+from .backends import BackendUnavailable
 
 
 class MaxPixelsAction(argparse.Action):
@@ -235,77 +40,10 @@ def add_max_pixels_option(parser):
                              f"{DEFAULT_MAX_PIXELS})")
 
 
-def cmd_demo(args):
-    checks.positive_int(args.epochs, "--epochs")
-    from .demo import run_demo
-    result = run_demo(args.out, seed=args.seed, epochs=args.epochs, backend=args.backend)
-    return 0 if result["accuracy"] >= 0.9 else 1
-
-
 def _jb_default(name):
     import inspect
     from .verifier.joint_bayesian import JointBayesian
     return inspect.signature(JointBayesian.fit).parameters[name].default
-
-
-def cmd_fit_verifier(args):
-    checks.fit_verifier_args(args)
-    from .verifier.commands import fit_verifier_main
-    fit_verifier_main(args.nets, args.data, args.out, pca=args.pca,
-                      n_pairs=args.pairs, seed=args.seed, backend=args.backend,
-                      cache_dir=args.cache, em_iters=args.em_iters, em_tol=args.em_tol)
-    return 0
-
-
-def cmd_verify(args):
-    checks.verify_args(args)
-    if args.pairs is not None:
-        if args.image_a is not None:
-            raise ValueError("give two images A B or --pairs FILE, not both")
-        checks.existing_file(args.pairs, "--pairs", "file of image pairs")
-        from .verifier.commands import verify_pairs_main
-        _, failed = verify_pairs_main(args.pairs, model=args.model, aligned=args.aligned,
-                                      pick=args.pick)
-        return 2 if failed else 0
-    if args.image_b is None:
-        raise ValueError("give two images A B (or --pairs FILE)")
-    from .face_commands import verify_main
-    verify_main(args.image_a, args.image_b, model=args.model, aligned=args.aligned,
-                pick=args.pick)
-    return 0
-
-
-def cmd_enroll(args):
-    checks.enroll_args(args)
-    from .face_commands import enroll_main
-    enroll_main(args.folder, args.gallery, model=args.model, aligned=args.aligned,
-                pick=args.pick)
-    return 0
-
-
-def cmd_identify(args):
-    checks.identify_args(args)
-    from .face_commands import identify_main
-    _, failed = identify_main(args.images, args.gallery, model=args.model, top=args.top,
-                              aligned=args.aligned, pick=args.pick)
-    return 2 if failed else 0
-
-
-def cmd_eval_lfw(args):
-    checks.eval_lfw_args(args)
-    from .verifier.commands import eval_lfw_main
-    eval_lfw_main(args.lfw, args.pairs, model=args.model, out=args.out, folds=args.folds,
-                  unaligned=args.unaligned)
-    return 0
-
-
-def cmd_eval_ident(args):
-    checks.eval_ident_args(args)
-    from .verifier.ident_eval import eval_ident_main
-    eval_ident_main(args.data, model=args.model, pairs=args.pairs, folds=args.folds,
-                    known_fraction=args.known_fraction, seed=args.seed, far=args.far,
-                    out=args.out)
-    return 0
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -360,7 +98,7 @@ def _verifier_parsers(sub):
                    help="Joint Bayesian: stop when both covariances change by less than this "
                         "(relative Frobenius norm; default: %g)" % _jb_default("tol"))
     add_max_pixels_option(f)
-    f.set_defaults(func=cmd_fit_verifier)
+    f.set_defaults(func=commands.cmd_fit_verifier)
 
     v = _command(sub, "verify", "are two photographs of the same person? (or, with --pairs, "
                                 "many pairs)")
@@ -377,7 +115,7 @@ def _verifier_parsers(sub):
     v.add_argument("--aligned", action="store_true", help=aligned_help)
     add_pick_option(v)
     add_max_pixels_option(v)
-    v.set_defaults(func=cmd_verify)
+    v.set_defaults(func=commands.cmd_verify)
 
     e = _command(sub, "enroll", "identity folders -> a gallery file")
     e.add_argument("folder", metavar="DIR", help="one folder of photographs per identity")
@@ -386,7 +124,7 @@ def _verifier_parsers(sub):
     e.add_argument("--aligned", action="store_true", help=aligned_help)
     add_pick_option(e)
     add_max_pixels_option(e)
-    e.set_defaults(func=cmd_enroll)
+    e.set_defaults(func=commands.cmd_enroll)
 
     i = _command(sub, "identify", "who is in these photographs (or unknown)?")
     i.add_argument("images", nargs="+", metavar="IMG", help="the photographs")
@@ -396,7 +134,7 @@ def _verifier_parsers(sub):
     i.add_argument("--aligned", action="store_true", help=aligned_help)
     add_pick_option(i)
     add_max_pixels_option(i)
-    i.set_defaults(func=cmd_identify)
+    i.set_defaults(func=commands.cmd_identify)
 
     l = _command(sub, "eval-lfw", "LFW View 2: 10-fold accuracy, ROC, AUC, EER")
     l.add_argument("--lfw", required=True, help="the LFW images (aligned, or deep-funneled)")
@@ -406,7 +144,7 @@ def _verifier_parsers(sub):
     l.add_argument("--folds", help="test only these folds, e.g. 6-10 (default: all)")
     l.add_argument("--unaligned", help="read images missing under --lfw from here")
     add_max_pixels_option(l)
-    l.set_defaults(func=cmd_eval_lfw)
+    l.set_defaults(func=commands.cmd_eval_lfw)
     i = _command(sub, "eval-ident", "closed-set rank-1 and open-set DIR at FAR 1%% on "
                                     "identity folders of aligned faces")
     i.add_argument("--data", required=True, help="identity folders of aligned faces")
@@ -419,7 +157,7 @@ def _verifier_parsers(sub):
     i.add_argument("--seed", type=int, default=0, help="seed of the gallery / probe split")
     i.add_argument("--out", help="folder for identification.json (the split and results)")
     add_max_pixels_option(i)
-    i.set_defaults(func=cmd_eval_ident)
+    i.set_defaults(func=commands.cmd_eval_ident)
 
 
 def _landmark_parsers(sub):
@@ -455,7 +193,7 @@ def _landmark_parsers(sub):
                     help="standardise the targets by the plain crops or by augmented samples "
                          f"(default: {lt.target_stats})")
     add_max_pixels_option(lm)
-    lm.set_defaults(func=cmd_train_landmarks)
+    lm.set_defaults(func=commands.cmd_train_landmarks)
 
     lc = _command(sub, "train-landmark-cascade", "train the landmark cascade's refinement "
                                                  "levels (2, 3) on MTFL on top of a level-1 "
@@ -485,7 +223,7 @@ def _landmark_parsers(sub):
                     "OUT/cache)")
     lc.add_argument("--resume", action="store_true", help=RESUME_HELP)
     add_max_pixels_option(lc)
-    lc.set_defaults(func=cmd_train_landmark_cascade)
+    lc.set_defaults(func=commands.cmd_train_landmark_cascade)
 
     ev = _command(sub, "eval-landmarks", "NME and failure rate of a landmark model on MTFL's "
                                          "test list")
@@ -505,7 +243,7 @@ def _landmark_parsers(sub):
     ev.add_argument("--json", metavar="PATH",
                     help="write every result, per-image errors included, to this JSON file")
     add_max_pixels_option(ev)
-    ev.set_defaults(func=cmd_eval_landmarks)
+    ev.set_defaults(func=commands.cmd_eval_landmarks)
 
 
 def _version():
@@ -532,7 +270,7 @@ def build_parser():
     s.add_argument("--identities", type=int, default=100, help="identities to draw")
     s.add_argument("--images-per-identity", type=int, default=20, help="images of each")
     s.add_argument("--seed", type=int, default=0, help="the same seed draws the same files")
-    s.set_defaults(func=cmd_synth)
+    s.set_defaults(func=commands.cmd_synth)
 
     t = _command(sub, "train", "train a DeepID2 network (Algorithm 1)")
     t.add_argument("--data", required=True, help="folder of identity folders (root/<id>/*.jpg)")
@@ -586,7 +324,7 @@ def build_parser():
                    "reduction order, bit-identical to 1 process with the same --micro-batches")
     t.add_argument("--dist", action="store_true", help="data-parallel path even without mpiexec")
     add_max_pixels_option(t)
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=commands.cmd_train)
 
     _landmark_parsers(sub)
 
@@ -613,7 +351,7 @@ def build_parser():
     al.add_argument("--landmark-model", help="landmark model file (default: the shipped one)")
     al.add_argument("--workers", type=int, help="threads (default: the usable CPUs, at most 8)")
     add_max_pixels_option(al)
-    al.set_defaults(func=cmd_align)
+    al.set_defaults(func=commands.cmd_align)
 
     d = _command(sub, "demo", "synthetic identities: train, then verify unseen ones")
     d.add_argument("--out", default=os.path.join(os.getcwd(), "deepid2-demo"),
@@ -623,7 +361,7 @@ def build_parser():
                         "accuracy (only the time differs)")
     d.add_argument("--seed", type=int, default=0, help="seed of the data and the run")
     d.add_argument("--backend", default="cpu", choices=["cpu", "gpu"], help=BACKEND_HELP)
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=commands.cmd_demo)
     _verifier_parsers(sub)
     return p
 

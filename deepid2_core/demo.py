@@ -16,22 +16,23 @@ from .backends import get_backend
 from .data import build_cache
 from .face.inputs import PatchSpec
 from .synth import make_dataset
-from .training.deepid2 import Trainer, TrainConfig
+from .training.deepid2 import DeepID2Task, TrainConfig
+from .training.loop import Loop
 
 TRAIN_IDS, UNSEEN_IDS, IMAGES = 200, 50, 16
 EPOCHS = 25  # the features are good from here (~74% at 5 epochs, ~96% at 25)
 PAIRS = 1000  # same and as many different pairs, for threshold and test
 
 
-def features(trainer, params, cache, batch=256):
-    be = trainer.be
-    patches, params = be.to_device(np.ascontiguousarray(cache.patches)), trainer.to_device(
+def features(loop, params, cache, batch=256):
+    be = loop.be
+    patches, params = be.to_device(np.ascontiguousarray(cache.patches)), loop.to_device(
         dict(params=params))["params"]
     out = []
     for i in range(0, len(cache.labels), batch):
         idx = np.arange(i, min(i + batch, len(cache.labels)))
         x = be.assemble_batch(patches, idx, np.zeros(len(idx), bool))
-        out.append(be.to_host(trainer.net.features(params, x)))
+        out.append(be.to_host(loop.task.net.features(params, x)))
     f = np.concatenate(out).astype(np.float64)
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
@@ -76,17 +77,17 @@ def run_demo(out, seed=0, epochs=EPOCHS, backend="cpu"):
           f"(writing {out})")
 
     cfg = TrainConfig(epochs=epochs, seed=seed, lr=0.05, lam=0.05)
-    trainer = Trainer(seen, run_dir, cfg, be, progress=True)
-    state = trainer.run()
+    loop = Loop(DeepID2Task(seen, run_dir, cfg, be))
+    state = loop.run()
     params = state["params"]
 
     rng = np.random.default_rng([seed, 99])
-    f_seen = features(trainer, params, seen)
+    f_seen = features(loop, params, seen)
     pairs, same = sample_pairs(seen.labels, rng, PAIRS)
     dist = np.linalg.norm(f_seen[pairs[:, 0]] - f_seen[pairs[:, 1]], axis=1)
     threshold, train_acc = best_threshold(dist, same)
 
-    f_new = features(trainer, params, unseen)
+    f_new = features(loop, params, unseen)
     pairs, same = sample_pairs(unseen.labels, rng, PAIRS)
     dist = np.linalg.norm(f_new[pairs[:, 0]] - f_new[pairs[:, 1]], axis=1)
     acc = float(np.mean((dist <= threshold) == same))

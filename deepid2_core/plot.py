@@ -135,24 +135,3 @@ def two_panels(path, left, right):
         panel(img, x0, 40, 330, 290, title, series, ylabel=ylabel, scale=scale)
     if not cv2.imwrite(str(path), img):
         raise OSError(f"could not write the plot to {path}")
-
-
-def loss_series(history):
-    """The loss panel's (legend name, values per epoch). The verification loss
-    is drawn as it is (up to about 10 where the total is about 0.5): its name
-    says that the total holds it weighted by lambda."""
-    get = lambda key: [h.get(key) for h in history]  # noqa: E731
-    return [("total = W x ident + lambda x verif", get("loss")),
-            ("ident", get("ident")),
-            ("verification loss (unweighted; the total adds lambda x it)", get("verif"))]
-
-
-def plot_history(history, path):
-    """history: list of epoch dicts from the JSONL log. Writes a PNG to path."""
-    get = lambda key: [h.get(key) for h in history]  # noqa: E731
-    two_panels(path,
-               ("loss per epoch", loss_series(history),
-                "loss (mean over the epoch's steps)", 1.0),
-               ("top-1 identification accuracy per epoch",
-                [("train", get("train_acc")), ("validation", get("val_acc"))],
-                "accuracy (%)", 100.0))

@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from deepid2_core.face import landmarks as FL  # noqa: E402
 from deepid2_core.face.box import face_box  # noqa: E402
 from deepid2_core.face.landmark_cascade import LandmarkCascade  # noqa: E402
-from deepid2_core.training import landmarks as TL  # noqa: E402
+from deepid2_core.training import landmark_eval as TE  # noqa: E402
+from deepid2_core.training import mtfl as TM  # noqa: E402
 
 
 def ours(model, data, rows):
@@ -52,11 +53,11 @@ def ours(model, data, rows):
 
 
 def report(name, p, gt, found):
-    e = TL.nme(p, gt)
+    e = TE.nme(p, gt)
     iod = np.linalg.norm(gt[:, 1] - gt[:, 0], axis=1)
     yaw = np.abs(gt[:, 2, 0] - gt[:, :2, 0].mean(1)) / iod
     off = p - gt
-    s = TL.summarise(e)
+    s = TE.summarise(e)
     pct = lambda v: round(100 * float(v), 2)  # noqa: E731
     return dict(levels=name, n=s["n"], nme=pct(s["nme"]), failure_rate=pct(s["failure_rate"]),
                 per_point={k: pct(v) for k, v in s["per_point"].items()},
@@ -83,7 +84,7 @@ def yunet_offsets(data, onnx, rows):
             if faces is not None and len(faces):
                 f = faces[np.argmax(faces[:, -1])]
                 p = (f[4:14].reshape(5, 2).astype(np.float64) - pad + 0.5) / k - 0.5
-                if TL.nme(p[None], pts[None]).mean() < 0.3:
+                if TE.nme(p[None], pts[None]).mean() < 0.3:
                     offs.append(p - pts)
                 break
     o = np.array(offs)
@@ -101,14 +102,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     model = FL.load_landmark_model(a.model)
-    rows = TL.read_mtfl(a.data, TL.TEST_LIST)
+    rows = TM.read_mtfl(a.data, TM.TEST_LIST)
     gt = np.stack([pts for _, pts in rows])
     preds, found = ours(model, a.data, rows)
     for k, pk in enumerate(preds):
         print(json.dumps(report("1" if k == 0 else f"1-{k + 1}", pk, gt, found)))
     if a.yunet:
-        train = [r for r in TL.read_mtfl(a.data, TL.TRAIN_LIST)
-                 if not TL.known_bad_annotation(r[0], r[1], (80, 80))]
+        train = [r for r in TM.read_mtfl(a.data, TM.TRAIN_LIST)
+                 if not TM.known_bad_annotation(r[0], r[1], (80, 80))]
         pick = np.sort(np.random.default_rng(0).choice(len(train), 1500, replace=False))
         train = [train[i] for i in pick]
         for name, sub in (("yunet test AFLW", rows),

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from deepid2_core.face import box as B  # noqa: E402
 from deepid2_core.face.image import read_image  # noqa: E402
-from deepid2_core.training import landmarks as TL  # noqa: E402
+from deepid2_core.training import mtfl as TM  # noqa: E402
 
 
 def iou(a, b):
@@ -36,7 +36,7 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="the mtfl80 folder")
     p.add_argument("--limit", type=int)
     a = p.parse_args(argv)
-    rows = TL.read_mtfl(a.data, TL.TRAIN_LIST)[:a.limit]
+    rows = TM.read_mtfl(a.data, TM.TRAIN_LIST)[:a.limit]
     d, both, haar_only, yunet_only, neither = [], 0, 0, 0, 0
     for rel, _ in rows:
         img = read_image(os.path.join(a.data, rel))[0]

@@ -16,8 +16,9 @@ from deepid2_core.face.inputs import LayoutPatch, PatchSpec
 from deepid2_core.synth import make_dataset
 from deepid2_core.training import augment as aug
 from deepid2_core.training.augment import AugmentConfig, AugmentParams
-from deepid2_core.training.deepid2 import (CHECKPOINT, LOG, DeepID2Task, Trainer, TrainConfig,
-                                          micro_rows)
+from deepid2_core.training.checkpoint import CHECKPOINT, LOG
+from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig, micro_rows
+from deepid2_core.training.loop import Loop
 
 MARGIN = AugmentConfig().margin(55, 47)
 
@@ -246,11 +247,10 @@ def test_the_margin_covers_the_worst_corner():
 
 
 # -- in training ------------------------------------------------------------------
-def task(cache, run_dir, be, groups=1, **kw):
+def task(cache, run_dir, be, **kw):
     cfg = TrainConfig(**{**dict(epochs=2, batch=8, lr=0.02, seed=4, val_fraction=0.25,
                                 augment=AugmentConfig(blur_p=0.5, jpeg_p=0.5)), **kw})
-    return DeepID2Task(cache, run_dir, cfg, be, log=lambda *a: None, progress=False,
-                       micro_batches=groups)
+    return DeepID2Task(cache, run_dir, cfg, be)
 
 
 @pytest.mark.parametrize("name", ["whole", "eye_hist"])
@@ -259,8 +259,9 @@ def test_batches_depend_on_seed_epoch_and_step_only(caches, tmp_path, be, name):
     t1, t2 = task(big, tmp_path / "a", be), task(big, tmp_path / "b", be)
 
     def batch_bytes(t, epoch, step):
-        images, flips, _, _, _, params = t.batches(epoch, step, range(1))[0]
-        out = np.full(t.xbuf.shape, np.nan, np.float32)    # poisoned: every value written
+        images, flips, _, _, _, params = t.batch(epoch, step)
+        c, h, w = t.net_cfg.channels, t.net_cfg.height, t.net_cfg.width
+        out = np.full((len(images), c, h, w), np.nan, np.float32)  # poisoned: every value written
         x = t.assemble(images, flips, out, params)
         assert np.isfinite(x).all()
         return x.tobytes(), t.host_batch(images, flips, params)
@@ -270,9 +271,8 @@ def test_batches_depend_on_seed_epoch_and_step_only(caches, tmp_path, be, name):
     assert a != batch_bytes(t1, 1, 3)[0] and a != batch_bytes(t1, 2, 2)[0]
     # the images and flips are those of a run without augmentation
     plain = task(caches[name][0], tmp_path / "c", be, augment=None)
-    for (i1, f1, *r1), (i2, f2, *r2) in zip(t1.batches(1, 2, range(1)),
-                                           plain.batches(1, 2, range(1))):
-        assert np.array_equal(i1, i2) and np.array_equal(f1, f2) and r2[-1] is None
+    (i1, f1, *r1), (i2, f2, *r2) = t1.batch(1, 2), plain.batch(1, 2)
+    assert np.array_equal(i1, i2) and np.array_equal(f1, f2) and r2[-1] is None
     # validation's patches: the plain cache's, unaugmented
     idx = np.arange(len(big))
     none = np.zeros(len(idx), bool)
@@ -282,21 +282,21 @@ def test_batches_depend_on_seed_epoch_and_step_only(caches, tmp_path, be, name):
         assert got.tobytes() == want.tobytes()
     else:
         assert np.abs(got - want).max() <= 1 / 128 + 1e-6
-    assert not np.array_equal(pa, t1.host_batch(*t1.batches(1, 2, range(1))[0][:2]))
+    assert not np.array_equal(pa, t1.host_batch(*t1.batch(1, 2)[:2]))
 
 
 def test_micro_batches_take_the_serial_batch_rows_byte_for_byte(caches, tmp_path, be):
     big = caches["eye_hist"][1]
     serial = task(big, tmp_path / "s", be)
-    micro = task(big, tmp_path / "m", be, groups=2)
     for epoch, step in ((0, 0), (1, 3)):
-        images, flips, _, _, py, params = serial.batches(epoch, step, range(1))[0]
+        batch = serial.batch(epoch, step)
+        images, flips, _, _, py, params = batch
         whole = np.array(serial.assemble(images, flips, None, params))
-        parts = micro.batches(epoch, step, range(2))
-        for g, (mi, mf, _, _, _, mp) in enumerate(parts):
+        for g in range(2):
+            mi, mf, _, _, _, mp = batch.part(2, g)
             rows = micro_rows(len(images), len(py), 2, g)
             assert np.array_equal(mi, images[rows])
-            got = micro.assemble(mi, mf, None, mp)
+            got = serial.assemble(mi, mf, None, mp)
             assert got.tobytes() == whole[rows].tobytes()
 
 
@@ -315,11 +315,11 @@ def test_augmented_run_resumes_exactly_and_refuses_other_augmentation(faces, tmp
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cache, tmp_path / "cut", cfg, be, log=lambda *a: None,
-                progress=False).run(on_epoch_end=stop)
+        Loop(DeepID2Task(cache, tmp_path / "cut", cfg, be), log=lambda *a: None,
+             progress=False).run(on_epoch_end=stop)
     assert safetensors.load(tmp_path / "cut" / CHECKPOINT)[1]["epoch"] == "1"
-    Trainer(cache, tmp_path / "cut", cfg, be, log=lambda *a: None,
-            progress=False).run(resume=True)
+    Loop(DeepID2Task(cache, tmp_path / "cut", cfg, be), log=lambda *a: None,
+         progress=False).run(resume=True)
     assert (tmp_path / "cut" / CHECKPOINT).read_bytes() == \
         (tmp_path / "whole" / CHECKPOINT).read_bytes()
     assert (tmp_path / "cut" / LOG).read_text().count("\n") == 2

@@ -1,5 +1,6 @@
 """Data-parallel training (deepid2_core/training/dist.py): `mpiexec -n 2 deepid2 train`
-on the cpu backend against one process, faults, resume on another rank count.
+on the cpu backend against one process, faults, resume on another rank count; and
+a plain run, which never imports it.
 
 The MPI tests start real `mpiexec -n 2` jobs (OMP_NUM_THREADS=1 per rank) and
 are skipped, with the reason, where mpi4py or mpiexec is missing
@@ -21,8 +22,10 @@ from deepid2_core import cli, safetensors
 from deepid2_core.data import build_cache
 from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.synth import make_dataset
-from deepid2_core.training.deepid2 import (CHECKPOINT, BEST, PairSampler, Trainer, TrainConfig,
-                                          micro_batch)
+from deepid2_core.training import deepid2 as T
+from deepid2_core.training.checkpoint import CHECKPOINT, BEST
+from deepid2_core.training.deepid2 import PairSampler, micro_batch
+from deepid2_core.training.train_deepid2 import LAUNCHER_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(deepid2_core.__file__)))
 ARGS = ["--epochs", "2", "--batch", "8", "--lr", "0.02", "--seed", "3", "--val-fraction", "0.25",
@@ -125,18 +128,29 @@ def test_pair_term_of_micro_batches_is_the_batch_pair_term(be):
     np.testing.assert_allclose(parts[0].dlogits / 2, whole.dlogits[rows0], atol=1e-7)
 
 
-def test_one_micro_batch_is_the_plain_trainer_bit_for_bit(data, tmp_path, be):
-    """The data-parallel hook without MPI and G = 1 computes exactly what Trainer does,
-    and a plain `deepid2 train` never imports MPI."""
-    had_mpi = "mpi4py" in sys.modules
-    assert cli.main(train_args(data, tmp_path / "plain")) == 0
-    if not had_mpi:
-        assert "mpi4py" not in sys.modules
-    cache = build_cache(data / "faces", data / "cache", PatchSpec(), progress=False)
-    cfg = TrainConfig(epochs=2, batch=8, lr=0.02, seed=3, val_fraction=0.25, learn_margin=True,
-                      warmup_steps=2)
-    Trainer(cache, tmp_path / "g1", cfg, be, log=lambda *a: None, progress=False).run()  # OneProcess
-    assert ckpt(tmp_path / "g1") == ckpt(tmp_path / "plain")
+PROBE = """
+import json, sys
+from deepid2_core.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps([rc, sorted(m for m in sys.modules if m == "deepid2_core.training.dist"
+                             or m.split(".")[0] == "mpi4py")]))
+"""
+
+
+@pytest.mark.parametrize("extra", [[], ["--micro-batches", "2"]])
+def test_a_plain_run_never_imports_the_distributed_code(data, tmp_path, extra):
+    """`deepid2 train` with no MPI launcher: a plain run, micro-batches or not,
+    imports neither training/dist.py nor mpi4py."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
+    env.update(OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-c", PROBE,
+                        *train_args(data, tmp_path / "plain", *extra)],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    rc, modules = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rc == 0 and (tmp_path / "plain" / CHECKPOINT).exists()
+    assert modules == [], modules   # neither training.dist nor mpi4py
 
 
 def test_micro_batches_match_one_batch_within_tolerance(data, reference, tmp_path):
@@ -211,10 +225,17 @@ def test_failing_rank_is_named_and_one_process_resumes_on_two(data, reference, t
     assert safetensors.load(tmp_path / "raised" / CHECKPOINT)[1]["epoch"] == "1"
     # 1 process -> 2 ranks: cut a 1-process run after epoch 1, resume it on 2 ranks
     run = tmp_path / "one_to_two"
-    monkeypatch.setenv("DEEPID2_DIST_FAULT", "0:2:0:raise")
+    whole_batch = T.DeepID2Task.batch
+
+    def fault_in_epoch_2(task, epoch, step):
+        if epoch == 1:
+            raise RuntimeError("injected fault")
+        return whole_batch(task, epoch, step)
+
+    monkeypatch.setattr(T.DeepID2Task, "batch", fault_in_epoch_2)
     with pytest.raises(RuntimeError, match="injected fault"):
         cli.main(train_args(data, run, "--micro-batches", "2"))
-    monkeypatch.delenv("DEEPID2_DIST_FAULT")
+    monkeypatch.setattr(T.DeepID2Task, "batch", whole_batch)
     assert safetensors.load(run / CHECKPOINT)[1]["epoch"] == "1"
     rc, out = mpirun(2, train_args(data, run, "--deterministic", "--resume"))
     assert rc == 0, out

@@ -76,7 +76,7 @@ MTFL = os.path.join(DATA, "mtfl80")
 @pytest.mark.skipif(not os.path.isdir(MTFL), reason=f"MTFL not found at {MTFL}")
 def test_mapped_yunet_boxes_land_on_the_haar_boxes_of_real_faces():
     """On the images the landmark nets were trained on, where the mapping was measured."""
-    from deepid2_core.training.landmarks import TRAIN_LIST, read_mtfl
+    from deepid2_core.training.mtfl import TRAIN_LIST, read_mtfl
     ious, found = [], 0
     for rel, _ in read_mtfl(MTFL, TRAIN_LIST)[:300]:
         img = cv2.imread(os.path.join(MTFL, rel))

@@ -1,4 +1,4 @@
-"""Algorithm 1 on the gpu backend: Trainer keeps its state on the device and
+"""Algorithm 1 on the gpu backend: the loop keeps its state on the device and
 follows the cpu run (same batches, same updates up to float32 rounding);
 two deterministic gpu runs write identical files."""
 
@@ -10,7 +10,9 @@ import pytest
 from gpu_support import MODES, gpu_fixture, restore
 from deepid2_core import safetensors
 from deepid2_core.backends import get_backend
-from deepid2_core.training.deepid2 import CHECKPOINT, Trainer, TrainConfig
+from deepid2_core.training.checkpoint import CHECKPOINT
+from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig
+from deepid2_core.training.loop import Loop
 
 
 @pytest.fixture(params=MODES)
@@ -37,8 +39,8 @@ def config(**kw):
 
 
 def run(cache, run_dir, be, **kw):
-    return Trainer(cache, run_dir, config(**kw), be, log=lambda *a: None,
-                   progress=False).run()
+    return Loop(DeepID2Task(cache, run_dir, config(**kw), be), log=lambda *a: None,
+                progress=False).run()
 
 
 @pytest.mark.parametrize("verif", ["l2", "cosine"])

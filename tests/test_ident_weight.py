@@ -12,7 +12,10 @@ from deepid2_core.backends.cpu import assemble_batch
 from deepid2_core.data import build_cache
 from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.synth import make_dataset
-from deepid2_core.training.deepid2 import CHECKPOINT, BEST, Trainer, TrainConfig, weigh_ident
+from deepid2_core.training import deepid2 as T
+from deepid2_core.training.checkpoint import CHECKPOINT, BEST
+from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig, weigh_ident
+from deepid2_core.training.loop import Loop
 
 # the fields a checkpoint's "train" config held before ident_weight existed
 FIELDS_BEFORE = {"epochs", "batch", "lr", "momentum", "weight_decay", "lam", "verif", "margin",
@@ -30,13 +33,14 @@ def cache(tmp_path_factory):
 def trainer(cache, run_dir, be, **kw):
     base = dict(epochs=2, batch=24, lr=0.02, seed=11, val_fraction=0.25)
     base.update(kw)
-    return Trainer(cache, run_dir, TrainConfig(**base), be, log=lambda *a: None, progress=False)
+    return Loop(DeepID2Task(cache, run_dir, TrainConfig(**base), be), log=lambda *a: None,
+                progress=False)
 
 
 def test_weight_one_is_the_loss_itself_and_zero_removes_the_ident_gradient(cache, tmp_path, be):
     t = trainer(cache, tmp_path, be)
-    state = t.fresh_state()
-    acts = t.net.forward(state["params"], assemble_batch(cache.patches, np.arange(8)))
+    state = t.task.init_state()
+    acts = t.task.net.forward(state["params"], assemble_batch(cache.patches, np.arange(8)))
     labels = np.asarray(cache.labels[:8], np.int32)
     pa, pb = np.arange(4, dtype=np.int32), np.arange(4, 8, dtype=np.int32)
     py = np.where(labels[:4] == labels[4:], 1, -1).astype(np.int32)
@@ -55,15 +59,14 @@ def test_weight_one_is_the_loss_itself_and_zero_removes_the_ident_gradient(cache
 def test_verification_alone_trains(cache, tmp_path, be, monkeypatch):
     seen = []
     t = trainer(cache, tmp_path, be, epochs=6, ident_weight=0.0, lam=1.0, margin=1.0)
-    step = t.step
 
-    def spy(state, epoch, s, xbuf):
-        loss, n = step(state, epoch, s, xbuf)
-        seen.append(loss)
-        return loss, n
+    def spy(loss, ident_weight):   # every step's loss, as the step weighs it
+        seen.append(weigh_ident(loss, ident_weight))
+        return seen[-1]
 
-    monkeypatch.setattr(t, "step", spy)
+    monkeypatch.setattr(T, "weigh_ident", spy)
     final = t.run()
+    assert len(seen) == 6 * t.plan.steps_per_epoch
     h = final["history"]
     assert final["best_epoch"] == 6  # no classifier to pick by: the latest network
     assert all(not loss.dlogits.any() for loss in seen)
@@ -99,11 +102,13 @@ def test_bad_weights_are_named():
         TrainConfig(ident_weight=0.0, warmup_steps=3)
 
 
-def test_cli_passes_the_weight():
-    from deepid2_core.cli import _train_config, build_parser
-    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--ident-weight", "0",
-                                      "--lambda", "1"])
-    cfg = _train_config(args)
-    assert (cfg.ident_weight, cfg.lam) == (0.0, 1.0)
-    assert _train_config(build_parser().parse_args(["train", "--data", "d", "--out", "o"])) \
-        .ident_weight == 1.0
+def test_cli_passes_the_weight(monkeypatch):
+    from deepid2_core.cli import main
+    from deepid2_core.training import train_deepid2
+    got = []
+    monkeypatch.setattr(train_deepid2, "train_deepid2_main",
+                        lambda data, out, spec, cfg, **kw: got.append(cfg) or {})
+    assert main(["train", "--data", "d", "--out", "o", "--ident-weight", "0",
+                 "--lambda", "1"]) == 0
+    assert main(["train", "--data", "d", "--out", "o"]) == 0
+    assert [(cfg.ident_weight, cfg.lam) for cfg in got] == [(0.0, 1.0), (1.0, 0.05)]

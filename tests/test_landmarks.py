@@ -17,7 +17,11 @@ from oracle import assert_close, check_param_gradients
 from deepid2_core.nets import landmark as NL
 from deepid2_core.face import landmarks as FL
 from deepid2_core.face import box as FB
+from deepid2_core.training import checkpoint as TK
+from deepid2_core.training import landmark_eval as TE
 from deepid2_core.training import landmarks as TL
+from deepid2_core.training import mtfl as TM
+from deepid2_core.training.loop import Loop
 from deepid2_core import safetensors
 
 DATA = os.path.join(os.environ.get("DEEPID2_DATA", os.path.join(
@@ -89,7 +93,7 @@ def test_flip_swaps_left_and_right_points():
 def synthetic_cache(n=6, size=39, seed=0, jitter=3):
     """A LandmarkCache of drawn faces: dark eyes, nose and mouth corners on grey."""
     rng = np.random.default_rng(seed)
-    c = TL.CONTEXT
+    c = TM.CONTEXT
     ctx = np.full((n, c, c), 120, np.uint8)
     pts = np.empty((n, 5, 2), np.float32)
     for i in range(n):
@@ -109,7 +113,7 @@ def synthetic_cache(n=6, size=39, seed=0, jitter=3):
                    points=pts.astype(np.float64))
     meta = dict(key="synthetic", paths=json.dumps([f"{i}.png" for i in range(n)]), skipped="[]",
                 detector="haar", list_file="synthetic.txt", dropped_bad="0")
-    return TL.LandmarkCache(tensors, meta)
+    return TM.LandmarkCache(tensors, meta)
 
 
 def test_loss_falls_on_a_synthetic_regression_task(tmp_path, be):
@@ -224,9 +228,9 @@ def test_nme_and_failure_rate():
     gt = np.array([[[10, 10], [30, 10], [20, 20], [12, 30], [28, 30]]], float)
     pred = gt.copy()
     pred[0, 2, 0] += 4  # nose off by 4 px, inter-ocular 20 px: 20%
-    e = TL.nme(pred, gt)
+    e = TE.nme(pred, gt)
     assert np.allclose(e, [[0, 0, 0.2, 0, 0]])
-    s = TL.summarise(e)
+    s = TE.summarise(e)
     assert s["nme"] == pytest.approx(0.04) and s["per_point"]["nose"] == pytest.approx(0.2)
     assert s["failure_rate"] == 0.0 and s["point_failure_rate"]["nose"] == 1.0
 
@@ -248,20 +252,20 @@ def tiny_mtfl(root, n=12):
             pts[:, 1] -= 28  # as MTFL80's broken net_7876 lines
         lines.append(f"{sub}/f{i}.png " + " ".join(f"{v:.2f}" for v in
                                                   list(pts[:, 0]) + list(pts[:, 1])))
-    for name in (TL.TRAIN_LIST, TL.TEST_LIST):
+    for name in (TM.TRAIN_LIST, TM.TEST_LIST):
         (root / name).write_text("\n".join(lines) + "\n")
     return root
 
 
 def test_cache_of_an_mtfl_folder(tmp_path):
     root = tiny_mtfl(tmp_path / "mtfl")
-    cache = TL.build_cache(root, TL.TRAIN_LIST, tmp_path / "cache", NL.LandmarkNetConfig(),
+    cache = TM.build_cache(root, TM.TRAIN_LIST, tmp_path / "cache", NL.LandmarkNetConfig(),
                           "central", progress=False, log=lambda *a: None)
     assert len(cache) == 11 and cache.meta["dropped_bad"] == "1"
-    assert cache.ctx.dtype == np.uint8 and cache.ctx.shape == (11, TL.CONTEXT, TL.CONTEXT)
+    assert cache.ctx.dtype == np.uint8 and cache.ctx.shape == (11, TM.CONTEXT, TM.CONTEXT)
     assert cache.crop.shape == (11, 39, 39) and not cache.found.any() and cache.box_ok.all()
     files = os.listdir(tmp_path / "cache")
-    again = TL.build_cache(root, TL.TRAIN_LIST, tmp_path / "cache", NL.LandmarkNetConfig(),
+    again = TM.build_cache(root, TM.TRAIN_LIST, tmp_path / "cache", NL.LandmarkNetConfig(),
                           "central", progress=False, log=lambda *a: pytest.fail("rebuilt"))
     assert os.listdir(tmp_path / "cache") == files and np.array_equal(again.ctx, cache.ctx)
     # the crop's own points map back onto the image's
@@ -269,7 +273,7 @@ def test_cache_of_an_mtfl_folder(tmp_path):
     assert np.allclose(FL.apply_affine(cache.crop_inv[3], FL.apply_affine(m, cache.points[3])),
                        cache.points[3])
     with pytest.raises(ValueError, match="not found"):
-        TL.read_mtfl(tmp_path, TL.TRAIN_LIST)
+        TM.read_mtfl(tmp_path, TM.TRAIN_LIST)
 
 
 def test_train_landmarks_main_writes_a_model_with_its_command(tmp_path, be):
@@ -278,7 +282,7 @@ def test_train_landmarks_main_writes_a_model_with_its_command(tmp_path, be):
     s = TL.train_landmarks_main(root, out, epochs=2, seed=1, batch=4, detector="central",
                                progress=False, log=lambda *a: None,
                                command="deepid2 train-landmarks --data D --out O")
-    for name in (TL.FINAL, TL.BEST, TL.CHECKPOINT, TL.LOG, TL.PLOT, TL.EVAL):
+    for name in (TL.FINAL, TK.BEST, TK.CHECKPOINT, TK.LOG, TK.PLOT, TL.EVAL):
         assert (out / name).stat().st_size > 0
     model = FL.load_landmark_model(out / TL.FINAL)
     assert model.meta["command"] == "deepid2 train-landmarks --data D --out O"
@@ -292,14 +296,14 @@ def test_train_landmarks_main_writes_a_model_with_its_command(tmp_path, be):
 def trainer(cache, run_dir, be, **kw):
     base = dict(epochs=2, batch=4, lr=0.01, seed=3, val_fraction=0.34, detector="haar")
     base.update(kw)
-    return TL.LandmarkTrainer(cache, run_dir, TL.LandmarkTrainConfig(**base), be,
-                             log=lambda *a: None, progress=False)
+    return Loop(TL.LandmarkTask(cache, run_dir, TL.LandmarkTrainConfig(**base), be),
+                log=lambda *a: None, progress=False)
 
 
 def test_checkpoint_round_trip_and_exact_resume(tmp_path, be):
     cache = synthetic_cache(12)
     whole = trainer(cache, tmp_path / "whole", be, epochs=3).run()
-    for name in (TL.CHECKPOINT, TL.BEST, TL.LOG, TL.PLOT):
+    for name in (TK.CHECKPOINT, TK.BEST, TK.LOG, TK.PLOT):
         assert (tmp_path / "whole" / name).stat().st_size > 0
 
     def stop_after_two(state):
@@ -309,32 +313,32 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path, be):
     with pytest.raises(KeyboardInterrupt):
         trainer(cache, tmp_path / "cut", be, epochs=3).run(on_epoch_end=stop_after_two)
     resumed = trainer(cache, tmp_path / "cut", be, epochs=3).run(resume=True)
-    assert (tmp_path / "whole" / TL.CHECKPOINT).read_bytes() == \
-        (tmp_path / "cut" / TL.CHECKPOINT).read_bytes()
+    assert (tmp_path / "whole" / TK.CHECKPOINT).read_bytes() == \
+        (tmp_path / "cut" / TK.CHECKPOINT).read_bytes()
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in whole["history"]]
     # the saved model loads and predicts exactly as the trained parameters do
-    model = FL.load_landmark_model(tmp_path / "whole" / TL.BEST)
+    model = FL.load_landmark_model(tmp_path / "whole" / TK.BEST)
     assert model.meta["format"] == FL.MODEL_FORMAT and model.cfg == NL.LandmarkNetConfig()
-    ck = FL.load_landmark_model(tmp_path / "whole" / TL.CHECKPOINT)
-    for k, v in TL.LandmarkTrainer.model_params(whole).items():
+    ck = FL.load_landmark_model(tmp_path / "whole" / TK.CHECKPOINT)
+    for k, v in TL.LandmarkTask.model_params(whole).items():
         assert np.array_equal(ck.params[k], v)
     x = FL.standardise(cache.crop[:3])
     assert np.array_equal(ck.predict_normalised(x), FL.load_landmark_model(
-        tmp_path / "whole" / TL.BEST).predict_normalised(x)) or whole["best_epoch"] != 3
+        tmp_path / "whole" / TK.BEST).predict_normalised(x)) or whole["best_epoch"] != 3
     with pytest.raises(ValueError, match="different config"):
         trainer(cache, tmp_path / "whole", be, epochs=3, lr=0.02).run(resume=True)
 
 
 # -- with the MTFL data ----------------------------------------------------------------------
-needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, TL.TEST_LIST)),
+needs_data = pytest.mark.skipif(not os.path.isfile(os.path.join(DATA, TM.TEST_LIST)),
                                 reason=f"MTFL data not found at {DATA} (set DEEPID2_DATA)")
 
 
 @needs_data
 def test_shipped_model_on_the_first_200_test_images_with_haar_boxes():
     model = FL.load_landmark_model()
-    res = TL.evaluate(model, DATA, TL.TEST_LIST, detector="haar", limit=200)
+    res = TE.evaluate(model, DATA, TM.TEST_LIST, detector="haar", limit=200)
     assert res["n"] == 200 and res["detector"] == "haar"
     assert res["nme"] < 0.10, res["per_point"]
 
@@ -347,16 +351,16 @@ def test_shipped_model_on_the_first_200_test_images_with_central_boxes():
     meta = model.meta
     assert meta["format"] == FL.MODEL_FORMAT and "command" in meta and "train" in meta
     assert json.loads(meta["test"])["n"] == 2995  # the whole test list, at training time
-    res = TL.evaluate(model, DATA, TL.TEST_LIST, detector="central", limit=200)
+    res = TE.evaluate(model, DATA, TM.TEST_LIST, detector="central", limit=200)
     assert res["n"] == 200 and res["found"] is None
     assert res["nme"] < 0.15, res["per_point"]
 
 
 @needs_data
 def test_mtfl_reader_and_the_misannotated_lines():
-    rows = TL.read_mtfl(DATA, TL.TRAIN_LIST)
+    rows = TM.read_mtfl(DATA, TM.TRAIN_LIST)
     assert len(rows) == 10000 and rows[0][1].shape == (5, 2)
-    bad = [r for r, p in rows if TL.known_bad_annotation(r, p, (80, 80))]
+    bad = [r for r, p in rows if TM.known_bad_annotation(r, p, (80, 80))]
     assert len(bad) == 2347 and all(r.startswith("net_7876/") for r in bad)
 
 
@@ -532,14 +536,14 @@ def train_dots_level(tmp_path, be, epochs=20, n=96, **kw):
                               seed=2, **kw)
     lc = NR.RefineLevelConfig(patches=(1.3,), size=15, conv1=8, conv2=16, hidden=24)
     start = data.points[:8] + 1.5
-    tr = TC.CascadeTrainer(data, np.arange(8, n), np.arange(8), start, tmp_path, 2, lc, cfg,
-                          be, log=lambda *a: None, progress=False)
+    tr = Loop(TC.CascadeTask(data, np.arange(8, n), np.arange(8), start, tmp_path, 2, lc, cfg,
+                             be), log=lambda *a: None, progress=False)
     return tr, tr.run()
 
 
 def test_refinement_moves_a_displaced_prediction_toward_the_truth(tmp_path, be):
     tr, state = train_dots_level(tmp_path, be)
-    level = tr.model_level(state)
+    level = tr.task.model_level(state)
     test = dots_images(6, seed=9)
     rng = np.random.default_rng(3)
     _, r = FC.shape_frame(test.points, False)
@@ -564,9 +568,9 @@ def test_cascade_training_is_reproducible_and_resumes_exactly(tmp_path, be):
     data = dots_images(48, seed=1)
     cfg = TC.RefineTrainConfig(epochs=3, batch=16, lr=0.02, displace=0.12, rotate=10.0, seed=2)
     lc = NR.RefineLevelConfig(patches=(1.3,), size=15, conv1=8, conv2=16, hidden=24)
-    mk = lambda: TC.CascadeTrainer(data, np.arange(8, 48), np.arange(8), data.points[:8] + 1.5,  # noqa: E731
-                                  tmp_path / "cut", 2, lc, cfg, be, log=lambda *a: None,
-                                  progress=False)
+    mk = lambda: Loop(TC.CascadeTask(data, np.arange(8, 48), np.arange(8),  # noqa: E731
+                                     data.points[:8] + 1.5, tmp_path / "cut", 2, lc, cfg, be),
+                      log=lambda *a: None, progress=False)
     with pytest.raises(KeyboardInterrupt):
         mk().run(on_epoch_end=stop_after_two)
     resumed = mk().run(resume=True)
@@ -574,9 +578,10 @@ def test_cascade_training_is_reproducible_and_resumes_exactly(tmp_path, be):
     assert (tmp_path / "whole" / ck).read_bytes() == (tmp_path / "cut" / ck).read_bytes()
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in whole["history"]]
     with pytest.raises(ValueError, match="different config"):
-        TC.CascadeTrainer(data, np.arange(8, 48), np.arange(8), data.points[:8], tmp_path / "cut",
-                         2, lc, TC.RefineTrainConfig(epochs=3, batch=16, lr=0.03), be,
-                         log=lambda *a: None, progress=False).run(resume=True)
+        Loop(TC.CascadeTask(data, np.arange(8, 48), np.arange(8), data.points[:8],
+                            tmp_path / "cut", 2, lc, TC.RefineTrainConfig(epochs=3, batch=16,
+                                                                          lr=0.03), be),
+             log=lambda *a: None, progress=False).run(resume=True)
 
 
 def cascade_model(be, seed=0, levels=(2,)):
@@ -682,11 +687,11 @@ def test_shipped_cascade_refines_level_1_on_the_first_200_test_images():
     assert "cascade_command" in model.meta and json.loads(model.meta["cascade_test"])["n"] == 2995
     one = FL.load_landmark_model(levels=1)
     errs = {1: [], 3: []}
-    for rel, pts in TL.read_mtfl(DATA, TL.TEST_LIST)[:200]:
+    for rel, pts in TM.read_mtfl(DATA, TM.TEST_LIST)[:200]:
         gray = cv2.imread(os.path.join(DATA, rel), cv2.IMREAD_GRAYSCALE)
         box, _ = FB.face_box(gray, "haar")
         for k, m in ((1, one), (3, model)):
-            errs[k].append(TL.nme(FL.predict_landmarks(m, gray, box), pts[None])[0])
+            errs[k].append(TE.nme(FL.predict_landmarks(m, gray, box), pts[None])[0])
     e1, e3 = np.mean(errs[1]), np.mean(errs[3])
     assert e3 < e1 - 0.003, (e1, e3)
 
@@ -745,7 +750,7 @@ def test_resume_of_a_damaged_landmark_checkpoint_exits_2_with_one_line(tmp_path,
     l1 = ["train-landmarks", "--data", str(root), "--out", str(tmp_path / "l1"), "--epochs",
           "1", "--batch", "4", "--detector", "central"]
     assert main(l1) == 0
-    ckpt = tmp_path / "l1" / TL.CHECKPOINT
+    ckpt = tmp_path / "l1" / TK.CHECKPOINT
     flip_tensor_bytes(ckpt)
     capsys.readouterr()
     line = cli_error(capsys, l1 + ["--resume", "--epochs", "2"])[-1]
@@ -755,7 +760,7 @@ def test_resume_of_a_damaged_landmark_checkpoint_exits_2_with_one_line(tmp_path,
            "--level1", str(tmp_path / "l1" / TL.FINAL), "--levels", "2", "--epochs", "1",
            "--batch", "4"]
     assert main(cas) == 0
-    ckpt = tmp_path / "cas" / "level2" / TL.CHECKPOINT
+    ckpt = tmp_path / "cas" / "level2" / TK.CHECKPOINT
     flip_tensor_bytes(ckpt)
     capsys.readouterr()
     line = cli_error(capsys, cas + ["--resume", "--epochs", "2"])[-1]

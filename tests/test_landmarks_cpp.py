@@ -175,7 +175,7 @@ def mtfl_rows(limit):
     path = os.path.join(DATA, "new_testing.txt")
     if not os.path.isfile(path):
         pytest.skip(f"MTFL data not found at {DATA} (set DEEPID2_DATA)")
-    from deepid2_core.training.landmarks import read_mtfl
+    from deepid2_core.training.mtfl import read_mtfl
     return read_mtfl(DATA, "new_testing.txt")[:limit]
 
 

@@ -5,8 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from deepid2_core.plot import loss_series, nice_ticks, plot_history, tick_label
-from deepid2_core.training.landmarks import plot_history as plot_landmark_history
+from deepid2_core.plot import nice_ticks, tick_label
+from deepid2_core.training.deepid2 import CURVES
+from deepid2_core.training.landmarks import CURVES as LANDMARK_CURVES
+from deepid2_core.training.loop import draw_curves
 from deepid2_core.verifier.metrics import roc_curve
 from deepid2_core.verifier.roc_plot import plot_roc
 
@@ -35,7 +37,7 @@ def test_nice_ticks_cover_the_range_in_round_steps():
 
 @pytest.mark.parametrize("n", [1, 2, 30, 120])
 def test_training_curves_have_labelled_axes_and_the_legend_below(tmp_path, n):
-    plot_history(history(n), tmp_path / "curves.png")
+    draw_curves(tmp_path / "curves.png", CURVES, history(n))
     img = cv2.imread(str(tmp_path / "curves.png"))
     assert img.shape == (420, 920, 3)
     for x0, y0, w, h in PANELS:
@@ -59,8 +61,8 @@ def test_the_legend_never_draws_inside_the_axes(tmp_path):
 
 
 def test_landmark_curves_are_labelled_too(tmp_path):
-    plot_landmark_history([dict(loss=1 / (i + 1), val_nme=0.1 / (i + 1)) for i in range(5)],
-                          tmp_path / "c.png")
+    draw_curves(tmp_path / "c.png", LANDMARK_CURVES,
+                [dict(loss=1 / (i + 1), val_nme=0.1 / (i + 1)) for i in range(5)])
     img = cv2.imread(str(tmp_path / "c.png"))
     x0, y0, w, h = PANELS[1]
     assert dark(img[y0 + h + 3:y0 + h + 45, x0:x0 + w]).sum() > 60
@@ -82,8 +84,8 @@ def test_roc_plot_has_labelled_axes_and_the_legend_below(tmp_path):
 
 def test_the_verification_loss_says_it_is_unweighted():
     # issue 25: verif (up to ~10) drawn above the total (~0.5) read as a bug
-    names = dict((name, v) for name, v in loss_series(history(3)))
+    names = dict(CURVES[0][1])   # the loss panel's legend -> metric
     verif = next(n for n in names if n.startswith("verification loss"))
     assert "unweighted" in verif and "lambda x it" in verif
-    assert names[verif] == [h["verif"] for h in history(3)]
+    assert names[verif] == "verif"
     assert any("lambda x verif" in n for n in names if n.startswith("total"))

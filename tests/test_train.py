@@ -8,7 +8,9 @@ from deepid2_core import safetensors
 from deepid2_core.data import build_cache
 from deepid2_core.face.inputs import PatchSpec
 from deepid2_core.synth import make_dataset
-from deepid2_core.training.deepid2 import CHECKPOINT, BEST, LOG, PLOT, Trainer, TrainConfig
+from deepid2_core.training.checkpoint import CHECKPOINT, BEST, LOG, PLOT
+from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig
+from deepid2_core.training.loop import Loop
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,8 @@ def config(**kw):
 
 
 def train(cache, run_dir, be, **kw):
-    return Trainer(cache, run_dir, config(**kw), be, log=lambda *a: None, progress=False)
+    return Loop(DeepID2Task(cache, run_dir, config(**kw), be), log=lambda *a: None,
+                progress=False)
 
 
 def test_loss_falls_and_validation_accuracy_rises(cache, tmp_path, be):
@@ -68,6 +71,24 @@ def test_interrupted_run_resumes_bit_for_bit(cache, tmp_path, be):
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
 
 
+def test_a_run_without_validation_images_resumes_bit_for_bit(cache, tmp_path, be):
+    """Its best epoch is that of the best training accuracy, stored as a plain
+    number that a resume reads back (it was once numpy's repr, which it could not)."""
+    kw = dict(epochs=2, val_fraction=0.0)
+    whole = train(cache, tmp_path / "whole", be, **kw).run()
+
+    def stop(state):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cache, tmp_path / "cut", be, **kw).run(on_epoch_end=stop)
+    _, meta = safetensors.load(tmp_path / "cut" / CHECKPOINT)
+    assert meta["epoch"] == "1" and float(meta["best_val"]) == whole["history"][0]["train_acc"]
+    train(cache, tmp_path / "cut", be, **kw).run(resume=True)
+    for name in (CHECKPOINT, BEST):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
 def test_resume_refuses_another_config_and_a_broken_checkpoint(cache, tmp_path, be):
     train(cache, tmp_path, be, epochs=1).run()
     with pytest.raises(ValueError, match="lr"):
@@ -93,8 +114,10 @@ def test_a_diverging_loss_keeps_the_last_good_checkpoint(cache, tmp_path, be):
     good = task.loss_and_grads
 
     def nan_in_epoch_2(state, batch, global_step, grads):
-        loss = good(state, batch, global_step, grads)
-        return (float("nan"),) + loss[1:] if global_step == task.steps_per_epoch + 1 else loss
+        metrics = good(state, batch, global_step, grads)
+        if global_step == task.plan.steps_per_epoch + 1:
+            metrics["loss"] = float("nan")
+        return metrics
 
     task.loss_and_grads = nan_in_epoch_2
     with pytest.raises(TrainingDiverged) as e:
@@ -114,10 +137,10 @@ def test_weights_that_overflow_with_a_finite_loss_are_never_saved(cache, tmp_pat
     good = task.loss_and_grads
 
     def overflow_on_the_last_step(state, batch, global_step, grads):
-        loss = good(state, batch, global_step, grads)
-        if global_step == task.steps_per_epoch - 1:  # the loss is finite, the weights not
+        metrics = good(state, batch, global_step, grads)
+        if global_step == task.plan.steps_per_epoch - 1:  # the loss is finite, the weights not
             next(iter(state["params"].values()))[...] = float("inf")
-        return loss
+        return metrics
 
     task.loss_and_grads = overflow_on_the_last_step
     with pytest.raises(TrainingDiverged, match="weights became non-finite in epoch 1; no "

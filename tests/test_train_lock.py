@@ -13,7 +13,8 @@ import pytest
 
 from deepid2_core.cli import main
 from deepid2_core.synth import make_dataset
-from deepid2_core.training import deepid2 as T
+from deepid2_core.training.checkpoint import BEST
+from deepid2_core.training.loop import Loop
 from deepid2_core.training.lock import LOCK_NAME, RunLock, RunLocked
 from package_home import PACKAGE_HOME
 
@@ -107,7 +108,7 @@ def test_a_stale_lock_is_taken_over_with_a_note_and_removed_at_the_end(faces, tm
     err = capsys.readouterr().err
     assert f"note: taking over the stale lock {out / LOCK_NAME} of a run that is gone " \
            f"(pid {pid} on host {socket.gethostname()}" in err
-    assert (out / T.BEST).exists() and not (out / LOCK_NAME).exists()
+    assert (out / BEST).exists() and not (out / LOCK_NAME).exists()
 
 
 def test_a_lock_of_another_host_is_not_taken_over(tmp_path):
@@ -131,7 +132,7 @@ def test_the_lock_is_removed_on_error_and_on_ctrl_c(faces, tmp_path, capsys, mon
         raise KeyboardInterrupt
 
     out = tmp_path / "interrupted"
-    monkeypatch.setattr(T.Trainer, "run", interrupted)
+    monkeypatch.setattr(Loop, "run", interrupted)
     assert main(train_args(faces, out)) == 130
     assert not (out / LOCK_NAME).exists()
 

@@ -18,7 +18,9 @@ from deepid2_core.face.inputs import LayoutPatch, PatchSpec, normalise_lighting
 from deepid2_core.face.patches import (DEEPID, DEEPID2, cut_flipped, cut_patch, flip_partner,
                                        patch_name, resolve_patch)
 from deepid2_core.synth import make_dataset
-from deepid2_core.training.deepid2 import BEST, Trainer, TrainConfig
+from deepid2_core.training.checkpoint import BEST
+from deepid2_core.training.deepid2 import DeepID2Task, TrainConfig
+from deepid2_core.training.loop import Loop
 
 LEFT_EYE = DEEPID2.index("left_eye", 2, "gray")       # landmark-centred, scale 1
 RIGHT_EYE = DEEPID2.index("right_eye", 2, "gray")
@@ -106,7 +108,8 @@ def test_trainer_uses_the_stored_counterpart_for_flipped_samples(faces, tmp_path
     root, _, _ = faces
     cache = build_cache(root, tmp_path / "c", LayoutPatch("deepid2", LEFT_EYE), progress=False)
     cfg = TrainConfig(epochs=1, batch=8, lr=0.01, seed=1, val_fraction=0.2)
-    tr = Trainer(cache, tmp_path / "run", cfg, be, log=lambda *a: None, progress=False)
+    tr = Loop(DeepID2Task(cache, tmp_path / "run", cfg, be), log=lambda *a: None,
+              progress=False)
     images = np.array([0, 1, 2, 3, 4, 5])
     flips = np.array([True, False, True, False, False, True])
     buf = be.xp.empty((6, 1, 47, 47), np.float32)

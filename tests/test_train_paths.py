@@ -16,7 +16,7 @@ from deepid2_core.cli import main
 from deepid2_core.face.align import MEAN_SHAPE, to_pixels
 from deepid2_core.face.align_output import CSV_COLUMNS, POINT_NAMES
 from deepid2_core.synth import make_dataset
-from deepid2_core.training.deepid2 import BEST, CHECKPOINT
+from deepid2_core.training.checkpoint import BEST, CHECKPOINT
 from deepid2_core.training.loop import Group, sgd
 
 MODEL_KEYS = ("format", "net", "train", "identities", "input")

@@ -275,7 +275,7 @@ def run(args, family, make_cases, ctx=None):
     """Check and time every variant of every case, print the table, write the
     winners. Returns (exit status: 1 if a variant failed its check, [pick of
     each case]). Deterministic mode unless --fast; no index checks (no wait
-    for the device), as Trainer.run trains."""
+    for the device), as Loop.run trains."""
     ctx = ctx or context(args)
     be = ctx.be
     saved = (be.set_deterministic(not args.fast), be.set_debug(False), be.set_index_checks(False))

@@ -1,7 +1,7 @@
 """Training augmentation of cached patches, on the host, in batch assembly.
 
 The patch cache holds each image's patch with a margin of its surround
-(data.PatchSpec / data.LayoutPatch `margin`). For a batch, `draw` draws each
+(face.inputs.PatchSpec / LayoutPatch `margin`). For a batch, `draw` draws each
 image's parameters from a numpy Generator in a fixed order, and `apply` turns
 the (B, H', W', C) margin crops into the (B, H, W, C) patches:
 

@@ -45,12 +45,14 @@ from ..face.landmark_cascade import (CASCADE_FORMAT, CascadeLevel, LandmarkCasca
 from ..face.image import read_image
 from ..face.landmarks import load_landmark_model, save_model
 from ..nets.refine import RefineLevelConfig, RefineNet, init_refine_params, unit_rms_init
-from .landmark_configs import LandmarkTrainConfig, RefineTrainConfig
-from .landmarks import (EVAL, FINAL, TEST_LIST, TRAIN_LIST, LandmarkRegression, build_cache,
-                        evaluate, landmark_split, nme, read_mtfl, summarise)
-from .lock import RunLock
 from ..progress import note
-from .loop import Loop, load_checkpoint, read_log, save_checkpoint
+from .checkpoint import BEST, epoch_meta, load_checkpoint, save_checkpoint
+from .landmark_configs import LandmarkTrainConfig, RefineTrainConfig
+from .landmark_eval import evaluate, nme, summarise
+from .landmarks import EVAL, FINAL, landmark_split, nme_metrics
+from .lock import RunLock
+from .loop import Group, Loop, Plan
+from .mtfl import TEST_LIST, TRAIN_LIST, build_cache, read_mtfl
 
 CHECKPOINT_FORMAT = "deepid2-landmark-cascade-checkpoint/1"
 
@@ -103,14 +105,14 @@ def make_samples(data, idx, rng, cfg, level_cfg):
     return patches, points_to_offsets(est, a, side, truth)
 
 
-class CascadeTask(LandmarkRegression):
+class CascadeTask:
     """The nets of one level (5 x len(patches)), all on the same batches: a task
-    on the one loop (training/loop.py)."""
-    checkpoint_name, n_stats = "checkpoint.safetensors", 1
-    device_keys = ()  # the samples are cut on the host
+    on the one loop (training/loop.py), in run_dir/levelL. The best epoch: the
+    lowest held-out NME (the lowest loss without held-out images); no plot."""
+    curves = None
 
     def __init__(self, data, train_idx, val_idx, val_start, run_dir, number, level_cfg, cfg,
-                 backend, log=note, progress=True):
+                 backend):
         self.data, self.number, self.level_cfg, self.cfg, self.be = data, number, level_cfg, \
             cfg, backend
         self.train_idx, self.val_idx = np.asarray(train_idx), np.asarray(val_idx)
@@ -120,18 +122,20 @@ class CascadeTask(LandmarkRegression):
         if len(self.train_idx) < cfg.batch:
             raise ValueError(f"{len(self.train_idx)} training images, fewer than a batch "
                              f"({cfg.batch})")
-        self.run_dir = os.path.join(os.fspath(run_dir), f"level{number}")
-        os.makedirs(self.run_dir, exist_ok=True)
-        self.log_path = os.path.join(self.run_dir, "log.jsonl")
+        self.plan = Plan(os.path.join(os.fspath(run_dir), f"level{number}"), cfg.epochs,
+                         len(self.train_idx) // cfg.batch, cfg.batch, cfg.lr,
+                         label=f"level {number} ")
+        self.best = ("val_nme" if len(self.val_idx) else "loss", min)
         self.net = RefineNet(level_cfg, backend)
-        self.log, self.progress, self.label = log, progress, f"level {number} "
         self.nets = [(p, j) for p in range(5) for j in range(len(level_cfg.patches))]
-        self.epochs, self.batch, self.lr = cfg.epochs, cfg.batch, cfg.lr
-        self.steps_per_epoch = len(self.train_idx) // cfg.batch
-        self.total_steps = self.steps_per_epoch * cfg.epochs
 
-    def fresh_state(self):
+    def init_state(self, checkpoint=None):
         cfg = self.cfg
+        if checkpoint is not None:
+            state, tensors, _ = load_checkpoint(
+                checkpoint, CHECKPOINT_FORMAT, self.level_cfg.to_dict(), asdict(cfg),
+                "landmark cascade training")
+            return dict(state, target_std=tensors["target/std"])
         rng = np.random.default_rng([cfg.seed, self.number, 2**31 + 2])
         idx = np.sort(rng.choice(self.train_idx, min(4096, len(self.train_idx)), replace=False))
         _, t = make_samples(self.data, idx, rng, cfg, self.level_cfg)
@@ -148,7 +152,11 @@ class CascadeTask(LandmarkRegression):
             for k, v in q.items():
                 params[net_name(self.number, p, j) + k] = v
         return dict(params=params, velocity={k: np.zeros_like(v) for k, v in params.items()},
-                    target_std=std, epoch=0, best_epoch=-1, best_val=float("inf"), history=[])
+                    target_std=std)
+
+    def param_groups(self, state):
+        cfg = self.cfg
+        return [Group(state["params"], state["velocity"], cfg.momentum, cfg.weight_decay)]
 
     def net_params(self, params, p, j):
         pre = net_name(self.number, p, j)
@@ -165,35 +173,12 @@ class CascadeTask(LandmarkRegression):
             out[(p, j)] = q
         return CascadeLevel(self.number, self.level_cfg, out, self.be)
 
-    def meta(self, state):
-        return {"format": CHECKPOINT_FORMAT, "net": json.dumps(self.level_cfg.to_dict(),
-                                                               sort_keys=True),
-                "train": json.dumps(asdict(self.cfg), sort_keys=True),
-                "level": str(self.number), "epoch": str(state["epoch"]),
-                "best_epoch": str(state["best_epoch"]), "best_val": repr(state["best_val"])}
-
-    def save_checkpoint(self, state):
-        save_checkpoint(os.path.join(self.run_dir, "checkpoint.safetensors"), state["params"],
-                        state["velocity"], {"target/std": state["target_std"]},
-                        self.meta(state))
-
-    def load_checkpoint(self):
-        path = os.path.join(self.run_dir, "checkpoint.safetensors")
-        params, velocity, tensors, meta = load_checkpoint(
-            path, CHECKPOINT_FORMAT, self.level_cfg.to_dict(), asdict(self.cfg),
-            "landmark cascade training")
-        epoch = int(meta["epoch"])
-        return dict(params=params, velocity=velocity, target_std=tensors["target/std"],
-                    epoch=epoch, best_epoch=int(meta["best_epoch"]),
-                    best_val=float(meta["best_val"]),
-                    history=read_log(self.log_path, epoch))
-
     # -- one batch: forward, loss, backward of every net ---------------------------
-    def batches(self, epoch, step, parts):
+    def batch(self, epoch, step):
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.number, epoch, step])
         idx = rng.choice(self.train_idx, cfg.batch, replace=False)
-        return [make_samples(self.data, idx, rng, cfg, self.level_cfg)]
+        return make_samples(self.data, idx, rng, cfg, self.level_cfg)
 
     def loss_and_grads(self, state, batch, global_step, grads):
         """The mean loss of the nets; each net's gradient into its part of grads
@@ -210,11 +195,12 @@ class CascadeTask(LandmarkRegression):
                                                  np.ascontiguousarray(target[:, p, j]))
             self.net.backward(q, acts, dout, {k: grads[pre + k] for k in q})
             total += float(loss)
-        return (total / len(self.nets),)
+        return dict(loss=total / len(self.nets))
 
     # -- an epoch ------------------------------------------------------------
-    def validation(self, state):
-        return summarise(self.validate(self.model_level(state))) if len(self.val_idx) else None
+    def evaluate(self, state):
+        return nme_metrics(summarise(self.validate(self.model_level(state)))
+                           if len(self.val_idx) else None)
 
     def validate(self, level, flip_average=True):
         """Held-out errors (N x 5 / inter-ocular distance) after this level."""
@@ -222,37 +208,19 @@ class CascadeTask(LandmarkRegression):
                                    self.val_start, flip_average)
         return nme(pts, self.data.points[self.val_idx])
 
-    def epoch_line(self, row):
-        nme_ = row["val_nme"]
-        return (f"level {self.number} epoch {row['epoch']}: loss {row['loss']:.5f} val NME "
-                f"{'-' if nme_ is None else round(100 * nme_, 2)}% ({row['seconds']:.1f} s)")
-
     # -- files ---------------------------------------------------------------
-    def save_best(self, state):
-        self.save_level(state, os.path.join(self.run_dir, "best.safetensors"))
-
-    def plot(self, history):
-        pass  # a level writes no curves
-
-    def save_level(self, state, path):
-        lv = self.model_level(state)
-        cas = LandmarkCascade([lv])
-        safetensors.save(path, cas.tensors(), {**cas.meta_fields(),
-                                               "format": CASCADE_FORMAT,
-                                               "epoch": str(state["epoch"]),
-                                               "train": json.dumps(asdict(self.cfg),
-                                                                   sort_keys=True)})
-
-
-class CascadeTrainer(Loop):
-    """The nets of one level on the loop: CascadeTrainer(data, ...).run()."""
-
-    def __init__(self, *args, **kwargs):
-        task = CascadeTask(*args, **kwargs)
-        super().__init__(task)
-        self.run_dir, self.model_level, self.validate = task.run_dir, task.model_level, \
-            task.validate
-        self.fresh_state, self.steps_per_epoch = task.fresh_state, task.steps_per_epoch
+    def save(self, state, path, what):
+        """The "checkpoint" (to resume) or the "model": the level alone, as a cascade."""
+        train = json.dumps(asdict(self.cfg), sort_keys=True)
+        if what == "checkpoint":
+            save_checkpoint(path, state, {"target/std": state["target_std"]},
+                            {"format": CHECKPOINT_FORMAT, "train": train,
+                             "net": json.dumps(self.level_cfg.to_dict(), sort_keys=True),
+                             "level": str(self.number), **epoch_meta(state)})
+            return
+        cas = LandmarkCascade([self.model_level(state)])
+        safetensors.save(path, cas.tensors(), {**cas.meta_fields(), "format": CASCADE_FORMAT,
+                                               "epoch": str(state["epoch"]), "train": train})
 
 
 def load_level_file(path, backend):
@@ -344,12 +312,12 @@ def _train_cascade(data_dir, out_dir, base, be, levels, level_cfgs, cfgs_of, res
     trained, cfgs, times = [], {}, {}
     for number in levels:
         level_cfg, cfg = level_cfgs[number], cfgs_of[number]
-        tr = CascadeTrainer(data, train_idx, val_idx, start_pts, out_dir, number, level_cfg, cfg,
-                            be, log=log, progress=progress)
+        task = CascadeTask(data, train_idx, val_idx, start_pts, out_dir, number, level_cfg, cfg,
+                           be)
         t1 = time.perf_counter()
-        state = tr.run(resume=resume)
+        state = Loop(task, log=log, progress=progress).run(resume=resume)
         times[number] = round(time.perf_counter() - t1, 1)
-        level, _ = load_level_file(os.path.join(tr.run_dir, "best.safetensors"), be)
+        level, _ = load_level_file(os.path.join(task.plan.run_dir, BEST), be)
         start_pts = refine_flip_averaged(level, data.images, data.hw, val_idx, start_pts)
         val_rows.append(summarise(nme(start_pts, data.points[val_idx])))
         log(f"after level {number} (epoch {state['best_epoch']}): held-out NME "

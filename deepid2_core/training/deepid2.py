@@ -23,8 +23,9 @@ decay.
 Learning rate: cosine decay from lr to 0 over the whole run. Weight decay
 applies to weights (.w), not biases.
 
-Micro-batches (data parallelism, training/dist.py): the batch of a step is cut
-into G micro-batches of whole pairs (micro_batch); each runs forward, loss and
+Micro-batches (--micro-batches G, the loop's gradient accumulation; the ranks
+of training/dist.py share them): the batch of a step is cut into G
+micro-batches of whole pairs (PairBatch.part); each runs forward, loss and
 backward on its own images, and the loop averages their gradients.
 
 Backends: the patch cache is moved to the backend once (be.to_device: the same
@@ -34,7 +35,7 @@ Checkpoints and models are written from host copies, so files do not depend
 on the backend.
 
 Augmentation (cfg.augment, training/augment.py): the cache holds margin crops
-(data: PatchSpec / LayoutPatch margin) and stays on the host. The batch's
+(face.inputs: PatchSpec / LayoutPatch margin) and stays on the host. The batch's
 augmentation parameters are drawn from np.random.default_rng([seed, e, s,
 augment.STREAM]), a stream of their own (the batch's draws are those of a run
 without augmentation), cut into micro-batches with their images. The host
@@ -44,25 +45,19 @@ lights the crops, and the backend assembles the uint8 batch as ever.
 
 import json
 import math
-import os
-from collections import namedtuple
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from .. import safetensors
 from ..data import split_train_val
 from ..nets.deepid2 import DeepID2, NetConfig, init_params
-from ..plot import plot_history
-from ..progress import note
 from . import augment as aug
-from .loop import Group, Loop, check_rate_and_split, load_checkpoint, read_log, save_checkpoint
+from .checkpoint import epoch_meta, load_checkpoint, save_checkpoint
+from .loop import Group, Plan, check_rate_and_split
 
-CHECKPOINT, BEST, LOG, PLOT = "checkpoint.safetensors", "best.safetensors", "log.jsonl", "curves.png"
 FORMAT = "deepid2-checkpoint/1"
-
-StepLoss = namedtuple("StepLoss", "total ident verif correct")
 
 
 @dataclass
@@ -209,15 +204,43 @@ def initial_verif_params(cfg):
     return np.array([cfg.margin, 0.0] if cfg.verif == "cosine" else [cfg.margin], np.float32)
 
 
-class DeepID2Task:
-    """DeepID2 on a patch cache: its state, batches, loss and gradients,
-    validation and files. micro_batches: G, the cut of every batch (1: whole)."""
-    checkpoint_name, log_name, n_stats, label = CHECKPOINT, LOG, 4, ""
-    device_keys = ("params", "velocity", "verif")
+class PairBatch(NamedTuple):
+    """The cache images of a step's batch [a_0..a_{P-1}, b_0..b_{P-1}, extra], their
+    flips, the pairs (pair_a[i], pair_b[i]: rows of images) with pair_y (1: the same
+    identity, -1: not) and the augmentation (augment.AugmentParams; None: plain)."""
+    images: np.ndarray
+    flips: np.ndarray
+    pair_a: np.ndarray
+    pair_b: np.ndarray
+    pair_y: np.ndarray
+    augment: Optional[aug.AugmentParams] = None
 
-    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=note,
-                 progress=True, micro_batches=1, comm=None):
-        self.cache, self.run_dir, self.cfg, self.be = cache, str(run_dir), train_cfg, backend
+    def part(self, groups, g):
+        """Micro-batch g of G (micro_batch), its augmentation taken alike."""
+        rows = micro_rows(len(self.images), len(self.pair_y), groups, g)
+        return PairBatch(*micro_batch(self.images, self.flips, self.pair_y, groups, g),
+                         None if self.augment is None else self.augment.take(rows))
+
+
+# what the loop draws of a run (loop.draw_curves), from the log's metrics
+CURVES = (("loss per epoch",
+           [("total = W x ident + lambda x verif", "loss"), ("ident", "ident"),
+            ("verification loss (unweighted; the total adds lambda x it)", "verif")],
+           "loss (mean over the epoch's steps)", 1.0),
+          ("top-1 identification accuracy per epoch",
+           [("train", "train_acc"), ("validation", "val_acc")], "accuracy (%)", 100.0))
+
+
+class DeepID2Task:
+    """DeepID2 on a patch cache: a task on the one loop (training/loop.py).
+    parallel: the data-parallel hook, whose ranks share the validation images
+    (None: one process). The best epoch is that of the highest validation
+    accuracy (the training accuracy without validation images; the last epoch
+    with ident_weight 0, where the classifier is not trained)."""
+    curves = CURVES
+
+    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, parallel=None):
+        self.cache, self.cfg, self.be, self.parallel = cache, train_cfg, backend, parallel
         # a margin cache (for augmentation) holds crops of (h + 2 py) x (w + 2 px)
         spec = getattr(cache, "spec", None)
         self.pad = getattr(spec, "pad", (0, 0))
@@ -229,14 +252,9 @@ class DeepID2Task:
         if (self.net_cfg.height, self.net_cfg.width, self.net_cfg.channels) != (h, w, c):
             raise ValueError(f"the cache holds {h}x{w}x{c} patches, the network expects "
                              f"{self.net_cfg.height}x{self.net_cfg.width}x{self.net_cfg.channels}")
-        G = micro_batches
-        if G > 1 and train_cfg.batch % (2 * G):
-            raise ValueError(f"batch {train_cfg.batch} must be a multiple of 2 x micro-batches "
-                             f"= {2 * G}: every micro-batch holds the same number of whole pairs")
-        self.groups, self.comm, self.verif_scratch = G, comm, None
         self.net = DeepID2(self.net_cfg, backend)
         be = backend
-        # a layout patch's flipped counterpart is cut, not mirrored (data.LayoutPatch)
+        # a layout patch's flipped counterpart is cut, not mirrored (face.inputs.LayoutPatch)
         flipped = getattr(cache, "flipped", None)
         # host batches (augmented, or centre crops of a margin cache): the cache stays here
         self.on_host = train_cfg.augment is not None or any(self.pad)
@@ -247,25 +265,27 @@ class DeepID2Task:
             self.flipped = (None if flipped is None
                             else be.to_device(np.ascontiguousarray(flipped)))
         self.labels = be.to_device(np.asarray(cache.labels, np.int32))
-        self.log, self.progress = log, progress
-        self.log_path = os.path.join(self.run_dir, LOG)
         labels = np.asarray(cache.labels)
         self.train_idx, self.val_idx = split_train_val(labels, train_cfg.val_fraction,
                                                        train_cfg.seed)
         self.sampler = PairSampler(labels, self.train_idx)
-        self.epochs, self.batch, self.lr = train_cfg.epochs, train_cfg.batch, train_cfg.lr
-        self.steps_per_epoch = max(1, len(self.train_idx) // train_cfg.batch)
-        self.total_steps = self.steps_per_epoch * train_cfg.epochs
-        self.xbuf = be.xp.empty((train_cfg.batch // G, self.net_cfg.channels,
-                                 self.net_cfg.height, self.net_cfg.width), np.float32)
-        os.makedirs(self.run_dir, exist_ok=True)
+        self.plan = Plan(str(run_dir), train_cfg.epochs,
+                         max(1, len(self.train_idx) // train_cfg.batch), train_cfg.batch,
+                         train_cfg.lr)
+        self.best = ("epoch" if train_cfg.ident_weight == 0.0 else
+                     "val_acc" if len(self.val_idx) else "train_acc", max)
+        self.xbuf = self.verif_scratch = None   # the batch's float32 images, made at its size
 
     # -- state -------------------------------------------------------------
-    def fresh_state(self):
+    def init_state(self, checkpoint=None):
+        if checkpoint is not None:
+            state, tensors, _ = load_checkpoint(
+                checkpoint, FORMAT, self.net_cfg.to_dict(), self.cfg.full_dict(), "training",
+                defaults=TrainConfig.LATER_FIELDS)
+            return dict(state, verif=tensors["verif/params"])
         params = init_params(self.net_cfg, self.cfg.seed)
         return dict(params=params, velocity={k: np.zeros_like(v) for k, v in params.items()},
-                    verif=initial_verif_params(self.cfg), epoch=0, best_epoch=-1, best_val=-1.0,
-                    history=[])
+                    verif=initial_verif_params(self.cfg))
 
     def param_groups(self, state):
         """The network (momentum, weight decay), then the verification
@@ -281,9 +301,9 @@ class DeepID2Task:
                       min_value=None if cosine else cfg.margin_min,
                       trainable=cosine or cfg.learn_margin)]
 
-    # -- one micro-batch: forward, loss, backward ----------------------------
-    def batches(self, epoch, step, parts):
-        """The batch of (epoch, step), as the micro-batches `parts` of G."""
+    # -- one batch: forward, loss, backward ------------------------------------
+    def batch(self, epoch, step):
+        """The PairBatch of (epoch, step): a pure function of the seed, epoch and step."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, epoch, step])
         images, pa, pb, py = self.sampler.batch(rng, cfg.batch, cfg.same_share)
@@ -292,16 +312,14 @@ class DeepID2Task:
         if cfg.augment is not None:   # a stream of its own: the draws above stay as they were
             params = aug.draw(np.random.default_rng([cfg.seed, epoch, step, aug.STREAM]),
                               len(images), cfg.augment, self.net_cfg.channels)
-        if self.groups == 1:
-            return [(images, flips, pa, pb, py, params)]
-        return [micro_batch(images, flips, py, self.groups, g)
-                + (None if params is None
-                   else params.take(micro_rows(len(images), len(py), self.groups, g)),)
-                for g in parts]
+        return PairBatch(images, flips, pa, pb, py, params)
 
     def loss_and_grads(self, state, batch, global_step, grads):
         cfg, be, p = self.cfg, self.be, state["params"]
         images, flips, pa, pb, py, params = batch
+        if self.xbuf is None:
+            self.xbuf = be.xp.empty((len(images), self.net_cfg.channels, self.net_cfg.height,
+                                     self.net_cfg.width), np.float32)
         x = self.assemble(images, flips, self.xbuf, params)
         labels = self.labels[be.to_device(images)]
         lam = 0.0 if global_step < cfg.warmup_steps else cfg.lam
@@ -312,7 +330,8 @@ class DeepID2Task:
         loss = weigh_ident(loss, cfg.ident_weight)
         self.net.backward(p, acts, loss.dlogits, loss.dfeatures, grads)
         grads["verif"][...] = loss.dparams
-        return loss.total, loss.ident, loss.verif, loss.correct
+        return dict(loss=loss.total, ident=loss.ident, verif=loss.verif,
+                    train_acc=int(loss.correct))   # a count: the loop makes it a share
 
     def assemble(self, images, flips, out=None, params=None):
         """The float32 batch of these cache images; flipped ones of a layout
@@ -344,28 +363,22 @@ class DeepID2Task:
             return aug.light(aug.centre(big, hw), self.lighting)
         return aug.apply(big, params, hw, self.lighting)
 
-    def step_loss(self, sums, groups):
-        """The batch's loss from its micro-batches' sums: the mean of the micro-batch
-        losses (equal micro-batches), every correct count."""
-        return StepLoss(sums[0] / groups, sums[1] / groups, sums[2] / groups, int(sums[3]))
-
-    def running_values(self, loss):
-        return loss.total, loss.ident, loss.verif, loss.correct / self.cfg.batch
-
     # -- an epoch ------------------------------------------------------------
-    def progress_text(self, sums, steps):
-        return f"loss {sums[0] / steps:.4f} acc {sums[3] / steps:.3f}"
+    def evaluate(self, state):
+        return dict(val_acc=self.validation(state),
+                    verif_params=[float(v) for v in state["verif"]])
 
     def validation(self, state, batch=256):
         """Held-out ident accuracy; under data parallelism each rank counts its
         share and the counts (integers: exact) are summed."""
         if len(self.val_idx) == 0:
             return None
-        size, rank = (1, 0) if self.comm is None else (self.comm.size, self.comm.rank)
+        par = self.parallel
+        size, rank = (1, 0) if par is None else (par.size, par.rank)
         mine = np.array_split(self.val_idx, size)[rank]
         correct = self.count_correct(state["params"], mine, batch)
-        if self.comm is not None:
-            correct = sum(self.comm.allgather(correct))
+        if par is not None:
+            correct = sum(par.allgather(correct))
         return correct / len(self.val_idx)
 
     def count_correct(self, params, images, batch=256):
@@ -379,33 +392,11 @@ class DeepID2Task:
             correct += int((logits.argmax(1) == truth).sum())
         return correct
 
-    def epoch_row(self, sums, k, val, state):
-        return dict(loss=sums[0] / k, ident=sums[1] / k, verif=sums[2] / k,
-                    train_acc=sums[3] / k, val_acc=val,
-                    verif_params=[float(v) for v in state["verif"]])
-
-    def score(self, row, val, epoch):
-        if self.cfg.ident_weight == 0.0:  # the classifier is not trained: keep the latest net
-            return float(epoch + 1)
-        return val if val is not None else row["train_acc"]
-
-    @staticmethod
-    def improves(score, best):
-        return score > best
-
-    def epoch_line(self, row):
-        val = row["val_acc"]
-        return (f"epoch {row['epoch']}: loss {row['loss']:.4f} train acc "
-                f"{row['train_acc']:.3f} val acc {val if val is None else round(val, 4)} "
-                f"({row['images_per_s']:.0f} img/s)")
-
     # -- files ---------------------------------------------------------------
     def meta(self, state):
         meta = {"format": FORMAT, "net": json.dumps(self.net_cfg.to_dict(), sort_keys=True),
                 "train": json.dumps(self.cfg.to_dict(), sort_keys=True),
-                "identities": json.dumps(list(self.cache.identities)),
-                "epoch": str(state["epoch"]), "best_epoch": str(state["best_epoch"]),
-                "best_val": repr(state["best_val"])}
+                "identities": json.dumps(list(self.cache.identities)), **epoch_meta(state)}
         spec = getattr(self.cache, "spec", None)
         if hasattr(spec, "plain"):
             spec = spec.plain()   # the patch the network sees, without the cache's margin
@@ -414,55 +405,14 @@ class DeepID2Task:
             meta["input"] = json.dumps(spec.to_dict(), sort_keys=True)  # the patch trained on
         return meta
 
-    def save_checkpoint(self, state):
-        save_checkpoint(os.path.join(self.run_dir, CHECKPOINT), state["params"],
-                        state["velocity"], {"verif/params": state["verif"]}, self.meta(state))
-
-    def load_checkpoint(self):
-        params, velocity, tensors, meta = load_checkpoint(
-            os.path.join(self.run_dir, CHECKPOINT), FORMAT, self.net_cfg.to_dict(),
-            self.cfg.full_dict(), "training", defaults=TrainConfig.LATER_FIELDS)
-        epoch = int(meta["epoch"])
-        return dict(params=params, velocity=velocity, verif=tensors["verif/params"], epoch=epoch,
-                    best_epoch=int(meta["best_epoch"]), best_val=float(meta["best_val"]),
-                    history=read_log(self.log_path, epoch))
-
-    def save_best(self, state):
-        self.save_model(state, os.path.join(self.run_dir, BEST))
-
-    def save_model(self, state, path):
+    def save(self, state, path, what):
+        """The "checkpoint" (to resume) or the "model" (deepid2-model/1: the
+        network and the verification parameters)."""
         meta = self.meta(state)
+        if what == "checkpoint":
+            save_checkpoint(path, state, {"verif/params": state["verif"]}, meta)
+            return
         meta["format"] = "deepid2-model/1"
         tensors = dict(state["params"])
         tensors["verif/params"] = state["verif"]
         safetensors.save(path, tensors, meta)
-
-    def plot(self, history):
-        plot_history(history, os.path.join(self.run_dir, PLOT))
-
-
-class Trainer(Loop):
-    """The DeepID2 task on the loop: Trainer(cache, run_dir, cfg, backend).run().
-    parallel: the data-parallel hook (training/dist.DataParallel; None: one
-    process, the whole batch)."""
-
-    def __init__(self, cache, run_dir, train_cfg, backend, net_cfg=None, log=note,
-                 progress=True, parallel=None):
-        quiet = parallel is not None and parallel.rank != 0
-        task = DeepID2Task(cache, run_dir, train_cfg, backend, net_cfg,
-                           log=(lambda *a: None) if quiet else log,
-                           progress=progress and not quiet,
-                           micro_batches=1 if parallel is None else parallel.groups,
-                           comm=None if parallel is None else parallel)
-        super().__init__(task, parallel)
-        self.cfg, self.net_cfg, self.net = train_cfg, task.net_cfg, task.net
-        self.sampler, self.steps_per_epoch = task.sampler, task.steps_per_epoch
-        self.train_idx, self.val_idx = task.train_idx, task.val_idx
-
-    def fresh_state(self):
-        return self.task.fresh_state()
-
-    def step(self, state, epoch, step):
-        """One SGD step: (StepLoss of the batch, images in it)."""
-        return self.train_step(state, epoch, step), self.cfg.batch
-

@@ -2,15 +2,15 @@
 processes (MPI ranks) and micro-batches, for one DeepID2 run.
 
 Launch: ``mpiexec -n N deepid2 train ...`` (see README, "Train on many
-processes"). Without an MPI launcher in the environment (and without
-``--dist``) `deepid2 train` runs the same path with SerialComm and never
-imports mpi4py: `make_comm` imports it only when a launcher started the process.
+processes"). `deepid2 train` (training/train_deepid2.py) imports this module
+only when an MPI launcher started the process (or with ``--dist``); a plain
+run is the loop's OneProcess and never meets it, nor mpi4py.
 
 The math (why N ranks give the single-process result)
 ----------------------------------------------------
 The global batch of step s of epoch e is drawn exactly as in one process
 (`np.random.default_rng([seed, e, s])`, `PairSampler.batch`) and cut by
-`training.deepid2.micro_batch`: P pairs, images
+`training.deepid2.PairBatch.part`: P pairs, images
 [a_0..a_{P-1}, b_0..b_{P-1}], and their flips. It is cut into G *micro-batches*
 (``--micro-batches``, default: the number of ranks R; R must divide G and 2G
 the batch): micro-batch g holds pairs [g P/G, (g+1) P/G), i.e. the images
@@ -27,7 +27,7 @@ micro-batches the loss of the batch is the mean of the micro-batch losses
   grad = (1/G) * sum_g grad_g,
 summed in a fixed order g = 0, 1, ..., G-1 and scaled once by float32(1/G).
 One process with ``--micro-batches G`` computes exactly this sum itself
-("virtual ranks"), so:
+(the loop's gradient accumulation, loop.OneProcess), so:
 
 * deterministic mode (``--deterministic``): the ranks all-gather their
   unsummed micro-batch gradients (one flat buffer each, in rank order = micro-
@@ -75,45 +75,14 @@ import signal
 import socket
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
-from ..data import build_cache
 from .lock import RunLock, RunLocked
+from .loop import add_in_order
 
-# environment variables an MPI launcher sets in the processes it starts
-# (MPICH/Hydra, Open MPI, PMIx-based launchers such as srun --mpi=pmix)
-LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 FAULT_ENV = "DEEPID2_DIST_FAULT"  # test hook: "RANK:EPOCH:STEP:kill|raise" (epoch from 1)
-
-
-def launched_by_mpi(env=None):
-    env = os.environ if env is None else env
-    return any(k in env for k in LAUNCHER_ENV)
-
-
-# -- communicators ------------------------------------------------------------
-class SerialComm:
-    """One process, no MPI: the "virtual ranks" of --micro-batches."""
-    rank, size, local_rank, kind = 0, 1, 0, "none"
-
-    def bcast(self, obj):
-        return obj
-
-    def allgather(self, obj):
-        return [obj]
-
-    def Allgather(self, send, recv):
-        recv[...] = send.reshape(recv.shape)
-
-    def Allreduce_sum(self, buf):
-        pass
-
-    def barrier(self):
-        pass
-
-    def abort(self, code):
-        raise SystemExit(code)
 
 
 class MPIComm:
@@ -150,25 +119,23 @@ class MPIComm:
         self.comm.Abort(code)
 
 
-def make_comm(force=False):
-    """MPIComm under an MPI launcher (or when forced), else SerialComm."""
-    if force or launched_by_mpi():
-        try:
-            return MPIComm()
-        except ImportError as e:
-            raise ValueError(f"distributed training needs mpi4py (pip install '.[dist]'): "
-                             f"{e}") from None
-    return SerialComm()
+def make_comm():
+    """MPIComm; a missing mpi4py is named in one line."""
+    try:
+        return MPIComm()
+    except ImportError as e:
+        raise ValueError(f"distributed training needs mpi4py (pip install '.[dist]'): "
+                         f"{e}") from None
 
 
 # -- gradient reduction -------------------------------------------------------
 class Reducer:
     """The mean of the G micro-batch gradients of every rank, in a fixed order,
-    on the backend's arrays (xp); MPI moves host buffers. NcclReducer
-    (backends/gpu_nccl.py) is the same for device buffers across GPUs."""
+    on host buffers (MPI moves them). NcclReducer (backends/gpu_nccl.py) is the
+    same for device buffers across GPUs."""
 
-    def __init__(self, comm, groups, deterministic, xp):
-        self.comm, self.groups, self.det, self.xp = comm, groups, deterministic, xp
+    def __init__(self, comm, groups, deterministic):
+        self.comm, self.groups, self.det = comm, groups, deterministic
         self.out = self.gathered = None
         self.seconds, self.calls, self.bytes_sent = 0.0, 0, 0
 
@@ -178,20 +145,14 @@ class Reducer:
         if R == 1 and self.groups == 1:
             return local[0]  # one micro-batch: its gradient is the batch's
         if self.out is None:
-            self.out = self.xp.empty(local.shape[1], np.float32)
+            self.out = np.empty(local.shape[1], np.float32)
             if self.det and self.groups > 1:
-                self.gathered = self.xp.empty((self.groups, local.shape[1]), np.float32)
-        out = self.out
+                self.gathered = np.empty((self.groups, local.shape[1]), np.float32)
         t0 = time.perf_counter()
         if self.gathered is not None:  # fixed order: all of them, then g = 0, 1, ...
             self.comm.Allgather(local, self.gathered)
-            src = self.gathered
             self.bytes_sent += local.nbytes * (R - 1)  # ring all-gather: each chunk R-1 times
-        else:
-            src = local
-        out[...] = src[0]
-        for g in range(1, len(src)):
-            out += src[g]
+        out = add_in_order(local if self.gathered is None else self.gathered, self.out)
         if self.gathered is None and R > 1:
             self.comm.Allreduce_sum(out)
             self.bytes_sent += int(2 * (R - 1) / R * out.nbytes)  # ring all-reduce model
@@ -204,31 +165,37 @@ class Reducer:
 
 
 class DataParallel:
-    """The loop's parallel hook: R ranks x G/R micro-batches each (see the
-    module's docstring). With a SerialComm and G = 1 it is a plain run."""
+    """The loop's parallel hook on the ranks of an MPI job: R ranks x G/R
+    micro-batches each (see the module's docstring), and the run-level verbs
+    of `deepid2 train` for every rank. backend: "gpu" takes the local rank's
+    GPU here, before the backend touches any, and reduces through NCCL."""
 
-    def __init__(self, comm, be, micro_batches=None, deterministic=False):
-        self.comm = comm
-        R = comm.size
-        G = micro_batches or R
-        if G < 1 or G % R:
-            raise ValueError(f"--micro-batches {G} must be a multiple of the number of ranks "
-                             f"({R})")
-        self.rank, self.size, self.groups, self.deterministic = comm.rank, R, G, deterministic
-        self.parts = range(comm.rank * (G // R), (comm.rank + 1) * (G // R))
-        if be.name == "gpu" and comm.kind == "mpi":  # NCCL, even at 1 rank (the 1-GPU proof)
-            from ..backends.gpu_nccl import NcclReducer
-            self.reducer = NcclReducer(comm, G, deterministic)
-        else:
-            self.reducer = Reducer(comm, G, deterministic, be.xp)
+    def __init__(self, comm, backend="cpu", deterministic=False):
+        self.comm, self.rank, self.size = comm, comm.rank, comm.size
+        self.gpu, self.deterministic = backend == "gpu", deterministic
+        self.reducer = None   # made at the first step, when G is known
         self.fault = _parse_fault(os.environ.get(FAULT_ENV))
+        if self.gpu:
+            try:
+                from ..backends.gpu_nccl import use_local_device
+            except ImportError:  # no CuPy: get_backend says why in one line
+                return
+            use_local_device(comm.local_rank)
 
+    # -- a step
     def reduce(self, local):
+        if self.reducer is None:
+            G = len(local) * self.size
+            if self.gpu:   # NCCL, even at 1 rank (the 1-GPU proof)
+                from ..backends.gpu_nccl import NcclReducer
+                self.reducer = NcclReducer(self.comm, G, self.deterministic)
+            else:
+                self.reducer = Reducer(self.comm, G, self.deterministic)
         return self.reducer.reduce(local)
 
-    def gather(self, stats):
-        """Every micro-batch's stats row, in micro-batch order."""
-        return np.concatenate(self.comm.allgather(stats))
+    def gather(self, rows):
+        """Every micro-batch's metrics, in micro-batch order."""
+        return [row for mine in self.comm.allgather(rows) for row in mine]
 
     def bcast(self, obj):
         return self.comm.bcast(obj)
@@ -245,93 +212,86 @@ class DataParallel:
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected fault ({FAULT_ENV}) at epoch {epoch + 1} step {step}")
 
+    # -- the run (training/train_deepid2.py)
+    def guard(self, out, train):
+        """train() on this rank; every failure stops all ranks, named."""
+        if self.size > 1:  # a rank can be killed any time: let every line reach the launcher
+            for stream in (sys.stdout, sys.stderr):
+                if hasattr(stream, "reconfigure"):  # not on a captured stream
+                    stream.reconfigure(line_buffering=True)
+        try:
+            return train()
+        except BaseException as e:  # noqa: BLE001 - any failure must stop every rank
+            if self.size == 1:
+                raise
+            what = ("interrupted" if isinstance(e, KeyboardInterrupt)
+                    else f"{type(e).__name__}: {e}")
+            print(f"deepid2 train: rank {self.rank} of {self.size} failed: {what}; stopping "
+                  f"all ranks (the last checkpoint in {out} is whole: continue with --resume)",
+                  file=sys.stderr, flush=True)
+            self.comm.abort(130 if isinstance(e, KeyboardInterrupt) else 1)
+        finally:
+            if self.rank != 0:  # one "done in" line (cli.main's, on stderr), from rank 0
+                sys.stdout = sys.stderr = open(os.devnull, "w")
+
+    @contextmanager
+    def lock(self, out):
+        """Rank 0 takes the lock on out (training/lock.py) and holds it for the
+        block; every rank hears whether it got it."""
+        lock, refused = None, None
+        if self.rank == 0:
+            lock = RunLock(out)
+            try:
+                lock.acquire()
+            except RunLocked as e:
+                refused = str(e)
+        refused = self.comm.bcast(refused)
+        if refused:
+            raise RunLocked(refused)
+        try:
+            yield lock
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def exists(self, path):
+        """Rank 0 looks, every rank hears."""
+        return self.comm.bcast(os.path.exists(path) if self.rank == 0 else None)
+
+    def build_cache(self, build):
+        """build(progress): rank 0 builds the cache; then one rank per host (no
+        shared disk); then the rest reuse it."""
+        comm, cache = self.comm, None
+        for phase in (comm.rank == 0, comm.rank != 0 and comm.local_rank == 0,
+                      comm.local_rank != 0):
+            if phase:
+                cache = build(comm.rank == 0)
+            comm.barrier()
+        return cache
+
+    def report_start(self, batch, groups):
+        """The layout, with "0=pid P@host, 1=..." of every rank (a launcher names
+        a killed rank by its PID)."""
+        table = self.comm.allgather((self.rank, os.getpid(), socket.gethostname()))
+        if self.size == 1 and groups == 1:
+            return None
+        return (f"data-parallel: {self.size} rank(s) ({self.comm.kind}), {groups} "
+                f"micro-batch(es) of {batch // groups} images, "
+                + ("deterministic (all-gather, fixed order)" if self.deterministic else
+                   "fast (all-reduce)")
+                + "; ranks: " + ", ".join(f"{r}=pid {pid}@{host}" for r, pid, host in table))
+
+    def report_end(self, grad_bytes):
+        red = self.reducer
+        if red is None or not red.calls:
+            return None
+        return (f"gradient reduction: {red.seconds / red.calls * 1e3:.2f} ms per step, "
+                f"{red.bytes_sent / red.calls / 1e6:.2f} MB sent per rank per step "
+                f"({grad_bytes / 1e6:.2f} MB gradient)")
+
 
 def _parse_fault(text):
     if not text:
         return None
     r, e, s, what = text.split(":")
     return int(r), int(e), int(s), what
-
-
-# -- `deepid2 train` on every rank (one process: a SerialComm) -----------------------
-def use_local_device(comm, backend_name):
-    """One process per GPU: the local rank picks the device, before the
-    backend touches any."""
-    if backend_name != "gpu":
-        return
-    try:
-        from ..backends.gpu_nccl import use_local_device as use
-    except ImportError:  # no CuPy: get_backend says why in one line
-        return
-    use(comm.local_rank)
-
-
-def check_micro_batches(micro_batches, ranks, batch):
-    """--micro-batches against the ranks and the batch, before any work."""
-    G = ranks if micro_batches is None else micro_batches
-    if G < 1 or G % ranks:
-        raise ValueError(f"--micro-batches {G} must be a positive multiple of the number of "
-                         f"ranks ({ranks})")
-    if G > 1 and batch % (2 * G):
-        raise ValueError(f"batch {batch} must be a multiple of 2 x micro-batches = {2 * G}: "
-                         f"every micro-batch holds the same number of whole pairs")
-
-
-def hold_run_lock(comm, out):
-    """Rank 0 takes the lock on out (training/lock.py) and holds it; every
-    rank hears whether it got it. Returns the lock on rank 0, else None."""
-    lock, refused = None, None
-    if comm.rank == 0:
-        lock = RunLock(out)
-        try:
-            lock.acquire()
-        except RunLocked as e:
-            refused = str(e)
-    refused = comm.bcast(refused)
-    if refused:
-        raise RunLocked(refused)
-    return lock
-
-
-def run_exists(comm, out):
-    """Does out hold a training run? (rank 0 looks, every rank hears)"""
-    return comm.bcast(os.path.exists(os.path.join(out, "checkpoint.safetensors"))
-                      if comm.rank == 0 else None)
-
-
-def build_cache_on_ranks(comm, data, cache_dir, spec):
-    """The patch cache: rank 0 builds it; then one rank per host (no shared
-    disk); then the rest reuse it."""
-    cache = None
-    for phase in (comm.rank == 0, comm.rank != 0 and comm.local_rank == 0, comm.local_rank != 0):
-        if phase:
-            cache = build_cache(data, cache_dir, spec, progress=comm.rank == 0)
-        comm.barrier()
-    return cache
-
-
-def rank_table(comm):
-    """"0=pid P@host, 1=..." of every rank (a launcher names a killed rank by its PID)."""
-    table = comm.allgather((comm.rank, os.getpid(), socket.gethostname()))
-    return ", ".join(f"{r}=pid {pid}@{host}" for r, pid, host in table)
-
-
-def guard(comm, out, train):
-    """train() on this rank; every failure stops all ranks, named."""
-    if comm.size > 1:  # a rank can be killed any time: let every line reach the launcher
-        for stream in (sys.stdout, sys.stderr):
-            if hasattr(stream, "reconfigure"):  # not on a captured stream
-                stream.reconfigure(line_buffering=True)
-    try:
-        return train()
-    except BaseException as e:  # noqa: BLE001 - any failure must stop every rank
-        if comm.size == 1:
-            raise
-        what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        print(f"deepid2 train: rank {comm.rank} of {comm.size} failed: {what}; stopping all "
-              f"ranks (the last checkpoint in {out} is whole: continue with --resume)",
-              file=sys.stderr, flush=True)
-        comm.abort(130 if isinstance(e, KeyboardInterrupt) else 1)
-    finally:
-        if comm.rank != 0:  # one "done in" line (cli.main's, on stderr), from rank 0
-            sys.stdout = sys.stderr = open(os.devnull, "w")
