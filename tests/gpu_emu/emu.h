@@ -155,6 +155,9 @@ inline unsigned float_bits(float f) {
 inline unsigned cvt_rna_tf32_f32(float v) {
     const unsigned u = float_bits(v);
     if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x7fffffu) ? (u | 0x400000u) : u;
+#ifdef EMU_TF32_TRUNCATE  // tests only: what a kernel gets without cvt.rna (the checks must fail)
+    return u & 0xffffe000u;
+#endif
     return (u + 0x1000u) & 0xffffe000u;
 }
 

@@ -132,6 +132,8 @@ random = _Random()
 # ----------------------------------------------------------------------------
 # cupy.cuda
 class _Device:
+    compute_capability = os.environ.get("DEEPID2_EMU_CC", "90")  # what the emulator models
+
     def __init__(self, i=0):
         self.id = i
 

@@ -1,0 +1,64 @@
+"""deepid2_core/backends/gpu_tc.py for the gpu tests: in "cuda" mode the
+module itself (bound to gpu.py); in "emu" mode a copy of it bound to the
+emulated gpu backend of tests/gpu_support.py (its fake CuPy), so that the
+variants run in the kernel emulator."""
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+import oracle as O
+from gpu_support import load
+
+_loaded = {}
+
+
+def load_tc(mode):
+    """SimpleNamespace(be, cp, mode, tc): the backend of gpu_support.load and its gpu_tc."""
+    if mode in _loaded:
+        return _loaded[mode]
+    g = load(mode)
+    if mode == "cuda":
+        from deepid2_core.backends import gpu_tc as tc
+    else:
+        import deepid2_core.backends as backends
+        path = Path(backends.__file__).with_name("gpu_tc.py")
+        spec = importlib.util.spec_from_file_location(
+            "deepid2_core.backends._gpu_tc_emulated", path)
+        tc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tc)
+    tc.bind(g.be)
+    _loaded[mode] = SimpleNamespace(be=g.be, cp=g.cp, mode=mode, tc=tc)
+    return _loaded[mode]
+
+
+def tf32(a):
+    """numpy float32 -> the nearest TF32 values (ties away from zero), as float32:
+    what cvt.rna.tf32.f32 gives (finite inputs)."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
+
+
+# TF32 rounding: relative error at most U = 2^-11 per operand (docs/ops.md, "TF32").
+U = 2.0 ** -11
+
+
+def tf32_bound(sum_abs, sum_sq):
+    """Bound on |TF32 result - exact| per element (docs/ops.md, "TF32"), from
+    sum |a b| and sum (a b)^2 over the element's products: the worst case
+    (2U + U^2) sum |a b|, or, tighter for long sums, Hoeffding's bound at
+    probability 1e-12 for independent rounding errors of at most 2U |a b|:
+    15 U sqrt(sum (a b)^2)."""
+    return np.minimum((2 * U + U * U) * sum_abs, 15 * U * np.sqrt(sum_sq))
+
+
+def lsconv_terms(x, w, y, dy, region, relu):
+    """(sum |a b|, sum (a b)^2) per element of the forward's output and of dx,
+    dw, db (the float64 oracle on |.| and on squares; dy masked by the saved y)."""
+    zb = np.zeros(w.shape[:3])
+    fa = O.lsconv_forward(np.abs(x), np.abs(w), zb, region, False)
+    fs = O.lsconv_forward(np.square(x), np.square(w), zb, region, False)
+    ba = O.lsconv_backward(np.abs(x), np.abs(w), y, np.abs(dy), region, relu)
+    bs = O.lsconv_backward(np.square(x), np.square(w), y, np.square(dy), region, relu)
+    return {"y": (fa, fs), "dx": (ba[0], bs[0]), "dw": (ba[1], bs[1]), "db": (ba[2], bs[2])}
