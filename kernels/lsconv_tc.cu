@@ -290,48 +290,48 @@ DEV void tc_wgrad_core(const float* __restrict__ x, const int* __restrict__ qoff
             }
 }
 
-#define LSCONV_TC(MT, BM)                                                                      \
-    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_fwd_m##BM(                  \
-        const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b, \
-        const int* __restrict__ qoff, float* __restrict__ y, int N, int C, int H, int W, int K, \
-        int KH, int KW, int RH, int RW, int relu, int col_tiles) {                             \
-        tc_fwd_core<MT, false>(ImcolX{x, qoff, (i64)C * H * W, W, 0}, w, b, y, N, K,           \
-                               C * KH * KW, H - KH + 1, W - KW + 1, RH, RW, relu, col_tiles);  \
-    }                                                                                          \
-    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_dcol_m##BM(                 \
-        const float* __restrict__ y, const float* __restrict__ dy, const float* __restrict__ w, \
-        float* __restrict__ dcol, int N, int K, int OH, int OW, int Q, int RH, int RW,         \
-        int relu, int col_tiles) {                                                             \
-        tc_fwd_core<MT, true>(GradColumn<GradDense>{GradDense{y, dy, relu, OH, OW}, K, 0, 0, 0}, \
-                              w, nullptr, dcol, N, Q, K, OH, OW, RH, RW, 0, col_tiles);        \
-    }                                                                                          \
-    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_dcol_pooled_m##BM(          \
-        const float* __restrict__ yp, const float* __restrict__ dyp, const int* __restrict__ am, \
-        const float* __restrict__ w, float* __restrict__ dcol, int N, int K, int OH, int OW,   \
-        int Q, int RH, int RW, int relu, int S, int col_tiles) {                               \
-        const GradPooled gp{yp, dyp, am, relu, OW, OH / S, OW / S, S};                         \
-        tc_fwd_core<MT, true>(GradColumn<GradPooled>{gp, K, 0, 0, 0}, w, nullptr, dcol, N, Q,  \
-                              K, OH, OW, RH, RW, 0, col_tiles);                                \
-    }                                                                                          \
-    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_bwd_w_m##BM(                \
-        const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy, \
-        const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,       \
-        float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,     \
-        int RW, int relu, int q_tiles, int S, int fast) {                                      \
-        const GradDense gd{y, dy, relu, H - KH + 1, W - KW + 1};                               \
-        tc_wgrad_core<MT>(x, qoff, gd, part, dw, db, N, C, H, W, K, KH, KW, RH, RW, q_tiles,   \
-                          S, fast);                                                            \
-    }                                                                                          \
-    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_bwd_w_pooled_m##BM(         \
-        const float* __restrict__ x, const float* __restrict__ yp,                            \
-        const float* __restrict__ dyp, const int* __restrict__ am,                            \
-        const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,       \
-        float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,     \
-        int RW, int relu, int S, int q_tiles, int splits, int fast) {                          \
-        const int OH = H - KH + 1, OW = W - KW + 1;                                            \
-        const GradPooled gp{yp, dyp, am, relu, OW, OH / S, OW / S, S};                         \
-        tc_wgrad_core<MT>(x, qoff, gp, part, dw, db, N, C, H, W, K, KH, KW, RH, RW, q_tiles,   \
-                          splits, fast);                                                       \
+#define LSCONV_TC(MT, BM)                                                                          \
+    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_fwd_m##BM(                      \
+        const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,     \
+        const int* __restrict__ qoff, float* __restrict__ y, int N, int C, int H, int W, int K,    \
+        int KH, int KW, int RH, int RW, int relu, int col_tiles) {                                 \
+        tc_fwd_core<MT, false>(ImcolX{x, qoff, (i64)C * H * W, W, 0}, w, b, y, N, K,               \
+                               C * KH * KW, H - KH + 1, W - KW + 1, RH, RW, relu, col_tiles);      \
+    }                                                                                              \
+    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_dcol_m##BM(                     \
+        const float* __restrict__ y, const float* __restrict__ dy, const float* __restrict__ w,    \
+        float* __restrict__ dcol, int N, int K, int OH, int OW, int Q, int RH, int RW,             \
+        int relu, int col_tiles) {                                                                 \
+        const GradDense gd = grad_dense(y, dy, relu, OH, OW, 1, 1);                                \
+        tc_fwd_core<MT, true>(GradColumn<GradDense>{gd, K, 0, 0, 0}, w, nullptr, dcol, N, Q, K,    \
+                              OH, OW, RH, RW, 0, col_tiles);                                       \
+    }                                                                                              \
+    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_dcol_pooled_m##BM(              \
+        const float* __restrict__ yp, const float* __restrict__ dyp, const int* __restrict__ am,   \
+        const float* __restrict__ w, float* __restrict__ dcol, int N, int K, int OH, int OW,       \
+        int Q, int RH, int RW, int relu, int col_tiles) {                                          \
+        const GradPooled gp = grad_pooled(yp, dyp, am, relu, OH, OW, 1, 1);                        \
+        tc_fwd_core<MT, true>(GradColumn<GradPooled>{gp, K, 0, 0, 0}, w, nullptr, dcol, N, Q,      \
+                              K, OH, OW, RH, RW, 0, col_tiles);                                    \
+    }                                                                                              \
+    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_bwd_w_m##BM(                    \
+        const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,    \
+        const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,            \
+        float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,         \
+        int RW, int relu, int q_tiles, int S, int fast) {                                          \
+        const GradDense gd = grad_dense(y, dy, relu, H, W, KH, KW);                                \
+        tc_wgrad_core<MT>(x, qoff, gd, part, dw, db, N, C, H, W, K, KH, KW, RH, RW, q_tiles,       \
+                          S, fast);                                                                \
+    }                                                                                              \
+    extern "C" __global__ void LAUNCH_BOUNDS(TC_THREADS) lsconv_tc_bwd_w_pooled_m##BM(             \
+        const float* __restrict__ x, const float* __restrict__ yp,                                 \
+        const float* __restrict__ dyp, const int* __restrict__ am,                                 \
+        const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,            \
+        float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,         \
+        int RW, int relu, int q_tiles, int S, int fast) {                                          \
+        const GradPooled gp = grad_pooled(yp, dyp, am, relu, H, W, KH, KW);                        \
+        tc_wgrad_core<MT>(x, qoff, gp, part, dw, db, N, C, H, W, K, KH, KW, RH, RW, q_tiles,       \
+                          S, fast);                                                                \
     }
 LSCONV_TC(2, 32)
 LSCONV_TC(3, 48)

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 # Kernel files (kernels/<name>.cu), one op family each.
-FILES = ("lsconv", "maxpool", "loss", "dense", "sgd", "assemble", "lsconv_tc")
+FILES = ("lsconv", "maxpool", "loss", "dense", "sgd", "assemble", "lsconv_tc", "lsconv_pool")
 
 # Options for NVRTC (cupy.RawModule adds the target architecture itself).
 NVRTC_OPTIONS = ("-std=c++17",)
@@ -26,7 +26,7 @@ CUPY_IMPLICIT_OPTIONS = ("-ftz=true",)
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 # (kernels a macro defines, with names pasted by ##, are not listed)
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:LAUNCH_BOUNDS\(\w+\)\s*)?'
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:LAUNCH_BOUNDS(?:_MIN)?\([\w\s,]+\)\s*)?'
                      r'(?!LAUNCH_BOUNDS\b)(\w+)\s*\(')
 
 

@@ -56,6 +56,7 @@ struct float4 {
 #define DEV inline
 #define LDG(p) (*(p))
 #define LAUNCH_BOUNDS(n)
+#define LAUNCH_BOUNDS_MIN(n, b)
 #define DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(emu::dyn_smem())
 
 namespace emu {

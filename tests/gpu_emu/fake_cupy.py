@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+'
-                     r'(?:LAUNCH_BOUNDS\(((?:[^()]|\([^()]*\))+)\)\s*)?(\w+)\s*\(')
+                     r'(?:LAUNCH_BOUNDS(?:_MIN)?\(((?:[^()]|\([^()]*\))+)\)\s*)?(\w+)\s*\(')
 
 
 # ----------------------------------------------------------------------------
@@ -217,7 +217,9 @@ def _bounds(code):
         if not re.fullmatch(r"[\d\s*+/()]+", expr):
             raise ValueError(f"cannot resolve LAUNCH_BOUNDS({expr})")
         return int(eval(expr.replace("/", "//")))   # digits and * + / only
-    return {name: (value(b) if b else None) for b, name in _KERNEL.findall(proc.stdout)}
+    # LAUNCH_BOUNDS_MIN(n, b): the threads are n
+    return {name: (value(b.split(",")[0]) if b else None)
+            for b, name in _KERNEL.findall(proc.stdout)}
 
 
 def _build(code, options):
