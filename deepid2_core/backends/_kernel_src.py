@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 # Kernel files (kernels/<name>.cu), one op family each.
-FILES = ("lsconv", "maxpool", "loss", "dense", "sgd", "assemble", "lsconv_tc", "lsconv_pool")
+FILES = ("lsconv", "maxpool", "loss", "dense", "sgd", "assemble", "lsconv_tc", "lsconv_pool",
+         "sgd_multi")
 
 # Options for NVRTC (cupy.RawModule adds the target architecture itself).
 NVRTC_OPTIONS = ("-std=c++17",)

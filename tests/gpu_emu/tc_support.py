@@ -15,21 +15,25 @@ _loaded = {}
 
 
 def load_tc(mode):
-    """SimpleNamespace(be, cp, mode, tc): the backend of gpu_support.load and its gpu_tc."""
+    """SimpleNamespace(be, cp, mode, tc, step): the backend of gpu_support.load,
+    its gpu_tc and its gpu_step."""
     if mode in _loaded:
         return _loaded[mode]
     g = load(mode)
-    if mode == "cuda":
-        from deepid2_core.backends import gpu_tc as tc
-    else:
-        import deepid2_core.backends as backends
-        path = Path(backends.__file__).with_name("gpu_tc.py")
-        spec = importlib.util.spec_from_file_location(
-            "deepid2_core.backends._gpu_tc_emulated", path)
-        tc = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tc)
-    tc.bind(g.be)
-    _loaded[mode] = SimpleNamespace(be=g.be, cp=g.cp, mode=mode, tc=tc)
+    mods = {}
+    for name in ("gpu_tc", "gpu_step"):
+        if mode == "cuda":
+            mods[name] = importlib.import_module(f"deepid2_core.backends.{name}")
+        else:
+            import deepid2_core.backends as backends
+            spec = importlib.util.spec_from_file_location(
+                f"deepid2_core.backends._{name}_emulated",
+                Path(backends.__file__).with_name(f"{name}.py"))
+            mods[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mods[name])
+        mods[name].bind(g.be)
+    _loaded[mode] = SimpleNamespace(be=g.be, cp=g.cp, mode=mode, tc=mods["gpu_tc"],
+                                    step=mods["gpu_step"])
     return _loaded[mode]
 
 
