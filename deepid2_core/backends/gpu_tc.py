@@ -1,22 +1,22 @@
-"""Variants of the gpu backend's ops (issue 22): TF32 tensor-core lsconv,
-lsconv + max-pool fused, one SGD launch for all parameters, and the capture
-of a whole step as a CUDA graph.
+"""Variants of the gpu backend's lsconv ops (issue 22): TF32 tensor-core
+kernels, and lsconv + max-pool fused (gpu_step.py: one SGD launch for all
+parameters, a step captured as a CUDA graph).
 
 Each launcher has the signature, argument checks and meaning (docs/ops.md)
 of the gpu.py op it can replace; only the kernels differ:
 
-  lsconv_forward_tf32         gpu.lsconv_forward       TF32 (docs/ops.md, "TF32")
-  lsconv_backward_tf32        gpu.lsconv_backward      TF32
-  lsconv_pool_forward_fused   gpu.lsconv_pool_forward  fp32, bit-identical
-  lsconv_pool_backward_fused  gpu.lsconv_pool_backward fp32, bit-identical
-  lsconv_pool_backward_tf32   gpu.lsconv_pool_backward TF32
-  sgd_update_multi            gpu.sgd_update on lists  bit-identical
+  lsconv_forward_tf32         gpu.lsconv_forward        TF32 (docs/ops.md, "TF32")
+  lsconv_backward_tf32        gpu.lsconv_backward       TF32
+  lsconv_pool_forward_fused   gpu.lsconv_pool_forward   fp32, bit-identical
+  lsconv_pool_backward_fused  gpu.lsconv_pool_backward  fp32, bit-identical
+  lsconv_pool_backward_tf32   gpu.lsconv_pool_backward  TF32
 
-lsconv_forward / lsconv_backward / lsconv_pool_forward / lsconv_pool_backward
-pick TF32 or fp32 (the fused kernels) by set_precision() ("fp32", the default, or "tf32"; $DEEPID2_GPU_PRECISION).
-TF32 needs compute capability 8.0 or newer. The deterministic mode of
-gpu.set_deterministic holds for every variant: no atomics (fast mode's weight
-gradient excepted, as in gpu.py), fixed summation orders.
+lsconv_forward, lsconv_backward, lsconv_pool_forward and lsconv_pool_backward
+pick by set_precision(): "fp32" (the default; $DEEPID2_GPU_PRECISION) runs
+gpu.py's kernels or the fused fp32 ones, "tf32" the TF32 ones (compute
+capability 8.0 or newer). gpu.set_deterministic holds for every variant: no
+atomics (fast mode's weight gradient excepted, as in gpu.py), sums in fixed
+orders.
 
 The module works on the gpu backend module it is bound to (its CuPy, checks,
 launcher and modes): gpu.py by default, or the one given to bind() (the
@@ -84,13 +84,13 @@ def lsconv_forward_tf32(x, w, b, region, relu=True):
     g._expect_shape(b, "b", (s.ry, s.rx, s.k), "RY x RX x K")
     _need_tensor_cores()
     y = g._new(s.yshape)
-    _fwd_tc(s, x, w, b, g._qoff(s.c, s.h, s.w, s.kh, s.kw), y, s.dims(), s.k, bool(relu))
+    _fwd_tc(x, w, b, g._qoff(s.c, s.h, s.w, s.kh, s.kw), y, s.dims(), s.k, bool(relu))
     g._check_written("lsconv_forward_tf32", y=y)
     return y
 
 
-def _fwd_tc(s, x, w, b, qoff, y, dims, maps, relu):
-    """lsconv_tc_fwd over x with the geometry dims (gpu._Ls.dims order) and s's regions."""
+def _fwd_tc(x, w, b, qoff, y, dims, maps, relu):
+    """lsconv_tc_fwd over x with the geometry dims (gpu._Ls.dims order), `maps` outputs."""
     g = _g()
     bm = _tc_rows(maps)
     n, c, h, wd, k, kh, kw, rh, rw = (int(v) for v in dims)
@@ -175,7 +175,7 @@ def _dx_one_region(s, w, grad, dx, tc):
     dims = tuple(_i32(v) for v in (s.n, s.k, ph, pw, s.c, s.kh, s.kw, s.h, s.w))
     qoff = g._qoff(s.k, ph, pw, s.kh, s.kw)
     if tc:
-        _fwd_tc(s, gp, wf, bias, qoff, dx, dims, s.c, False)
+        _fwd_tc(gp, wf, bias, qoff, dx, dims, s.c, False)
     else:
         col_tiles = -(-s.n * s.h * s.w // 64)
         g._launch("lsconv", "lsconv_fwd", (col_tiles, -(-s.c // 32)), 128,

@@ -88,13 +88,14 @@ def test_fast_mode_and_no_dx(gpu, case):
     assert_close(host(db), rdb, name="db", **tol(Ldw))
 
 
-@pytest.mark.parametrize("case", ["regions_straddled", "deepid2_conv2", "deepid2_conv3"])
+@pytest.mark.parametrize("case", ["regions_straddled", "deepid2_conv2", "deepid2_conv3",
+                                  "window_3_composed"])
 def test_tf32_pooled_backward(gpu, case):
     x, w, b, region, s, rng, (_, Ldx, Ldw) = make(case, 6)
     d = gpu.cp.asarray
-    y, am = gpu.tc.lsconv_pool_forward_fused(d(x), d(w), d(b), region)
+    y, am = gpu.tc.lsconv_pool_forward_fused(d(x), d(w), d(b), region, s=s)
     dy = randn(rng, y.shape)
-    dx, dw, db = gpu.tc.lsconv_pool_backward_tf32(d(x), d(w), y, am, d(dy), region)
+    dx, dw, db = gpu.tc.lsconv_pool_backward_tf32(d(x), d(w), y, am, d(dy), region, s=s)
     out_hw = (x.shape[2] - w.shape[4] + 1, x.shape[3] - w.shape[5] + 1)
     dconv = O.maxpool_backward(np.where(host(y) > 0, tf32(dy), 0.0), host(am), out_hw)
     rdx, rdw, rdb = O.lsconv_backward(tf32(x), tf32(w), dconv, dconv, region, relu=False)
