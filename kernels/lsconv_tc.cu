@@ -62,6 +62,36 @@ struct GradColumn {  // G[k, col] = G[n, k, oy, ox]
     DEV float value(int k) const { return g.at(plane0 + k, oy, ox); }
 };
 
+template <int MT>
+DEV void zero_acc(float (&acc)[MT][2][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+}
+
+// acc += one shared-memory stage (TC_BK of the summed index): the MT row
+// tiles of A times this warp's 16 columns of B (warp * 16 .. + 15).
+template <int MT, bool AT, bool BT>
+DEV void mma_stage(float (&acc)[MT][2][4], const unsigned* As, int lda, const unsigned* Bs,
+                   int ldb, int warp) {
+#pragma unroll
+    for (int ks = 0; ks < TC_BK; ks += 8) {
+        unsigned a[MT][4];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) load_a_frag<AT>(a[i], As, lda, i * 16, ks);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            unsigned bf[2];
+            load_b_frag<BT>(bf, Bs, ldb, ks, warp * 16 + j * 8);
+#pragma unroll
+            for (int i = 0; i < MT; ++i) mma_tf32(acc[i][j], a[i], bf);
+        }
+    }
+}
+
 // out[n, m, oy, ox] = act(b[r, m] + sum_k A_r[m, k] B[k, col]) over the output
 // map OH x OW in regions of RH x RW; A_r = w + r M Kred, [m][k] or (AT) [k][m].
 template <int MT, bool AT, class Src>
@@ -125,32 +155,14 @@ DEV void tc_fwd_core(Src src, const float* __restrict__ w, const float* __restri
     };
 
     float acc[MT][2][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
-
+    zero_acc(acc);
     load(0);
     store();
     __syncthreads();
     for (int k0 = 0; k0 < Kred; k0 += TC_BK) {
         const bool more = k0 + TC_BK < Kred;
         if (more) load(k0 + TC_BK);  // in flight while this stage is multiplied
-#pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 8) {
-            unsigned a[MT][4];
-#pragma unroll
-            for (int i = 0; i < MT; ++i) load_a_frag<AT>(a[i], As, LDA, i * 16, ks);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                unsigned bf[2];
-                load_b_frag<false>(bf, Bs, TC_LDN, ks, warp * 16 + j * 8);
-#pragma unroll
-                for (int i = 0; i < MT; ++i) mma_tf32(acc[i][j], a[i], bf);
-            }
-        }
+        mma_stage<MT, AT, false>(acc, As, LDA, Bs, TC_LDN, warp);
         __syncthreads();
         if (more) {
             store();
@@ -237,13 +249,7 @@ DEV void tc_wgrad_core(const float* __restrict__ x, const int* __restrict__ qoff
     };
 
     float acc[MT][2][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
-
+    zero_acc(acc);
     if (cbeg < cend) {
         load(cbeg);
         store();
@@ -252,19 +258,7 @@ DEV void tc_wgrad_core(const float* __restrict__ x, const int* __restrict__ qoff
     for (int c0 = cbeg; c0 < cend; c0 += TC_BK) {
         const bool more = c0 + TC_BK < cend;
         if (more) load(c0 + TC_BK);
-#pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 8) {
-            unsigned a[MT][4];
-#pragma unroll
-            for (int i = 0; i < MT; ++i) load_a_frag<false>(a[i], As, TC_LDK, i * 16, ks);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                unsigned bf[2];
-                load_b_frag<true>(bf, Bs, TC_LDK, ks, warp * 16 + j * 8);
-#pragma unroll
-                for (int i = 0; i < MT; ++i) mma_tf32(acc[i][j], a[i], bf);
-            }
-        }
+        mma_stage<MT, false, true>(acc, As, TC_LDK, Bs, TC_LDK, warp);
         __syncthreads();
         if (more) {
             store();

@@ -14,20 +14,11 @@ Bound to the gpu backend module as gpu_tc is (bind(); gpu.py by default).
 
 import numpy as np
 
-_state = {"gpu": None}
+from deepid2_core.backends.gpu_tc import Binding
+
+_g = Binding()
+bind = _g.bind
 _tables = {}
-
-
-def bind(gpu_module):
-    """Use this gpu backend module (gpu.py, or a copy bound to another CuPy)."""
-    _state["gpu"] = gpu_module
-
-
-def _g():
-    if _state["gpu"] is None:
-        from deepid2_core.backends import gpu
-        _state["gpu"] = gpu
-    return _state["gpu"]
 
 
 # ----------------------------------------------------------------------------

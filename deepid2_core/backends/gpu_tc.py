@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-_state = {"precision": os.environ.get("DEEPID2_GPU_PRECISION", "fp32"), "gpu": None}
+_state = {"precision": os.environ.get("DEEPID2_GPU_PRECISION", "fp32")}
 PRECISIONS = ("fp32", "tf32")
 if _state["precision"] not in PRECISIONS:
     _state["precision"] = "fp32"
@@ -37,16 +37,25 @@ _TC_ROWS = (32, 48, 64, 80)          # block tile rows of the lsconv_tc kernels
 _DCOL_BYTES = 256 * 1024 * 1024      # largest input-gradient workspace; more images: chunks
 
 
-def bind(gpu_module):
-    """Use this gpu backend module (gpu.py, or a copy bound to another CuPy)."""
-    _state["gpu"] = gpu_module
+class Binding:
+    """The gpu backend module a variants module works on: gpu.py (imported at
+    first use), or the one given to bind()."""
+
+    def __init__(self):
+        self.module = None
+
+    def bind(self, gpu_module):
+        self.module = gpu_module
+
+    def __call__(self):
+        if self.module is None:
+            from deepid2_core.backends import gpu
+            self.module = gpu
+        return self.module
 
 
-def _g():
-    if _state["gpu"] is None:
-        from deepid2_core.backends import gpu
-        _state["gpu"] = gpu
-    return _state["gpu"]
+_g = Binding()
+bind = _g.bind
 
 
 def set_precision(precision):

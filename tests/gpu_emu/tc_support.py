@@ -2,6 +2,8 @@
 module itself (bound to gpu.py); in "emu" mode a copy of it bound to the
 emulated gpu backend of tests/gpu_support.py (its fake CuPy), so that the
 variants run in the kernel emulator."""
+import contextlib
+import importlib
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +12,7 @@ import numpy as np
 
 import oracle as O
 from gpu_support import load
+from test_cpu_ops import CONV, randn
 
 _loaded = {}
 
@@ -35,6 +38,35 @@ def load_tc(mode):
     _loaded[mode] = SimpleNamespace(be=g.be, cp=g.cp, mode=mode, tc=mods["gpu_tc"],
                                     step=mods["gpu_step"])
     return _loaded[mode]
+
+
+@contextlib.contextmanager
+def variant_modes(mode, debug=True):
+    """load_tc(mode) in deterministic mode, debug mode as given (on: outputs
+    poisoned with NaN, then checked); the modes and precision restored after."""
+    g = load_tc(mode)
+    saved = g.be.is_deterministic(), g.be.is_debug(), g.tc.get_precision()
+    g.be.set_deterministic(True)
+    g.be.set_debug(debug)
+    try:
+        yield g
+    finally:
+        g.be.set_deterministic(saved[0])
+        g.be.set_debug(saved[1])
+        g.tc.set_precision(saved[2])
+
+
+def lsconv_case(spec, seed):
+    """(x, w, b, region, rng, L) for spec = (N, C, H, W, K, kh, kw, region or
+    CONV): random values, never zeros; L: the terms per element of y, dx, dw, db."""
+    n, c, h, w, k, kh, kw, region = spec
+    oh, ow = h - kh + 1, w - kw + 1
+    region = (oh, ow) if region == CONV else region
+    _, _, ry, rx = O.lsconv_grid(h, w, kh, kw, region)
+    rng = np.random.default_rng(seed)
+    x, wt, b = randn(rng, (n, c, h, w)), randn(rng, (ry, rx, k, c, kh, kw)), randn(rng, (ry, rx, k))
+    cols = n * min(region[0], oh) * min(region[1], ow)
+    return x, wt, b, region, rng, {"y": c * kh * kw, "dx": k * kh * kw, "dw": cols, "db": cols}
 
 
 def tf32(a):

@@ -12,18 +12,13 @@ import test_fused_pool as FP
 import test_sgd_multi as SGD
 import test_tc_variants as TC
 from gpu_support import MODES
-from tc_support import load_tc
+from tc_support import variant_modes
 
 
 @pytest.fixture(params=MODES)
 def gpu(request):
-    g = load_tc(request.param)
-    det, dbg = g.be.is_deterministic(), g.be.is_debug()
-    g.be.set_deterministic(True)
-    g.be.set_debug(True)
-    yield g
-    g.be.set_deterministic(det)
-    g.be.set_debug(dbg)
+    with variant_modes(request.param) as g:
+        yield g
 
 
 def nudge_first(a):

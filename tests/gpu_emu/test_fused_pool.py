@@ -10,7 +10,7 @@ import pytest
 import oracle as O
 from gpu_support import MODES, bits, host, tol
 from oracle import assert_close
-from tc_support import load_tc, tf32
+from tc_support import lsconv_case, tf32, variant_modes
 from test_cpu_ops import CONV, pool_oracle, randn
 
 CASES = {  # N, C, H, W, K, kh, kw, region, pool window s
@@ -29,24 +29,14 @@ CASES = {  # N, C, H, W, K, kh, kw, region, pool window s
 
 @pytest.fixture(params=MODES)
 def gpu(request):
-    g = load_tc(request.param)
-    det, dbg = g.be.is_deterministic(), g.be.is_debug()
-    g.be.set_deterministic(True)
-    g.be.set_debug(True)
-    yield g
-    g.be.set_deterministic(det)
-    g.be.set_debug(dbg)
+    with variant_modes(request.param) as g:
+        yield g
 
 
 def make(case, seed):
-    n, c, h, w, k, kh, kw, region, s = CASES[case]
-    oh, ow = h - kh + 1, w - kw + 1
-    region = (oh, ow) if region == CONV else region
-    _, _, ry, rx = O.lsconv_grid(h, w, kh, kw, region)
-    rng = np.random.default_rng(seed)
-    x, wt, b = randn(rng, (n, c, h, w)), randn(rng, (ry, rx, k, c, kh, kw)), randn(rng, (ry, rx, k))
-    ls = (c * kh * kw, k * kh * kw, n * min(region[0], oh) * min(region[1], ow))
-    return x, wt, b, region, s, rng, ls
+    """(x, w, b, region, s, rng, (L of y, of dx, of dw))."""
+    x, w, b, region, rng, ls = lsconv_case(CASES[case][:8], seed)
+    return x, w, b, region, CASES[case][8], rng, (ls["y"], ls["dx"], ls["dw"])
 
 
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])

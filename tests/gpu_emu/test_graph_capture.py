@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpu_support import MODES, bits
-from tc_support import load_tc
+from tc_support import variant_modes
 from deepid2_core.nets.deepid2 import DeepID2, NetConfig, init_params
 
 CFG = NetConfig(n_classes=5, height=32, width=32, channels=1, feature_dim=16)
@@ -21,13 +21,8 @@ BATCH = 2
 
 @pytest.fixture(params=MODES)
 def gpu(request):
-    g = load_tc(request.param)
-    det, dbg = g.be.is_deterministic(), g.be.is_debug()
-    g.be.set_deterministic(True)
-    g.be.set_debug(False)
-    yield g
-    g.be.set_deterministic(det)
-    g.be.set_debug(dbg)
+    with variant_modes(request.param, debug=False) as g:   # debug mode syncs: no capture
+        yield g
 
 
 def training_step(gpu, seed=0):

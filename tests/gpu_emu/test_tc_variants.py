@@ -16,7 +16,7 @@ import pytest
 import oracle as O
 from gpu_support import MODES, bits, host, tol
 from oracle import assert_close
-from tc_support import lsconv_terms, load_tc, tf32, tf32_bound
+from tc_support import lsconv_case, lsconv_terms, tf32, tf32_bound, variant_modes
 from test_cpu_ops import CONV, randn
 
 CASES = {  # N, C, H, W, K, kh, kw, region
@@ -36,26 +36,12 @@ CASES = {  # N, C, H, W, K, kh, kw, region
 
 @pytest.fixture(params=MODES)
 def gpu(request):
-    g = load_tc(request.param)
-    det, dbg, prec = g.be.is_deterministic(), g.be.is_debug(), g.tc.get_precision()
-    g.be.set_deterministic(True)
-    g.be.set_debug(True)   # outputs poisoned with NaN before the kernels run, then checked
-    yield g
-    g.be.set_deterministic(det)
-    g.be.set_debug(dbg)
-    g.tc.set_precision(prec)
+    with variant_modes(request.param) as g:
+        yield g
 
 
 def make(case, seed):
-    n, c, h, w, k, kh, kw, region = CASES[case]
-    oh, ow = h - kh + 1, w - kw + 1
-    region = (oh, ow) if region == CONV else region
-    _, _, ry, rx = O.lsconv_grid(h, w, kh, kw, region)
-    rng = np.random.default_rng(seed)
-    x, wt, b = randn(rng, (n, c, h, w)), randn(rng, (ry, rx, k, c, kh, kw)), randn(rng, (ry, rx, k))
-    ls = {"y": c * kh * kw, "dx": k * kh * kw, "dw": n * min(region[0], oh) * min(region[1], ow)}
-    ls["db"] = ls["dw"]
-    return x, wt, b, region, rng, ls
+    return lsconv_case(CASES[case], seed)
 
 
 def check(name, got, sharp_ref, exact_ref, terms, L):
