@@ -33,7 +33,8 @@ if _state["precision"] not in PRECISIONS:
     _state["precision"] = "fp32"
 
 _i32, _f32 = np.int32, np.float32
-_TC_ROWS = (32, 48, 64, 80)          # block tile rows of the lsconv_tc kernels
+TILE_ROWS = (32, 48, 64, 80)         # block tile rows of the lsconv_tc kernels
+_force = {"rows": None}
 _DCOL_BYTES = 256 * 1024 * 1024      # largest input-gradient workspace; more images: chunks
 
 
@@ -78,9 +79,20 @@ def _need_tensor_cores():
                            f"newer (this one: {cc[:-1]}.{cc[-1]}); use precision 'fp32'")
 
 
+def set_tile_rows(rows=None):
+    """Force the lsconv_tc kernels' block tile rows (one of TILE_ROWS; None: the
+    pick that wastes the fewest rows); returns the old setting. For benches."""
+    if rows is not None and rows not in TILE_ROWS:
+        raise ValueError(f"rows must be one of {TILE_ROWS} or None, got {rows!r}")
+    old, _force["rows"] = _force["rows"], rows
+    return old
+
+
 def _tc_rows(m):
     """Block tile rows (lsconv_tc_*_m<rows>) that waste the fewest of m rows; ties: larger."""
-    return min(_TC_ROWS, key=lambda bm: (-(-m // bm) * bm - m, -bm))
+    if _force["rows"]:
+        return _force["rows"]
+    return min(TILE_ROWS, key=lambda bm: (-(-m // bm) * bm - m, -bm))
 
 
 # ----------------------------------------------------------------------------
@@ -410,3 +422,16 @@ def lsconv_pool_backward(x, w, y, argmax, dy, region, relu=True, need_dx=True, d
     f = (lsconv_pool_backward_tf32 if _state["precision"] == "tf32"
          else lsconv_pool_backward_fused)
     return f(x, w, y, argmax, dy, region, relu, need_dx, dw, db, s)
+
+
+# op -> {variant: launcher}, for the gpu backend's registry of variants. The
+# "tf32" ones change the results within docs/ops.md's TF32 tolerance: only
+# for precision "tf32" (TF32_VARIANTS); the others give gpu.py's bits.
+VARIANTS = {
+    "lsconv_forward": {"tf32": lsconv_forward_tf32},
+    "lsconv_backward": {"tf32": lsconv_backward_tf32},
+    "lsconv_pool_forward": {"fused": lsconv_pool_forward_fused},
+    "lsconv_pool_backward": {"fused": lsconv_pool_backward_fused,
+                             "tf32": lsconv_pool_backward_tf32},
+}
+TF32_VARIANTS = ("tf32",)

@@ -89,8 +89,23 @@ def test_tf32_backward(gpu, case, relu, det):
 
 @pytest.mark.parametrize("rows", [32, 48, 64, 80])
 def test_every_tile_shape(gpu, monkeypatch, rows):
-    """Each lsconv_tc_*_m<rows> kernel, forced, on a case with several regions."""
-    monkeypatch.setattr(gpu.tc, "_tc_rows", lambda m: rows)
+    """Each lsconv_tc_*_m<rows> kernel, forced (and the one launched), on a case
+    with several regions."""
+    launched, launch = [], gpu.be._launch
+    monkeypatch.setattr(gpu.be, "_launch", lambda f, k, *a, **kw: (launched.append(k),
+                                                                    launch(f, k, *a, **kw)))
+    old = gpu.tc.set_tile_rows(rows)
+    try:
+        check_every_op(gpu)
+    finally:
+        gpu.tc.set_tile_rows(old)
+    tc = sorted(k for k in launched if k.startswith("lsconv_tc_"))
+    assert tc == sorted(f"lsconv_tc_{op}_m{rows}" for op in ("fwd", "dcol", "bwd_w")), tc
+    with pytest.raises(ValueError, match="rows must be one of"):
+        gpu.tc.set_tile_rows(40)
+
+
+def check_every_op(gpu):
     x, w, b, region, rng, ls = make("q279_taps", 2)
     d = gpu.cp.asarray
     y = host(gpu.tc.lsconv_forward_tf32(d(x), d(w), d(b), region))
