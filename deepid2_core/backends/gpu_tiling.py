@@ -62,7 +62,8 @@ from collections import namedtuple
 from pathlib import Path
 
 from deepid2_core.backends.gpu_variants import (FAMILIES, HEURISTICS, OPS, PAIR_KEYS, PARAM_DOC,
-                                                Family)
+                                                TF32_HEURISTICS, Family)
+
 
 def register(op, family, keys=(), candidates=None, valid=None, precision="fp32"):
     """Add a variant family to `op` (new ops are not added here: their shape
@@ -122,17 +123,23 @@ def _check_op(op):
         raise ValueError(f"gpu tiling: unknown op {op!r}; ops: {', '.join(OPS)}")
 
 
-def heuristic(op, shape):
-    """The backend's own choice for this shape (a Variant)."""
+def _heuristic(op, shape, precision):
+    if precision == "tf32" and op in TF32_HEURISTICS:
+        return TF32_HEURISTICS[op](shape)
+    return HEURISTICS[op](shape)
+
+
+def heuristic(op, shape, precision="fp32"):
+    """The backend's own choice for this shape at this precision (a Variant)."""
     _check_op(op)
-    return _variant(op, *HEURISTICS[op](shape))
+    return _variant(op, *_heuristic(op, shape, precision))
 
 
 def variants(op, shape, precision="fp32"):
     """Every variant of `op` that can run `shape` at `precision` (the
     heuristic's pick first), for the benchmarks."""
     _check_op(op)
-    out = [heuristic(op, shape)]
+    out = [heuristic(op, shape, precision)]
     for family, fam in FAMILIES[op].items():
         if not _allowed(fam, precision):
             continue
@@ -184,7 +191,7 @@ def resolve(op, text, shape, precision="fp32", what="forced"):
         raise ValueError(f"{what} {op} variant {text!r} is {fam.precision}; the backend runs "
                          f"at precision {precision} (set_precision)")
     pool = []
-    h_family, h_params = HEURISTICS[op](shape)
+    h_family, h_params = _heuristic(op, shape, precision)
     if h_family == family:
         pool.append({**h_params, **given})
     cands = fam.candidates(shape) if fam.candidates else [{}]
@@ -367,7 +374,7 @@ def choose(op, shape, card=None, precision="fp32", force=None):
             got = Choice(resolve(op, text, shape, precision,
                                  f"tuning file {tpath} ({card}, {precision})"), "tuned")
     if got is None:
-        got = Choice(heuristic(op, shape), "heuristic")
+        got = Choice(heuristic(op, shape, precision), "heuristic")
     if len(_choices) > 4096:
         _choices.clear()
     _choices[key] = got

@@ -1,42 +1,71 @@
-"""deepid2_core/backends/gpu_tc.py for the gpu tests: in "cuda" mode the
-module itself (bound to gpu.py); in "emu" mode a copy of it bound to the
-emulated gpu backend of tests/gpu_support.py (its fake CuPy), so that the
-variants run in the kernel emulator."""
+"""The gpu backend's newer variants (TF32 lsconv, fused lsconv + max-pool;
+deepid2_core/backends/gpu_tc.py) for the gpu tests, run through the
+backend's own ops and variant registry: a precision (set_precision) and a
+forced variant (gpu_tiling.forced), on a GPU ("cuda") or in the emulator
+("emu")."""
 import contextlib
-import importlib
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 import oracle as O
+from deepid2_core.backends import gpu_tiling as tiling
 from gpu_support import load
 from test_cpu_ops import CONV, randn
 
 _loaded = {}
 
 
+class Variants:
+    """The variants by name: each runs the backend's op at its precision,
+    with its family forced (2 x 2 windows only for the fused ones, as
+    before: other windows run the composition)."""
+
+    def __init__(self, be):
+        self.be = be
+
+    def _run(self, precision, force, fn, *a, **k):
+        old = self.be.set_precision(precision)
+        try:
+            with tiling.forced(force):
+                return fn(*a, **k)
+        finally:
+            self.be.set_precision(old)
+
+    @staticmethod
+    def _pool(op, family, s):
+        return {op: family} if family == "composed" or s == 2 else {}
+
+    def lsconv_forward_tf32(self, *a, **k):
+        return self._run("tf32", {}, self.be.lsconv_forward, *a, **k)
+
+    def lsconv_backward_tf32(self, *a, **k):
+        return self._run("tf32", {}, self.be.lsconv_backward, *a, **k)
+
+    def lsconv_pool_forward(self, family, *a, s=2, **k):
+        return self._run("fp32", self._pool("lsconv_pool_fwd", family, s),
+                         self.be.lsconv_pool_forward, *a, s=s, **k)
+
+    def lsconv_pool_backward(self, family, *a, s=2, precision="fp32", **k):
+        return self._run(precision, self._pool("lsconv_pool_bwd", family, s),
+                         self.be.lsconv_pool_backward, *a, s=s, **k)
+
+    def lsconv_pool_forward_fused(self, *a, **k):
+        return self.lsconv_pool_forward("fused", *a, **k)
+
+    def lsconv_pool_backward_fused(self, *a, **k):
+        return self.lsconv_pool_backward("fused", *a, **k)
+
+    def lsconv_pool_backward_tf32(self, *a, **k):
+        return self.lsconv_pool_backward("fused", *a, precision="tf32", **k)
+
+
 def load_tc(mode):
-    """SimpleNamespace(be, cp, mode, tc, step): the backend of gpu_support.load,
-    its gpu_tc and its gpu_step."""
-    if mode in _loaded:
-        return _loaded[mode]
-    g = load(mode)
-    mods = {}
-    for name in ("gpu_tc", "gpu_step"):
-        if mode == "cuda":
-            mods[name] = importlib.import_module(f"deepid2_core.backends.{name}")
-        else:
-            import deepid2_core.backends as backends
-            spec = importlib.util.spec_from_file_location(
-                f"deepid2_core.backends._{name}_emulated",
-                Path(backends.__file__).with_name(f"{name}.py"))
-            mods[name] = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mods[name])
-        mods[name].bind(g.be)
-    _loaded[mode] = SimpleNamespace(be=g.be, cp=g.cp, mode=mode, tc=mods["gpu_tc"],
-                                    step=mods["gpu_step"])
+    """SimpleNamespace(be, cp, mode, tc): the backend of gpu_support.load and
+    its Variants."""
+    if mode not in _loaded:
+        g = load(mode)
+        _loaded[mode] = SimpleNamespace(be=g.be, cp=g.cp, mode=mode, tc=Variants(g.be))
     return _loaded[mode]
 
 
@@ -45,7 +74,7 @@ def variant_modes(mode, debug=True):
     """load_tc(mode) in deterministic mode, debug mode as given (on: outputs
     poisoned with NaN, then checked); the modes and precision restored after."""
     g = load_tc(mode)
-    saved = g.be.is_deterministic(), g.be.is_debug(), g.tc.get_precision()
+    saved = g.be.is_deterministic(), g.be.is_debug(), g.be.get_precision()
     g.be.set_deterministic(True)
     g.be.set_debug(debug)
     try:
@@ -53,7 +82,7 @@ def variant_modes(mode, debug=True):
     finally:
         g.be.set_deterministic(saved[0])
         g.be.set_debug(saved[1])
-        g.tc.set_precision(saved[2])
+        g.be.set_precision(saved[2])
 
 
 def lsconv_case(spec, seed):

@@ -27,13 +27,13 @@ def nudge_first(a):
 
 def break_after(monkeypatch, be, prefix, arg, change=nudge_first):
     """Every launch of a kernel named prefix* changes its argument `arg` afterwards."""
-    launch = be._launch
+    launch = be.KIT.launch
 
     def broken(file, kname, grid, block, args, shared_mem=0):
         launch(file, kname, grid, block, args, shared_mem)
         if kname.startswith(prefix):
             change(args[arg])
-    monkeypatch.setattr(be, "_launch", broken)
+    monkeypatch.setattr(be.KIT, "launch", broken)
 
 
 BROKEN = {  # kernel, argument it writes, the test that checks it, its arguments
@@ -58,13 +58,13 @@ def test_a_wrong_element_fails_the_check(gpu, monkeypatch, variant):
 
 
 def test_a_wrong_sgd_hyperparameter_fails_the_bit_check(gpu, monkeypatch):
-    launch = gpu.be._launch
+    launch = gpu.be.KIT.launch
 
     def broken(file, kname, grid, block, args, shared_mem=0):
         if kname == "sgd_update_multi":   # lr, momentum, decay 1e-4 off
             args = (args[0], args[1] * np.float32(1.0001), *args[2:])
         launch(file, kname, grid, block, args, shared_mem)
-    monkeypatch.setattr(gpu.be, "_launch", broken)
+    monkeypatch.setattr(gpu.be.KIT, "launch", broken)
     with pytest.raises(AssertionError):
         SGD.test_one_launch_gives_the_per_tensor_bits(gpu)
 
@@ -73,6 +73,6 @@ def test_truncated_tf32_operands_fail_the_sharp_check(gpu, monkeypatch):
     if gpu.mode != "emu":
         pytest.skip("a kernel build with another rounding is the emulator's")
     monkeypatch.setenv("DEEPID2_EMU_CXXFLAGS", "-DEMU_TF32_TRUNCATE")
-    monkeypatch.setattr(gpu.be, "_modules", {})    # rebuild the kernels with the flag
+    monkeypatch.setattr(gpu.be.KIT, "modules", {})    # rebuild the kernels with the flag
     with pytest.raises(AssertionError, match="TF32-rounded oracle"):
         TC.test_tf32_forward(gpu, "deepid2_conv3", True)

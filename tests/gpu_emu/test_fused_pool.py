@@ -1,6 +1,7 @@
 """lsconv + bias + ReLU + 2 x 2 max-pool fused (kernels/lsconv_pool.cu) and
 its backward through the pooled argmax (the *_pooled kernels), from
-deepid2_core/backends/gpu_tc.py: bit-identical to the gpu backend's
+deepid2_core/backends/gpu_tc.py; the lsconv_pool_fwd/bwd family "fused",
+the default for 2 x 2 windows): bit-identical to family "composed", the
 composition of the two ops (the same sums in the same order), checked
 against the float64 oracle, on a GPU ("cuda") and in the emulator ("emu").
 The TF32 pooled backward: against the oracle on TF32-rounded inputs."""
@@ -45,15 +46,17 @@ def test_fused_equals_the_composition(gpu, case, relu):
     x, w, b, region, s, rng, (L, Ldx, Ldw) = make(case, 4)
     d = gpu.cp.asarray
     y, am = gpu.tc.lsconv_pool_forward_fused(d(x), d(w), d(b), region, relu=relu, s=s)
-    y2, am2 = gpu.be.lsconv_pool_forward(d(x), d(w), d(b), region, relu=relu, s=s)
+    y2, am2 = gpu.tc.lsconv_pool_forward("composed", d(x), d(w), d(b), region, relu=relu, s=s)
     assert bits(y) == bits(y2) and bits(am) == bits(am2)
+    y3, am3 = gpu.be.lsconv_pool_forward(d(x), d(w), d(b), region, relu=relu, s=s)  # default
+    assert bits(y3) == bits(y) and bits(am3) == bits(am)
     ry, _, backward = pool_oracle(x, w, b, region, relu, s)
     assert_close(host(y), ry, name="y", **tol(L))
     dy = randn(rng, y.shape)
     dw0, db0 = randn(rng, w.shape), randn(rng, b.shape)
     got = gpu.tc.lsconv_pool_backward_fused(d(x), d(w), y, am, d(dy), region, relu=relu,
                                             dw=d(dw0), db=d(db0), s=s)
-    ref = gpu.be.lsconv_pool_backward(d(x), d(w), y, am, d(dy), region, relu=relu,
+    ref = gpu.tc.lsconv_pool_backward("composed", d(x), d(w), y, am, d(dy), region, relu=relu,
                                       dw=d(dw0), db=d(db0), s=s)
     for name, a, r in zip(("dx", "dw", "db"), got, ref):
         assert bits(a) == bits(r), name

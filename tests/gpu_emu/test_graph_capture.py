@@ -1,4 +1,4 @@
-"""A whole training step captured as a CUDA graph (gpu_step.capture): a
+"""A whole training step captured as a CUDA graph (gpu.capture_graph, gpu_step.py): a
 small DeepID2 network's forward, a squared-error gradient, its backward
 through the fused pools, and one SGD launch for every parameter. Replaying
 the graph gives the bytes that running the step directly gives, step after
@@ -6,8 +6,6 @@ step; the capture itself runs nothing; what a graph cannot hold (a host
 read such as joint_loss's, debug mode's syncs) is refused in one line.
 On a GPU ("cuda") and in the emulator ("emu"), where the capture records
 every device operation in order and the replay runs the record."""
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -40,10 +38,7 @@ def training_step(gpu, seed=0):
     offs = np.concatenate([[0], np.cumsum(sizes)])
     flat = gpu.cp.zeros(int(offs[-1]), dtype=np.float32)
     grads = {k: flat[offs[i]:offs[i + 1]].reshape(host[k].shape) for i, k in enumerate(names)}
-    be = SimpleNamespace(**{k: getattr(gpu.be, k) for k in dir(gpu.be) if not k.startswith("__")})
-    be.lsconv_pool_forward = gpu.tc.lsconv_pool_forward_fused
-    be.lsconv_pool_backward = gpu.tc.lsconv_pool_backward_fused
-    net = DeepID2(CFG, be)
+    net = DeepID2(CFG, gpu.be)   # the pools: the fused variants, the default
     x = d(rng.standard_normal((BATCH, 1, 32, 32)).astype(np.float32))
     target = d(rng.standard_normal((BATCH, CFG.n_classes)).astype(np.float32))
     dfeat = d(0.01 * rng.standard_normal((BATCH, CFG.feature_dim)).astype(np.float32))
@@ -54,8 +49,8 @@ def training_step(gpu, seed=0):
         acts = net.forward(p, x)
         dlogits = (acts["logits"] - target) * np.float32(1.0 / BATCH)
         net.backward(p, acts, dlogits, dfeat, grads)
-        gpu.step.sgd_update_multi([p[k] for k in names], [grads[k] for k in names],
-                                  [vel[k] for k in names], 0.05, 0.9, wd)
+        gpu.be.sgd_update_many([p[k] for k in names], [grads[k] for k in names],
+                               [vel[k] for k in names], 0.05, 0.9, wd)
         return acts["logits"]
     return step, p, vel
 
@@ -70,7 +65,7 @@ def test_replay_gives_the_bytes_of_direct_steps(gpu):
     assert direct[0] != direct[1]              # the steps do change the parameters
 
     step, p, vel = training_step(gpu)
-    cap = gpu.step.capture(step, warmup=1)     # the warm-up is step 1, for real
+    cap = gpu.be.capture_graph(step, warmup=1)     # the warm-up is step 1, for real
     assert state(p, vel, cap.outputs)[:-1] == direct[0][:-1]   # the capture ran nothing
     for want in direct[1:]:
         logits = cap.replay()
@@ -88,7 +83,7 @@ def test_what_a_graph_cannot_hold_is_refused(gpu):
     def loss():
         return gpu.be.joint_loss(logits, labels, feats, pairs, pairs + 1, pairs + 1)
     with pytest.raises(RuntimeError, match="capture: fn did what a CUDA graph cannot hold"):
-        gpu.step.capture(loss)
+        gpu.be.capture_graph(loss)
     gpu.be.set_debug(True)
     with pytest.raises(RuntimeError, match="set_debug\\(False\\) first"):
-        gpu.step.capture(lambda: None)
+        gpu.be.capture_graph(lambda: None)

@@ -1,4 +1,4 @@
-"""One SGD launch for every parameter (gpu_step.sgd_update_multi,
+"""One SGD launch for every parameter (gpu.sgd_update_many, gpu_step.py,
 kernels/sgd_multi.cu): the same bits as gpu.sgd_update per tensor, with
 per-tensor hyperparameters, sizes that do not fill a block, and the
 training's layout (views of one flat gradient buffer); on a GPU ("cuda")
@@ -32,7 +32,7 @@ def test_one_launch_gives_the_per_tensor_bits(gpu):
     ref = [[d(a) for a in t] for t in (p, g, v)]
     for step in range(3):   # velocities carry over; lr changes between calls
         lrs = [x / (step + 1) for x in lr]
-        gpu.step.sgd_update_multi(*ours, lrs, 0.9, wd)
+        gpu.be.sgd_update_many(*ours, lrs, 0.9, wd)
         for i in range(len(SIZES)):
             gpu.be.sgd_update(ref[0][i], ref[1][i], ref[2][i], lrs[i], 0.9, wd[i])
         for i in range(len(SIZES)):
@@ -40,7 +40,7 @@ def test_one_launch_gives_the_per_tensor_bits(gpu):
             assert bits(ours[2][i]) == bits(ref[2][i]), (step, i)
     p1, v1 = O.sgd_update(p[3], g[3], v[3], lr[3], 0.9, wd[3])   # and the oracle, one step
     pd, gd, vd = d(p[3]), d(g[3]), d(v[3])
-    gpu.step.sgd_update_multi([pd], [gd], [vd], lr[3], 0.9, wd[3])
+    gpu.be.sgd_update_many([pd], [gd], [vd], lr[3], 0.9, wd[3])
     np.testing.assert_allclose(host(pd), p1, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(host(vd), v1, rtol=1e-6, atol=1e-7)
 
@@ -57,7 +57,7 @@ def test_views_of_one_flat_buffer(gpu):
     vel = [gpu.cp.zeros(s, dtype=np.float32) for s in shapes]
     want = [O.sgd_update(host(p), host(g), 0 * host(p), 0.1, 0.9, 0.0)[0] for p, g in
             zip(params, grads)]
-    gpu.step.sgd_update_multi(params, grads, vel, 0.1)
+    gpu.be.sgd_update_many(params, grads, vel, 0.1)
     for p, w in zip(params, want):
         np.testing.assert_allclose(host(p), w, rtol=1e-6, atol=1e-7)
 
@@ -66,11 +66,11 @@ def test_arguments_are_checked(gpu):
     d = gpu.cp.asarray
     p, g = d(np.ones(4, np.float32)), d(np.ones(4, np.float32))
     with pytest.raises(ValueError, match="grads\\[0\\]: expected shape \\(4,\\)"):
-        gpu.step.sgd_update_multi([p], [d(np.ones(3, np.float32))], [d(np.zeros(4, np.float32))],
+        gpu.be.sgd_update_many([p], [d(np.ones(3, np.float32))], [d(np.zeros(4, np.float32))],
                                   0.1)
     with pytest.raises(ValueError, match="lists of one length"):
-        gpu.step.sgd_update_multi([p], [g], [], 0.1)
+        gpu.be.sgd_update_many([p], [g], [], 0.1)
     with pytest.raises(ValueError, match="lr: 2 values for 1 tensors"):
-        gpu.step.sgd_update_multi([p], [g], [d(np.zeros(4, np.float32))], [0.1, 0.2])
+        gpu.be.sgd_update_many([p], [g], [d(np.zeros(4, np.float32))], [0.1, 0.2])
     with pytest.raises(TypeError, match="velocities\\[0\\] must have dtype float32"):
-        gpu.step.sgd_update_multi([p], [g], [d(np.zeros(4))], 0.1)
+        gpu.be.sgd_update_many([p], [g], [d(np.zeros(4))], 0.1)

@@ -1,4 +1,5 @@
-"""The TF32 tensor-core lsconv variants (deepid2_core/backends/gpu_tc.py,
+"""The TF32 tensor-core lsconv variants (family "tc" of lsconv_fwd/dx/dw,
+the default at precision tf32; deepid2_core/backends/gpu_tc.py,
 kernels/lsconv_tc.cu) against the float64 oracle, at small random shapes:
 DeepID2's conv2, conv3 (a 2 x 2 grid of regions) and conv4 (locally
 connected) at batches of 2 to 3, and shapes that are not multiples of any
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import oracle as O
+from deepid2_core.backends import gpu_tiling as tiling
 from gpu_support import MODES, bits, host, tol
 from oracle import assert_close
 from tc_support import lsconv_case, lsconv_terms, tf32, tf32_bound, variant_modes
@@ -91,18 +93,17 @@ def test_tf32_backward(gpu, case, relu, det):
 def test_every_tile_shape(gpu, monkeypatch, rows):
     """Each lsconv_tc_*_m<rows> kernel, forced (and the one launched), on a case
     with several regions."""
-    launched, launch = [], gpu.be._launch
-    monkeypatch.setattr(gpu.be, "_launch", lambda f, k, *a, **kw: (launched.append(k),
-                                                                    launch(f, k, *a, **kw)))
-    old = gpu.tc.set_tile_rows(rows)
-    try:
+    launched, launch = [], gpu.be.KIT.launch
+    monkeypatch.setattr(gpu.be.KIT, "launch", lambda f, k, *a, **kw: (launched.append(k),
+                                                                      launch(f, k, *a, **kw)))
+    with tiling.forced(lsconv_fwd=f"tc.m{rows}", lsconv_dx=f"tc.m{rows}",
+                       lsconv_dw=f"tc.m{rows}"):
         check_every_op(gpu)
-    finally:
-        gpu.tc.set_tile_rows(old)
     tc = sorted(k for k in launched if k.startswith("lsconv_tc_"))
     assert tc == sorted(f"lsconv_tc_{op}_m{rows}" for op in ("fwd", "dcol", "bwd_w")), tc
-    with pytest.raises(ValueError, match="rows must be one of"):
-        gpu.tc.set_tile_rows(40)
+    x, w, b, region, _, _ = make("q279_taps", 2)
+    with tiling.forced(lsconv_fwd="tc.m40"), pytest.raises(ValueError, match="m = 40 rows"):
+        gpu.tc.lsconv_forward_tf32(*(gpu.cp.asarray(a) for a in (x, w, b)), region)
 
 
 def check_every_op(gpu):
@@ -129,17 +130,23 @@ def test_tf32_is_run_to_run_identical(gpu):
 
 
 def test_precision_switch(gpu):
+    """set_precision picks the TF32 variants as the default; fp32 keeps the bits."""
     x, w, b, region, _, _ = make("ragged_3x2_regions", 4)
     d = gpu.cp.asarray
-    assert gpu.tc.get_precision() == "fp32"     # the default
-    fp32 = host(gpu.tc.lsconv_forward(d(x), d(w), d(b), region))
-    assert bits(fp32) == bits(gpu.be.lsconv_forward(d(x), d(w), d(b), region))
-    assert gpu.tc.set_precision("tf32") == "fp32"
-    tf = host(gpu.tc.lsconv_forward(d(x), d(w), d(b), region))
-    assert bits(tf) == bits(gpu.tc.lsconv_forward_tf32(d(x), d(w), d(b), region))
+    assert gpu.be.get_precision() == "fp32"     # the default
+    fp32 = host(gpu.be.lsconv_forward(d(x), d(w), d(b), region))
+    with tiling.forced(lsconv_fwd="tiled"):
+        assert bits(fp32) == bits(gpu.be.lsconv_forward(d(x), d(w), d(b), region))
+    assert gpu.be.set_precision("tf32") == "fp32"
+    tf = host(gpu.be.lsconv_forward(d(x), d(w), d(b), region))
+    with tiling.forced(lsconv_fwd="tc"):
+        assert bits(tf) == bits(gpu.be.lsconv_forward(d(x), d(w), d(b), region))
     assert bits(tf) != bits(fp32)
+    assert gpu.be.set_precision("fp32") == "tf32"
+    with tiling.forced(lsconv_fwd="tc"), pytest.raises(ValueError, match="is tf32"):
+        gpu.be.lsconv_forward(d(x), d(w), d(b), region)
     with pytest.raises(ValueError, match="'fp32' or 'tf32'"):
-        gpu.tc.set_precision("bf16")
+        gpu.be.set_precision("bf16")
 
 
 def test_tf32_refuses_an_older_gpu(gpu, monkeypatch):
