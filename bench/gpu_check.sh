@@ -200,9 +200,9 @@ sanitize() {  # sanitize TOOL: the smoke tests under compute-sanitizer (or the e
 }
 
 sweep() {  # sweep SECONDS: the autotuning sweep within that budget; 1/4 of it for TF32
-    "$PY" bench/kernels/sweep.py $EMU --budget $(($1 * 3 / 4)) --batches $SWEEP_BATCHES \
+    "$PY" bench/kernels/sweep.py $EMU --budget $(($1 * 3 / 4 > 0 ? $1 * 3 / 4 : 1)) --batches $SWEEP_BATCHES \
         --tuning "$TUNING" --json "$LOGDIR/sweep.json" || return 1
-    "$PY" bench/kernels/sweep.py $EMU --budget $(($1 / 4)) --batches $SWEEP_BATCHES \
+    "$PY" bench/kernels/sweep.py $EMU --budget $(($1 / 4 > 0 ? $1 / 4 : 1)) --batches $SWEEP_BATCHES \
         --precision tf32 --families lsconv_fwd lsconv_dx lsconv_dw \
         --tuning "$TUNING" --json "$LOGDIR/sweep_tf32.json"
 }

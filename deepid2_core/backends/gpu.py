@@ -155,8 +155,6 @@ def synchronize():
 # the toolbox (gpu_kit.py: kernels, launches, outputs) that the variants'
 # launchers (gpu_launchers.py, gpu_tc.py) get; the variant choice: gpu_tiling.py
 KIT = Kit(cupy, _state)
-for _op, _fams in gpu_tc.LAUNCHERS.items():
-    LAUNCHERS.setdefault(_op, {}).update(_fams)
 _checked, _new, _out_or_new, _blocks = KIT.checked, KIT.new, KIT.out_or_new, KIT.blocks
 
 
@@ -172,7 +170,7 @@ def _choose(op, shape):
 def _run(op, shape, *args):
     """Run the chosen variant of `op` for `shape` (gpu_tiling.choose)."""
     v = _choose(op, shape)
-    fn = LAUNCHERS[op].get(v.family)
+    fn = LAUNCHERS.get(op, {}).get(v.family) or gpu_tc.LAUNCHERS.get(op, {}).get(v.family)
     if fn is None:
         raise RuntimeError(f"gpu backend: {op} variant {v.name} has no launcher here "
                            "(register_variant)")
@@ -184,7 +182,7 @@ def register_variant(op, family, launcher, keys=(), candidates=None, valid=None,
     """Add a kernel variant: LAUNCHERS[op][family] = launcher, and the family
     in gpu_tiling (its parameters: keys, candidates, valid; see there)."""
     tiling.register(op, family, keys, candidates, valid, precision)
-    LAUNCHERS[op][family] = launcher
+    LAUNCHERS.setdefault(op, {})[family] = launcher
 
 
 # ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Launchers of the gpu backend's newer lsconv variants (issue 22), in
-gpu_launchers.py's form (kit, shape, variant, *arrays); gpu.py adds them to
-LAUNCHERS, and gpu_variants.py holds their families:
+gpu_launchers.py's form (kit, shape, variant, *arrays); gpu.py looks an op's
+family up in gpu_launchers.LAUNCHERS, then in LAUNCHERS here; gpu_variants.py
+holds their families:
 
   op               family  kernels (kernels/*.cu)              results
   lsconv_fwd       tc      lsconv_tc_fwd_m<M>                  TF32 (docs/ops.md)

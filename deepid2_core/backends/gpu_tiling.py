@@ -10,7 +10,8 @@ The order of the choice (``choose``):
    $XDG_CACHE_HOME/deepid2/gpu_tuning.json (~/.cache/deepid2/...);
    DEEPID2_GPU_TUNING=off ignores it. Its picks are keyed by the card's
    name, the precision, the op and the shape; a shape it lacks falls back to
-4. the heuristic: the backend's original choice, from the shape alone
+4. the heuristic: the backend's original choice, from the shape (and, at
+   precision tf32, the TF32 family)
    (_dx_tile_for, _wgrad_tile, _wgrad_splits in gpu_variants.py, which also
    holds each family's candidates and validity).
 A variant that cannot run the shape, or a name that does not parse, is one
@@ -29,13 +30,19 @@ where it is of that family, else from the family's first candidate.
 
   op           family   parameters                        kernels (kernels/*.cu)
   lsconv_fwd   tiled    -                                 lsconv_fwd (32 maps x 64 columns)
+               tc       m: tile rows (TF32)               lsconv_tc_fwd_m<M> (gpu_tc.py)
   lsconv_dw    tiled    t: maps x taps tile, s: column    lsconv_bwd_w_<BM>_<BN>
                         chunks (splits)                   (+ lsconv_bwd_w_reduce)
+               tc       m, s (TF32)                       lsconv_tc_bwd_w_m<M> (+ reduce)
   lsconv_dx    fwdconv  - (one region only)               lsconv_pad_grad + lsconv_fwd
                simple   b: threads per block              lsconv_bwd_data_simple
                staged   t: TH x TW tile, n: images per    lsconv_wt_transpose +
                         block, k: maps staged at a time   lsconv_bwd_data
                px2      as staged (one region only)       ... + lsconv_bwd_data_px2
+               tc       m (TF32)                          lsconv_tc_fwd / _dcol + col2im
+  lsconv_pool_ composed -                                 the ops above, then maxpool's
+   fwd, _bwd   fused    - (2 x 2 windows; the default)    lsconv_pool_fwd / the _pooled
+                                                          twins of the dx, dw variants
   maxpool_fwd  grid     b: threads per block              maxpool_fwd
   maxpool_bwd  grid     b                                 maxpool_bwd
   dense_fwd    cublas   b (of bias_act)                   cupy.matmul + bias_act
