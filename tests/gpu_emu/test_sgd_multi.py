@@ -67,7 +67,7 @@ def test_arguments_are_checked(gpu):
     p, g = d(np.ones(4, np.float32)), d(np.ones(4, np.float32))
     with pytest.raises(ValueError, match="grads\\[0\\]: expected shape \\(4,\\)"):
         gpu.be.sgd_update_many([p], [d(np.ones(3, np.float32))], [d(np.zeros(4, np.float32))],
-                                  0.1)
+                               0.1)
     with pytest.raises(ValueError, match="lists of one length"):
         gpu.be.sgd_update_many([p], [g], [], 0.1)
     with pytest.raises(ValueError, match="lr: 2 values for 1 tensors"):
