@@ -159,16 +159,9 @@ def torch_step(torch, ref, args, batch, tf32):
 
 
 def feature(be, name):
-    """The gpu backend's function `name` (set_precision, capture_graph), or that
-    of its TF32 kernels' module where it has one; None where neither has it."""
-    fn = getattr(be, name, None)
-    if fn is None:
-        try:
-            from deepid2_core.backends import gpu_tc
-            fn = getattr(gpu_tc, name, None)
-        except ImportError:
-            fn = None
-    return fn
+    """The gpu backend's function `name` (set_precision, capture_graph), or
+    None where this backend lacks it."""
+    return getattr(be, name, None)
 
 
 def backend(args):

@@ -199,9 +199,12 @@ sanitize() {  # sanitize TOOL: the smoke tests under compute-sanitizer (or the e
         "$PY" -m pytest tests/test_gpu_smoke.py -q -p no:cacheprovider
 }
 
-sweep() {  # sweep SECONDS: the autotuning sweep within that budget
-    "$PY" bench/kernels/sweep.py $EMU --budget "$1" --batches $SWEEP_BATCHES \
-        --tuning "$TUNING" --json "$LOGDIR/sweep.json"
+sweep() {  # sweep SECONDS: the autotuning sweep within that budget; 1/4 of it for TF32
+    "$PY" bench/kernels/sweep.py $EMU --budget $(($1 * 3 / 4 > 0 ? $1 * 3 / 4 : 1)) --batches $SWEEP_BATCHES \
+        --tuning "$TUNING" --json "$LOGDIR/sweep.json" || return 1
+    "$PY" bench/kernels/sweep.py $EMU --budget $(($1 / 4 > 0 ? $1 / 4 : 1)) --batches $SWEEP_BATCHES \
+        --precision tf32 --families lsconv_fwd lsconv_dx lsconv_dw \
+        --tuning "$TUNING" --json "$LOGDIR/sweep_tf32.json"
 }
 
 ops_vs_torch() {

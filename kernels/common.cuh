@@ -28,6 +28,9 @@
     T* name = reinterpret_cast<T*>(dsmem_)
 #define LDG(p) __ldg(p)
 #define LAUNCH_BOUNDS(n) __launch_bounds__(n)
+// ... and at least b resident blocks per SM: a register budget of 64K / (n b)
+// per thread, where ptxas's own occupancy target would spill.
+#define LAUNCH_BOUNDS_MIN(n, b) __launch_bounds__(n, b)
 #endif
 
 typedef long long i64;

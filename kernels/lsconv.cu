@@ -15,12 +15,16 @@
 // The input gradient is a gather over the taps that reach each input (no
 // atomics): dx[n, c, iy, ix] = sum_{k,i,j} G[n, k, iy-i, ix-j] W_{r(iy-i, ix-j)}[k, c, i, j].
 //
+// The backward kernels read G through a source (grad_src.cuh): dy masked by
+// y (lsconv_*), or lsconv_pool's pooled gradient through its argmax
+// (lsconv_*_pooled*: y and dy pooled 2 x 2, argmax); the sums are the same.
+//
 // Determinism: forward and backward-data sum in a fixed order. The weight
 // gradient splits each region's columns into S chunks (S depends on the
 // shapes only); in deterministic mode every chunk writes its partial sums to a
 // workspace that lsconv_bwd_w_reduce adds in chunk order; in fast mode the
 // chunks atomicAdd into dw / db directly.
-#include "common.cuh"
+#include "grad_src.cuh"
 
 // ---------------------------------------------------------------------------
 // Forward. Block: 32 output maps x 64 columns of one region; 128 threads,
@@ -122,12 +126,11 @@ lsconv_fwd(const float* __restrict__ x, const float* __restrict__ w,
 // for an empty chunk). Fast (fast != 0): atomicAdd into dw / db.
 #define WG_BK 16
 
-template <int BM, int BN, int TN>
-DEV void lsconv_bwd_w_tile(const float* __restrict__ x, const float* __restrict__ y,
-                           const float* __restrict__ dy, const int* __restrict__ qoff,
+template <int BM, int BN, int TN, class G>
+DEV void lsconv_bwd_w_tile(const float* __restrict__ x, const G gsrc, const int* __restrict__ qoff,
                            float* __restrict__ part, float* __restrict__ dw,
                            float* __restrict__ db, int N, int C, int H, int W, int K, int KH,
-                           int KW, int RH, int RW, int relu, int q_tiles, int S, int fast) {
+                           int KW, int RH, int RW, int q_tiles, int S, int fast) {
     constexpr int THREADS = (BM / 4) * (BN / TN);
     constexpr int GL = (BM * WG_BK + THREADS - 1) / THREADS;  // G loads per thread
     constexpr int XL = (BN * WG_BK + THREADS - 1) / THREADS;  // X loads per thread
@@ -141,7 +144,6 @@ DEV void lsconv_bwd_w_tile(const float* __restrict__ x, const float* __restrict_
     const int cols = N * P, k0 = blockIdx.y * BM, q0 = qt * BN, s = blockIdx.z;
     const int chunk = (cols + S - 1) / S;
     const int cbeg = imin(cols, s * chunk), cend = imin(cols, cbeg + chunk);
-    const i64 OHW = (i64)OH * OW;
 
     __shared__ __align__(16) float Gs[2][WG_BK][GP];
     __shared__ __align__(16) float Xs[2][WG_BK][XP];
@@ -160,22 +162,19 @@ DEV void lsconv_bwd_w_tile(const float* __restrict__ x, const float* __restrict_
 
     auto load = [&](int c0) {
         const int col = c0 + lc;
-        i64 xb = -1, yb = -1;
+        i64 xb = -1;
+        int n = 0, oy = 0, ox = 0;
         if (col < cend) {
-            const int n = col / P, p = col % P, oy = oy0 + p / pw, ox = ox0 + p % pw;
+            const int p = col % P;
+            n = col / P;
+            oy = oy0 + p / pw;
+            ox = ox0 + p % pw;
             xb = (i64)n * C * H * W + (i64)oy * W + ox;
-            yb = (i64)n * K * OHW + (i64)oy * OW + ox;
         }
 #pragma unroll
         for (int l = 0; l < GL; ++l) {
             const int e = tid + l * THREADS, k = k0 + e / WG_BK;
-            float g = 0.0f;
-            if (yb >= 0 && e < BM * WG_BK && k < K) {
-                const i64 o = yb + k * OHW;
-                g = LDG(dy + o);
-                if (relu && !(LDG(y + o) > 0.0f)) g = 0.0f;
-            }
-            gr[l] = g;
+            gr[l] = xb >= 0 && e < BM * WG_BK && k < K ? gsrc.at((i64)n * K + k, oy, ox) : 0.0f;
         }
 #pragma unroll
         for (int l = 0; l < XL; ++l)
@@ -250,16 +249,29 @@ DEV void lsconv_bwd_w_tile(const float* __restrict__ x, const float* __restrict_
     }
 }
 
-// One extern "C" kernel per tile shape, lsconv_bwd_w_<BM>_<BN>; the host
-// picks the shape that wastes the fewest maps and taps.
-#define LSCONV_BWD_W(BM, BN, TN)                                                               \
-    extern "C" __global__ void LAUNCH_BOUNDS((BM / 4) * (BN / TN)) lsconv_bwd_w_##BM##_##BN(  \
-        const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy, \
-        const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,       \
-        float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,     \
-        int RW, int relu, int q_tiles, int S, int fast) {                                      \
-        lsconv_bwd_w_tile<BM, BN, TN>(x, y, dy, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH, \
-                                      RW, relu, q_tiles, S, fast);                             \
+// One extern "C" kernel per tile shape, lsconv_bwd_w_<BM>_<BN> (and
+// lsconv_bwd_w_pooled_<BM>_<BN>); the host picks the shape that wastes the
+// fewest maps and taps.
+#define LSCONV_BWD_W(BM, BN, TN)                                                                   \
+    extern "C" __global__ void LAUNCH_BOUNDS((BM / 4) * (BN / TN)) lsconv_bwd_w_##BM##_##BN(       \
+        const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,    \
+        const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,            \
+        float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,         \
+        int RW, int relu, int q_tiles, int S, int fast) {                                          \
+        const GradDense gd = grad_dense(y, dy, relu, H, W, KH, KW);                                \
+        lsconv_bwd_w_tile<BM, BN, TN>(x, gd, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,        \
+                                      RW, q_tiles, S, fast);                                       \
+    }                                                                                              \
+    extern "C" __global__ void LAUNCH_BOUNDS((BM / 4) * (BN / TN))                                 \
+        lsconv_bwd_w_pooled_##BM##_##BN(                                                           \
+            const float* __restrict__ x, const float* __restrict__ yp,                             \
+            const float* __restrict__ dyp, const int* __restrict__ am,                             \
+            const int* __restrict__ qoff, float* __restrict__ part, float* __restrict__ dw,        \
+            float* __restrict__ db, int N, int C, int H, int W, int K, int KH, int KW, int RH,     \
+            int RW, int relu, int q_tiles, int S, int fast) {                                      \
+        const GradPooled gp = grad_pooled(yp, dyp, am, relu, H, W, KH, KW);                        \
+        lsconv_bwd_w_tile<BM, BN, TN>(x, gp, qoff, part, dw, db, N, C, H, W, K, KH, KW, RH,        \
+                                      RW, q_tiles, S, fast);                                       \
     }
 LSCONV_BWD_W(20, 64, 4)
 LSCONV_BWD_W(40, 64, 4)
@@ -320,11 +332,10 @@ lsconv_wt_transpose(const float* __restrict__ w, float* __restrict__ wt, int R, 
 // grid.y = C/8 tiles; blockDim.x >= NB * TH * TW / PX (at most 256).
 #define BD_CT 8
 
-template <int PX>
-DEV void lsconv_bwd_data_tile(const float* __restrict__ y, const float* __restrict__ dy,
-                              const float* __restrict__ wt, float* __restrict__ dx, int N,
-                              int C, int H, int W, int K, int KH, int KW, int RH, int RW,
-                              int relu, int CP, int KC, int TH, int TW, int NB) {
+template <int PX, class G>
+DEV void lsconv_bwd_data_tile(const G gsrc, const float* __restrict__ wt, float* __restrict__ dx,
+                              int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW,
+                              int CP, int KC, int TH, int TW, int NB) {
     DYN_SMEM(float, gs);
     const int OH = H - KH + 1, OW = W - KW + 1, RX = (OW + RW - 1) / RW;
     const int tiles_x = (W + TW - 1) / TW, tiles = ((H + TH - 1) / TH) * tiles_x;
@@ -337,7 +348,6 @@ DEV void lsconv_bwd_data_tile(const float* __restrict__ y, const float* __restri
     const bool active = img < NB && n < N && iy < H && ix < W;
     const int GH = TH + KH - 1, GW = TW + KW - 1 + PX - 1, GHW = GH * GW;
     const int gy0 = iy0 - (KH - 1), gx0 = ix0 - (KW - 1);  // output coords of gs[.][.][0][0]
-    const i64 OHW = (i64)OH * OW;
 
     float acc[PX][BD_CT];
 #pragma unroll
@@ -351,13 +361,8 @@ DEV void lsconv_bwd_data_tile(const float* __restrict__ y, const float* __restri
             const int im = e / per_img, rem0 = e % per_img;
             const int kk = rem0 / GHW, rem = rem0 % GHW;
             const int oy = gy0 + rem / GW, ox = gx0 + rem % GW;
-            float g = 0.0f;
-            if (n0 + im < N && oy >= 0 && oy < OH && ox >= 0 && ox < OW) {
-                const i64 o = ((i64)(n0 + im) * K + kb + kk) * OHW + (i64)oy * OW + ox;
-                g = LDG(dy + o);
-                if (relu && !(LDG(y + o) > 0.0f)) g = 0.0f;
-            }
-            gs[e] = g;
+            const bool in = n0 + im < N && oy >= 0 && oy < OH && ox >= 0 && ox < OW;
+            gs[e] = in ? gsrc.at((i64)(n0 + im) * K + kb + kk, oy, ox) : 0.0f;
         }
         __syncthreads();
         if (active) {
@@ -410,33 +415,39 @@ DEV void lsconv_bwd_data_tile(const float* __restrict__ y, const float* __restri
     }
 }
 
-extern "C" __global__ void LAUNCH_BOUNDS(256)
-lsconv_bwd_data(const float* __restrict__ y, const float* __restrict__ dy,
-                const float* __restrict__ wt, float* __restrict__ dx, int N, int C, int H,
-                int W, int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC, int TH,
-                int TW, int NB) {
-    lsconv_bwd_data_tile<1>(y, dy, wt, dx, N, C, H, W, K, KH, KW, RH, RW, relu, CP, KC, TH, TW,
-                            NB);
-}
-
-// The same for a layer with one region (an ordinary convolution); TW even.
-extern "C" __global__ void LAUNCH_BOUNDS(256)
-lsconv_bwd_data_px2(const float* __restrict__ y, const float* __restrict__ dy,
-                    const float* __restrict__ wt, float* __restrict__ dx, int N, int C, int H,
-                    int W, int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC,
-                    int TH, int TW, int NB) {
-    lsconv_bwd_data_tile<2>(y, dy, wt, dx, N, C, H, W, K, KH, KW, RH, RW, relu, CP, KC, TH, TW,
-                            NB);
-}
+// lsconv_bwd_data, and lsconv_bwd_data_px2 for a layer with one region (an
+// ordinary convolution; TW even); _pooled: G through lsconv_pool's argmax
+// (with a register budget: at ptxas's default target, 64, it spills).
+#define LSCONV_BWD_DATA(NAME, PX)                                                                  \
+    extern "C" __global__ void LAUNCH_BOUNDS_MIN(256, 3)                                           \
+        NAME(const float* __restrict__ y, const float* __restrict__ dy,                            \
+             const float* __restrict__ wt, float* __restrict__ dx, int N, int C, int H, int W,     \
+             int K, int KH, int KW, int RH, int RW, int relu, int CP, int KC, int TH, int TW,      \
+             int NB) {                                                                             \
+        const GradDense gd = grad_dense(y, dy, relu, H, W, KH, KW);                                \
+        lsconv_bwd_data_tile<PX>(gd, wt, dx, N, C, H, W, K, KH, KW, RH, RW, CP, KC, TH, TW,        \
+                                 NB);                                                              \
+    }                                                                                              \
+    extern "C" __global__ void LAUNCH_BOUNDS_MIN(256, 2) NAME##_pooled(                            \
+        const float* __restrict__ yp, const float* __restrict__ dyp,                               \
+        const int* __restrict__ am, const float* __restrict__ wt, float* __restrict__ dx,          \
+        int N, int C, int H, int W, int K, int KH, int KW, int RH, int RW, int relu, int CP,       \
+        int KC, int TH, int TW, int NB) {                                                          \
+        const GradPooled gp = grad_pooled(yp, dyp, am, relu, H, W, KH, KW);                        \
+        lsconv_bwd_data_tile<PX>(gp, wt, dx, N, C, H, W, K, KH, KW, RH, RW, CP, KC, TH, TW,        \
+                                 NB);                                                              \
+    }
+LSCONV_BWD_DATA(lsconv_bwd_data, 1)
+LSCONV_BWD_DATA(lsconv_bwd_data_px2, 2)
 
 // The masked output gradient G (dy where y > 0, else 0; dy itself without
 // ReLU), zero-padded by KH - 1 rows and KW - 1 columns on each side: for a
 // layer with one region, dx is then the forward convolution of this with the
 // flipped, transposed weights (lsconv_fwd). One thread per element of gp,
 // N x K x (OH + 2 KH - 2) x (OW + 2 KW - 2).
-extern "C" __global__ void LAUNCH_BOUNDS(256)
-lsconv_pad_grad(const float* __restrict__ y, const float* __restrict__ dy,
-                float* __restrict__ gp, int N, int K, int OH, int OW, int KH, int KW, int relu) {
+template <class G>
+DEV void lsconv_pad_grad_body(const G gsrc, float* __restrict__ gp, int N, int K, int OH, int OW,
+                              int KH, int KW) {
     const int PH = OH + 2 * (KH - 1), PW = OW + 2 * (KW - 1);
     const i64 total = (i64)N * K * PH * PW;
     for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
@@ -444,24 +455,32 @@ lsconv_pad_grad(const float* __restrict__ y, const float* __restrict__ dy,
         const int px = (int)(e % PW), py = (int)((e / PW) % PH);
         const i64 nk = e / ((i64)PW * PH);
         const int oy = py - (KH - 1), ox = px - (KW - 1);
-        float g = 0.0f;
-        if (oy >= 0 && oy < OH && ox >= 0 && ox < OW) {
-            const i64 o = nk * OH * OW + (i64)oy * OW + ox;
-            g = LDG(dy + o);
-            if (relu && !(LDG(y + o) > 0.0f)) g = 0.0f;
-        }
-        gp[e] = g;
+        gp[e] = oy >= 0 && oy < OH && ox >= 0 && ox < OW ? gsrc.at(nk, oy, ox) : 0.0f;
     }
+}
+
+extern "C" __global__ void LAUNCH_BOUNDS(256)
+lsconv_pad_grad(const float* __restrict__ y, const float* __restrict__ dy,
+                float* __restrict__ gp, int N, int K, int OH, int OW, int KH, int KW, int relu) {
+    lsconv_pad_grad_body(GradDense{y, dy, relu, OW, (i64)OH * OW}, gp, N, K, OH, OW, KH, KW);
+}
+
+extern "C" __global__ void LAUNCH_BOUNDS(256)
+lsconv_pad_grad_pooled(const float* __restrict__ yp, const float* __restrict__ dyp,
+                       const int* __restrict__ am, float* __restrict__ gp, int N, int K, int OH,
+                       int OW, int KH, int KW, int relu) {
+    lsconv_pad_grad_body(GradPooled{yp, dyp, am, relu, OW, OH / 2, OW / 2}, gp, N, K, OH,
+                         OW, KH, KW);
 }
 
 // The same gather without shared memory, one dx element per thread: for
 // kernels too large for lsconv_bwd_data's staging buffer.
-extern "C" __global__ void LAUNCH_BOUNDS(256)
-lsconv_bwd_data_simple(const float* __restrict__ y, const float* __restrict__ dy,
-                       const float* __restrict__ w, float* __restrict__ dx, int N, int C, int H,
-                       int W, int K, int KH, int KW, int RH, int RW, int relu) {
+template <class G>
+DEV void lsconv_bwd_data_simple_body(const G gsrc, const float* __restrict__ w,
+                                     float* __restrict__ dx, int N, int C, int H, int W, int K,
+                                     int KH, int KW, int RH, int RW) {
     const int OH = H - KH + 1, OW = W - KW + 1, RX = (OW + RW - 1) / RW;
-    const i64 OHW = (i64)OH * OW, total = (i64)N * C * H * W;
+    const i64 total = (i64)N * C * H * W;
     for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
          e += (i64)gridDim.x * blockDim.x) {
         const int ix = (int)(e % W);
@@ -477,13 +496,29 @@ lsconv_bwd_data_simple(const float* __restrict__ y, const float* __restrict__ dy
                 if (ox < 0 || ox >= OW) continue;
                 const int r = (oy / RH) * RX + ox / RW;
                 for (int k = 0; k < K; ++k) {
-                    const i64 o = (n * K + k) * OHW + (i64)oy * OW + ox;
-                    float g = LDG(dy + o);
-                    if (relu && !(LDG(y + o) > 0.0f)) g = 0.0f;
+                    const float g = gsrc.at(n * K + k, oy, ox);
                     acc += g * LDG(w + ((((i64)r * K + k) * C + c) * KH + i) * KW + j);
                 }
             }
         }
         dx[e] = acc;
     }
+}
+
+// (At ptxas's default register target, 64, the body spills on sm_80.)
+extern "C" __global__ void LAUNCH_BOUNDS_MIN(256, 3)
+lsconv_bwd_data_simple(const float* __restrict__ y, const float* __restrict__ dy,
+                       const float* __restrict__ w, float* __restrict__ dx, int N, int C, int H,
+                       int W, int K, int KH, int KW, int RH, int RW, int relu) {
+    lsconv_bwd_data_simple_body(grad_dense(y, dy, relu, H, W, KH, KW), w, dx, N, C, H, W, K, KH,
+                                KW, RH, RW);
+}
+
+extern "C" __global__ void LAUNCH_BOUNDS_MIN(256, 3)
+lsconv_bwd_data_simple_pooled(const float* __restrict__ yp, const float* __restrict__ dyp,
+                              const int* __restrict__ am, const float* __restrict__ w,
+                              float* __restrict__ dx, int N, int C, int H, int W, int K, int KH,
+                              int KW, int RH, int RW, int relu) {
+    lsconv_bwd_data_simple_body(grad_pooled(yp, dyp, am, relu, H, W, KH, KW), w, dx, N, C, H, W,
+                                K, KH, KW, RH, RW);
 }

@@ -10,7 +10,9 @@ in turn (gpu_tiling.forced), checked against tests/oracle.py in float64 with
     |got - ref| <= atol + rtol |ref|,  rtol = 1e-4 (1e-6 exact ops),
     atol = 1e-5 sqrt(L) * scale       (L: the reduction's length)
 
-(the tests' bound), timed, and the table printed; the fastest correct variant
+(the tests' bound; a TF32 variant, run with --precision tf32, within
+docs/ops.md's TF32 bound: atol + 15 u sqrt(L) * scale, u = 2^-11, the
+products' Hoeffding bound at the inputs' scale), timed, and the table printed; the fastest correct variant
 is written to the tuning file. A variant that fails its check prints one
 line "FAIL <op> <variant>: ..." and the script exits 1.
 
@@ -99,6 +101,9 @@ def parse(description, argv=None):
                     "gpu_tiling.tuning_path() on a GPU; none in the emulator)")
     ap.add_argument("--no-write", action="store_true", help="do not write the tuning file")
     ap.add_argument("--variants", help="only variants whose name contains this")
+    ap.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
+                    help="the backend's precision (set_precision): tf32 adds the TF32 "
+                         "variants (and picks for precision tf32)")
     ap.add_argument("--fast", action="store_true",
                     help="the backend's fast (atomics) mode; default deterministic")
     ap.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1),
@@ -268,7 +273,7 @@ def context(args):
     figures, ptx_note = ptxas.table()
     return argparse.Namespace(be=be, cp=cp, mode=mode, card=card, peak=peaks(card),
                               figures=figures, ptx_note=ptx_note, tpath=tpath,
-                              precision=be.KIT.state.get("precision", "fp32"))
+                              precision=args.precision)
 
 
 def run(args, family, make_cases, ctx=None):
@@ -278,13 +283,15 @@ def run(args, family, make_cases, ctx=None):
     for the device), as Loop.run trains."""
     ctx = ctx or context(args)
     be = ctx.be
-    saved = (be.set_deterministic(not args.fast), be.set_debug(False), be.set_index_checks(False))
+    saved = (be.set_deterministic(not args.fast), be.set_debug(False), be.set_index_checks(False),
+             be.set_precision(ctx.precision))
     try:
         return _run(args, family, make_cases, ctx)
     finally:   # the backend's modes as they were (the tests share the emulated backend)
         be.set_deterministic(saved[0])
         be.set_debug(saved[1])
         be.set_index_checks(saved[2])
+        be.set_precision(saved[3])
 
 
 def _run(args, family, make_cases, ctx):
@@ -324,7 +331,7 @@ def _sweep(args, ctx, case):
     inputs = case.inputs()
     be, ref = ctx.be, case.reference(inputs)
     tols = case.tol(ref) if callable(case.tol) else case.tol
-    heur = tiling.heuristic(case.op, case.shape)
+    heur = tiling.heuristic(case.op, case.shape, ctx.precision)
     rows = []
     for v in tiling.variants(case.op, case.shape, ctx.precision):
         if args.variants and args.variants not in v.name and v != heur:
@@ -338,7 +345,7 @@ def _sweep(args, ctx, case):
                 t0 = time.perf_counter()
                 got = case.call(be, state)
                 wall = 1e3 * (time.perf_counter() - t0)
-            worst, text = check(got, ref, tols)
+            worst, text = check(got, ref, tf32_tols(tols) if _is_tf32(v) else tols)
             if worst > 1.0:
                 print(f"FAIL {case.op} {v.name} ({case.label}): {text}")
                 rows.append((v, None, worst, spy.seen, "FAILED the oracle check"))
@@ -357,7 +364,7 @@ def _sweep(args, ctx, case):
 
 def _report(ctx, case, rows):
     """Print the case's rows; write its winner; return its pick."""
-    pk, heur = ctx.peak, tiling.heuristic(case.op, case.shape)
+    pk, heur = ctx.peak, tiling.heuristic(case.op, case.shape, ctx.precision)
     ok = [r for r in rows if r[1] is not None]
     best = min(ok, key=lambda r: r[1]) if ok else None
     hrow = next((r for r in rows if r[0] == heur and r[1] is not None), None)
@@ -399,6 +406,16 @@ def print_picks(title, picks):
         print(f"  {p['op'] + ' ' + p['label']:<24s} {p['heuristic']:<24s} "
               f"{_f(p['heuristic_ms'], 9, 4)}  {str(p['best']):<24s} {_f(p['best_ms'], 9, 4)} "
               f"{_f(gain, 6, 3)} {_f(p['floor_ms'], 9, 3)}")
+
+
+TF32_U = 2.0 ** -11   # TF32's unit roundoff (docs/ops.md, "TF32")
+
+
+def tf32_tols(tols):
+    """The TF32 tolerance of each output: atol 1e-5 sqrt(L) scale grows by
+    15 u sqrt(L) scale (the Hoeffding bound of docs/ops.md at the inputs'
+    scale); rtol as for fp32."""
+    return {k: (rtol, atol * (1 + 15 * TF32_U / 1e-5)) for k, (rtol, atol) in tols.items()}
 
 
 def _is_tf32(v):

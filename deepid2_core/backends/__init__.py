@@ -42,3 +42,19 @@ def _gpu():
         except BackendUnavailable as e:
             reason = str(e)
     raise BackendUnavailable(reason)  # raised here: no chained CuPy traceback
+
+
+def sgd_hyperparameters(params, grads, velocities, lr, momentum, weight_decay):
+    """[(lr, momentum, weight_decay)] per tensor of sgd_update_many: each given
+    as one number or one per tensor; ValueError (one line) on lengths."""
+    n = len(params)
+    if not n == len(grads) == len(velocities):
+        raise ValueError(f"params, grads and velocities must be lists of one length, got "
+                         f"{n}, {len(grads)} and {len(velocities)}")
+    cols = []
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        vals = list(value) if isinstance(value, (list, tuple)) else [value] * n
+        if len(vals) != n:
+            raise ValueError(f"{name}: {len(vals)} values for {n} tensors")
+        cols.append(vals)
+    return list(zip(*cols))

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 # Kernel files (kernels/<name>.cu), one op family each.
-FILES = ("lsconv", "maxpool", "loss", "dense", "sgd", "assemble")
+FILES = ("lsconv", "maxpool", "loss", "dense", "sgd", "assemble", "lsconv_tc", "lsconv_pool",
+         "sgd_multi")
 
 # Options for NVRTC (cupy.RawModule adds the target architecture itself).
 NVRTC_OPTIONS = ("-std=c++17",)
@@ -25,7 +26,9 @@ NVRTC_OPTIONS = ("-std=c++17",)
 CUPY_IMPLICIT_OPTIONS = ("-ftz=true",)
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:LAUNCH_BOUNDS\(\w+\)\s*)?(\w+)\s*\(')
+# (kernels a macro defines, with names pasted by ##, are not listed)
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:LAUNCH_BOUNDS(?:_MIN)?\([\w\s,]+\)\s*)?'
+                     r'(?!LAUNCH_BOUNDS\b)(\w+)\s*\(')
 
 
 def kernel_dir():

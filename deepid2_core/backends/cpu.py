@@ -7,6 +7,7 @@ here: transfers return their argument and synchronize does nothing.
 
 from collections import namedtuple
 
+from deepid2_core.backends import sgd_hyperparameters
 from deepid2_core.backends.cpu_batch import assemble_batch
 
 
@@ -70,10 +71,18 @@ keep_freed_memory = _cpu.keep_freed_memory
 __all__ = [
     "name", "xp", "JointLoss", "lsconv_forward", "lsconv_backward", "lsconv_pool_forward",
     "lsconv_pool_backward", "maxpool_forward", "maxpool_backward", "dense_forward",
-    "dense_backward", "joint_loss", "regression_loss", "sgd_update", "assemble_batch",
-    "to_device", "to_host", "keep_freed_memory", "set_index_checks", "max_threads",
-    "synchronize",
+    "dense_backward", "joint_loss", "regression_loss", "sgd_update", "sgd_update_many",
+    "assemble_batch", "to_device", "to_host", "keep_freed_memory", "set_index_checks",
+    "max_threads", "synchronize",
 ]
+
+
+def sgd_update_many(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
+    """sgd_update on every (param, grad, velocity) of the lists, in order;
+    lr, momentum, weight_decay: numbers or one per tensor."""
+    hyper = sgd_hyperparameters(params, grads, velocities, lr, momentum, weight_decay)
+    for p, g, v, (lr_, m, wd) in zip(params, grads, velocities, hyper):
+        _cpu.sgd_update(p, g, v, lr_, m, wd)
 
 
 def to_device(a):

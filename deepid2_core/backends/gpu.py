@@ -14,48 +14,41 @@ is missing. The kernels are compiled on first use (NVRTC; CuPy caches the
 binaries on disk) from the kernels/ folder of the source tree, or
 $DEEPID2_KERNELS_DIR.
 
-Modes (module-wide):
+Modes (module-wide; docs/ops.md):
 - ``set_deterministic(True)`` (the default; $DEEPID2_GPU_DETERMINISTIC=0
   starts in fast mode): every result is bit-identical from run to run on the
-  same GPU and CuPy. The weight gradients of lsconv are summed per column
-  chunk into a workspace and the chunks added in a fixed order. In fast mode
-  the chunks atomicAdd into dw / db instead (one launch less, a little
-  faster, and the last bits vary between runs).
-- ``set_debug(True)`` ($DEEPID2_GPU_DEBUG=1): every output is filled with NaN
-  (int outputs with INT32_MIN) before its kernel runs, the device is
-  synchronised after every launch so a faulting kernel is named, and after
-  each op the outputs are checked for left-over poison (RuntimeError naming
-  the op and output: the kernel did not write every element). Slow; for tests.
+  same GPU and CuPy (lsconv's weight gradients summed per column chunk, the
+  chunks added in a fixed order; fast mode: atomics, the last bits vary).
+- ``set_debug(True)`` ($DEEPID2_GPU_DEBUG=1): outputs poisoned (NaN,
+  INT32_MIN) before their kernels, a sync after every launch, and the
+  outputs checked for left-over poison (RuntimeError naming op and output).
 - ``set_index_checks(False)``: maxpool_backward and assemble_batch stop
   waiting for the device to report bad indices (see the function).
-- Dense layers use cuBLAS (cupy.matmul) in float32; leave $CUPY_TF32 unset
-  (TF32 would cost about 3 decimal digits).
-- CuPy compiles every kernel with -ftz=true: float32 denormals (|v| below
-  1.2e-38) are flushed to zero, where the cpu backend keeps them. No op here
-  depends on them at the network's scales.
-- Kernel variants: where an op has several kernels, tiles or block sizes,
-  gpu_tiling.py chooses one per shape (forced in code or by
-  $DEEPID2_GPU_TILING, else the tuning file that bench/kernels/ writes,
-  else the original heuristics) and gpu_launchers.py runs it. In
-  deterministic mode results are reproducible for a given choice; the
-  default choice (no tuning file) depends on the shapes only.
-- The argument checks are in gpu_checks.py.
-- The kernel sources are read from the source tree: install with
-  a wheel (``pip install .`` installs them as deepid2_core/kernels), or
-  point $DEEPID2_KERNELS_DIR at a kernels/ folder.
+- ``set_precision("tf32")`` ($DEEPID2_GPU_PRECISION): lsconv on the TF32
+  tensor cores (gpu_tc.py), within docs/ops.md's TF32 tolerance; "fp32",
+  the default, keeps every result as before. Dense layers use cuBLAS in
+  float32 either way (leave $CUPY_TF32 unset).
+- CuPy compiles with -ftz=true: float32 denormals are flushed to zero.
+- Kernel variants: gpu_tiling.py chooses one per op and shape (forced in
+  code or by $DEEPID2_GPU_TILING, else the tuning file of bench/kernels/,
+  else the heuristics); gpu_launchers.py and gpu_tc.py launch them. With no
+  tuning file the choice depends on the shapes and precision only.
+- Argument checks: gpu_checks.py. The kernel sources come from the source
+  tree (a wheel installs them as deepid2_core/kernels) or $DEEPID2_KERNELS_DIR.
 """
 
 import os
 from collections import namedtuple
-from types import SimpleNamespace
 
 import numpy as np
 
-from deepid2_core.backends import BackendUnavailable, _kernel_src
+from deepid2_core.backends import BackendUnavailable
 from deepid2_core.backends import gpu_checks as chk
+from deepid2_core.backends import gpu_step, gpu_tc
 from deepid2_core.backends import gpu_tiling as tiling
-from deepid2_core.backends.gpu_launchers import LAUNCHERS
-from deepid2_core.backends.gpu_variants import DenseShape, GridShape, LossShape
+from deepid2_core.backends.gpu_kit import Kit
+from deepid2_core.backends.gpu_launchers import LAUNCHERS, Grad
+from deepid2_core.backends.gpu_variants import DenseShape, GridShape, LossShape, LsPoolShape
 
 try:
     import cupy
@@ -71,14 +64,30 @@ xp = cupy
 JointLoss = namedtuple("JointLoss", "total ident verif correct dlogits dfeatures dparams")
 
 _f32, _i32, _i64, _f64 = np.float32, np.int32, np.int64, np.float64
-_INT_POISON = np.iinfo(np.int32).min
 
 _state = {
     "deterministic": os.environ.get("DEEPID2_GPU_DETERMINISTIC", "1") != "0",
     "debug": os.environ.get("DEEPID2_GPU_DEBUG", "0") not in ("", "0"),
     "index_checks": True,
-    "precision": "fp32",   # which variant families may run (gpu_tiling.PRECISIONS)
+    "precision": os.environ.get("DEEPID2_GPU_PRECISION", "fp32").strip().lower() or "fp32",
 }
+if _state["precision"] not in tiling.PRECISIONS:
+    raise ValueError(f"DEEPID2_GPU_PRECISION={_state['precision']!r}: one of "
+                     f"{', '.join(tiling.PRECISIONS)}")
+
+
+def set_precision(precision):
+    """"fp32" (the default; $DEEPID2_GPU_PRECISION) or "tf32": whether the
+    TF32 tensor-core variants may run, and are the default choice (lsconv's
+    forward and gradients; docs/ops.md, "TF32"). Returns the old one."""
+    if precision not in tiling.PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+    old, _state["precision"] = _state["precision"], precision
+    return old
+
+
+def get_precision():
+    return _state["precision"]
 
 
 def set_deterministic(flag=True):
@@ -139,116 +148,29 @@ def keep_freed_memory():
 def synchronize():
     """Wait for the work queued on the current stream (RuntimeError naming
     the device error if a kernel failed)."""
-    _sync("queued work")
+    KIT.sync("queued work")
 
 
 # ----------------------------------------------------------------------------
-# kernels
-_modules = {}
-
-
-def _kernel(file, kname):
-    dev = cupy.cuda.Device().id
-    mod = _modules.get((file, dev))
-    if mod is None:
-        mod = cupy.RawModule(code=_kernel_src.source(file),
-                             options=_kernel_src.NVRTC_OPTIONS)
-        _modules[(file, dev)] = mod
-    return mod.get_function(kname)
-
-
-def _sync(what):
-    try:
-        cupy.cuda.get_current_stream().synchronize()
-    except Exception as e:  # noqa: BLE001 - CUDARuntimeError / CUDADriverError
-        raise RuntimeError(f"gpu backend: {what} failed on the device: {e}") from None
-
-
-def _launch(file, kname, grid, block, args, shared_mem=0):
-    grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
-    block = (int(block), 1, 1)
-    if min(grid) < 1:
-        raise AssertionError(f"{kname}: empty grid {grid}")
-    if grid[0] > 2 ** 31 - 1 or grid[1] > 65535 or grid[2] > 65535:
-        raise ValueError(f"{kname}: the shapes are too large for the gpu backend "
-                         f"(grid {grid})")
-    fn = _kernel(file, kname)
-    try:
-        fn(grid, block, args, shared_mem=int(shared_mem))
-    except Exception as e:  # noqa: BLE001 - launch errors come back synchronously
-        raise RuntimeError(f"gpu backend: launching {kname} (grid {grid}, block {block}, "
-                           f"{int(shared_mem)} B shared) failed: {type(e).__name__}: {e}") from None
-    if _state["debug"]:
-        _sync(f"kernel {kname}")
-
-
-def _blocks(total, threads=256, cap=65536):
-    """Blocks for a grid-stride loop over `total` items."""
-    return max(1, min(cap, -(-int(total) // threads)))
-
-
-# ----------------------------------------------------------------------------
-# argument checks (gpu_checks.py) bound to this module's CuPy; outputs
-def _checked(a, argname, dtype=_f32):
-    return chk.checked(cupy, a, argname, dtype)
-
-
-def _new(shape, dtype=_f32):
-    """A fresh output; poisoned in debug mode."""
-    if _state["debug"]:
-        fill = np.nan if np.dtype(dtype).kind == "f" else _INT_POISON
-        return cupy.full(shape, fill, dtype=dtype)
-    return cupy.empty(shape, dtype=dtype)
-
-
-def _out_or_new(given, argname, shape, meaning):
-    if given is None:
-        return cupy.zeros(shape, dtype=_f32)
-    a = _checked(given, argname)
-    chk.expect_shape(a, argname, shape, meaning)
-    return a
-
-
-def _check_written(op, **outs):
-    """Debug mode: no output element may still hold the poison."""
-    if not _state["debug"]:
-        return
-    for oname, a in outs.items():
-        if a is None:
-            continue
-        if a.dtype.kind == "f":
-            bad = int(cupy.count_nonzero(cupy.isnan(a)))
-        else:
-            bad = int(cupy.count_nonzero(a == _INT_POISON))
-        if bad:
-            raise RuntimeError(f"gpu backend: {op} left {bad} of {a.size} elements of {oname} "
-                               "unwritten (or NaN)")
-
-
-# ----------------------------------------------------------------------------
-# the variant choice (gpu_tiling.py) and the launchers of the variants
-# (gpu_launchers.py), which get KIT: this backend's CuPy and helpers
-KIT = SimpleNamespace(cupy=cupy, launch=_launch, new=_new, blocks=_blocks,
-                      check_written=_check_written, state=_state)
-_cards = {}
+# the toolbox (gpu_kit.py: kernels, launches, outputs) that the variants'
+# launchers (gpu_launchers.py, gpu_tc.py) get; the variant choice: gpu_tiling.py
+KIT = Kit(cupy, _state)
+_checked, _new, _out_or_new, _blocks = KIT.checked, KIT.new, KIT.out_or_new, KIT.blocks
 
 
 def card_name():
     """The current GPU's name, as the tuning file keys its picks ("" if unknown)."""
-    dev = cupy.cuda.Device().id
-    if dev not in _cards:
-        try:
-            got = cupy.cuda.runtime.getDeviceProperties(dev)["name"]
-            _cards[dev] = got.decode() if isinstance(got, bytes) else str(got)
-        except Exception:  # noqa: BLE001 - a stand-in without properties: no tuning file
-            _cards[dev] = ""
-    return _cards[dev]
+    return KIT.card_name()
+
+
+def _choose(op, shape):
+    return tiling.choose(op, shape, card_name(), _state["precision"]).variant
 
 
 def _run(op, shape, *args):
     """Run the chosen variant of `op` for `shape` (gpu_tiling.choose)."""
-    v = tiling.choose(op, shape, card_name(), _state["precision"]).variant
-    fn = LAUNCHERS[op].get(v.family)
+    v = _choose(op, shape)
+    fn = LAUNCHERS.get(op, {}).get(v.family) or gpu_tc.LAUNCHERS.get(op, {}).get(v.family)
     if fn is None:
         raise RuntimeError(f"gpu backend: {op} variant {v.name} has no launcher here "
                            "(register_variant)")
@@ -260,7 +182,7 @@ def register_variant(op, family, launcher, keys=(), candidates=None, valid=None,
     """Add a kernel variant: LAUNCHERS[op][family] = launcher, and the family
     in gpu_tiling (its parameters: keys, candidates, valid; see there)."""
     tiling.register(op, family, keys, candidates, valid, precision)
-    LAUNCHERS[op][family] = launcher
+    LAUNCHERS.setdefault(op, {})[family] = launcher
 
 
 # ----------------------------------------------------------------------------
@@ -272,22 +194,27 @@ def lsconv_forward(x, w, b, region, relu=True):
     chk.expect_shape(b, "b", (s.ry, s.rx, s.k), "RY x RX x K")
     y = _new(chk.ls_yshape(s))
     _run("lsconv_fwd", s, x, w, b, y, relu)
-    _check_written("lsconv_forward", y=y)
+    KIT.check_written("lsconv_forward", y=y)
     return y
 
 
 def lsconv_backward(x, w, y, dy, region, relu=True, need_dx=True, dw=None, db=None):
     """(dx or None, dw, db) with dw += and db += ; see docs/ops.md."""
     x, w, y, dy, s = chk.lsconv_backward_args(cupy, x, w, y, dy, region, relu)
+    return _backward("lsconv_backward", s, x, w, Grad((y, dy), _i32(bool(relu)), ""), need_dx,
+                     dw, db)
+
+
+def _backward(op, s, x, w, grad, need_dx, dw, db):
+    """dx (or None), dw +=, db += of lsconv from grad (gpu_launchers.Grad)."""
     dw = _out_or_new(dw, "dw", tuple(w.shape), "same as w")
     db = _out_or_new(db, "db", (s.ry, s.rx, s.k), "RY x RX x K")
-    relu_ = _i32(bool(relu))
     dx = None
     if need_dx:
         dx = _new(tuple(x.shape))
-        _run("lsconv_dx", s, w, y, dy, dx, relu_)
-    _run("lsconv_dw", s, x, y, dy, dw, db, relu_)
-    _check_written("lsconv_backward", dx=dx, dw=dw, db=db)
+        _run("lsconv_dx", s, w, grad, dx)
+    _run("lsconv_dw", s, x, grad, dw, db)
+    KIT.check_written(op, dx=dx, dw=dw, db=db)
     return dx, dw, db
 
 
@@ -295,8 +222,8 @@ def lsconv_input_grad(x, w, y, dy, region, relu=True):
     """dx of lsconv_backward alone (for the benchmarks of bench/kernels/)."""
     x, w, y, dy, s = chk.lsconv_backward_args(cupy, x, w, y, dy, region, relu)
     dx = _new(tuple(x.shape))
-    _run("lsconv_dx", s, w, y, dy, dx, _i32(bool(relu)))
-    _check_written("lsconv_input_grad", dx=dx)
+    _run("lsconv_dx", s, w, Grad((y, dy), _i32(bool(relu)), ""), dx)
+    KIT.check_written("lsconv_input_grad", dx=dx)
     return dx
 
 
@@ -308,7 +235,7 @@ def maxpool_forward(x, s=2):
     oh, ow = h // s, w // s
     y, am = _new((n, c, oh, ow)), _new((n, c, oh, ow), _i32)
     _run("maxpool_fwd", GridShape(y.size), x, y, am, n * c, h, w, s)
-    _check_written("maxpool_forward", y=y, argmax=am)
+    KIT.check_written("maxpool_forward", y=y, argmax=am)
     return y, am
 
 
@@ -320,15 +247,23 @@ def maxpool_backward(dy, argmax, in_hw, s=None):
     _run("maxpool_bwd", GridShape(dx.size), dy, am, dx, flags, n * c, h, w, s, oh, ow)
     if _state["index_checks"] and int(flags.get()[0]):
         raise ValueError("argmax holds an index outside its window (maxpool_backward)")
-    _check_written("maxpool_backward", dx=dx)
+    KIT.check_written("maxpool_backward", dx=dx)
     return dx
 
 
 # ----------------------------------------------------------------------------
-# lsconv + maxpool: one op on the cpu backend; composed of the two here
+# lsconv + maxpool: the two ops composed, or fused (gpu_tc.py; the same bits)
 def lsconv_pool_forward(x, w, b, region, relu=True, s=2):
     """(y, argmax) of maxpool_forward(lsconv_forward(x, w, b, region, relu), s)."""
-    return maxpool_forward(lsconv_forward(x, w, b, region, relu), s)
+    x, w, b = _checked(x, "x"), _checked(w, "w"), _checked(b, "b")
+    ls = chk.lsconv_shape(x, w, region)
+    chk.expect_shape(b, "b", (ls.ry, ls.rx, ls.k), "RY x RX x K")
+    ps = LsPoolShape(*ls, s if isinstance(s, (int, np.integer)) else 0)   # 0: composed
+    if _choose("lsconv_pool_fwd", ps).family == "composed":
+        return maxpool_forward(lsconv_forward(x, w, b, region, relu), s)
+    y, am = _run("lsconv_pool_fwd", ps, x, w, b, relu)
+    KIT.check_written("lsconv_pool_forward", y=y, argmax=am)
+    return y, am
 
 
 def lsconv_pool_backward(x, w, y, argmax, dy, region, relu=True, need_dx=True, dw=None, db=None,
@@ -336,10 +271,19 @@ def lsconv_pool_backward(x, w, y, argmax, dy, region, relu=True, need_dx=True, d
     """The backward of lsconv_pool_forward from the pooled gradient dy; see docs/ops.md."""
     x, w, y, dy, ls, s = chk.lsconv_pool_backward_args(cupy, x, w, y, argmax, dy, region, relu,
                                                        s)
-    if relu:  # the unpooled output's ReLU mask, where the scatter puts anything
-        dy = cupy.where(y > 0, dy, _f32(0))
-    dconv = maxpool_backward(dy, argmax, (ls.oh, ls.ow), s)
-    return lsconv_backward(x, w, None, dconv, region, relu=False, need_dx=need_dx, dw=dw, db=db)
+    if _choose("lsconv_pool_bwd", LsPoolShape(*ls, s)).family == "composed":
+        if relu:  # the unpooled output's ReLU mask, where the scatter puts anything
+            dy = cupy.where(y > 0, dy, _f32(0))
+        dconv = maxpool_backward(dy, argmax, (ls.oh, ls.ow), s)
+        return lsconv_backward(x, w, None, dconv, region, relu=False, need_dx=need_dx, dw=dw,
+                               db=db)
+    # fused: the lsconv_dx / lsconv_dw variants read dy through the argmax
+    am = _checked(argmax, "argmax", _i32)
+    chk.expect_shape(am, "argmax", tuple(dy.shape), "same as dy")
+    if _state["index_checks"] and not gpu_tc.argmax_in_windows(KIT, ls, am):
+        raise ValueError("argmax holds an index outside its window (maxpool_backward)")
+    return _backward("lsconv_pool_backward", ls, x, w, Grad((y, dy, am), _i32(bool(relu)),
+                                                            "_pooled"), need_dx, dw, db)
 
 
 # ----------------------------------------------------------------------------
@@ -356,7 +300,7 @@ def dense_forward(xs, w, b, relu=True):
         X = cupy.concatenate([a.reshape(n, d) for a, d in zip(arrays, dims)], axis=1)
     y = _new((n, m))
     _run("dense_fwd", DenseShape(n, m), X, w, b, y, relu)
-    _check_written("dense_forward", y=y)
+    KIT.check_written("dense_forward", y=y)
     return y
 
 
@@ -373,8 +317,8 @@ def dense_backward(xs, w, y, dy, relu=True, need_dx=True, dw=None, db=None):
     db = _out_or_new(db, "db", (m,), "M")
     dxs = _run("dense_bwd", DenseShape(n, m), arrays, dims, w, y, dy, need_dx, dw, db, relu)
     if _state["debug"]:
-        _sync("dense_backward")
-        _check_written("dense_backward", dw=dw, db=db,
+        KIT.sync("dense_backward")
+        KIT.check_written("dense_backward", dw=dw, db=db,
                        **{f"dxs[{i}]": a for i, a in enumerate(dxs or [])})
     return dxs, dw, db
 
@@ -401,7 +345,7 @@ def joint_loss(logits, labels, features, pair_a, pair_b, pair_y, variant="l2", l
     total, ident, verif, correct, bad = (float(t) for t in out.get())
     if bad:
         chk.joint_index_error(int(bad), a.labels, a.pa, a.pb, a.pyy, a.n, a.nc)
-    _check_written("joint_loss", dlogits=dlogits, dfeatures=dfeat, dparams=dparams)
+    KIT.check_written("joint_loss", dlogits=dlogits, dfeatures=dfeat, dparams=dparams)
     return JointLoss(total, ident, verif, int(correct), dlogits, dfeat, dparams)
 
 
@@ -411,11 +355,11 @@ def regression_loss(pred, target):
     n, d = (int(v) for v in pred.shape)
     dpred = _new((n, d))
     row = cupy.empty(n, dtype=_f64)
-    _launch("loss", "regression_rows", (n,), 128, (pred, target, dpred, row, _i32(n), _i32(d)))
+    KIT.launch("loss", "regression_rows", (n,), 128, (pred, target, dpred, row, _i32(n), _i32(d)))
     out = cupy.empty(1, dtype=_f64)
-    _launch("loss", "sum_double", (1,), 256, (row, _i32(n), out))
+    KIT.launch("loss", "sum_double", (1,), 256, (row, _i32(n), out))
     loss = 0.5 * float(out.get()[0]) / n
-    _check_written("regression_loss", dpred=dpred)
+    KIT.check_written("regression_loss", dpred=dpred)
     return loss, dpred
 
 
@@ -427,6 +371,18 @@ def sgd_update(param, grad, velocity, lr, momentum=0.9, weight_decay=0.0):
         return None
     _run("sgd", GridShape(p.size), p, g, v, lr, momentum, weight_decay)
     return None
+
+
+def sgd_update_many(params, grads, velocities, lr, momentum=0.9, weight_decay=0.0):
+    """sgd_update on every (param, grad, velocity) of the lists, in one launch,
+    bit-identical; lr, momentum, weight_decay: numbers or one per tensor."""
+    return gpu_step.sgd_update_many(KIT, params, grads, velocities, lr, momentum, weight_decay)
+
+
+def capture_graph(fn, warmup=1):
+    """fn's device work as a CUDA graph: a CapturedStep, whose replay() (or
+    call) redoes it on the same memory; see gpu_step.capture and docs/ops.md."""
+    return gpu_step.capture(KIT, fn, warmup)
 
 
 # ----------------------------------------------------------------------------
@@ -443,12 +399,12 @@ def assemble_batch(patches, indices, flip=None, out=None, mean=127.5, scale=1 / 
     if bsz == 0:
         return out
     flags = cupy.zeros(1, dtype=_i32)
-    _launch("assemble", "assemble_batch", (_blocks(out.size),), 256,
+    KIT.launch("assemble", "assemble_batch", (_blocks(out.size),), 256,
             (patches, idx, fl, out, _i32(bsz), _i32(h), _i32(w), _i32(c), _i64(n),
              _f32(mean), _f32(scale), flags))
     if isinstance(indices, cupy.ndarray) and _state["index_checks"] and int(flags.get()[0]):
         raise ValueError(f"indices must be in 0..{n - 1}")
-    _check_written("assemble_batch", out=out)
+    KIT.check_written("assemble_batch", out=out)
     return out
 
 
@@ -485,7 +441,8 @@ def probe():
 __all__ = [
     "name", "xp", "JointLoss", "lsconv_forward", "lsconv_backward", "lsconv_pool_forward",
     "lsconv_pool_backward", "maxpool_forward", "maxpool_backward", "dense_forward",
-    "dense_backward", "joint_loss", "regression_loss", "sgd_update", "assemble_batch",
-    "to_device", "to_host", "keep_freed_memory", "synchronize", "set_deterministic",
-    "is_deterministic", "set_debug", "is_debug", "set_index_checks", "max_threads", "probe",
+    "dense_backward", "joint_loss", "regression_loss", "sgd_update", "sgd_update_many",
+    "assemble_batch", "to_device", "to_host", "keep_freed_memory", "synchronize",
+    "set_deterministic", "is_deterministic", "set_debug", "is_debug", "set_index_checks",
+    "max_threads", "probe", "set_precision", "get_precision", "capture_graph",
 ]

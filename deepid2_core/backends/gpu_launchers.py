@@ -11,8 +11,10 @@ state), so a launcher, here or in another module
 tests' emulated one alike. The arrays each op passes:
 
   lsconv_fwd   (s: LsShape, v, x, w, b, y, relu)
-  lsconv_dx    (s, v, w, y, dy, dx, relu_)             relu_: int32 0/1
-  lsconv_dw    (s, v, x, y, dy, dw, db, relu_)         dw += , db +=
+  lsconv_dx    (s, v, w, grad, dx)                     grad: Grad (below)
+  lsconv_dw    (s, v, x, grad, dw, db)                 dw += , db +=
+  lsconv_pool_fwd (ps: LsPoolShape, v, x, w, b, relu)  -> (y, argmax)  (fused only:
+  lsconv_pool_bwd                                      gpu.py runs the composition)
   maxpool_fwd  (g: GridShape, v, x, y, argmax, planes, h, w, s)
   maxpool_bwd  (g, v, dy, argmax, dx, flags, planes, h, w, s, oh, ow)
   dense_fwd    (d: DenseShape, v, X, w, b, y, relu)    -> None
@@ -20,6 +22,8 @@ tests' emulated one alike. The arrays each op passes:
   joint_loss   (ls: LossShape, v, args, params, lam, dlogits, dfeatures, dparams, out)
   sgd          (g, v, param, grad, velocity, lr, momentum, weight_decay)
 """
+
+from collections import namedtuple
 
 import numpy as np
 
@@ -31,6 +35,17 @@ _PINFO = 10  # doubles per pair (kernels/loss.cu)
 
 # ----------------------------------------------------------------------------
 # lsconv
+class Grad(namedtuple("Grad", "ptrs relu suffix")):
+    """The gradient the backward kernels multiply (kernels/grad_src.cuh): dy
+    masked where y <= 0 with relu, ptrs (y, dy), suffix ""; or lsconv_pool's,
+    the pooled dy at each 2 x 2 window's argmax, ptrs (pooled y, pooled dy,
+    argmax), suffix "_pooled" (the kernels' _pooled twins). relu: int32 0/1."""
+    __slots__ = ()
+
+    def rows(self, n0, n1):
+        return Grad(tuple(a[n0:n1] for a in self.ptrs), self.relu, self.suffix)
+
+
 _qoff_cache = {}
 
 
@@ -62,32 +77,38 @@ def fwd_tiled(kit, s, v, x, w, b, y, relu):
                 _i32(bool(relu)), _i32(col_tiles)))
 
 
-def dx_as_forward_conv(kit, s, v, w, y, dy, dx, relu_):
-    """dx of a layer with one region (an ordinary convolution): the forward
-    kernel over the zero-padded masked gradient with the flipped, transposed
-    weights W'[c, k, i, j] = W[k, c, kh-1-i, kw-1-j], a GEMM-shaped problem
-    (C x (N H W) x (K kh kw)) that lsconv_fwd tiles well."""
+def padded_as_forward(kit, s, w, grad):
+    """dx of a layer with one region (an ordinary convolution) as a forward
+    conv: (the zero-padded masked gradient, the flipped, transposed weights
+    W'[c, k, i, j] = W[k, c, kh-1-i, kw-1-j], zero bias, its tap offsets, its
+    dims), a GEMM-shaped problem (C x (N H W) x (K kh kw)) that the forward
+    kernels tile well."""
     ph, pw = s.oh + 2 * (s.kh - 1), s.ow + 2 * (s.kw - 1)
     gp = kit.new((s.n, s.k, ph, pw))
-    kit.launch("lsconv", "lsconv_pad_grad", (kit.blocks(gp.size),), 256,
-               (y, dy, gp, _i32(s.n), _i32(s.k), _i32(s.oh), _i32(s.ow), _i32(s.kh),
-                _i32(s.kw), relu_))
+    kit.launch("lsconv", "lsconv_pad_grad" + grad.suffix, (kit.blocks(gp.size),), 256,
+               (*grad.ptrs, gp, _i32(s.n), _i32(s.k), _i32(s.oh), _i32(s.ow), _i32(s.kh),
+                _i32(s.kw), grad.relu))
     wf = kit.cupy.ascontiguousarray(w[0, 0].transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])[None, None]
     bias = kit.cupy.zeros((1, 1, s.c), dtype=_f32)
+    dims_ = tuple(_i32(v) for v in (s.n, s.k, ph, pw, s.c, s.kh, s.kw, s.h, s.w))
+    return gp, wf, bias, tap_offsets(kit, s.k, ph, pw, s.kh, s.kw), dims_
+
+
+def dx_as_forward_conv(kit, s, v, w, grad, dx):
+    """dx of a one-region layer: lsconv_fwd over padded_as_forward's problem."""
+    gp, wf, bias, qoff, dims_ = padded_as_forward(kit, s, w, grad)
     col_tiles = -(-s.n * s.h * s.w // 64)
     kit.launch("lsconv", "lsconv_fwd", (col_tiles, -(-s.c // 32)), 128,
-               (gp, wf, bias, tap_offsets(kit, s.k, ph, pw, s.kh, s.kw), dx, _i32(s.n),
-                _i32(s.k), _i32(ph), _i32(pw), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(s.h),
-                _i32(s.w), _i32(0), _i32(col_tiles)))
+               (gp, wf, bias, qoff, dx, *dims_, _i32(0), _i32(col_tiles)))
 
 
-def dx_simple(kit, s, v, w, y, dy, dx, relu_):
+def dx_simple(kit, s, v, w, grad, dx):
     """dx by the gather kernel without shared memory, one element per thread."""
-    kit.launch("lsconv", "lsconv_bwd_data_simple", (kit.blocks(dx.size, v["b"]),), v["b"],
-               (y, dy, w, dx, *dims(s), relu_))
+    kit.launch("lsconv", "lsconv_bwd_data_simple" + grad.suffix, (kit.blocks(dx.size, v["b"]),),
+               v["b"], (*grad.ptrs, w, dx, *dims(s), grad.relu))
 
 
-def dx_staged(kit, s, v, w, y, dy, dx, relu_):
+def dx_staged(kit, s, v, w, grad, dx):
     """dx by gathering, for each input position, the taps that reach it, the
     masked gradient staged in shared memory: lsconv_bwd_data, or _px2 (two
     positions per thread, where one region covers the map)."""
@@ -99,33 +120,36 @@ def dx_staged(kit, s, v, w, y, dy, dx, relu_):
                (w, wt, _i32(s.r), _i32(s.k), _i32(s.c), _i32(s.kh), _i32(s.kw), _i32(cp_)))
     tiles = -(-s.h // th) * -(-s.w // tw)
     threads, smem = dx_staging(s, v, px)
-    kit.launch("lsconv", "lsconv_bwd_data_px2" if px == 2 else "lsconv_bwd_data",
+    kit.launch("lsconv", ("lsconv_bwd_data_px2" if px == 2 else "lsconv_bwd_data") + grad.suffix,
                (-(-s.n // nb) * tiles, cp_ // 8), threads,
-               (y, dy, wt, dx, *dims(s), relu_, _i32(cp_), _i32(kc), _i32(th), _i32(tw),
+               (*grad.ptrs, wt, dx, *dims(s), grad.relu, _i32(cp_), _i32(kc), _i32(th), _i32(tw),
                 _i32(nb)), shared_mem=smem)
 
 
-def dw_tiled(kit, s, v, x, y, dy, dw, db, relu_):
-    """dw += and db += by the tiled kernel lsconv_bwd_w_<BM>_<BN> over S
-    column chunks, reduced in chunk order (deterministic) or by atomics (fast)."""
+def dw_tiled(kit, s, v, x, grad, dw, db):
+    """dw += and db += by the tiled kernel lsconv_bwd_w[_pooled]_<BM>_<BN>."""
     (bm, bn), splits = v["t"], v["s"]
-    kname = f"lsconv_bwd_w_{bm}_{bn}"
     threads = (bm // 4) * (bn // (4 if bn == 64 else 8))
-    q_tiles, k_tiles = wgrad_grid(s, (bm, bn))
-    qoff = tap_offsets(kit, s.c, s.h, s.w, s.kh, s.kw)
+    dw_chunks(kit, s, x, grad, dw, db, ("lsconv", f"lsconv_bwd_w{grad.suffix}_{bm}_{bn}"),
+              threads, wgrad_grid(s, (bm, bn)), splits)
+
+
+def dw_chunks(kit, s, x, grad, dw, db, kernel, threads, tiles, splits):
+    """A weight-gradient kernel (file, name) over `splits` column chunks:
+    per-chunk sums reduced in chunk order (deterministic) or added by
+    atomics (fast). tiles: (q_tiles, k_tiles)."""
+    q_tiles, k_tiles = tiles
     grid = (s.r * q_tiles, k_tiles, splits)
+    head = (x, *grad.ptrs, tap_offsets(kit, s.c, s.h, s.w, s.kh, s.kw))
+    tail = (*dims(s), grad.relu, _i32(q_tiles), _i32(splits))
     if kit.state["deterministic"]:
         part = kit.new((splits, s.r, s.k, s.q + 1))
-        kit.launch("lsconv", kname, grid, threads,
-                   (x, y, dy, qoff, part, dw, db, *dims(s), relu_, _i32(q_tiles), _i32(splits),
-                    _i32(0)))
+        kit.launch(*kernel, grid, threads, (*head, part, dw, db, *tail, _i32(0)))
         kit.check_written("lsconv_backward", workspace=part)
         kit.launch("lsconv", "lsconv_bwd_w_reduce", (kit.blocks(part.size // splits),), 256,
                    (part, dw, db, _i32(s.r), _i32(s.k), _i32(s.q), _i32(splits)))
     else:
-        kit.launch("lsconv", kname, grid, threads,
-                   (x, y, dy, qoff, dw, dw, db, *dims(s), relu_, _i32(q_tiles), _i32(splits),
-                    _i32(1)))
+        kit.launch(*kernel, grid, threads, (*head, dw, dw, db, *tail, _i32(1)))
 
 
 # ----------------------------------------------------------------------------

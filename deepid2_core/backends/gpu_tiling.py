@@ -10,7 +10,8 @@ The order of the choice (``choose``):
    $XDG_CACHE_HOME/deepid2/gpu_tuning.json (~/.cache/deepid2/...);
    DEEPID2_GPU_TUNING=off ignores it. Its picks are keyed by the card's
    name, the precision, the op and the shape; a shape it lacks falls back to
-4. the heuristic: the backend's original choice, from the shape alone
+4. the heuristic: the backend's original choice, from the shape (and, at
+   precision tf32, the TF32 family)
    (_dx_tile_for, _wgrad_tile, _wgrad_splits in gpu_variants.py, which also
    holds each family's candidates and validity).
 A variant that cannot run the shape, or a name that does not parse, is one
@@ -29,13 +30,19 @@ where it is of that family, else from the family's first candidate.
 
   op           family   parameters                        kernels (kernels/*.cu)
   lsconv_fwd   tiled    -                                 lsconv_fwd (32 maps x 64 columns)
+               tc       m: tile rows (TF32)               lsconv_tc_fwd_m<M> (gpu_tc.py)
   lsconv_dw    tiled    t: maps x taps tile, s: column    lsconv_bwd_w_<BM>_<BN>
                         chunks (splits)                   (+ lsconv_bwd_w_reduce)
+               tc       m, s (TF32)                       lsconv_tc_bwd_w_m<M> (+ reduce)
   lsconv_dx    fwdconv  - (one region only)               lsconv_pad_grad + lsconv_fwd
                simple   b: threads per block              lsconv_bwd_data_simple
                staged   t: TH x TW tile, n: images per    lsconv_wt_transpose +
                         block, k: maps staged at a time   lsconv_bwd_data
                px2      as staged (one region only)       ... + lsconv_bwd_data_px2
+               tc       m (TF32)                          lsconv_tc_fwd / _dcol + col2im
+  lsconv_pool_ composed -                                 the ops above, then maxpool's
+   fwd, _bwd   fused    - (2 x 2 windows; the default)    lsconv_pool_fwd / the _pooled
+                                                          twins of the dx, dw variants
   maxpool_fwd  grid     b: threads per block              maxpool_fwd
   maxpool_bwd  grid     b                                 maxpool_bwd
   dense_fwd    cublas   b (of bias_act)                   cupy.matmul + bias_act
@@ -62,7 +69,8 @@ from collections import namedtuple
 from pathlib import Path
 
 from deepid2_core.backends.gpu_variants import (FAMILIES, HEURISTICS, OPS, PAIR_KEYS, PARAM_DOC,
-                                                Family)
+                                                TF32_HEURISTICS, Family)
+
 
 def register(op, family, keys=(), candidates=None, valid=None, precision="fp32"):
     """Add a variant family to `op` (new ops are not added here: their shape
@@ -122,17 +130,23 @@ def _check_op(op):
         raise ValueError(f"gpu tiling: unknown op {op!r}; ops: {', '.join(OPS)}")
 
 
-def heuristic(op, shape):
-    """The backend's own choice for this shape (a Variant)."""
+def _heuristic(op, shape, precision):
+    if precision == "tf32" and op in TF32_HEURISTICS:
+        return TF32_HEURISTICS[op](shape)
+    return HEURISTICS[op](shape)
+
+
+def heuristic(op, shape, precision="fp32"):
+    """The backend's own choice for this shape at this precision (a Variant)."""
     _check_op(op)
-    return _variant(op, *HEURISTICS[op](shape))
+    return _variant(op, *_heuristic(op, shape, precision))
 
 
 def variants(op, shape, precision="fp32"):
     """Every variant of `op` that can run `shape` at `precision` (the
     heuristic's pick first), for the benchmarks."""
     _check_op(op)
-    out = [heuristic(op, shape)]
+    out = [heuristic(op, shape, precision)]
     for family, fam in FAMILIES[op].items():
         if not _allowed(fam, precision):
             continue
@@ -184,7 +198,7 @@ def resolve(op, text, shape, precision="fp32", what="forced"):
         raise ValueError(f"{what} {op} variant {text!r} is {fam.precision}; the backend runs "
                          f"at precision {precision} (set_precision)")
     pool = []
-    h_family, h_params = HEURISTICS[op](shape)
+    h_family, h_params = _heuristic(op, shape, precision)
     if h_family == family:
         pool.append({**h_params, **given})
     cands = fam.candidates(shape) if fam.candidates else [{}]
@@ -367,7 +381,7 @@ def choose(op, shape, card=None, precision="fp32", force=None):
             got = Choice(resolve(op, text, shape, precision,
                                  f"tuning file {tpath} ({card}, {precision})"), "tuned")
     if got is None:
-        got = Choice(heuristic(op, shape), "heuristic")
+        got = Choice(heuristic(op, shape, precision), "heuristic")
     if len(_choices) > 4096:
         _choices.clear()
     _choices[key] = got

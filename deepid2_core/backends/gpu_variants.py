@@ -15,10 +15,7 @@ from functools import lru_cache
 
 # --------------------------------------------------------------------------
 # shapes (the part of an op's arguments that the choice depends on)
-_LsBase = namedtuple("LsShape", "n c h w k kh kw rh rw")
-
-
-class LsShape(_LsBase):
+class _LsGeometry:
     """Geometry of one lsconv call (cpp/include/deepid2/ops.h, LsconvShape)."""
     __slots__ = ()
 
@@ -53,6 +50,21 @@ class LsShape(_LsBase):
     def key(self):
         return (f"n{self.n}.c{self.c}.h{self.h}.w{self.w}.k{self.k}.f{self.kh}x{self.kw}"
                 f".r{self.rh}x{self.rw}")
+
+
+class LsShape(_LsGeometry, namedtuple("LsShape", "n c h w k kh kw rh rw")):
+    __slots__ = ()
+
+
+class LsPoolShape(_LsGeometry, namedtuple("LsPoolShape", "n c h w k kh kw rh rw win")):
+    """lsconv + max-pool: the lsconv's geometry and the pooling window."""
+    __slots__ = ()
+
+    def key(self):
+        return super().key() + f".p{self.win}"
+
+    def conv(self):
+        return LsShape(*self[:9])
 
 
 class GridShape(namedtuple("GridShape", "total")):
@@ -236,14 +248,67 @@ def _one_region(s, p):
     return None if s.r == 1 else "needs a layer of one region"
 
 
+# --------------------------------------------------------------------------
+# TF32 tensor cores (kernels/lsconv_tc.cu; gpu_tc.py): block tiles of M rows
+# x 64 columns; M: the maps of y and dw, the channels (one region) or taps
+# (several) of dx
+TC_ROWS = (32, 48, 64, 80)
+
+
+def tc_rows(m):
+    """The tile rows that waste the fewest of m rows; ties: the larger."""
+    return min(TC_ROWS, key=lambda bm: (-(-m // bm) * bm - m, -bm))
+
+
+def dx_pads(s):
+    """Whether dx runs as a forward conv of the padded gradient (one region
+    where padding costs little), as _heur_dx and the TF32 dx decide."""
+    return s.r == 1 and (s.oh + 2 * (s.kh - 1)) * (s.ow + 2 * (s.kw - 1)) <= 2 * s.h * s.w
+
+
+def tc_dw_grid(s, bm):
+    return -(-(s.q + 1) // 64), -(-s.k // bm)
+
+
+def _tc_dw_candidates(s):
+    smax = min(1024, max(1, s.n * s.pmax // 64))
+    return [{"m": m, "s": v} for m in TC_ROWS
+            for v in sorted({1 << i for i in range(11) if 1 << i <= smax}
+                            | {_wgrad_splits(s, *tc_dw_grid(s, m))})]
+
+
+def _tc_valid(s, p):
+    if p["m"] not in TC_ROWS:
+        return f"m = {p['m']} rows: one of {', '.join(map(str, TC_ROWS))}"
+    return None if 1 <= p.get("s", 1) <= 65535 else f"s = {p['s']} splits: 1..65535"
+
+
+TF32_HEURISTICS = {
+    "lsconv_fwd": lambda s: ("tc", {"m": tc_rows(s.k)}),
+    "lsconv_dx": lambda s: ("tc", {"m": tc_rows(s.c if dx_pads(s) else s.q)}),
+    "lsconv_dw": lambda s: ("tc", {"m": tc_rows(s.k),
+                                   "s": _wgrad_splits(s, *tc_dw_grid(s, tc_rows(s.k)))}),
+    # the fused forward is fp32: TF32's forward and maxpool_fwd
+    "lsconv_pool_fwd": lambda s: ("composed", {}),
+}
+
+
+def _fusable(s, p=None):
+    """lsconv_pool_fwd/bwd's fused kernels: 2 x 2 windows on a map that holds one."""
+    return None if s.win == 2 and s.oh >= 2 and s.ow >= 2 else \
+        f"fused needs 2x2 windows on a map of at least 2x2 (s = {s.win}, {s.oh}x{s.ow})"
+
+
 Family = namedtuple("Family", "keys candidates valid precision")
 PARAM_DOC = {"t": "<A>x<B>", "s": "<splits>", "b": "<threads>", "n": "<images>",
-             "k": "<maps>"}
+             "k": "<maps>", "m": "<rows>"}
+_TC = Family(("m",), lambda s: [{"m": m} for m in TC_ROWS], _tc_valid, "tf32")
 PAIR_KEYS = {"t"}
 
 FAMILIES = {
-    "lsconv_fwd": {"tiled": Family((), None, None, "fp32")},
-    "lsconv_dw": {"tiled": Family(("t", "s"), _dw_candidates, _dw_valid, "fp32")},
+    "lsconv_fwd": {"tiled": Family((), None, None, "fp32"), "tc": _TC},
+    "lsconv_dw": {"tiled": Family(("t", "s"), _dw_candidates, _dw_valid, "fp32"),
+                  "tc": Family(("m", "s"), _tc_dw_candidates, _tc_valid, "tf32")},
     "lsconv_dx": {
         "fwdconv": Family((), None, _one_region, "fp32"),
         "simple": Family(("b",), lambda s: [{"b": b} for b in _BLOCKS], _valid_block, "fp32"),
@@ -251,7 +316,14 @@ FAMILIES = {
                          lambda s, p: _staged_valid(s, p, 1), "fp32"),
         "px2": Family(("t", "n", "k"), lambda s: _dx_tiles(s, 2),
                       lambda s, p: _staged_valid(s, p, 2), "fp32"),
+        "tc": _TC,
     },
+    # lsconv + max-pool: the two ops' variants one after the other, or in one
+    # (the forward) and through the argmax (the backward), bit-identical
+    "lsconv_pool_fwd": {"composed": Family((), None, None, "fp32"),
+                        "fused": Family((), None, _fusable, "fp32")},
+    "lsconv_pool_bwd": {"composed": Family((), None, None, "fp32"),
+                        "fused": Family((), None, _fusable, "fp32")},
     "joint_loss": {"rows": Family((), None, None, "fp32")},
 }
 for _op in ("maxpool_fwd", "maxpool_bwd", "sgd"):
@@ -264,6 +336,8 @@ HEURISTICS = {
     "lsconv_fwd": lambda s: ("tiled", {}),
     "lsconv_dw": _heur_dw,
     "lsconv_dx": _heur_dx,
+    "lsconv_pool_fwd": lambda s: ("composed" if _fusable(s) else "fused", {}),
+    "lsconv_pool_bwd": lambda s: ("composed" if _fusable(s) else "fused", {}),
     "maxpool_fwd": lambda s: ("grid", {"b": 256}),
     "maxpool_bwd": lambda s: ("grid", {"b": 256}),
     "dense_fwd": lambda s: ("cublas", {"b": 256}),

@@ -132,15 +132,16 @@ class Group:
 
 
 def sgd(be, groups, grads, lr):
-    """Momentum SGD on every trainable group, in group order, names sorted."""
+    """Momentum SGD on every trainable group's tensors (group order, names
+    sorted) in one be.sgd_update_many (one launch on the gpu); each tensor's
+    update is its own, so the floors (min_value) apply after it, as before."""
+    keys = [(g, k) for g in groups if g.trainable for k in sorted(g.params)]
+    be.sgd_update_many([g.params[k] for g, k in keys], [grads[k] for g, k in keys],
+                       [g.velocity[k] for g, k in keys], lr, [g.momentum for g, k in keys],
+                       [g.weight_decay if k.endswith(".w") else 0.0 for g, k in keys])
     for group in groups:
-        if not group.trainable:
-            continue
-        for k in sorted(group.params):
-            wd = group.weight_decay if k.endswith(".w") else 0.0
-            be.sgd_update(group.params[k], grads[k], group.velocity[k], lr, group.momentum, wd)
-            if group.min_value is not None:
-                p = group.params[k]
+        if group.trainable and group.min_value is not None:
+            for p in group.params.values():
                 p[...] = be.xp.maximum(p, np.float32(group.min_value))
 
 

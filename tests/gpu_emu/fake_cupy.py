@@ -12,6 +12,7 @@ an int64 passed for an int parameter is an error here, not a silent bug.
 Only for tests: slow (one fiber per GPU thread), single-device.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -27,7 +28,55 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+'
-                     r'(?:LAUNCH_BOUNDS\(((?:[^()]|\([^()]*\))+)\)\s*)?(\w+)\s*\(')
+                     r'(?:LAUNCH_BOUNDS(?:_MIN)?\(((?:[^()]|\([^()]*\))+)\)\s*)?(\w+)\s*\(')
+
+
+# ----------------------------------------------------------------------------
+# stream capture (cupy.cuda.Stream.begin_capture / end_capture, cupy.cuda.Graph)
+#
+# While a stream captures, nothing runs: every device operation (a kernel
+# launch, a fill, a ufunc, a copy, an assignment) is recorded, in order, and
+# its outputs are allocated but hold garbage until the graph is launched,
+# which runs the record again on the same memory. What a CUDA graph cannot
+# hold is refused as CUDA refuses it: reading device data on the host (get,
+# int, bool, synchronize), copying host data to the device, and work queued
+# on another stream than the capturing one.
+_capture = {"ops": None, "stream": None}
+_CAPTURE_ERROR = "operation not permitted when stream is capturing"
+
+
+def _capturing():
+    return _capture["ops"] is not None
+
+
+def _refuse_in_capture(what):
+    if _capturing():
+        raise RuntimeError(f"cudaErrorStreamCaptureUnsupported: {what}: {_CAPTURE_ERROR}")
+
+
+def _record(op):
+    """Run op now, or record it for the graph being captured."""
+    if not _capturing():
+        op()
+        return
+    if cuda.get_current_stream() is not _capture["stream"]:
+        raise RuntimeError("cudaErrorStreamCaptureImplicit: work queued on another stream "
+                           f"than the one capturing: {_CAPTURE_ERROR}")
+    _capture["ops"].append(op)
+
+
+def _base(a):
+    return a.view(np.ndarray) if isinstance(a, ndarray) else a
+
+
+def _op(compute):
+    """A new device array of compute()'s result: now, or (capturing) at replay."""
+    if not _capturing():
+        return _dev(compute())
+    with np.errstate(all="ignore"):
+        res = np.array(compute())   # the shape and dtype; the values come at replay
+    _record(lambda: np.copyto(res, compute()))
+    return _dev(res)
 
 
 # ----------------------------------------------------------------------------
@@ -39,8 +88,72 @@ class ndarray(np.ndarray):
     def device(self):
         return cuda.Device(0)
 
+    @property
+    def data(self):
+        """cupy.cuda.MemoryPointer's face: .ptr, the address (host memory here)."""
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
     def get(self):
+        _refuse_in_capture("a device-to-host copy (ndarray.get)")
         return np.array(self, copy=True).view(np.ndarray)
+
+    def set(self, arr):
+        _refuse_in_capture("a host-to-device copy (ndarray.set)")
+        np.copyto(self.view(np.ndarray), np.asarray(arr))
+
+    def fill(self, value):
+        base = self.view(np.ndarray)
+        _record(lambda: base.fill(value))
+
+    def copy(self, order="C"):
+        return _op(lambda: np.array(self.view(np.ndarray), order=order, copy=True))
+
+    def astype(self, dtype, copy=True, **kw):
+        if not copy and self.dtype == dtype:
+            return self
+        return _op(lambda: self.view(np.ndarray).astype(dtype, **kw))
+
+    def __setitem__(self, key, value):
+        if not _capturing():
+            return super().__setitem__(key, value)
+        base, k = self.view(np.ndarray), (tuple(_base(i) for i in key)
+                                          if isinstance(key, tuple) else _base(key))
+        v = _base(value)
+        _record(lambda: base.__setitem__(k, v))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kw):
+        args = tuple(_base(a) for a in inputs)
+        if out is not None:
+            outs = tuple(_base(o) for o in out)
+            _record(lambda: getattr(ufunc, method)(*args, out=outs, **kw))
+            return out[0] if len(out) == 1 else out
+        if _capturing():
+            return _op(lambda: getattr(ufunc, method)(*args, **kw))
+        res = getattr(ufunc, method)(*args, **kw)
+        return res.view(ndarray) if isinstance(res, np.ndarray) else res
+
+    def _host_read(self, name):
+        _refuse_in_capture(f"a device-to-host copy ({name})")
+
+    def __int__(self):
+        self._host_read("int()")
+        return int(self.view(np.ndarray))
+
+    def __float__(self):
+        self._host_read("float()")
+        return float(self.view(np.ndarray))
+
+    def __bool__(self):
+        self._host_read("bool()")
+        return bool(self.view(np.ndarray))
+
+    def item(self, *args):
+        self._host_read("item()")
+        return self.view(np.ndarray).item(*args)
+
+    def tolist(self):
+        self._host_read("tolist()")
+        return self.view(np.ndarray).tolist()
 
 
 def _dev(a):
@@ -48,16 +161,25 @@ def _dev(a):
     return a.view(ndarray)
 
 
+def _to_device(a, dtype=None, order="K"):
+    """A host array's copy on the device."""
+    _refuse_in_capture("a host-to-device copy")
+    return _dev(np.array(np.asarray(a), dtype=dtype, order=order, copy=True))
+
+
 def asarray(a, dtype=None, order=None):
-    if isinstance(a, ndarray) and (dtype is None or a.dtype == dtype):
-        return a
-    return _dev(np.array(np.asarray(a), dtype=dtype, order=order or "K", copy=True))
+    if isinstance(a, ndarray):
+        if dtype is None or a.dtype == dtype:
+            return a
+        return _op(lambda: np.array(_base(a), dtype=dtype, order=order or "K", copy=True))
+    return _to_device(a, dtype, order or "K")
 
 
 array = asarray
 
 
 def asnumpy(a):
+    _refuse_in_capture("a device-to-host copy (asnumpy)")
     return np.array(a, copy=True).view(np.ndarray)
 
 
@@ -68,55 +190,62 @@ def empty(shape, dtype=np.float32):
     return _dev(a)
 
 
+def full(shape, fill_value, dtype=np.float32):
+    a = empty(shape, dtype)
+    a.fill(fill_value)
+    return a
+
+
 def zeros(shape, dtype=np.float32):
-    return _dev(np.zeros(shape, dtype=dtype))
+    return full(shape, 0, dtype)
 
 
 def zeros_like(a, dtype=None):
-    return _dev(np.zeros_like(np.asarray(a), dtype=dtype))
+    return zeros(np.shape(a), dtype=np.asarray(a).dtype if dtype is None else dtype)
 
 
 def maximum(a, b):
-    return _dev(np.maximum(np.asarray(a), np.asarray(b)))
+    return _op(lambda: np.maximum(_base(a), _base(b)))
 
 
 def where(cond, a, b):
-    return _dev(np.where(np.asarray(cond), np.asarray(a), np.asarray(b)))
-
-
-def full(shape, fill_value, dtype=np.float32):
-    return _dev(np.full(shape, fill_value, dtype=dtype))
+    return _op(lambda: np.where(_base(cond), _base(a), _base(b)))
 
 
 def ascontiguousarray(a, dtype=None):
-    return _dev(np.ascontiguousarray(np.asarray(a), dtype=dtype))
+    if not isinstance(a, ndarray):
+        return _to_device(np.ascontiguousarray(a, dtype=dtype))
+    if a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
+        return a
+    return _op(lambda: np.ascontiguousarray(_base(a), dtype=dtype))
 
 
 def concatenate(arrays, axis=0):
-    return _dev(np.concatenate([np.asarray(a) for a in arrays], axis=axis))
+    return _op(lambda: np.concatenate([_base(a) for a in arrays], axis=axis))
 
 
 def matmul(a, b, out=None):
-    r = np.matmul(np.asarray(a), np.asarray(b))
     if out is None:
-        return _dev(r)
-    np.asarray(out)[...] = r
+        return _op(lambda: np.matmul(_base(a), _base(b)))
+    o = _base(out)
+    _record(lambda: np.copyto(o, np.matmul(_base(a), _base(b))))
     return out
 
 
 def count_nonzero(a):
-    return _dev(np.asarray(np.count_nonzero(np.asarray(a))))
+    return _op(lambda: np.asarray(np.count_nonzero(_base(a))))
 
 
 def isnan(a):
-    return _dev(np.isnan(np.asarray(a)))
+    return _op(lambda: np.isnan(_base(a)))
 
 
 def isfinite(a):
-    return _dev(np.isfinite(np.asarray(a)))
+    return _op(lambda: np.isfinite(_base(a)))
 
 
 def array_equal(a, b):
+    _refuse_in_capture("a device-to-host read (array_equal)")
     return np.array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -132,16 +261,63 @@ random = _Random()
 # ----------------------------------------------------------------------------
 # cupy.cuda
 class _Device:
+    compute_capability = os.environ.get("DEEPID2_EMU_CC", "90")  # what the emulator models
+
     def __init__(self, i=0):
         self.id = i
 
     def synchronize(self):
-        pass
+        _refuse_in_capture("Device.synchronize")
+
+
+class _Graph:
+    """cupy.cuda.Graph: the operations recorded while a stream captured."""
+
+    def __init__(self, ops):
+        self._ops = ops
+
+    def launch(self, stream=None):
+        _refuse_in_capture("launching a graph while a stream captures (not modelled here)")
+        for op in self._ops:
+            op()
 
 
 class _Stream:
+    """cupy.cuda.Stream: a context manager that makes itself current; it can capture."""
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        self.ptr = 0 if null else id(self)
+
     def synchronize(self):
-        pass
+        _refuse_in_capture("Stream.synchronize")
+
+    def __enter__(self):
+        _current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _current.pop()
+
+    def begin_capture(self, mode=None):
+        if self.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if _capturing():
+            raise RuntimeError("cudaErrorIllegalState: a stream is capturing already")
+        _capture.update(ops=[], stream=self)
+
+    def end_capture(self):
+        if _capture["stream"] is not self:
+            raise RuntimeError("cudaErrorIllegalState: this stream is not capturing")
+        ops = _capture["ops"]
+        _capture.update(ops=None, stream=None)
+        return _Graph(ops)
+
+    def is_capturing(self):
+        return _capture["stream"] is self
+
+
+_Stream.null = _Stream(null=True)
+_current = []
 
 
 EMULATOR_NAME = "deepid2 kernel emulator"
@@ -158,8 +334,23 @@ class _Runtime:
         return {"name": EMULATOR_NAME.encode()}
 
 
-cuda = types.SimpleNamespace(Device=_Device, runtime=_Runtime(),
-                             get_current_stream=lambda: _Stream())
+class _MemoryPool:
+    """cupy.cuda.MemoryPool: every allocation here is host memory of its own."""
+
+    def malloc(self, size):
+        raise NotImplementedError("fake cupy allocates with numpy; use using_allocator only "
+                                  "as a context")
+
+
+@contextlib.contextmanager
+def _using_allocator(allocator=None):
+    yield
+
+
+cuda = types.SimpleNamespace(Device=_Device, runtime=_Runtime(), Stream=_Stream, Graph=_Graph,
+                             MemoryPool=_MemoryPool, using_allocator=_using_allocator,
+                             get_current_stream=lambda: _current[-1] if _current
+                             else _Stream.null)
 
 
 # ----------------------------------------------------------------------------
@@ -229,7 +420,9 @@ def _bounds(code):
         if not re.fullmatch(r"[\d\s*+/()]+", expr):
             raise ValueError(f"cannot resolve LAUNCH_BOUNDS({expr})")
         return int(eval(expr.replace("/", "//")))   # digits and * + / only
-    return {name: (value(b) if b else None) for b, name in _KERNEL.findall(proc.stdout)}
+    # LAUNCH_BOUNDS_MIN(n, b): the threads are n
+    return {name: (value(b.split(",")[0]) if b else None)
+            for b, name in _KERNEL.findall(proc.stdout)}
 
 
 def _build(code, options):
@@ -320,9 +513,12 @@ class _Function:
         argv = (ctypes.c_void_p * max(1, len(ptrs)))(*[p.value for p in ptrs])
         g = (ctypes.c_uint * 3)(*grid)
         b = (ctypes.c_uint * 3)(*block)
-        rc = self.lib.emu_launch(self.name.encode(), g, b, int(shared_mem), argv)
-        if rc != 0:
-            raise RuntimeError(f"{self.name}: {self.lib.emu_error().decode()}")
+
+        def launch(_alive=held):  # the argument values and arrays live as long as the graph
+            rc = self.lib.emu_launch(self.name.encode(), g, b, int(shared_mem), argv)
+            if rc != 0:
+                raise RuntimeError(f"{self.name}: {self.lib.emu_error().decode()}")
+        _record(launch)
 
 
 class RawModule:

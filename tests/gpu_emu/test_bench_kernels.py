@@ -78,8 +78,8 @@ def test_a_broken_variant_fails_the_check(monkeypatch, capsys):
     1e-3 of its size: those variants, and only those, fail with one line each."""
     real = gpu_launchers.LAUNCHERS["lsconv_dw"]["tiled"]
 
-    def broken(kit, s, v, x, y, dy, dw, db, relu_):
-        real(kit, s, v, x, y, dy, dw, db, relu_)
+    def broken(kit, s, v, x, grad, dw, db):
+        real(kit, s, v, x, grad, dw, db)
         if v["s"] == 2:
             dw[0, 0, 0, 0, 0, 0] += 1e-3 * (1.0 + abs(float(dw[0, 0, 0, 0, 0, 0])))
     monkeypatch.setitem(gpu_launchers.LAUNCHERS, "lsconv_dw",

@@ -1,9 +1,10 @@
 """bench/gpu_check.sh --dry-run: every step of the GPU check on the kernel
 emulator at tiny shapes (no GPU, CuPy or PyTorch), so that the script that a
 short GPU window runs is itself tested: its steps pass, the sweep writes a
-tuning file the training step then uses, the tables come out, and what
-cannot run here (PyTorch rows, TF32 without a precision switch, CUDA graphs)
-says so."""
+tuning file the training step then uses (and TF32 picks, from a TF32 sweep),
+the tables come out with our TF32 row and the CUDA-graph latency (the
+emulator records and replays the capture), and what cannot run here (the
+PyTorch rows) says so."""
 import json
 import os
 import shutil
@@ -54,8 +55,12 @@ def test_dry_run_goes_through_every_step(tmp_path):
     assert "bench_train_gpu summary" in out and "bench_infer_gpu summary" in out
     # what a dry run cannot do is said, not silently left out
     assert "torch columns: not run (the emulator (no GPU))" in out
-    assert "ours tf32: not available" in out
-    assert "CUDA graph" in out and "not available" in out
+    assert "ours tf32: not available" not in out     # the precision switch is there
+    row = out[out.index("bench_train_gpu summary"):].splitlines()[4].split()
+    assert row[0] == "2" and float(row[4]) > 0, row  # batch 2: ours tf32 images/s
+    assert tuning["cards"]["deepid2 kernel emulator"]["tf32"]["lsconv_fwd"]
+    graph = next(line for line in out.splitlines() if line.startswith("ms, batch 1, CUDA graph"))
+    assert float(graph.split()[5]) > 0, graph
 
 
 @pytest.mark.parametrize("args, words", [
