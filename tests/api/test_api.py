@@ -17,7 +17,7 @@ import deepid2_core as deepid2
 from deepid2_core.errors import BadGalleryFile, BadImage, BadModelFile, NoFace
 from package_home import PACKAGE_HOME
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("DEEPID2_DATA", REPO.parent / "shared" / "data"))
 LFW = DATA / "lfw"
 # fold 6: a matched pair (A1, A4), a mismatched one (A1 vs C), and a second person with 2 images

@@ -12,7 +12,7 @@ import pytest
 
 import deepid2_core as deepid2
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("DEEPID2_DATA", REPO.parent / "shared" / "data"))
 LFW = DATA / "lfw"
 PAIRS = DATA / "pairs.txt"

@@ -14,7 +14,7 @@ import pytest
 
 from gpu_support import MODES, gpu_fixture, restore
 
-OPS_MD = Path(__file__).resolve().parents[1] / "docs" / "ops.md"
+OPS_MD = Path(__file__).resolve().parents[2] / "docs" / "ops.md"
 
 
 def documented_names():

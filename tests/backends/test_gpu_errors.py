@@ -1,4 +1,4 @@
-"""Error paths of the gpu backend (the cpu backend's cases, tests/test_cpu_errors.py,
+"""Error paths of the gpu backend (the cpu backend's cases, tests/backends/test_cpu_errors.py,
 on device arrays), and get_backend("gpu") where CuPy or a GPU is missing.
 
 The BackendUnavailable tests at the end need neither CuPy nor a GPU: they
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gpu_support import MODES, dev, gpu_fixture, host, restore
-from test_cpu_errors import CASES, arr, valid
+from error_cases import CASES, arr, valid
 
 
 

@@ -2,7 +2,7 @@
 regression_loss, sgd_update, and assemble_batch vs the cpu backend's.
 
 Runs on the GPU ("cuda") and in the kernels' CPU emulator ("emu"); see
-tests/gpu_support.py. Tolerances are the cpu tests' (tests/test_cpu_loss.py).
+tests/gpu_support.py. Tolerances are the cpu tests' (tests/backends/test_cpu_loss.py).
 """
 import numpy as np
 import pytest
@@ -10,8 +10,7 @@ import pytest
 import oracle as O
 from gpu_support import MODES, bits, dev, gpu_fixture, host, restore
 from oracle import assert_close
-from test_cpu_loss import (JOINT_CASES, RTOL, SGD_HYPER, SGD_SHAPES, grad_tol, i32,
-                           make_pairs)
+from loss_cases import JOINT_CASES, RTOL, SGD_HYPER, SGD_SHAPES, grad_tol, i32, make_pairs
 
 
 @pytest.fixture(params=MODES)
@@ -169,7 +168,7 @@ def test_regression_loss(gpu, be, shape):
 @pytest.mark.parametrize("lr,momentum,wd", SGD_HYPER)
 @pytest.mark.parametrize("shape", SGD_SHAPES)
 def test_sgd_update(gpu, be, shape, lr, momentum, wd):
-    """As the cpu test (tests/test_cpu_loss.py), plus the cpu backend as a twin."""
+    """As the cpu test (tests/backends/test_cpu_loss.py), plus the cpu backend as a twin."""
     rng = np.random.default_rng(24)
     p = rng.standard_normal(shape).astype(np.float32)
     v = (rng.standard_normal(shape) * 0.1).astype(np.float32)

@@ -1,5 +1,5 @@
 """gpu backend vs the float64 oracle and vs the cpu backend: lsconv, maxpool,
-dense. The shapes and region grids are the cpu tests' (tests/test_cpu_ops.py)
+dense. The shapes and region grids are the cpu tests' (tests/backends/test_cpu_ops.py)
 plus a few that reach the GPU kernels' other paths (several tiles of maps,
 taps and columns; many column chunks in the weight gradient; the kernel too
 large for the shared-memory input gradient).
@@ -15,8 +15,8 @@ import pytest
 import oracle as O
 from gpu_support import MODES, bits, dev, gpu_fixture, host, restore, tol
 from oracle import assert_close
-from test_cpu_ops import (CONV, DENSE_CASES, LSCONV_CASES, LSCONV_POOL_CASES, POOL_CASES,
-                          POOL_VALUES, make_dense, make_pool_input, pool_oracle, randn)
+from op_cases import (CONV, DENSE_CASES, LSCONV_CASES, LSCONV_POOL_CASES, POOL_CASES, POOL_VALUES,
+                      make_dense, make_pool_input, pool_oracle, randn)
 
 
 @pytest.fixture(params=MODES)

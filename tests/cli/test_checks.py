@@ -215,7 +215,7 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0
-    setup = open(os.path.join(os.path.dirname(__file__), "..", "setup.py")).read()
+    setup = open(os.path.join(os.path.dirname(__file__), "..", "..", "setup.py")).read()
     version = re.search(r'version="([^"]+)"', setup).group(1)
     assert capsys.readouterr().out.strip() == f"deepid2 {version}"
 

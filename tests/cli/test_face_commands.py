@@ -11,7 +11,7 @@ import pytest
 from deepid2_core.face_commands import verify_main
 from deepid2_core.verifier.lfw import read_pairs
 
-DATA = Path(os.environ.get("DEEPID2_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(os.environ.get("DEEPID2_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 def test_verify_on_unseen_lfw_pairs():

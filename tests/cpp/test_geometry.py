@@ -16,7 +16,7 @@ from deepid2_core import _cpu
 from deepid2_core.face import align, patches
 from deepid2_core.face.patches import DEEPID, DEEPID2, LAYOUTS, PatchLayout, Region
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(ROOT, "..", "shared", "data"))
 LFW = os.path.join(DATA, "lfw")
 

@@ -28,7 +28,7 @@ from deepid2_core.verifier.features import PatchInputs
 from deepid2_core.verifier.model import DEFAULT_MODEL, Verifier
 from deepid2_core.verifier.model_file import read_verifier_file, save_verifier
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPP = os.path.join(REPO, "cpp")
 TOOLS = ("deepid2_dump", "deepid2_verify_patches", "deepid2_write_fixture")
 
@@ -221,7 +221,7 @@ def test_cpp_example_on_the_shipped_model(tools, synth_faces, other):
     """The example with the model `deepid2 verify` ships, on two procedural
     faces: its patch files are the production cut of those faces, and its
     score and verdict are the production `features` + `score`'s."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     verifier = Verifier.load(DEFAULT_MODEL, progress=False)
     files = [root / "cpp" / "examples" / "faces" / f"{n}.u8" for n in ("synth_a", other)]
     faces = [synth_faces["synth_a"], synth_faces[other]]

@@ -20,7 +20,7 @@ from deepid2_core.nets import landmark as NL
 from deepid2_core.nets import refine as NR
 
 DATA = os.path.join(os.environ.get("DEEPID2_DATA", os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data")), "mtfl80")
+    os.path.dirname(__file__), "..", "..", "..", "shared", "data")), "mtfl80")
 SHIPPED = FL.DEFAULT_MODEL
 
 

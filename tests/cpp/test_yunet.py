@@ -15,7 +15,7 @@ from deepid2_core import _cpu, safetensors
 from deepid2_core.face import box as B
 from deepid2_core.face.detect import YUNET_MODEL
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "deepid2_core", "models", "yunet.safetensors")
 DATA = os.environ.get("DEEPID2_DATA", os.path.join(ROOT, "..", "shared", "data"))
 

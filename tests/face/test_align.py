@@ -18,7 +18,7 @@ from deepid2_core.face import (CANONICAL, DEEPID, DEEPID2, MEAN_SHAPE, HaarDetec
                                similarity_transform, to_pixels, transform_points)
 from deepid2_core.face import haar
 
-DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
+DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..",
                                                    "shared", "data"))
 LFW = os.path.join(DATA, "lfw")
 YUNET = os.path.join(DATA, "models", "face_detection_yunet_2026may.onnx")

@@ -8,7 +8,7 @@ import pytest
 
 from deepid2_core.face import box as B
 
-DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
+DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..",
                                                    "shared", "data"))
 
 

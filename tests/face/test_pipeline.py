@@ -20,7 +20,7 @@ from deepid2_core.face.align_output import (CSV_COLUMNS, CSV_NAME, JOURNAL_NAME,
 from deepid2_core.face.pipeline import align_main
 from package_home import PACKAGE_HOME
 
-DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
+DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..",
                                                    "shared", "data"))
 YUNET = os.path.join(DATA, "models", "face_detection_yunet_2026may.onnx")
 FACE = "synth00000/synth00000_0001.jpg"     # one Haar finds (seed 1): source of the variants

@@ -25,7 +25,7 @@ from deepid2_core.training.loop import Loop
 from deepid2_core import safetensors
 
 DATA = os.path.join(os.environ.get("DEEPID2_DATA", os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data")), "mtfl80")
+    os.path.dirname(__file__), "..", "..", "..", "shared", "data")), "mtfl80")
 ORACLE = SimpleNamespace(**{k: getattr(oracle_backend, k) for k in dir(oracle_backend)
                             if not k.startswith("_")}, regression_loss=oracle.regression_loss)
 TINY = NL.LandmarkNetConfig(size=31, hidden=12)  # 28 -> 14 -> 12 -> 6 -> 4 -> 2 -> 1x1 conv4
@@ -235,28 +235,6 @@ def test_nme_and_failure_rate():
     assert s["failure_rate"] == 0.0 and s["point_failure_rate"]["nose"] == 1.0
 
 
-def tiny_mtfl(root, n=12):
-    """An MTFL-style folder: drawn faces, a list file, one net_7876 line ~28 px too high."""
-    rng = np.random.default_rng(4)
-    lines = []
-    for i in range(n):
-        img = np.full((80, 80, 3), 110, np.uint8)
-        pts = np.array([[30, 34], [50, 34], [40, 44], [33, 54], [47, 54]], float)
-        pts += rng.uniform(-4, 4, (5, 2))
-        for k, (px, py) in enumerate(pts):
-            cv2.circle(img, (int(round(px)), int(round(py))), 2, (30 * k,) * 3, -1)
-        sub = "net_7876" if i == 0 else "lfw_5590"
-        os.makedirs(root / sub, exist_ok=True)
-        cv2.imwrite(str(root / sub / f"f{i}.png"), img)
-        if i == 0:
-            pts[:, 1] -= 28  # as MTFL80's broken net_7876 lines
-        lines.append(f"{sub}/f{i}.png " + " ".join(f"{v:.2f}" for v in
-                                                  list(pts[:, 0]) + list(pts[:, 1])))
-    for name in (TM.TRAIN_LIST, TM.TEST_LIST):
-        (root / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_cache_of_an_mtfl_folder(tmp_path):
     root = tiny_mtfl(tmp_path / "mtfl")
     cache = TM.build_cache(root, TM.TRAIN_LIST, tmp_path / "cache", NL.LandmarkNetConfig(),
@@ -389,6 +367,7 @@ def test_augmented_target_statistics(tmp_path):
 from deepid2_core.nets import refine as NR  # noqa: E402
 from deepid2_core.face import landmark_cascade as FC  # noqa: E402
 from deepid2_core.training import cascade as TC  # noqa: E402
+from mtfl_synth import tiny_mtfl
 
 TINY_LEVEL = NR.RefineLevelConfig(patches=(1.2,), size=11, conv1=4, conv2=5, hidden=6)
 

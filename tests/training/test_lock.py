@@ -80,7 +80,7 @@ def test_the_refusal_from_the_command_line(faces, holder):
 
 def test_the_landmark_trainers_are_refused_too(holder, capsys):
     out, _ = holder
-    from test_landmarks import tiny_mtfl
+    from mtfl_synth import tiny_mtfl
     root = tiny_mtfl(out.parent / "mtfl")
     assert main(["train-landmarks", "--data", str(root), "--out", str(out), "--epochs", "1",
                  "--batch", "4", "--detector", "central"]) == 2

@@ -10,25 +10,9 @@ import pytest
 from deepid2_core.cli import main
 from deepid2_core.face.detect import read_image
 from deepid2_core.face.pipeline import align_image, new_aligner
-from deepid2_core.synth import make_dataset
 from deepid2_core.verifier.model_file import read_verifier_file
+from verifier_world import IDS, IMGS, world  # noqa: F401  (the synthetic faces and model)
 
-IDS, IMGS = 10, 8
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Synthetic faces, a network trained on them for a few epochs, a verifier."""
-    root = tmp_path_factory.mktemp("vcli")
-    faces = root / "faces"
-    make_dataset(faces, IDS, IMGS, seed=1, progress=False, workers=1)
-    run = root / "run"
-    assert main(["train", "--data", str(faces), "--out", str(run), "--epochs", "6",
-                 "--batch", "32", "--lr", "0.05", "--seed", "1"]) == 0
-    model = root / "verifier.safetensors"
-    assert main(["fit-verifier", "--nets", str(run), "--data", str(faces), "--out", str(model),
-                 "--pca", "24", "--pairs", "200"]) == 0
-    return dict(root=root, faces=faces, run=run, model=model)
 
 
 def detectable(faces, n):

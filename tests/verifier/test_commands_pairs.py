@@ -6,7 +6,7 @@ import pytest
 
 from deepid2_core.cli import main
 
-from test_verifier_cli import world  # noqa: F401  (the synthetic faces and model)
+from verifier_world import world  # noqa: F401  (the synthetic faces and model)
 
 
 def run(capsys, argv):

@@ -13,7 +13,7 @@ from deepid2_core.verifier.impostor import (FORMAT, ImpostorScores, distinct_off
                                             tail_exceed)
 from deepid2_core.verifier.model import Verifier
 
-from test_verifier_cli import world  # noqa: F401  (the synthetic faces and model)
+from verifier_world import world  # noqa: F401  (the synthetic faces and model)
 
 
 def rewrite_meta(src, dst, change):

@@ -7,7 +7,7 @@ import pytest
 from deepid2_core.verifier.lfw import (Pair, flatten, missing_images, parse_pairs,
                                        people_of_folds, read_pairs)
 
-DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..",
+DATA = os.environ.get("DEEPID2_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..",
                                                    "shared", "data"))
 VIEW2 = "2\t2\nAnn\t1\t2\nBob\t3\t12\nAnn\t1\tCid\t2\nBob\t2\tDee\t1\n" \
         "Eve\t1\t3\nFay\t2\t4\nEve\t2\tGus\t1\nHal\t1\tFay\t1\n\n"
