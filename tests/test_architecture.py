@@ -3,7 +3,8 @@
 - only deepid2_core/backends/ knows the device: nothing else imports cupy
   or probes a backend object with hasattr/getattr;
 - no module imports an underscore name of another module (a package's own
-  private submodules may be imported from inside that package).
+  private submodules may be imported from inside that package);
+- no file is longer than MAX_LINES: one job per file, read in one sitting.
 Each scanner is also run on a planted violation, so it can fail.
 """
 import ast
@@ -15,6 +16,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "deepid2_core"
 DEVICE_DIR = "backends"            # the one folder that may know the device
 BACKEND_NAMES = {"be", "backend"}  # also *_be, *_backend, backend_*
+MAX_LINES = 450
 
 
 # ----------------------------------------------------------------------------
@@ -237,6 +239,17 @@ def private_imports(root):
 
 
 # ----------------------------------------------------------------------------
+def long_files(root, limit=MAX_LINES):
+    """'path: N lines' for each .py file of root longer than limit."""
+    out = []
+    for path in sorted(Path(root).rglob("*.py")):
+        n = len(path.read_text().splitlines())
+        if n > limit:
+            out.append(f"{path.relative_to(Path(root).parent)}: {n} lines")
+    return out
+
+
+# ----------------------------------------------------------------------------
 def test_no_import_cycle():
     cycles = import_cycles(PKG)
     assert not cycles, "import cycles in deepid2_core:\n" + "\n".join(cycles)
@@ -251,6 +264,12 @@ def test_the_device_stays_in_backends():
 def test_no_private_imports_across_modules():
     bad = private_imports(PKG)
     assert not bad, "underscore names imported across modules:\n" + "\n".join(bad)
+
+
+def test_no_file_is_longer_than_450_lines():
+    long = long_files(PKG)
+    assert not long, (f"files of deepid2_core over {MAX_LINES} lines (split them by job):\n"
+                      + "\n".join(long))
 
 
 def test_the_scan_sees_the_package():
@@ -336,3 +355,9 @@ def test_private_scanner_flags_a_planted_import(tmp_path, files, want):
     root = _tree(tmp_path, {**CLEAN, **files})
     bad = private_imports(root)
     assert len(bad) == 1 and want in bad[0], bad
+
+
+def test_length_scanner_flags_a_planted_long_file(tmp_path):
+    root = _tree(tmp_path, {"short.py": "x = 1\n" * MAX_LINES,
+                            "sub/long.py": "x = 1\n" * (MAX_LINES + 1)})
+    assert long_files(root) == [f"deepid2_core/sub/long.py: {MAX_LINES + 1} lines"]
