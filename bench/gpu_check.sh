@@ -12,9 +12,9 @@
 #   3. compile    ptxas' registers / shared memory / spills of every kernel
 #                 (bench/kernels/ptxas.py; + kernels/check_compile.sh with
 #                 GPU_CHECK_NVCC=1)
-#   4. tests      tests/test_gpu_*.py and tests/gpu_emu/test_tuning.py on the
+#   4. tests      tests/backends/test_gpu_*.py and tests/gpu_emu/test_tuning.py on the
 #                 GPU (DEEPID2_REQUIRE_GPU=1: a missing GPU fails)
-#   5. memcheck   compute-sanitizer --tool memcheck over tests/test_gpu_smoke.py
+#   5. memcheck   compute-sanitizer --tool memcheck over tests/backends/test_gpu_smoke.py
 #   6. racecheck  compute-sanitizer --tool racecheck, the same run
 #   7. sweep      bench/kernels/sweep.py: every variant of every op checked
 #                 and timed at batches 512, 2048, 128 within --budget seconds
@@ -182,9 +182,9 @@ sanitize() {  # sanitize TOOL: the smoke tests under compute-sanitizer (or the e
             memcheck)   # out-of-bounds accesses of the emulated kernels, caught by ASan
                 export DEEPID2_EMU_CXXFLAGS="-fsanitize=address -fno-omit-frame-pointer -O0 -g0"
                 export LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0
-                build_emu && "$PY" -m pytest tests/test_gpu_smoke.py -q -p no:cacheprovider ;;
+                build_emu && "$PY" -m pytest tests/backends/test_gpu_smoke.py -q -p no:cacheprovider ;;
             racecheck)  # a missing __syncthreads changes the result in reverse thread order
-                EMU_ORDER=reverse "$PY" -m pytest tests/test_gpu_smoke.py -q -p no:cacheprovider ;;
+                EMU_ORDER=reverse "$PY" -m pytest tests/backends/test_gpu_smoke.py -q -p no:cacheprovider ;;
             synccheck)
                 echo "synccheck: the emulator fails every launch with a divergent __syncthreads;" \
                      "the tests, memcheck and racecheck steps ran every kernel under it" ;;
@@ -196,7 +196,7 @@ sanitize() {  # sanitize TOOL: the smoke tests under compute-sanitizer (or the e
         return 1
     fi
     DEEPID2_GPU_NO_POOL=1 "$SAN" --tool "$1" --error-exitcode 1 "${@:2}" \
-        "$PY" -m pytest tests/test_gpu_smoke.py -q -p no:cacheprovider
+        "$PY" -m pytest tests/backends/test_gpu_smoke.py -q -p no:cacheprovider
 }
 
 sweep() {  # sweep SECONDS: the autotuning sweep within that budget; 1/4 of it for TF32
@@ -227,11 +227,11 @@ else
 fi
 step compile 60 400 compile_info
 if [ "$DRY" = 1 ]; then
-    step tests 150 300 "$PY" -m pytest tests/test_gpu_smoke.py tests/gpu_emu/test_tuning.py \
+    step tests 150 300 "$PY" -m pytest tests/backends/test_gpu_smoke.py tests/gpu_emu/test_tuning.py \
         -q -p no:cacheprovider -rfEs --tb=short --maxfail=25
 else
-    step tests 150 330 "$PY" -m pytest tests/test_gpu_ops.py tests/test_gpu_loss.py \
-        tests/test_gpu_errors.py tests/test_gpu_smoke.py tests/test_gpu_train.py \
+    step tests 150 330 "$PY" -m pytest tests/backends/test_gpu_ops.py tests/backends/test_gpu_loss.py \
+        tests/backends/test_gpu_errors.py tests/backends/test_gpu_smoke.py tests/backends/test_gpu_train.py \
         tests/gpu_emu/test_tuning.py -q -p no:cacheprovider -rfEs --tb=short --maxfail=25
 fi
 step memcheck 60 300 sanitize memcheck --leak-check no

@@ -1,4 +1,4 @@
-"""What the gpu tests (tests/test_gpu_*.py) share: the ``gpu`` fixture's
+"""What the gpu tests (tests/backends/test_gpu_*.py) share: the ``gpu`` fixture's
 backends, host/device helpers and tolerances.
 
 The fixture runs each test in two modes:
@@ -37,7 +37,7 @@ ATOL_UNIT = 1e-5
 
 
 def tol(L, scale=1.0, factor=1.0):
-    """The cpu tests' bound (tests/test_cpu_ops.py), times `factor`."""
+    """The cpu tests' bound (tests/backends/test_cpu_ops.py), times `factor`."""
     return dict(rtol=RTOL * factor, atol=ATOL_UNIT * np.sqrt(L) * scale * factor)
 
 

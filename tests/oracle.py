@@ -3,7 +3,7 @@
 Written plainly, for obviousness rather than speed: explicit loops over
 output positions with einsum inside. Every backward is an analytic formula
 written independently of its forward, so that finite differences
-(tests/test_oracle_gradcheck.py) can check it.
+(tests/test_oracle.py) can check it.
 
 All functions take arrays of any float dtype, compute in float64 and return
 fresh float64 arrays (argmax: int64). Nothing is modified in place.

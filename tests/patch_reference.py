@@ -1,6 +1,6 @@
 """The numpy patch cutting that deepid2_core/face/patches.py used before the C++
 (cpp/src/face/patches.cpp) replaced it, kept as the reference the C++ must match bit
-for bit (tests/test_geometry_cpp.py). Moved here unchanged: the same order of
+for bit (tests/cpp/test_geometry.py). Moved here unchanged: the same order of
 operations, so the same roundings."""
 import numpy as np
 

@@ -58,7 +58,7 @@ void run_one(const deepid2::Pipeline& pipeline, const std::string& path, Timings
 }
 
 // Each photo's features, feature_dim float32 each (NaN where no face): for
-// tests/test_cpp_inference.py, which compares them with Python's bit for bit.
+// tests/cpp/test_inference.py, which compares them with Python's bit for bit.
 void write_features(const std::string& path, const Timings& t, int dim) {
     FILE* f = std::fopen(path.c_str(), "wb");
     if (!f) throw std::runtime_error("cannot write " + path);

@@ -1,4 +1,4 @@
-// For tests/test_cpp_inference.py: features of N faces and the scores of
+// For tests/cpp/test_inference.py: features of N faces and the scores of
 // every pair, to compare with the Python side.
 //   deepid2_dump MODEL PATCHES.f32 N FEATURES_OUT.f32
 // PATCHES: N faces of Model::input_size() float32 each (patch i's pair of

@@ -269,7 +269,7 @@ def _runs_in_cpp(model):
     code the C++ pipeline runs): a model load_landmark_model read, flip-averaged, on the
     cpu backend. The Python forward remains for models made in memory (training), for
     flip_average=False and for the gpu backend; on the same crops both give the same
-    points to float rounding (tests/test_landmarks_cpp.py)."""
+    points to float rounding (tests/cpp/test_landmarks.py)."""
     return (model.path is not None and model.flip_average
             and model.be.name == "cpu")
 
