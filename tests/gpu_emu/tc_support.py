@@ -11,7 +11,7 @@ import numpy as np
 import oracle as O
 from deepid2_core.backends import gpu_tiling as tiling
 from gpu_support import load
-from test_cpu_ops import CONV, randn
+from op_cases import CONV, randn
 
 _loaded = {}
 

@@ -12,7 +12,7 @@ import oracle as O
 from gpu_support import MODES, bits, host, tol
 from oracle import assert_close
 from tc_support import lsconv_case, tf32, variant_modes
-from test_cpu_ops import CONV, pool_oracle, randn
+from op_cases import CONV, pool_oracle, randn
 
 CASES = {  # N, C, H, W, K, kh, kw, region, pool window s
     "conv_3x3_floor": (2, 3, 8, 7, 4, 3, 3, CONV, 2),           # 6 x 5: a column dropped

@@ -19,7 +19,7 @@ from deepid2_core.backends import gpu_tiling as tiling
 from gpu_support import MODES, bits, host, tol
 from oracle import assert_close
 from tc_support import lsconv_case, lsconv_terms, tf32, tf32_bound, variant_modes
-from test_cpu_ops import CONV, randn
+from op_cases import CONV, randn
 
 CASES = {  # N, C, H, W, K, kh, kw, region
     "conv_3x3": (2, 3, 8, 7, 4, 3, 3, CONV),
