@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
 
-FAMILIES = ("lsconv_dw", "lsconv_dx", "lsconv_fwd", "sgd", "maxpool", "dense", "loss")
+FAMILIES = ("lsconv_dw", "lsconv_dx", "lsconv_fwd", "lsconv_pool", "sgd", "maxpool", "dense",
+            "loss")
 BATCHLESS = ("sgd",)
 
 
