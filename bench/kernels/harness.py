@@ -343,21 +343,21 @@ def _run(args, family, make_cases, ctx):
           f"{'err/tol':>7s} {'regs':>4s} {'smem B':>6s} {'spill':>5s}  kernel")
     failed, picks = 0, []
     for case in make_cases(args):
-        if _out_of_time(args):
+        if out_of_time(args):
             print(f"-- budget of {args.budget:g} s spent: {case.op} {case.label} and after not run")
             break
         rows = _sweep(args, ctx, case)
         failed += sum(1 for r in rows if r[4].startswith("FAILED"))
         picks.append(_report(ctx, case, rows))
     print_picks(f"{family}: the picks", picks)
-    if _out_of_time(args):
+    if out_of_time(args):
         print(f"{family}: out of time (--budget {args.budget:g} s); the picks so far are kept")
     print(f"{family}: " + (f"FAILED: {failed} variant(s) disagree with the oracle" if failed
                            else "every variant run agrees with the float64 oracle"))
     return (1 if failed else 0), picks
 
 
-def _out_of_time(args):
+def out_of_time(args):
     return bool(args.budget) and time.perf_counter() - args.t0 > args.budget
 
 
@@ -374,7 +374,7 @@ def _sweep(args, ctx, case):
     for v in tiling.variants(case.op, case.shape, ctx.precision):
         if args.variants and args.variants not in v.name and v != heur:
             continue
-        if _out_of_time(args):
+        if out_of_time(args):
             rows.append((v, None, None, None, "not run: budget spent", False))
             continue
         with tiling.forced({case.op: v.name}):
@@ -426,8 +426,8 @@ def _report(ctx, case, rows):
                  if on]
         gfs = case.flops / (ms * 1e6) if ms else None
         pct = 100 * gfs / 1e3 / (pk.tf32 if tf32 else pk.fp32) if pk and gfs else None
-        print(f"  {v.name:<24s} {_f(ms, 9, 4)} {_f(gfs, 9, 1)} {_f(pct, 6, 1)} "
-              f"{_f(100 * floor / ms if floor and ms else None, 6, 1)} {_f(worst, 7, 3)} "
+        print(f"  {v.name:<24s} {fmt(ms, 9, 4)} {fmt(gfs, 9, 1)} {fmt(pct, 6, 1)} "
+              f"{fmt(100 * floor / ms if floor and ms else None, 6, 1)} {fmt(worst, 7, 3)} "
               + (f"{res[0]:4d} {res[1]:6d} {res[2]:5d}  {res[3]}" if res else
                  f"{'-':>4s} {'-':>6s} {'-':>5s}  {'(no ptxas figures)' if seen else ''}")
               + (f"  <- {', '.join(marks)}" if marks else "") + (f"  {note}" if note else ""))
@@ -448,8 +448,8 @@ def print_picks(title, picks):
     for p in picks:
         gain = p["heuristic_ms"] / p["best_ms"] if p["heuristic_ms"] and p["best_ms"] else None
         print(f"  {p['op'] + ' ' + p['label']:<24s} {p['heuristic']:<24s} "
-              f"{_f(p['heuristic_ms'], 9, 4)}  {str(p['best']):<24s} {_f(p['best_ms'], 9, 4)} "
-              f"{_f(gain, 6, 3)} {_f(p['floor_ms'], 9, 3)}")
+              f"{fmt(p['heuristic_ms'], 9, 4)}  {str(p['best']):<24s} {fmt(p['best_ms'], 9, 4)} "
+              f"{fmt(gain, 6, 3)} {fmt(p['floor_ms'], 9, 3)}")
 
 
 TF32_U = 2.0 ** -11   # TF32's unit roundoff (docs/ops.md, "TF32")
@@ -473,7 +473,7 @@ def _is_tf32(v, files=()):
             or any(f in TF32_FILES for f in files))
 
 
-def _f(v, width, digits):
+def fmt(v, width, digits):
     if v is None:
         return f"{'-':>{width}s}"
     return f"{v:{width}.{digits}g}" if abs(v) < 1e5 else f"{v:{width}.0f}"

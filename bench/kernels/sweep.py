@@ -88,8 +88,10 @@ def main(argv=None):
                   "(and after)")
             break
         mod = importlib.import_module(fam)
-        st, got = H.run(argparse.Namespace(**dict(vars(args), batches=[b])), fam, mod.cases,
-                        ctx)
+        fargs = argparse.Namespace(**dict(vars(args), batches=[b]))
+        st, got = H.run(fargs, fam, mod.cases, ctx)
+        if hasattr(mod, "after"):   # the family's checks beyond its variants (sgd_update_many)
+            st = max(st, mod.after(fargs, ctx))
         status, picks = max(status, st), picks + got
     spent = time.perf_counter() - args.t0
     H.print_picks(f"sweep summary ({ctx.card}, {ctx.mode}; heuristic vs fastest correct "
