@@ -352,7 +352,7 @@ def _run(args, family, make_cases, ctx):
     print_picks(f"{family}: the picks", picks)
     if out_of_time(args):
         print(f"{family}: out of time (--budget {args.budget:g} s); the picks so far are kept")
-    print(f"{family}: " + (f"FAILED: {failed} variant(s) disagree with the oracle" if failed
+    print(f"{family}: " + (f"FAILED: {failed} variant(s) failed their check" if failed
                            else "every variant run agrees with the float64 oracle"))
     return (1 if failed else 0), picks
 
