@@ -72,7 +72,7 @@ def after(args, ctx):
                                                          LR, MOMENTUM, WD))) for h in host]
     total = sum(int(np.prod(s)) for s in shapes)
     floor = 1e3 * max(6 * total / (pk.fp32 * 1e12), 20 * total / (pk.gbs * 1e9)) if pk else None
-    print(f"\nsgd_update_many: the {len(shapes)} tensors ({total} elements) in one launch "
+    print(f"\nsgd_update_many: {len(shapes)} tensor(s) ({total} elements) in one launch "
           f"against one launch per tensor; floor " + (f"{floor:.4g} ms" if floor else "-"))
     print(f"  {'path':<12s} {'ms':>9s} {'GB/s':>8s} {'%floor':>6s} {'err/tol':>7s} "
           f"{'launches':>8s}  bits")

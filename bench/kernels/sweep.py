@@ -49,12 +49,12 @@ def floors(args, fams, card):
         return 2
     print(f"floors at the peak of {pk.label}: {pk.fp32:g} TFLOP/s fp32, {pk.gbs:g} GB/s "
           f"(the time the op's flops and minimum bytes take; the larger one bounds it)")
-    print(f"  {'op':<12s} {'case':<16s} {'GFLOP':>8s} {'MB':>8s} {'compute ms':>10s} "
+    print(f"  {'op':<15s} {'case':<16s} {'GFLOP':>8s} {'MB':>8s} {'compute ms':>10s} "
           f"{'memory ms':>10s}  bound")
     for fam in fams:
         for c in importlib.import_module(fam).cases(args):
             tc, tm = 1e3 * c.flops / (pk.fp32 * 1e12), 1e3 * c.bytes / (pk.gbs * 1e9)
-            print(f"  {c.op:<12s} {c.label:<16s} {c.flops / 1e9:8.3f} {c.bytes / 1e6:8.2f} "
+            print(f"  {c.op:<15s} {c.label:<16s} {c.flops / 1e9:8.3f} {c.bytes / 1e6:8.2f} "
                   f"{tc:10.4f} {tm:10.4f}  {'compute' if tc > tm else 'memory'}")
     return 0
 

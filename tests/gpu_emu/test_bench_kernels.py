@@ -122,7 +122,7 @@ def test_sweep_writes_picks_the_backend_uses(tmp_path, monkeypatch):
     import json
     picks = json.loads((tmp_path / "picks.json").read_text())["picks"]
     assert [q["op"] for q in picks] == ["lsconv_dw", "sgd"]
-    assert "sgd_update_many: the 1 tensors" in p.stdout   # sgd.after(), from the sweep
+    assert "sgd_update_many: 1 tensor(s) (960 elements)" in p.stdout   # sgd.after(), from the sweep
     monkeypatch.setenv("DEEPID2_GPU_TUNING", str(tuning))
     sys.path.insert(0, str(BENCH))
     import layers
