@@ -203,7 +203,7 @@ sweep() {  # sweep SECONDS: the autotuning sweep within that budget; 1/4 of it f
     "$PY" bench/kernels/sweep.py $EMU --budget $(($1 * 3 / 4 > 0 ? $1 * 3 / 4 : 1)) --batches $SWEEP_BATCHES \
         --tuning "$TUNING" --json "$LOGDIR/sweep.json" || return 1
     "$PY" bench/kernels/sweep.py $EMU --budget $(($1 / 4 > 0 ? $1 / 4 : 1)) --batches $SWEEP_BATCHES \
-        --precision tf32 --families lsconv_fwd lsconv_dx lsconv_dw \
+        --precision tf32 --families lsconv_fwd lsconv_dx lsconv_dw lsconv_pool \
         --tuning "$TUNING" --json "$LOGDIR/sweep_tf32.json"
 }
 

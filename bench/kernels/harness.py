@@ -13,8 +13,12 @@ in turn (gpu_tiling.forced), checked against tests/oracle.py in float64 with
 (the tests' bound; a TF32 variant, run with --precision tf32, within
 docs/ops.md's TF32 bound: atol + 15 u sqrt(L) * scale, u = 2^-11, the
 products' Hoeffding bound at the inputs' scale), timed, and the table printed; the fastest correct variant
-is written to the tuning file. A variant that fails its check prints one
-line "FAIL <op> <variant>: ..." and the script exits 1.
+is written to the tuning file. A variant that computes in TF32 (its family's
+precision, or a TF32 kernel launched: a composition of ops) gets TF32's
+bound. Where a case names a variant whose bits every variant must give
+(bits_of: lsconv_pool's composition), that is checked too, in fp32 and
+deterministic mode. A variant that fails a check prints one line
+"FAIL <op> <variant>: ..." and the script exits 1.
 
 Timing on a GPU: CUDA events around --inner calls after --warmup calls, the
 median of --reps such samples, per call. In the emulator (--emu, or where
@@ -74,8 +78,12 @@ def peaks(card):
 # setup(be, inputs) -> device state (fresh for each check); call(be, state) ->
 # {name: device array or float}; reference(inputs) -> {name: float64 array}
 # (the oracle; may run in a pool); tol: {name: (rtol, atol)}, or a function
-# of the reference giving it; flops, bytes: the op's minimum (for the floor).
-Case = namedtuple("Case", "label op shape inputs setup call reference tol flops bytes")
+# of the reference giving it (an entry may be a function (got, ref, tols) ->
+# (err/tol, text): a check of its own); flops, bytes: the op's minimum (for
+# the floor); bits_of: a variant (of the same op) whose outputs every variant
+# must equal bit for bit at precision fp32, or None.
+Case = namedtuple("Case", "label op shape inputs setup call reference tol flops bytes bits_of",
+                  defaults=(None,))
 
 
 def tol(L, scale=1.0, rtol=RTOL):
@@ -205,38 +213,65 @@ def gpu_time(args, cp, fn, best=None):
     return statistics.median(samples), True
 
 
+def host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def check(got, ref, tols):
     """(worst err / tol over the outputs, text of the worst): <= 1 passes."""
     worst, text = 0.0, ""
     for k, r in ref.items():
-        g = np.asarray(got[k].get() if hasattr(got[k], "get") else got[k], np.float64)
-        r = np.asarray(r, np.float64)
-        if g.shape != r.shape:
-            return np.inf, f"{k}: shape {g.shape} != {r.shape}"
-        rtol, atol = tols[k]
-        if not np.all(np.isfinite(g)):
-            return np.inf, f"{k}: {int((~np.isfinite(g)).sum())} non-finite values"
-        err = np.abs(g - r)
-        bound = atol + rtol * np.abs(r)
-        ratio = np.where(err == 0, 0.0, err / np.where(bound > 0, bound, 1.0)) \
-            + np.where((err > 0) & (bound == 0), np.inf, 0.0)
-        i = np.unravel_index(np.argmax(ratio), ratio.shape) if ratio.size else ()
-        if ratio.size and ratio[i] > worst:
-            worst = float(ratio[i])
-            text = (f"{k}{list(map(int, i))}: got {g[i]:.7g}, oracle {r[i]:.7g}, |err| "
-                    f"{err[i]:.3g} > {atol:.3g} + {rtol:g}|ref|")
+        g = np.asarray(host(got[k]), np.float64)
+        if callable(tols[k]):
+            w, t = tols[k](g, r, tols)
+        else:
+            w, t = close(k, g, r, *tols[k])
+        if w > worst:
+            worst, text = w, t
     return worst, text
+
+
+def close(k, g, r, rtol, atol):
+    """(worst err / (atol + rtol |r|), its text) of one output."""
+    r = np.asarray(r, np.float64)
+    if g.shape != r.shape:
+        return np.inf, f"{k}: shape {g.shape} != {r.shape}"
+    if not np.all(np.isfinite(g)):
+        return np.inf, f"{k}: {int((~np.isfinite(g)).sum())} non-finite values"
+    err = np.abs(g - r)
+    bound = atol + rtol * np.abs(r)
+    ratio = np.where(err == 0, 0.0, err / np.where(bound > 0, bound, 1.0)) \
+        + np.where((err > 0) & (bound == 0), np.inf, 0.0)
+    if not ratio.size:
+        return 0.0, ""
+    i = np.unravel_index(np.argmax(ratio), ratio.shape)
+    return float(ratio[i]), (f"{k}{list(map(int, i))}: got {g[i]:.7g}, oracle {r[i]:.7g}, "
+                             f"|err| {err[i]:.3g} > {atol:.3g} + {rtol:g}|ref|")
+
+
+def bit_difference(got, twin, name):
+    """'' where every output of got has twin's bits, else the first difference."""
+    for k, t in twin.items():
+        g = host(got[k])
+        if g.shape != t.shape or g.dtype != t.dtype:
+            return f"{k}: {g.dtype}{list(g.shape)} against {name}'s {t.dtype}{list(t.shape)}"
+        differ = g.view(np.uint8).reshape(g.size, -1) != t.view(np.uint8).reshape(t.size, -1)
+        n = int(differ.any(axis=1).sum())
+        if n:
+            return f"{k}: {n} of {g.size} elements not bit-identical to {name}'s"
+    return ""
 
 
 class Spy:
     """Records the kernels a variant launches (name, threads, dynamic smem)."""
 
     def __init__(self, be):
-        self.be, self.real, self.seen = be, be.KIT.launch, []
+        self.be, self.real, self.seen, self.files = be, be.KIT.launch, [], set()
 
     def __enter__(self):
         def spy(file, kname, grid, block, args, shared_mem=0):
             self.seen.append((kname, int(block), int(shared_mem)))
+            self.files.add(file)
             return self.real(file, kname, grid, block, args, shared_mem)
         self.be.KIT.launch = spy
         return self
@@ -308,21 +343,21 @@ def _run(args, family, make_cases, ctx):
           f"{'err/tol':>7s} {'regs':>4s} {'smem B':>6s} {'spill':>5s}  kernel")
     failed, picks = 0, []
     for case in make_cases(args):
-        if _out_of_time(args):
+        if out_of_time(args):
             print(f"-- budget of {args.budget:g} s spent: {case.op} {case.label} and after not run")
             break
         rows = _sweep(args, ctx, case)
         failed += sum(1 for r in rows if r[4].startswith("FAILED"))
         picks.append(_report(ctx, case, rows))
     print_picks(f"{family}: the picks", picks)
-    if _out_of_time(args):
+    if out_of_time(args):
         print(f"{family}: out of time (--budget {args.budget:g} s); the picks so far are kept")
-    print(f"{family}: " + (f"FAILED: {failed} variant(s) disagree with the oracle" if failed
+    print(f"{family}: " + (f"FAILED: {failed} variant(s) failed their check" if failed
                            else "every variant run agrees with the float64 oracle"))
     return (1 if failed else 0), picks
 
 
-def _out_of_time(args):
+def out_of_time(args):
     return bool(args.budget) and time.perf_counter() - args.t0 > args.budget
 
 
@@ -332,12 +367,15 @@ def _sweep(args, ctx, case):
     be, ref = ctx.be, case.reference(inputs)
     tols = case.tol(ref) if callable(case.tol) else case.tol
     heur = tiling.heuristic(case.op, case.shape, ctx.precision)
-    rows = []
+    rows, twin = [], None
+    if case.bits_of and ctx.precision == "fp32" and not args.fast:   # the bits to give
+        with tiling.forced({case.op: case.bits_of}):
+            twin = {k: host(a).copy() for k, a in case.call(be, case.setup(be, inputs)).items()}
     for v in tiling.variants(case.op, case.shape, ctx.precision):
         if args.variants and args.variants not in v.name and v != heur:
             continue
-        if _out_of_time(args):
-            rows.append((v, None, None, None, "not run: budget spent"))
+        if out_of_time(args):
+            rows.append((v, None, None, None, "not run: budget spent", False))
             continue
         with tiling.forced({case.op: v.name}):
             state = case.setup(be, inputs)
@@ -345,10 +383,16 @@ def _sweep(args, ctx, case):
                 t0 = time.perf_counter()
                 got = case.call(be, state)
                 wall = 1e3 * (time.perf_counter() - t0)
-            worst, text = check(got, ref, tf32_tols(tols) if _is_tf32(v) else tols)
+            tf32 = _is_tf32(v, spy.files)
+            worst, text = check(got, ref, tf32_tols(tols) if tf32 else tols)
             if worst > 1.0:
                 print(f"FAIL {case.op} {v.name} ({case.label}): {text}")
-                rows.append((v, None, worst, spy.seen, "FAILED the oracle check"))
+                rows.append((v, None, worst, spy.seen, "FAILED the oracle check", tf32))
+                continue
+            differ = bit_difference(got, twin, case.bits_of) if twin else ""
+            if differ:
+                print(f"FAIL {case.op} {v.name} ({case.label}): {differ}")
+                rows.append((v, None, worst, spy.seen, "FAILED the bitwise check", tf32))
                 continue
             note = ""
             if ctx.mode == "emu":   # the emulation's wall time: one run is enough
@@ -358,7 +402,7 @@ def _sweep(args, ctx, case):
                 best = min((r[1] for r in rows if r[1] is not None), default=None)
                 ms, whole = gpu_time(args, ctx.cp, lambda: case.call(be, state), best)
                 note = "" if whole else f"(one sample: over {ABANDON:g}x the best)"
-        rows.append((v, ms, worst, spy.seen, note))
+        rows.append((v, ms, worst, spy.seen, note, tf32))
     return rows
 
 
@@ -376,14 +420,14 @@ def _report(ctx, case, rows):
                                           f"(compute {1e3 * case.flops / (pk.fp32 * 1e12):.3g}, "
                                           f"memory {1e3 * case.bytes / (pk.gbs * 1e9):.3g})"
                                           if pk else ""))
-    for v, ms, worst, seen, note in rows:
+    for v, ms, worst, seen, note, tf32 in rows:
         res = resources(seen or [], ctx.figures)
         marks = [m for m, on in (("heuristic", v == heur), ("FASTEST", best and v == best[0]))
                  if on]
         gfs = case.flops / (ms * 1e6) if ms else None
-        pct = 100 * gfs / 1e3 / (pk.tf32 if _is_tf32(v) else pk.fp32) if pk and gfs else None
-        print(f"  {v.name:<24s} {_f(ms, 9, 4)} {_f(gfs, 9, 1)} {_f(pct, 6, 1)} "
-              f"{_f(100 * floor / ms if floor and ms else None, 6, 1)} {_f(worst, 7, 3)} "
+        pct = 100 * gfs / 1e3 / (pk.tf32 if tf32 else pk.fp32) if pk and gfs else None
+        print(f"  {v.name:<24s} {fmt(ms, 9, 4)} {fmt(gfs, 9, 1)} {fmt(pct, 6, 1)} "
+              f"{fmt(100 * floor / ms if floor and ms else None, 6, 1)} {fmt(worst, 7, 3)} "
               + (f"{res[0]:4d} {res[1]:6d} {res[2]:5d}  {res[3]}" if res else
                  f"{'-':>4s} {'-':>6s} {'-':>5s}  {'(no ptxas figures)' if seen else ''}")
               + (f"  <- {', '.join(marks)}" if marks else "") + (f"  {note}" if note else ""))
@@ -404,8 +448,8 @@ def print_picks(title, picks):
     for p in picks:
         gain = p["heuristic_ms"] / p["best_ms"] if p["heuristic_ms"] and p["best_ms"] else None
         print(f"  {p['op'] + ' ' + p['label']:<24s} {p['heuristic']:<24s} "
-              f"{_f(p['heuristic_ms'], 9, 4)}  {str(p['best']):<24s} {_f(p['best_ms'], 9, 4)} "
-              f"{_f(gain, 6, 3)} {_f(p['floor_ms'], 9, 3)}")
+              f"{fmt(p['heuristic_ms'], 9, 4)}  {str(p['best']):<24s} {fmt(p['best_ms'], 9, 4)} "
+              f"{fmt(gain, 6, 3)} {fmt(p['floor_ms'], 9, 3)}")
 
 
 TF32_U = 2.0 ** -11   # TF32's unit roundoff (docs/ops.md, "TF32")
@@ -415,14 +459,21 @@ def tf32_tols(tols):
     """The TF32 tolerance of each output: atol 1e-5 sqrt(L) scale grows by
     15 u sqrt(L) scale (the Hoeffding bound of docs/ops.md at the inputs'
     scale); rtol as for fp32."""
-    return {k: (rtol, atol * (1 + 15 * TF32_U / 1e-5)) for k, (rtol, atol) in tols.items()}
+    return {k: t if callable(t) else (t[0], t[1] * (1 + 15 * TF32_U / 1e-5))
+            for k, t in tols.items()}
 
 
-def _is_tf32(v):
-    return tiling.families(v.op)[v.family].precision == "tf32"
+TF32_FILES = ("lsconv_tc",)   # kernels/ files whose kernels multiply in TF32
 
 
-def _f(v, width, digits):
+def _is_tf32(v, files=()):
+    """Whether variant v computes in TF32: its family is TF32's, or it ran a
+    TF32 kernel (a composition of ops that chose their TF32 variants)."""
+    return (tiling.families(v.op)[v.family].precision == "tf32"
+            or any(f in TF32_FILES for f in files))
+
+
+def fmt(v, width, digits):
     if v is None:
         return f"{'-':>{width}s}"
     return f"{v:{width}.{digits}g}" if abs(v) < 1e5 else f"{v:{width}.0f}"

@@ -23,14 +23,15 @@ def _given(args, count, what):
     return out
 
 
-def convs(args):
-    """[(label, LsShape)]: conv1..conv4 at each batch; --shape N,C,H,W,K,kh,kw,rh,rw."""
+def convs(args, pooled=False):
+    """[(label, LsShape)]: conv1..conv4 (pooled: conv1..conv3, those a 2x2
+    max-pool follows) at each batch; --shape N,C,H,W,K,kh,kw,rh,rw."""
     given = _given(args, 9, "N,C,H,W,K,kh,kw,rh,rw")
     if given:
         return [(f"N={v[0]} given", LsShape(*v)) for v in given]
     out = []
     for n in H.batches(args):
-        for cs in H.net_convs(args):
+        for cs in H.net_convs(args)[:3 if pooled else 4]:
             if H.wanted(args, cs.name):
                 out.append((f"{cs.name} N={n}", LsShape(n, cs.c, cs.h, cs.w, cs.k, cs.kernel,
                                                         cs.kernel, *cs.region)))
@@ -129,10 +130,40 @@ def ls_backward_oracle(args, i, s):
         return _backward_refs[s]
     _backward_refs[s] = H.chunked(args, O.lsconv_backward, s.n,
                      lambda a, b: (i["x"][a:b], i["w"], i["y"][a:b], i["dy"][a:b], (s.rh, s.rw)),
-                     lambda parts: dict(dx=np.concatenate([p[0] for p in parts]),
-                                        dw=sum(p[1] for p in parts),
-                                        db=sum(p[2] for p in parts)))
+                     _joined)
     return _backward_refs[s]
+
+
+def _joined(parts):
+    """{dx, dw, db} of (dx, dw, db) over image blocks."""
+    return dict(dx=np.concatenate([p[0] for p in parts]), dw=sum(p[1] for p in parts),
+                db=sum(p[2] for p in parts))
+
+
+def ls_pool_inputs(s):
+    """x, w, and the pooled y, argmax (one position of each 2x2 window, at
+    random) and dy of lsconv_pool_backward: unit normal, y about half <= 0."""
+    rng = rng_for(s, "pool")
+    ph, pw = s.oh // 2, s.ow // 2
+    pick = rng.integers(0, 2, (2, s.n, s.k, ph, pw))
+    am = (2 * np.arange(ph)[:, None] + pick[0]) * s.ow + 2 * np.arange(pw) + pick[1]
+    return dict(x=H.rand(rng, s.n, s.c, s.h, s.w), w=H.rand(rng, s.ry, s.rx, s.k, s.c, s.kh, s.kw),
+                y=H.rand(rng, s.n, s.k, ph, pw), argmax=am.astype(np.int32),
+                dy=H.rand(rng, s.n, s.k, ph, pw))
+
+
+def _pool_backward_block(x, w, y, am, dy, region, out_hw):
+    import oracle as O
+    dconv = O.maxpool_backward(np.where(y > 0, dy, 0.0), am, out_hw)   # ReLU mask at argmax
+    return O.lsconv_backward(x, w, dconv, dconv, region, relu=False)
+
+
+def ls_pool_backward_oracle(args, i, s):
+    """{dx, dw, db} of lsconv_pool_backward in float64 (as tests/oracle_backend.py)."""
+    return H.chunked(args, _pool_backward_block, s.n,
+                     lambda a, b: (i["x"][a:b], i["w"], i["y"][a:b], i["argmax"][a:b],
+                                   i["dy"][a:b], (s.rh, s.rw), (s.oh, s.ow)),
+                     _joined)
 
 
 _on_device = {}
