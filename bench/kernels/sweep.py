@@ -24,8 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
 
-FAMILIES = ("lsconv_dw", "lsconv_dx", "lsconv_fwd", "lsconv_pool", "sgd", "maxpool", "dense",
-            "loss")
+# lsconv_pool last: it reruns the dx/dw picks behind the pool, the slowest to check,
+# and its default (fused) already gives the composition's bits
+FAMILIES = ("lsconv_dw", "lsconv_dx", "lsconv_fwd", "sgd", "maxpool", "dense", "loss",
+            "lsconv_pool")
 BATCHLESS = ("sgd",)
 
 
