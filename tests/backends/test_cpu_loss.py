@@ -137,3 +137,24 @@ def test_sgd_update(be, shape, lr, momentum, wd):
         assert_close(p, rp, 1e-6, 1e-7 * (scale + float(np.abs(rp).max())), f"param after step {step}")
         be.sgd_update(p_twin, g, v_twin, lr, momentum=momentum, weight_decay=wd)
         assert p_twin.tobytes() == p.tobytes() and v_twin.tobytes() == v.tobytes()
+
+
+def test_sgd_update_many_is_sgd_update_on_each_tensor(be):
+    """The loop's one call for every parameter: the bits of sgd_update on each
+    tensor with its own hyperparameters, and one clear error on lengths."""
+    rng = np.random.default_rng(31)
+    shapes = [tuple(int(d) for d in rng.integers(1, 9, size=rng.integers(1, 4))) for _ in range(5)]
+    ps = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    vs = [(rng.standard_normal(s) * 0.1).astype(np.float32) for s in shapes]
+    gs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    lrs = [float(x) for x in rng.uniform(0.001, 0.1, len(shapes))]
+    wds = [float(x) for x in rng.uniform(0.0, 0.01, len(shapes))]
+    p1, v1 = [p.copy() for p in ps], [v.copy() for v in vs]
+    be.sgd_update_many(ps, gs, vs, lrs, 0.9, wds)
+    for p, g, v, lr, wd in zip(p1, gs, v1, lrs, wds):
+        be.sgd_update(p, g, v, lr, momentum=0.9, weight_decay=wd)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ps + vs, p1 + v1))
+    with pytest.raises(ValueError, match="one length"):
+        be.sgd_update_many(ps, gs[:-1], vs, 0.01)
+    with pytest.raises(ValueError, match="lr: 2 values for 5 tensors"):
+        be.sgd_update_many(ps, gs, vs, [0.1, 0.2])
