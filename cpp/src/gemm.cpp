@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "simd.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -17,29 +19,22 @@
 namespace deepid2 {
 namespace {
 
+using simd::VW;
+using simd::vf;
+using simd::load;
+using simd::store;
+
 #if defined(__AVX512F__)
-constexpr int VW = 16;
 constexpr int MR = 10;  // 20 of 32 zmm registers hold the C tile
 #elif defined(__AVX__)
-constexpr int VW = 8;
 constexpr int MR = 6;
 #else
-constexpr int VW = 4;
 constexpr int MR = 4;
 #endif
 constexpr int NR = 2 * VW;
 constexpr int KC = 256;
 constexpr int MC = MR * 12;
 constexpr int NC = 512;
-
-typedef float vf __attribute__((vector_size(VW * sizeof(float))));
-
-inline vf load(const float* p) {
-    vf v;
-    std::memcpy(&v, p, sizeof(vf));
-    return v;
-}
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 
 // ap: kc x MR (panel); bp: kc rows of NR floats, b_rs apart. Writes an
 // mr x nr corner of C.

@@ -4,29 +4,18 @@
 #include <cstring>
 
 #include "../gemm.h"
+#include "../simd.h"
 
 namespace deepid2 {
 namespace face {
 
 namespace {
 
-// One SIMD register of floats, written with GCC/Clang vector extensions so
-// one source gives AVX-512, AVX2 or SSE for -march (as gemm.cpp does).
-#if defined(__AVX512F__)
-constexpr int VW = 16;
-#elif defined(__AVX__)
-constexpr int VW = 8;
-#else
-constexpr int VW = 4;
-#endif
-typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+using simd::VW;
+using simd::vf;
+using simd::load;
+using simd::store;
 
-inline vf load(const float* p) {
-    vf v;
-    std::memcpy(&v, p, sizeof(vf));
-    return v;
-}
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 inline vf splat(float f) { return vf{} + f; }
 inline vf relu_v(vf v) { return v > vf{} ? v : vf{}; }
 
