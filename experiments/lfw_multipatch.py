@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lfw_protocol import DATA, HALVES, RUNS  # noqa: E402
-from deepid2_core.verifier.pca import RANK_TOL  # noqa: E402
+from deepid2_core.verifier.pca import DEFAULT_DIM, RANK_TOL  # noqa: E402
 
 CANDIDATES = (14, 25, 56, 64, 35, 44, 125, 2)
 
@@ -167,7 +167,9 @@ def select(a):
 
     def score(subset):
         x = stack(feats, subset, "train")
-        ver = Verifier.fit(x[~is_val], labels[~is_val], d=pca_dim(x[~is_val], a.pca),
+        # d=None: PCA finds min(180, rank) itself, one eigendecomposition fewer
+        d = None if a.pca == DEFAULT_DIM else pca_dim(x[~is_val], a.pca)
+        ver = Verifier.fit(x[~is_val], labels[~is_val], d=d,
                            max_iter=a.em_iters, impostor_pairs=0)   # the score alone
         xv = x[is_val]
         return best_threshold(ver.score(xv[va], xv[vb]), vsame)[1]
