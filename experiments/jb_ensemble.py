@@ -4,6 +4,7 @@ people (DeepID2 used an SVM; here logistic regression on the group scores).
 
     python experiments/jb_ensemble.py ensemble --name z --augment --epochs 60 \\
         --candidates ... [--patches P,Q,...]
+    python experiments/jb_ensemble.py singles --name z --augment --epochs 60 --candidates ...
 
 Takes `select`'s chosen patches (or --patches) of half 1 and the features that
 `lfw_multipatch.py` cached. The split is `select`'s: every group's PCA + Joint
@@ -104,8 +105,36 @@ def cross_validated(s, y, k=5):
     return right / len(y)
 
 
+def singles(a):
+    """Each candidate alone: validation (as `select` scores it) against test.
+    The validation people were in the networks' training set, so a patch
+    that memorises its training people looks better there than on new ones."""
+    from deepid2_core.verifier.metrics import best_threshold, kfold_accuracy
+    half = "half1"
+    raw = {p: features_of(a, half, p) for p in a.candidates}
+    labels = raw[a.candidates[0]]["labels"]
+    is_val, (va, vb, vsame) = validation_split(labels)
+    val = np.flatnonzero(is_val)
+    i1, i2, same, fold = test_pairs(a, half, raw[a.candidates[0]]["lfw_rels"])
+    fit, full = spanned(raw, ~is_val), spanned(raw, slice(None))
+    rows = []
+    for p in a.candidates:
+        m = fit_groups(fit, [[p]], ~is_val, labels, a)[0]
+        v = best_threshold(m.score(fit[p]["train"][val[va]], fit[p]["train"][val[vb]]), vsame)[1]
+        m = fit_groups(full, [[p]], slice(None), labels, a)[0]
+        t = kfold_accuracy(m.score(full[p]["lfw"][i1], full[p]["lfw"][i2]), same, fold)["mean"]
+        rows.append((p, v, t))
+        print(f"p{p}: validation {v:.4f}  test {t:.4f}", flush=True)
+    v, t = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    rank = lambda x: np.argsort(np.argsort(x))   # noqa: E731
+    print(f"validation - test: mean {np.mean(v - t):+.4f}, from {np.min(v - t):+.4f} to "
+          f"{np.max(v - t):+.4f}; rank correlation {np.corrcoef(rank(v), rank(t))[0, 1]:.2f}")
+
+
 def main():
-    a = arguments(stages=("ensemble",), doc=__doc__)
+    a = arguments(stages=("ensemble", "singles"), doc=__doc__)
+    if a.stage == "singles":
+        return singles(a)
     from deepid2_core.verifier.metrics import kfold_accuracy
     half = "half1"
     subset = chosen_patches(a)

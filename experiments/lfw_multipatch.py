@@ -248,7 +248,8 @@ def ship(a):
     trained = json.loads(meta["trained_on"])
     meta["trained_on"] = json.dumps({
         "data": "LFW people of View 2 folds 1-5 + ../shared/data/celeba-lfwstyle, aligned by "
-                "`deepid2 align --pick center` (YuNet boxes, landmark cascade)",
+                "`deepid2 align --pick center` (the C++ pipeline: YuNet, landmark cascade, "
+                "similarity alignment)",
         "images": trained["images"],
         "identities": trained["identities"],
         "people_list": "experiments/lfw_protocol.py writes half1-people.json"})
