@@ -255,10 +255,11 @@ def ship(a):
         "people_list": "experiments/lfw_protocol.py writes half1-people.json"})
     meta["net_files"] = json.dumps([
         f"deepid2 train --layout deepid2 --patch {p} --landmarks mean --epochs {a.epochs} "
-        f"--lr 0.03 --lambda 0.05 --seed 0{' --augment' if a.augment else ''} (half 1)"
+        f"--lr 0.03 --lambda {a.lam:g} --seed 0{' --augment' if a.augment else ''} (half 1)"
         for p in subset])
     opts = " ".join(["--name", a.name_given] + augment_options(a)
-                    + ([] if a.epochs == 20 else ["--epochs", str(a.epochs)]))
+                    + ([] if a.epochs == 20 else ["--epochs", str(a.epochs)])
+                    + ([] if a.lam == 0.05 else ["--lam", f"{a.lam:g}"]))
     patches = ",".join(map(str, subset))
     stages = [f"python experiments/lfw_multipatch.py train {opts} --candidates {patches} "
               "--halves half1"]
@@ -314,7 +315,7 @@ def train(a):
             subprocess.run([sys.executable, "-m", "deepid2_core.cli", "train", "--data", data,
                             "--out", out, "--layout", "deepid2", "--patch", str(c),
                             "--landmarks", "mean", "--epochs", str(a.epochs), "--lr", "0.03",
-                            "--lambda", "0.05", "--seed", "0"] + augment_options(a) + resume,
+                            "--lambda", f"{a.lam:g}", "--seed", "0"] + augment_options(a) + resume,
                            check=True,
                            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
             open(os.path.join(out, "done"), "w").close()
@@ -342,6 +343,9 @@ def arguments(argv=None, stages=("train", "features", "select", "eval", "ship"),
                         "(give it to every stage)")
     p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)),
                    help="deepid2 layout patch indices with trained networks")
+    p.add_argument("--lam", type=float, default=0.05,
+                   help="train: the verification loss weight; other than 0.05, the runs go "
+                        "under NAME-lamX (give it to every stage)")
     p.add_argument("--halves", default="half1,half2")
     p.add_argument("--select-half", default="half1")
     p.add_argument("--patches", help="eval, ship: these patches instead of selection.json's")
@@ -359,6 +363,8 @@ def arguments(argv=None, stages=("train", "features", "select", "eval", "ship"),
         a.name += "-aug"
     if a.epochs != 20:
         a.name += f"-e{a.epochs}"
+    if a.lam != 0.05:
+        a.name += f"-lam{a.lam:g}"
     return a
 
 
