@@ -125,6 +125,8 @@ def singles(a):
         t = kfold_accuracy(m.score(full[p]["lfw"][i1], full[p]["lfw"][i2]), same, fold)["mean"]
         rows.append((p, v, t))
         print(f"p{p}: validation {v:.4f}  test {t:.4f}", flush=True)
+    if len(rows) < 3:
+        return
     v, t = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
     rank = lambda x: np.argsort(np.argsort(x))   # noqa: E731
     print(f"validation - test: mean {np.mean(v - t):+.4f}, from {np.min(v - t):+.4f} to "
