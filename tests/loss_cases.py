@@ -50,6 +50,18 @@ JOINT_CASES = {  # N, n_classes, D, P, logit scale
 }
 
 
+def joint_case(case, variant, seed=20):
+    """Random inputs of a JOINT_CASES case: (logits, labels, feats, a, b, y,
+    params, lam), the same on every backend's test."""
+    n, nc, D, P, scale = JOINT_CASES[case]
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((n, nc)) * scale).astype(np.float32)
+    labels = i32(rng.integers(0, nc, n))
+    feats = rng.standard_normal((n, D)).astype(np.float32)
+    a, b, y, params = make_pairs(rng, feats, P, variant)
+    return logits, labels, feats, a, b, y, params, float(rng.uniform(0.01, 1.0))
+
+
 SGD_SHAPES = [(1,), (7,), (3, 4, 5), (60, 5, 4), (160, 1000)]
 
 

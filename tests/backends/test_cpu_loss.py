@@ -8,7 +8,8 @@ import pytest
 
 import oracle as O
 from oracle import assert_close
-from loss_cases import JOINT_CASES, RTOL, SGD_HYPER, SGD_SHAPES, grad_tol, i32, make_pairs
+from loss_cases import (JOINT_CASES, RTOL, SGD_HYPER, SGD_SHAPES, grad_tol, i32, joint_case,
+                        make_pairs)
 
 def test_cpu_backend_loads():
     from deepid2_core.backends import get_backend  # must not raise
@@ -35,13 +36,8 @@ def check_joint(be, logits, labels, feats, a, b, y, variant, lam, params):
 @pytest.mark.parametrize("variant", O.VARIANTS)
 @pytest.mark.parametrize("case", JOINT_CASES)
 def test_joint_loss(be, case, variant):
-    n, nc, D, P, scale = JOINT_CASES[case]
-    rng = np.random.default_rng(20)
-    logits = (rng.standard_normal((n, nc)) * scale).astype(np.float32)
-    labels = i32(rng.integers(0, nc, n))
-    feats = rng.standard_normal((n, D)).astype(np.float32)
-    a, b, y, params = make_pairs(rng, feats, P, variant)
-    lam = float(rng.uniform(0.01, 1.0))
+    logits, labels, feats, a, b, y, params, lam = joint_case(case, variant)
+    n = len(logits)
     r, ref = check_joint(be, logits, labels, feats, a, b, y, variant, lam, params)
     if variant in ("l2", "l1") and n > 1:   # both hinge branches were exercised
         assert ref["dparams"][0] > 0

@@ -10,7 +10,8 @@ import pytest
 import oracle as O
 from gpu_support import MODES, bits, dev, gpu_fixture, host, restore
 from oracle import assert_close
-from loss_cases import JOINT_CASES, RTOL, SGD_HYPER, SGD_SHAPES, grad_tol, i32, make_pairs
+from loss_cases import (JOINT_CASES, RTOL, SGD_HYPER, SGD_SHAPES, grad_tol, i32, joint_case,
+                        make_pairs)
 
 
 @pytest.fixture(params=MODES)
@@ -49,13 +50,8 @@ def check_joint(gpu, be, logits, labels, feats, a, b, y, variant, lam, params):
 @pytest.mark.parametrize("variant", O.VARIANTS)
 @pytest.mark.parametrize("case", JOINT_CASES)
 def test_joint_loss(gpu, be, case, variant):
-    n, nc, D, P, scale = JOINT_CASES[case]
-    rng = np.random.default_rng(20)
-    logits = (rng.standard_normal((n, nc)) * scale).astype(np.float32)
-    labels = i32(rng.integers(0, nc, n))
-    feats = rng.standard_normal((n, D)).astype(np.float32)
-    a, b, y, params = make_pairs(rng, feats, P, variant)
-    lam = float(rng.uniform(0.01, 1.0))
+    logits, labels, feats, a, b, y, params, lam = joint_case(case, variant)
+    n = len(logits)
     r, ref = check_joint(gpu, be, logits, labels, feats, a, b, y, variant, lam, params)
     if variant in ("l2", "l1") and n > 1:
         assert ref["dparams"][0] > 0
